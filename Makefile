@@ -1,0 +1,52 @@
+# Two commands for a newcomer on a fresh Debian machine:
+#   make demo   a real two-worker crawl of the bundled demo sites, with a summary
+#   make test   the whole test suite
+# Both install what they need (apt redis-server, .venv, SecantusDB's own venv)
+# and can be run again at will.
+
+PYTHON ?= python3
+VENV := .venv
+STATE := .state
+SECANTUS_VENV := $(STATE)/secantus-venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test bench deps clean
+.DEFAULT_GOAL := demo
+
+demo: deps
+	$(PY) -m devtools.demo
+
+test: deps
+	$(PY) -m pytest
+
+deps: $(VENV)/.installed $(SECANTUS_VENV)/.installed /usr/bin/redis-server /usr/sbin/ip
+
+/usr/bin/redis-server:
+	$(SUDO) apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q redis-server
+
+/usr/sbin/ip:
+	$(SUDO) apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q iproute2
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version' 
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# SecantusDB (GPL-2.0) is a MongoDB-wire-compatible server we only *run* as a
+# local stand-in when MONGO_URI is unset; it lives in a venv of its own.
+$(SECANTUS_VENV)/.installed:
+	$(PYTHON) -m venv $(SECANTUS_VENV)
+	$(SECANTUS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(SECANTUS_VENV)/bin/python -m pip install -q secantusdb==0.7.0b3
+	touch $@
+
+bench: deps
+	$(PY) -m bench throughput
+
+clean:
+	rm -rf $(VENV) $(STATE) *.egg-info

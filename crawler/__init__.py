@@ -1,0 +1,1 @@
+"""Spiders, items and frontier glue of the crawler project."""

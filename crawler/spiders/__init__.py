@@ -1,0 +1,1 @@
+"""One spider per website; each shares the Redis frontier through FrontierSpider."""

@@ -1,0 +1,37 @@
+"""Spider for the demo news site ``news.test``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from crawler.frontier import FrontierSpider
+from crawler.items import Article
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from scrapy import Request
+    from scrapy.http import Response
+
+
+class NewsSpider(FrontierSpider):
+    """Follows section listings and yields an Article per story."""
+
+    name = "news"
+    allowed_domains = ["news.test"]
+
+    def parse(self, response: Response) -> Iterator[Request]:
+        yield from response.follow_all(css="a.listing, a.next")
+        yield from response.follow_all(css="a.item, a.related", callback=self.parse_article)
+
+    def parse_article(self, response: Response) -> Iterator[Article | Request]:
+        if not response.css("article[itemtype$=NewsArticle]"):
+            return
+        yield Article(
+            url=response.url,
+            headline=(response.css("[itemprop=headline]::text").get() or "").strip(),
+            author=response.css("[itemprop=author]::text").get(),
+            published=response.css("[itemprop=datePublished]::attr(datetime)").get(),
+            section=response.css("[itemprop=articleSection]::text").get(),
+        )
+        yield from response.follow_all(css="a.related", callback=self.parse_article)

@@ -1,0 +1,40 @@
+"""Spider for the demo shop ``shop-a.test``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from crawler.frontier import FrontierSpider
+from crawler.items import Product
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from scrapy import Request
+    from scrapy.http import Response
+
+
+class ShopASpider(FrontierSpider):
+    """Follows listing pages and yields a Product per item page."""
+
+    name = "shop_a"
+    allowed_domains = ["shop-a.test"]
+
+    def parse(self, response: Response) -> Iterator[Request | Product]:
+        if response.css("[itemtype$=Product]"):
+            yield parse_product(response)
+        yield from response.follow_all(css="a.listing, a.next, a.item, a.related")
+
+
+def parse_product(response: Response) -> Product:
+    """Extract schema.org Product microdata (shared by the shop spiders)."""
+    price = response.css('[itemprop=price]::attr(content)').get()
+    availability = response.css('[itemprop=availability]::attr(href)').get()
+    return Product(
+        url=response.url,
+        title=(response.css('[itemprop=name]::text').get() or "").strip(),
+        sku=(response.css('[itemprop=sku]::text').get() or "").strip(),
+        price=float(price) if price else None,
+        currency=response.css('[itemprop=priceCurrency]::text').get(),
+        in_stock=availability.endswith("/InStock") if availability else None,
+    )

@@ -1,0 +1,29 @@
+"""Spider for the demo shop ``shop-b.test`` (larger pages)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from crawler.frontier import FrontierSpider
+from crawler.spiders.shop_a import parse_product
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from scrapy import Request
+    from scrapy.http import Response
+
+    from crawler.items import Product
+
+
+class ShopBSpider(FrontierSpider):
+    """Follows listing pages and yields a Product per item page."""
+
+    name = "shop_b"
+    allowed_domains = ["shop-b.test"]
+
+    def parse(self, response: Response) -> Iterator[Request | Product]:
+        if response.css("[itemtype$=Product]"):
+            yield parse_product(response)
+        # shop-b's related-product links are ads for other listings: skip them.
+        yield from response.follow_all(css="a.listing, a.next, a.item")

@@ -1,0 +1,51 @@
+"""Write a crawl's final stats to a JSON file.
+
+Useful wherever logs are not at hand: the demo's summary, benchmarks, scrapyd
+jobs watched by another program.
+
+Settings:
+
+``STATS_FILE_PATH`` (str, default unset: extension off)
+    Where to write, with ``%(name)s`` (spider name) and ``%(pid)s`` expanded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from scrapy import signals
+from scrapy.exceptions import NotConfigured
+
+if TYPE_CHECKING:
+    from scrapy import Spider
+    from scrapy.crawler import Crawler
+    from typing_extensions import Self
+
+
+class StatsFileExtension:
+    """Dumps ``crawler.stats`` as JSON when the spider closes."""
+
+    def __init__(self, crawler: Crawler, path_template: str) -> None:
+        self.crawler = crawler
+        self.path_template = path_template
+        crawler.signals.connect(self.spider_closed, signal=signals.spider_closed)
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        path = crawler.settings.get("STATS_FILE_PATH")
+        if not path:
+            raise NotConfigured
+        return cls(crawler, str(path))
+
+    def spider_closed(self, spider: Spider, reason: str) -> None:
+        assert self.crawler.stats is not None
+        stats: dict[str, Any] = dict(self.crawler.stats.get_stats())
+        stats["finish_reason"] = reason
+        path = Path(self.path_template % {"name": spider.name, "pid": os.getpid()})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(stats, default=str, indent=1, sort_keys=True), encoding="utf-8")
+        tmp.replace(path)

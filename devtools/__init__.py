@@ -1,0 +1,1 @@
+"""Development tools run from the checkout: local servers, the demo runner."""

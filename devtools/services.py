@@ -1,0 +1,213 @@
+"""Start and stop the local servers the demo, tests and benchmarks need.
+
+* Redis: Debian's ``redis-server`` on loopback, no persistence, under a state
+  folder. Skipped when ``REDIS_URL`` is set (an external server is used).
+* MongoDB stand-in: SecantusDB's ``secantusd-py`` from its own virtual
+  environment (``SECANTUSD`` or ``.state/secantus-venv/bin/secantusd-py``).
+  Skipped when ``MONGO_URI`` is set.
+* The demo site server (:mod:`demosite`), always local.
+
+Each server is a child process in its own session, stopped with SIGTERM (then
+SIGKILL) when the context manager exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from demosite.sites import SiteConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_STATE = ROOT / ".state"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(check: Callable[[], bool], proc: subprocess.Popen[bytes], what: str, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode}; see {log}:\n{_tail(log)}")
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not become ready in {timeout:.0f}s; see {log}:\n{_tail(log)}")
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@dataclass
+class Server:
+    """A child process serving on a loopback port."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    url: str
+    log: Path
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: the server goes away as in a crash."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
+        )
+
+
+def start_redis(state: Path, port: int | None = None) -> Server:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError("redis-server not found: run `make deps` (apt-get install redis-server)")
+    port = port or free_port()
+    workdir = state / f"redis-{port}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "redis.log"
+    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+           "--dir", str(workdir), "--daemonize", "no", "--protected-mode", "yes"]
+    proc = _spawn(cmd, log)
+    server = Server("redis", proc, port, f"redis://127.0.0.1:{port}/0", log)
+
+    def ping() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+
+    _wait(ping, proc, "redis-server", log, 20)
+    return server
+
+
+def secantusd_path() -> Path:
+    return Path(os.environ.get("SECANTUSD", DEFAULT_STATE / "secantus-venv" / "bin" / "secantusd-py"))
+
+
+def start_secantus(state: Path, port: int | None = None, storage: Path | None = None) -> Server:
+    """Start SecantusDB (MongoDB wire protocol) with persistent storage under ``state``."""
+    exe = secantusd_path()
+    if not exe.exists():
+        raise RuntimeError(f"{exe} not found: run `make deps` (SecantusDB in its own venv) or set MONGO_URI")
+    port = port or free_port()
+    storage = storage or state / f"secantus-{port}"
+    storage.mkdir(parents=True, exist_ok=True)
+    log = storage.parent / f"secantus-{port}.log"
+    proc = _spawn([str(exe), "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(storage),
+                   "--log-level", "WARNING"], log)
+    server = Server("secantus", proc, port, f"mongodb://127.0.0.1:{port}/?directConnection=true", log)
+
+    def ping() -> bool:
+        from pymongo import MongoClient
+
+        with MongoClient(server.url, serverSelectionTimeoutMS=500, connectTimeoutMS=500) as client:
+            client.admin.command("ping")
+        return True
+
+    _wait(ping, proc, "secantusd-py", log, 60)
+    return server
+
+
+def start_demosite(
+    state: Path,
+    sites: tuple[SiteConfig, ...] | None = None,
+    port: int | None = None,
+    binds: tuple[str, ...] = ("127.0.0.1", "::1"),
+    netns: str | None = None,
+) -> Server:
+    from demosite.sites import sites_to_json
+
+    port = port or free_port()
+    state.mkdir(parents=True, exist_ok=True)
+    log = state / f"demosite-{port}.log"
+    ready = Path(tempfile.mkstemp(prefix="demosite-ready-", dir=state)[1])
+    ready.unlink()
+    cmd = [sys.executable, "-m", "demosite", "--port", str(port), "--ready-file", str(ready)]
+    for b in binds:
+        cmd += ["--bind", b]
+    if sites is not None:
+        cmd += ["--sites-json", sites_to_json(sites)]
+    if netns:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = _spawn(cmd, log, env)
+    _wait(ready.exists, proc, "demo site", log, 20)
+    ready.unlink()
+    return Server("demosite", proc, port, f"http://127.0.0.1:{port}", log)
+
+
+@dataclass
+class LocalServices:
+    """Redis and MongoDB endpoints: external when the environment names them, else local."""
+
+    state: Path = DEFAULT_STATE
+    redis_url: str = ""
+    mongo_uri: str = ""
+    servers: list[Server] = field(default_factory=list)
+
+    def start(self, need_mongo: bool = True) -> LocalServices:
+        self.redis_url = os.environ.get("REDIS_URL", "")
+        if not self.redis_url:
+            server = start_redis(self.state)
+            self.servers.append(server)
+            self.redis_url = server.url
+        if need_mongo:
+            self.mongo_uri = os.environ.get("MONGO_URI", "")
+            if not self.mongo_uri:
+                server = start_secantus(self.state)
+                self.servers.append(server)
+                self.mongo_uri = server.url
+        return self
+
+    def stop(self) -> None:
+        for server in reversed(self.servers):
+            server.stop()
+        self.servers.clear()
+
+
+@contextlib.contextmanager
+def local_services(state: Path = DEFAULT_STATE, need_mongo: bool = True) -> Iterator[LocalServices]:
+    services = LocalServices(state=state)
+    try:
+        yield services.start(need_mongo=need_mongo)
+    finally:
+        services.stop()
