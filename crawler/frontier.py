@@ -38,9 +38,13 @@ if TYPE_CHECKING:
 
 
 def _non_negative(crawler: Crawler, name: str) -> float:
-    value = crawler.settings.getfloat(name)
+    raw = crawler.settings.get(name)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number of seconds >= 0, got {raw!r}") from None
     if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
+        raise ValueError(f"{name} must be a number of seconds >= 0, got {raw!r}")
     return value
 
 
