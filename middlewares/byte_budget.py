@@ -15,7 +15,7 @@ A request that may not be downloaded yet goes back to the frontier with
 Settings (README, "Byte budget"): ``BYTE_BUDGET_ENABLED``, ``BYTE_BUDGET_DEFAULT``,
 ``BYTE_BUDGET_PER_WEBSITE``, ``BYTE_BUDGET_WINDOW_SECONDS``, ``BYTE_BUDGET_STRICT``,
 ``BYTE_BUDGET_DEFAULT_ESTIMATE``, ``BYTE_BUDGET_ESTIMATE_MARGIN``, ``BYTE_BUDGET_STOP_SLACK``,
-``BYTE_BUDGET_REFRESH_SECONDS``, ``BYTE_BUDGET_RETRY_SECONDS``, ``BYTE_BUDGET_FALLBACK_WORKERS``,
+``BYTE_BUDGET_REFRESH_SECONDS``, ``BYTE_BUDGET_RETRY_SECONDS``, ``BYTE_BUDGET_PARK_MAX_SECONDS``, ``BYTE_BUDGET_FALLBACK_WORKERS``,
 ``BYTE_BUDGET_KEY_PREFIX``, ``BYTE_BUDGET_REDIS_URL``; ``WEBSITE_KEY`` picks the website.
 
 Run-time overrides: ``python -m middlewares.byte_budget set shop-a.test 200000``
@@ -109,6 +109,7 @@ class Config:
     stop_slack: int
     refresh: float
     retry: float
+    park_max: float
     fallback_workers: int
     prefix: str
     redis_url: str
@@ -145,6 +146,7 @@ class Config:
             stop_slack=int(_number(settings, "BYTE_BUDGET_STOP_SLACK", 65536, 0, strict=False)),
             refresh=_number(settings, "BYTE_BUDGET_REFRESH_SECONDS", 2, 0, strict=True),
             retry=_number(settings, "BYTE_BUDGET_RETRY_SECONDS", 0.25, 0, strict=True),
+            park_max=_number(settings, "BYTE_BUDGET_PARK_MAX_SECONDS", 2.5, 0, strict=True),
             fallback_workers=int(fallback),
             prefix=str(settings.get("BYTE_BUDGET_KEY_PREFIX") or settings.get("BOT_NAME") or "crawler"),
             redis_url=str(redis_url),
@@ -196,6 +198,10 @@ class _LocalBudget:
         self.inflight = max(self.inflight - reserved, 0)
         if size > 0:
             self.entries.append((time.time(), size))
+
+
+def _waits_in_place(request: Request) -> bool:
+    return bool(request.meta.get("dont_obey_robotstxt")) and request.url.endswith("/robots.txt")
 
 
 class ByteBudgetMiddleware:
@@ -307,16 +313,30 @@ class ByteBudgetMiddleware:
             return None
         known = int(request.meta.get("byte_budget_size", 0))
         grant = await self._try_reserve(request, website, budget, known)
+        while not isinstance(grant, _Grant) and _waits_in_place(request):
+            # Fetched with engine.download_async() (robots.txt), not through the
+            # frontier: a returned request would be retried at once, in a loop.
+            # Every request of the website waits for this one anyway.
+            await asyncio.sleep(min(max(grant[0] - grant[1], self.config.retry), self.config.park_max))
+            budget = self.budget_for(website)
+            if budget is None:
+                return None
+            grant = await self._try_reserve(request, website, budget, known)
         if isinstance(grant, _Grant):
             self._grants[request] = grant
             self.stats.inc_value("byte_budget/granted")
             self.stats.inc_value("byte_budget/bytes_reserved", grant.reserved)
             return None
         self.stats.inc_value("byte_budget/denied")
-        return self._requeue(request, grant)
+        # Parked for at most BYTE_BUDGET_PARK_MAX_SECONDS, so a run-time budget
+        # change reaches parked websites within REFRESH + PARK_MAX seconds.
+        not_before, now = grant
+        return self._requeue(request, min(not_before, now + self.config.park_max))
 
-    async def _try_reserve(self, request: Request, website: str, budget: int, known: int) -> _Grant | float:
-        """A grant, or the (Redis server) time before which to try again."""
+    async def _try_reserve(
+        self, request: Request, website: str, budget: int, known: int
+    ) -> _Grant | tuple[float, float]:
+        """A grant, or (not before, now): when to try again, by the Redis server's clock."""
         c = self.config
         assert self._reserve is not None
         try:
@@ -345,21 +365,22 @@ class ByteBudgetMiddleware:
             )
         logger.debug("Byte budget: %(request)s waits until %(nb).3f", {"request": request, "nb": not_before},
                      extra={"spider": self.crawler.spider})
-        return not_before
+        return not_before, float(result[2])
 
-    def _reserve_without_redis(self, website: str, budget: int, known: int) -> _Grant | float:
+    def _reserve_without_redis(self, website: str, budget: int, known: int) -> _Grant | tuple[float, float]:
         c = self.config
+        now = time.time()
         if not c.fallback_workers:
             # Fail closed: no download without a grant; try again with backoff.
-            self._backoff = min(self._backoff * 2, 5.0)
-            return time.time() + self._backoff
+            self._backoff = min(self._backoff * 2, c.park_max)
+            return now + self._backoff, now
         local = self._local.setdefault(website, _LocalBudget())
         n = known or c.default_estimate
         ok, when = local.reserve(budget // c.fallback_workers, c.window, n, c.retry)
         if ok:
             self.stats.inc_value("byte_budget/fallback_granted")
             return _Grant(website, "", max(min(n, budget // c.fallback_workers), 1), sized=known > 0)
-        return when
+        return when, now
 
     def _requeue(self, request: Request, not_before: float) -> Request:
         meta = {**request.meta, "frontier_requeue": True, "frontier_not_before": not_before}

@@ -115,7 +115,7 @@ def test_grant_settle_and_requeue(redis_url: str) -> None:
         out["requeued"], out["before"] = requeued, before
 
     stats = run(redis_url, {"BYTE_BUDGET_PER_WEBSITE": {"shop-a.test": 4000},
-                            "BYTE_BUDGET_DEFAULT_ESTIMATE": 2000}, body)
+                            "BYTE_BUDGET_DEFAULT_ESTIMATE": 2000, "BYTE_BUDGET_PARK_MAX_SECONDS": 300}, body)
     requeued = out["requeued"]
     assert isinstance(requeued, Request)
     assert requeued.url == "http://shop-a.test/item/2"
@@ -183,6 +183,43 @@ def test_a_failed_download_counts_what_was_received(redis_url: str) -> None:
     assert stats["byte_budget/bytes_settled"] == head + 1000
 
 
+def test_parking_is_capped_so_budget_changes_reach_parked_websites(redis_url: str) -> None:
+    out: list[Any] = []
+
+    async def body(mw: ByteBudgetMiddleware) -> None:
+        a = Request("http://shop-a.test/1")
+        assert await mw.process_request(a) is None
+        await mw.process_response(a, response(a, b"x" * 2000))
+        before = server_time(redis_url)
+        out.append(await mw.process_request(Request("http://shop-a.test/2")))
+        out.extend((before, server_time(redis_url)))
+
+    run(redis_url, {"BYTE_BUDGET_DEFAULT": 2500}, body)  # window 60 s, park at most 2.5 s
+    requeued, before, after = out
+    assert before + 2.5 <= requeued.meta["frontier_not_before"] <= after + 2.5
+
+
+def test_robots_txt_waits_in_place(redis_url: str) -> None:
+    """engine.download_async() would re-send a returned request at once: robots.txt waits instead."""
+    out: list[Any] = []
+
+    async def body(mw: ByteBudgetMiddleware) -> None:
+        a = Request("http://shop-a.test/1")
+        assert await mw.process_request(a) is None
+        await mw.process_response(a, response(a, b"x" * 2000))
+        robots = Request("http://shop-a.test/robots.txt", meta={"dont_obey_robotstxt": True})
+        start = server_time(redis_url)
+        out.append(await mw.process_request(robots))
+        out.append(server_time(redis_url) - start)
+
+    stats = run(redis_url, {"BYTE_BUDGET_DEFAULT": 2500, "BYTE_BUDGET_WINDOW_SECONDS": 0.5,
+                            "BYTE_BUDGET_DEFAULT_ESTIMATE": 400}, body)
+    assert out[0] is None
+    assert out[1] > 0.3  # it waited for the first page to leave the window
+    assert stats["byte_budget/granted"] == 2
+    assert "byte_budget/denied" not in stats
+
+
 _real_time = time.time
 
 
@@ -200,7 +237,8 @@ def test_clock_skew_does_not_matter(redis_url: str, monkeypatch: pytest.MonkeyPa
             await mw.process_response(a, response(a, b"x" * 2000))
             results.append((server_time(redis_url), await mw.process_request(Request("http://shop-a.test/2"))))
 
-        run(redis_url, {"BYTE_BUDGET_DEFAULT": 2500, "BYTE_BUDGET_WINDOW_SECONDS": 30}, body)
+        run(redis_url, {"BYTE_BUDGET_DEFAULT": 2500, "BYTE_BUDGET_WINDOW_SECONDS": 30,
+                        "BYTE_BUDGET_PARK_MAX_SECONDS": 300}, body)
     for now, requeued in results:
         assert isinstance(requeued, Request)
         assert now + 29 < requeued.meta["frontier_not_before"] <= now + 30
