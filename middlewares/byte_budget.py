@@ -396,7 +396,7 @@ class ByteBudgetMiddleware:
         # The status line is not known yet: count "HTTP/1.1 200 OK\r\n" now,
         # the exact one from the response in process_response.
         grant.head = get_header_size(headers) + get_status_size(200) + 4
-        if body_length is not None and body_length >= 0:
+        if isinstance(body_length, int) and body_length >= 0:  # Twisted: UNKNOWN_LENGTH is a str
             grant.expected = grant.head + body_length
             if self.config.strict and not grant.sized and grant.expected > grant.reserved:
                 grant.stopped = True
