@@ -520,7 +520,7 @@ class FrontierScheduler:
         """Forget requests whose outcome the engine has processed (a lease would be acknowledged here)."""
         if not self._in_flight:
             return
-        slot = getattr(self.crawler.engine, "_slot", None)
+        slot = getattr(self._engine(), "_slot", None)
         inprogress = getattr(slot, "inprogress", None)
         if inprogress is None:
             self._in_flight.clear()
@@ -548,15 +548,18 @@ class FrontierScheduler:
         return time.time() + self._clock_offset
 
     def _downloader_slots(self) -> dict[str, Any] | None:
-        engine = self.crawler.engine
-        downloader = getattr(engine, "downloader", None)
+        downloader = getattr(self._engine(), "downloader", None)
         return getattr(downloader, "slots", None)
+
+    def _engine(self) -> Any:
+        # None outside a running crawl (the scheduler is usable on its own, as in the tests).
+        return getattr(self.crawler, "_engine", None)
 
     def _wake_engine(self) -> None:
         # The engine polls next_request from its nextcall loop and a 5 s
         # heartbeat; prefetched requests or a changed cluster view should not
         # wait for the heartbeat.
-        slot = getattr(self.crawler.engine, "_slot", None)
+        slot = getattr(self._engine(), "_slot", None)
         if slot is not None and slot.closing is None:
             slot.nextcall.schedule()
 
