@@ -73,7 +73,7 @@ def _check_url(url: Any) -> str:
     return url.strip()
 
 
-class FrontierSpider(RedisSpider):
+class FrontierSpider(RedisSpider):  # type: ignore[misc]  # scrapy-redis ships no type hints
     """A spider whose requests live in the shared Redis frontier."""
 
     idle_close_seconds: float

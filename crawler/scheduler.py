@@ -65,11 +65,12 @@ from crawler.request_codec import UndecodableRequest, UnencodableRequest, decode
 from crawler.website import website_key, website_key_mode
 
 if TYPE_CHECKING:
+    from typing import Self
+
     from scrapy import Request, Spider
     from scrapy.crawler import Crawler
     from scrapy.settings import BaseSettings
     from twisted.internet.defer import Deferred
-    from typing_extensions import Self
 
 logger = logging.getLogger(__name__)
 
