@@ -51,6 +51,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.defer import deferred_from_coro
+from scrapy.utils.httpobj import urlparse_cached
 
 from crawler.frontier_store import (
     MODE_DEDUPE,
@@ -160,6 +161,9 @@ class FrontierScheduler:
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flush_failures = 0
         self._seen: set[str] = set()
+        self._websites: dict[str, str] = {}  # netloc -> website key
+        self._debug_duplicates = crawler.settings.getbool("DUPEFILTER_DEBUG")
+        self._log_duplicates = True
         # prefetch buffer: website -> requests, served round-robin
         self._buffer: dict[str, deque[_Buffered]] = {}
         self._ring: deque[str] = deque()
@@ -261,8 +265,6 @@ class FrontierScheduler:
         meta = request.meta
         requeue = bool(meta.pop(META_REQUEUE, False))
         not_before = float(meta.pop(META_NOT_BEFORE, 0) or 0)
-        website = website_key(request.url, self.config.website_mode)
-        meta.setdefault("download_slot", website)
         fp = self.crawler.request_fingerprinter.fingerprint(request).hex()  # type: ignore[union-attr]
         if requeue:
             mode = MODE_REQUEUE
@@ -273,6 +275,8 @@ class FrontierScheduler:
             if fp in self._seen:
                 self._filtered(request)
                 return False
+        website = self._website(request)
+        meta.setdefault("download_slot", website)
         try:
             payload = encode_request(request, self.spider)
         except UnencodableRequest as exc:
@@ -293,6 +297,10 @@ class FrontierScheduler:
         if self._buffered * 2 <= self.config.prefetch:
             self._want_refill()
         if item is None:
+            if self._refill_task is not None and not self._buffered:
+                # The engine asked while the buffer was empty and a pop was on its way:
+                # a sign FRONTIER_PREFETCH is too small for this crawl's speed.
+                self.stats.inc_value("frontier/prefetch_empty")
             return None
         self._in_flight[item.request] = item.fingerprint
         self.stats.inc_value("scheduler/dequeued/redis")
@@ -421,7 +429,7 @@ class FrontierScheduler:
                 if ok:
                     stored += 1
                 else:
-                    self.stats.inc_value("dupefilter/filtered")
+                    self.stats.inc_value("dupefilter/filtered")  # seen by another worker (or earlier)
             self.stats.inc_value("scheduler/enqueued/redis", stored)
             if stored:
                 self._pop_after = 0.0  # new work: worth popping again now
@@ -434,7 +442,24 @@ class FrontierScheduler:
 
     def _filtered(self, request: Request) -> None:
         self.stats.inc_value("dupefilter/filtered")
-        logger.debug("Filtered duplicate request %(request)s", {"request": request}, extra={"spider": self.spider})
+        # As Scrapy's RFPDupeFilter: the first duplicate only, unless DUPEFILTER_DEBUG.
+        if self._log_duplicates:
+            logger.debug("Filtered duplicate request %(request)s%(more)s",
+                         {"request": request, "more": "" if self._debug_duplicates else
+                          " - no more duplicates will be shown (see DUPEFILTER_DEBUG to show all duplicates)"},
+                         extra={"spider": self.spider})
+            self._log_duplicates = self._debug_duplicates
+
+    def _website(self, request: Request) -> str:
+        # website_key() is a pure function of the host: cache it per netloc
+        # (urlparse_cached is shared with Scrapy's downloader).
+        netloc = urlparse_cached(request).netloc
+        key = self._websites.get(netloc)
+        if key is None:
+            if len(self._websites) > 100_000:
+                self._websites.clear()
+            key = self._websites[netloc] = website_key(request.url, self.config.website_mode)
+        return key
 
     # -- prefetch ------------------------------------------------------
 
