@@ -82,7 +82,9 @@ def _run(servers: BenchServers, kind: str, label: str, redis_url: str | None) ->
     if kind == "scrapy_redis":
         _prepare(servers, "scrapy_redis_shop:start_urls")
         cmd = [SCRAPY, "runspider", str(Path(__file__).with_name("scrapy_redis_spider.py")),
-               "-s", "CONCURRENT_ITEMS=8", "-s", f"REDIS_URL={redis_url}", *(x for k, v in SCRAPY_REDIS_SETTINGS.items() for x in ("-s", f"{k}={v}"))]
+               "-s", "CONCURRENT_ITEMS=8", "-s", f"REDIS_URL={redis_url}"]
+        for key, value in SCRAPY_REDIS_SETTINGS.items():
+            cmd += ["-s", f"{key}={value}"]
         result = servers.crawl(label, cmd, {**vanilla_env(servers), "REDIS_URL": redis_url})
     else:
         _prepare(servers, "shop_a:start_urls")

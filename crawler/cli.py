@@ -62,18 +62,25 @@ def check_seed(line: str) -> str | None:
             obj = json.loads(line)
         except ValueError as exc:
             return f"invalid JSON: {exc}"
-        if not isinstance(obj, dict):
-            return "a JSON seed must be an object"
+        problem = _check_object(obj)
+        if problem:
+            return problem
         url = obj.get("url")
-        if "meta" in obj and not isinstance(obj["meta"], dict):
-            return "meta must be an object"
-        if "priority" in obj and type(obj["priority"]) is not int:
-            return "priority must be an integer"
     if not isinstance(url, str):
         return "no url"
     parsed = parse_url(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         return f"not an absolute http(s) URL: {url!r:.100}"
+    return None
+
+
+def _check_object(obj: Any) -> str | None:
+    if not isinstance(obj, dict):
+        return "a JSON seed must be an object"
+    if "meta" in obj and not isinstance(obj["meta"], dict):
+        return "meta must be an object"
+    if "priority" in obj and type(obj["priority"]) is not int:
+        return "priority must be an integer"
     return None
 
 
@@ -107,7 +114,7 @@ async def _queues(redis: Redis, store: FrontierStore, seeds_key: str, limit: int
              for r in rows]
     if len(queues) > limit:
         lines.append(f"... {len(queues) - limit} more websites")
-    workers = await redis.zrange(store.workers_key, 0, -1, withscores=True)
+    workers: Any = await redis.zrange(store.workers_key, 0, -1, withscores=True)
     lines += [
         "",
         f"total queued {sum(q.depth for q in queues)} in {sum(1 for q in queues if q.depth)} websites; "

@@ -76,6 +76,9 @@ def _check_url(url: Any) -> str:
 class FrontierSpider(RedisSpider):  # type: ignore[misc]  # scrapy-redis ships no type hints
     """A spider whose requests live in the shared Redis frontier."""
 
+    redis_key: str | None = None
+    redis_batch_size: int | None = None
+    redis_encoding: str | None = None
     idle_close_seconds: float
     dead_letter_key: str
 
@@ -120,7 +123,7 @@ class FrontierSpider(RedisSpider):  # type: ignore[misc]  # scrapy-redis ships n
     async def _read_seeds(self) -> AsyncIterator[Request]:
         scheduler = self._frontier()
         store = scheduler.store
-        assert store is not None and self.redis_key is not None
+        assert store is not None and self.redis_key is not None and self.redis_batch_size is not None
         stats = self.crawler.stats
         assert stats is not None
         while len(scheduler._outbox) < _SEED_BACKLOG:
@@ -168,6 +171,9 @@ class FrontierSpider(RedisSpider):  # type: ignore[misc]  # scrapy-redis ships n
             raise ValueError(f"invalid JSON: {exc}") from None
         if not isinstance(seed, dict):
             raise ValueError("a JSON seed must be an object")
+        return self._request_from_seed(seed)
+
+    def _request_from_seed(self, seed: dict[str, Any]) -> Request:
         url = _check_url(seed.get("url"))
         method = seed.get("method", "GET")
         meta = seed.get("meta", {})
@@ -189,11 +195,7 @@ class FrontierSpider(RedisSpider):  # type: ignore[misc]  # scrapy-redis ships n
             raise ValueError(f"body must be a string, got {body!r:.50}")
         if not isinstance(dont_filter, bool):
             raise ValueError(f"dont_filter must be true or false, got {dont_filter!r:.50}")
-        callback = None
-        if callback_name is not None:
-            callback = getattr(self, str(callback_name), None)
-            if not callable(callback):
-                raise ValueError(f"callback {callback_name!r:.50} is not a method of spider {self.name!r}")
+        callback = self._seed_callback(callback_name)
         formdata = {k: v for k, v in seed.items() if k not in _SEED_KEYS}
         kwargs: dict[str, Any] = {"method": method.upper(), "meta": meta, "priority": priority,
                                   "headers": headers, "dont_filter": dont_filter, "callback": callback}
@@ -203,6 +205,14 @@ class FrontierSpider(RedisSpider):  # type: ignore[misc]  # scrapy-redis ships n
                 raise ValueError(f"form fields must be strings or lists of strings, got {formdata!r:.100}")
             return FormRequest(url, formdata=formdata, **kwargs)
         return Request(url, body=body, **kwargs)
+
+    def _seed_callback(self, name: Any) -> Any:
+        if name is None:
+            return None
+        callback = getattr(self, str(name), None)
+        if not callable(callback):
+            raise ValueError(f"callback {name!r:.50} is not a method of spider {self.name!r}")
+        return callback
 
     # -- closing -----------------------------------------------------------
 

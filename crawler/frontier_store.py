@@ -164,8 +164,9 @@ class FrontierStore:
 
     async def queues(self) -> list[WebsiteQueue]:
         """Every website with queued requests or a not-before mark (for people: not for the hot path)."""
-        sites = await self.redis.zrange(self.sites_key, 0, -1, withscores=True)
-        marks = dict(await self.redis.zrange(self.not_before_key, 0, -1, withscores=True))
+        sites: Any = await self.redis.zrange(self.sites_key, 0, -1, withscores=True)
+        raw_marks: Any = await self.redis.zrange(self.not_before_key, 0, -1, withscores=True)
+        marks: dict[bytes, float] = dict(raw_marks)
         async with self.redis.pipeline(transaction=False) as pipe:
             for site, _ in sites:
                 pipe.zcard(self.queue_key(site.decode()))
@@ -177,7 +178,7 @@ class FrontierStore:
 
     async def queued(self) -> int:
         """Total requests queued (sum over websites)."""
-        sites = await self.redis.zrange(self.sites_key, 0, -1)
+        sites: Any = await self.redis.zrange(self.sites_key, 0, -1)
         if not sites:
             return 0
         async with self.redis.pipeline(transaction=False) as pipe:

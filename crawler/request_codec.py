@@ -16,7 +16,7 @@ tagged forms so that Python values survive the round trip exactly:
 ``{"$d": [[key, value], ...]}`` a dict whose keys are not all strings or that
 has a key starting with ``$``. Anything else (an object, a set, NaN, a
 callback that is not a method of the spider, ...) raises
-:class:`UnencodableRequest` naming the field: the scheduler logs it, counts it
+:class:`UnencodableRequestError` naming the field: the scheduler logs it, counts it
 and stores nothing.
 
 Decoding restores only :class:`scrapy.Request` subclasses whose module is
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -41,19 +42,19 @@ _SCALARS = (str, int, float, bool, type(None))
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
-class UnencodableRequest(ValueError):
+class UnencodableRequestError(ValueError):
     """A request that cannot be stored in the shared frontier."""
 
 
-class UndecodableRequest(ValueError):
+class UndecodableRequestError(ValueError):
     """A stored payload that is not a request this worker can rebuild."""
 
 
 def _pack(value: Any, path: str) -> Any:
     t = type(value)
     if t in _SCALARS:
-        if t is float and (value != value or value in (float("inf"), float("-inf"))):
-            raise UnencodableRequest(f"{path} is {value!r}, which JSON cannot carry")
+        if t is float and not math.isfinite(value):
+            raise UnencodableRequestError(f"{path} is {value!r}, which JSON cannot carry")
         return value
     if t is list:
         return [_pack(v, f"{path}[{i}]") for i, v in enumerate(value)]
@@ -65,7 +66,7 @@ def _pack(value: Any, path: str) -> Any:
         return {"$t": [_pack(v, f"{path}[{i}]") for i, v in enumerate(value)]}
     if t is bytes:
         return {"$b": base64.b64encode(value).decode("ascii")}
-    raise UnencodableRequest(f"{path} holds a {t.__module__}.{t.__qualname__} ({value!r:.80}), "
+    raise UnencodableRequestError(f"{path} holds a {t.__module__}.{t.__qualname__} ({value!r:.80}), "
                              "which the frontier cannot store (JSON values, bytes, tuples only)")
 
 
@@ -98,12 +99,12 @@ def _method_name(spider: Spider | None, func: Any, field: str) -> str | None:
         bound = getattr(spider, name, None)
         if getattr(bound, "__func__", None) is getattr(func, "__func__", object()):
             return str(name)
-    raise UnencodableRequest(f"{field} {func!r} is not a method of the spider {spider!r}; "
+    raise UnencodableRequestError(f"{field} {func!r} is not a method of the spider {spider!r}; "
                              "the frontier stores callbacks by name")
 
 
 def encode_request(request: Request, spider: Spider | None) -> bytes:
-    """``request`` as JSON bytes; raises :class:`UnencodableRequest`."""
+    """``request`` as JSON bytes; raises :class:`UnencodableRequestError`."""
     body = request.body
     try:
         body_text: str | None = body.decode("utf-8")
@@ -141,16 +142,16 @@ def _request_class(path: str) -> type[Request]:
     mod = sys.modules.get(module)
     cls = getattr(mod, name, None) if mod is not None else None
     if not (isinstance(cls, type) and issubclass(cls, Request)):
-        raise UndecodableRequest(f"request class {path!r} is not an imported scrapy.Request subclass")
+        raise UndecodableRequestError(f"request class {path!r} is not an imported scrapy.Request subclass")
     return cls
 
 
 def decode_request(data: bytes | str, spider: Spider | None) -> Request:
-    """Rebuild a request from :func:`encode_request` output; raises :class:`UndecodableRequest`."""
+    """Rebuild a request from :func:`encode_request` output; raises :class:`UndecodableRequestError`."""
     try:
         d = json.loads(data)
         if not isinstance(d, dict) or d.get("v") != FORMAT_VERSION:
-            raise UndecodableRequest(f"not a version {FORMAT_VERSION} request payload")
+            raise UndecodableRequestError(f"not a version {FORMAT_VERSION} request payload")
         cls = _request_class(d["class"]) if "class" in d else Request
         body = base64.b64decode(d["body_b64"]) if "body_b64" in d else d["body"].encode("utf-8")
         kwargs: dict[str, Any] = {
@@ -172,10 +173,10 @@ def decode_request(data: bytes | str, spider: Spider | None) -> Request:
             if name is not None:
                 method = getattr(spider, name, None)
                 if not callable(method):
-                    raise UndecodableRequest(f"{field} {name!r} is not a method of {spider!r}")
+                    raise UndecodableRequestError(f"{field} {name!r} is not a method of {spider!r}")
                 kwargs[field] = method
         return cls(**kwargs)
-    except UndecodableRequest:
+    except UndecodableRequestError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise UndecodableRequest(f"bad request payload: {exc!r}") from exc
+        raise UndecodableRequestError(f"bad request payload: {exc!r}") from exc

@@ -62,7 +62,7 @@ from crawler.frontier_store import (
     Status,
     split_member,
 )
-from crawler.request_codec import UndecodableRequest, UnencodableRequest, decode_request, encode_request
+from crawler.request_codec import UndecodableRequestError, UnencodableRequestError, decode_request, encode_request
 from crawler.website import website_key, website_key_mode
 
 if TYPE_CHECKING:
@@ -227,17 +227,7 @@ class FrontierScheduler:
             await asyncio.gather(self._heartbeat_task, return_exceptions=True)
         if self._refill_task is not None:
             await asyncio.gather(self._refill_task, return_exceptions=True)
-        returned = 0
-        for website, items in self._buffer.items():
-            for item in items:
-                self._outbox.append(PushEntry(website, item.fingerprint, MODE_REQUEUE, item.score,
-                                              self._not_before.get(website, 0.0), item.payload))
-                returned += 1
-        self._buffer.clear()
-        self._ring.clear()
-        self._buffered = 0
-        if returned:
-            self.stats.inc_value("frontier/returned_on_close", returned)
+        self._return_buffer()
         for _ in range(20):  # Redis may be briefly away: retry for a while, then say what is lost
             if self._flush_task is not None:
                 await asyncio.gather(self._flush_task, return_exceptions=True)
@@ -255,6 +245,20 @@ class FrontierScheduler:
         if self.redis is not None:
             await self.redis.aclose()
 
+    def _return_buffer(self) -> None:
+        """Prefetched requests go back to Redis (without the dupefilter) when this worker stops."""
+        returned = 0
+        for website, items in self._buffer.items():
+            for item in items:
+                self._outbox.append(PushEntry(website, item.fingerprint, MODE_REQUEUE, item.score,
+                                              self._not_before.get(website, 0.0), item.payload))
+                returned += 1
+        self._buffer.clear()
+        self._ring.clear()
+        self._buffered = 0
+        if returned:
+            self.stats.inc_value("frontier/returned_on_close", returned)
+
     # -- Scrapy's scheduler interface ----------------------------------
 
     def has_pending_requests(self) -> bool:
@@ -265,7 +269,7 @@ class FrontierScheduler:
         meta = request.meta
         requeue = bool(meta.pop(META_REQUEUE, False))
         not_before = float(meta.pop(META_NOT_BEFORE, 0) or 0)
-        fp = self.crawler.request_fingerprinter.fingerprint(request).hex()  # type: ignore[union-attr]
+        fp = self.crawler.request_fingerprinter.fingerprint(request).hex()
         if requeue:
             mode = MODE_REQUEUE
         elif request.dont_filter:
@@ -279,7 +283,7 @@ class FrontierScheduler:
         meta.setdefault("download_slot", website)
         try:
             payload = encode_request(request, self.spider)
-        except UnencodableRequest as exc:
+        except UnencodableRequestError as exc:
             logger.error("Cannot store %(request)s in the frontier, dropped (no fingerprint kept): %(reason)s",
                          {"request": request, "reason": exc}, extra={"spider": self.spider})
             self.stats.inc_value("frontier/unserializable")
@@ -312,7 +316,7 @@ class FrontierScheduler:
         """No worker serves ``website`` before ``until`` (Unix time, Redis clock); returns the mark in force."""
         assert self.store is not None
         self._hold_website(website, until)
-        mark = await self._call(self.store.mark_not_before(website, until))
+        mark = float(await self._call(self.store.mark_not_before(website, until)))
         self._not_before[website] = max(self._not_before.get(website, 0.0), mark)
         self.stats.inc_value("frontier/not_before_marked")
         return mark
@@ -374,7 +378,7 @@ class FrontierScheduler:
         fp, payload = split_member(member)
         try:
             request = decode_request(payload, self.spider)
-        except UndecodableRequest as exc:
+        except UndecodableRequestError as exc:
             logger.error("Undecodable request in the frontier (%(website)s), moved to %(key)s: %(reason)s",
                          {"website": website, "key": self.store.dead_key if self.store else "?", "reason": exc},
                          extra={"spider": self.spider})

@@ -9,7 +9,7 @@ from scrapy import FormRequest, Request
 from scrapy.http import JsonRequest
 from scrapy.utils.test import get_crawler
 
-from crawler.request_codec import UndecodableRequest, UnencodableRequest, decode_request, encode_request
+from crawler.request_codec import UndecodableRequestError, UnencodableRequestError, decode_request, encode_request
 from tests.frontier_helpers import CodecSpider
 
 FIELDS = ("url", "method", "body", "meta", "cb_kwargs", "cookies", "priority", "dont_filter", "flags",
@@ -89,13 +89,13 @@ class Opaque:
     (lambda s: Request("http://x/", cb_kwargs={"when": Opaque}), "cb_kwargs['when']"),
 ])
 def test_unencodable_requests_name_the_field(spider: CodecSpider, make: object, message: str) -> None:
-    with pytest.raises(UnencodableRequest, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(UnencodableRequestError, match=message.replace("[", r"\[").replace("]", r"\]")):
         encode_request(make(spider), spider)  # type: ignore[operator]
 
 
 def test_callback_of_another_spider_is_refused(spider: CodecSpider) -> None:
     other = CodecSpider.from_crawler(get_crawler(CodecSpider))
-    with pytest.raises(UnencodableRequest, match="not a method of the spider"):
+    with pytest.raises(UnencodableRequestError, match="not a method of the spider"):
         encode_request(Request("http://x/", callback=other.parse_item), spider)
 
 
@@ -110,5 +110,5 @@ def test_callback_of_another_spider_is_refused(spider: CodecSpider) -> None:
     json.dumps({**json.loads(encode_request(Request("http://x/"), None)), "callback": "no_such_method"}).encode(),
 ])
 def test_bad_payloads_are_refused(spider: CodecSpider, payload: bytes) -> None:
-    with pytest.raises(UndecodableRequest):
+    with pytest.raises(UndecodableRequestError):
         decode_request(payload, spider)

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 import pytest
 import redis
 
-from crawler.frontier import FrontierSpider
 from tests.conftest import assert_clean_log, start_crawl, wait_crawl
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
+    from crawler.frontier import FrontierSpider
     from tests.conftest import CrawlResult, DemoSite
 
 ENV = {"RESOLVE_HOSTS": "*.test:127.0.0.1"}
