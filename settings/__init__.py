@@ -21,6 +21,12 @@ TWISTED_REACTOR = "twisted.internet.asyncioreactor.AsyncioSelectorReactor"
 TWISTED_DNS_RESOLVER = "crawler.resolver.StaticHostResolver"
 
 ROBOTSTXT_OBEY = True
+# Scrapy 2.19's robots.txt middleware lets requests that wait for a host's
+# robots.txt through unchecked when several wait at once (middlewares/robotstxt.py).
+DOWNLOADER_MIDDLEWARES = {
+    "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
+    "middlewares.robotstxt.RobotsTxtMiddleware": 100,
+}
 USER_AGENT = "crawler (+https://example.invalid/crawler-bot)"
 CONCURRENT_REQUESTS = 32
 CONCURRENT_REQUESTS_PER_DOMAIN = 16

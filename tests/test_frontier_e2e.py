@@ -122,3 +122,18 @@ def test_cluster_wide_idle_close_with_two_workers(demo_site: DemoSite, redis_url
         assert _finish(res) >= last_fetch + 2.5 + idle_close - 0.05
     pages = [res.stats.get("downloader/response_count", 0) for res in (r1, r2)]
     assert sum(pages) == 2
+
+
+def test_robots_txt_obeyed_by_a_whole_prefetched_batch(demo_site: DemoSite, redis_url: str,
+                                                        run_crawl: Callable[..., CrawlResult]) -> None:
+    """20 disallowed URLs reach the robots.txt middleware together, before robots.txt is in."""
+    with redis.Redis.from_url(redis_url) as r:
+        r.rpush("shop_a:start_urls", *(demo_site.url("shop-a.test", f"/private/{n}") for n in range(20)))
+    mark = demo_site.mark()
+    result = run_crawl("shop_a", {"FRONTIER_IDLE_CLOSE_SECONDS": "1", "ITEM_PIPELINES": "{}"},
+                       env={**ENV, "REDIS_URL": redis_url})
+    assert result.returncode == 0, result.log[-3000:]
+    assert_clean_log(result.log)
+    paths = [rec["path"] for rec in demo_site.log(mark) if rec["host"] == "shop-a.test"]
+    assert paths == ["/robots.txt"]
+    assert result.stats["robotstxt/forbidden"] == 20
