@@ -6,7 +6,8 @@
 
 * Seeds are read with ``redis.asyncio`` in ``async def start()`` (Scrapy 2.13+
   never calls ``start_requests()``), and again whenever the frontier's
-  heartbeat sees seeds waiting while this worker is idle. Each batch is taken
+  heartbeat sees seeds waiting (checked every second while the worker is
+  busy, every ``FRONTIER_IDLE_POLL_SECONDS`` while idle). Each batch is taken
   atomically (MULTI: LRANGE + LTRIM), so every seed goes to one worker.
 * A seed is a JSON object ``{"url": ..., "meta": {...}, "priority": 0,
   "method": "GET", "headers": {...}, "body": "...", "callback": "parse_x",
@@ -39,7 +40,7 @@ from scrapy.exceptions import DontCloseSpider
 from scrapy_redis.spiders import RedisSpider
 from w3lib.url import parse_url
 
-from crawler.scheduler import FrontierScheduler
+from crawler.scheduler import _SEED_BACKLOG, FrontierScheduler
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -49,8 +50,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _SEED_KEYS = ("url", "method", "meta", "priority", "headers", "body", "callback", "dont_filter")
-# Keep the outbox of a seeding worker bounded; the rest waits in Redis.
-_SEED_BACKLOG = 5000
 
 
 def _non_negative(crawler: Crawler, name: str) -> float:
@@ -111,7 +110,7 @@ class FrontierSpider(RedisSpider):  # type: ignore[misc]  # scrapy-redis ships n
             yield request
 
     def frontier_seeds_waiting(self, count: int) -> None:
-        """Called by the scheduler's heartbeat when seeds wait and this worker is idle."""
+        """Called by the scheduler's heartbeat when seeds wait in ``redis_key``."""
         if self._seeding is None or self._seeding.done():
             self._seeding = asyncio.get_running_loop().create_task(self._pull_seeds())
 

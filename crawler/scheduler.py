@@ -79,6 +79,8 @@ META_REQUEUE = "frontier_requeue"
 META_NOT_BEFORE = "frontier_not_before"
 # Largest batch sent in one Lua call: a script blocks Redis while it runs.
 _PUSH_CHUNK = 500
+# No more seeds are read while this many requests wait in the outbox.
+_SEED_BACKLOG = 5000
 
 
 def _number(settings: BaseSettings, name: str, default: float, minimum: float, kind: type = float) -> Any:
@@ -180,6 +182,7 @@ class FrontierScheduler:
         self._status: Status | None = None
         self._status_at = 0.0
         self._last_busy_report = 0.0
+        self._last_seed_check = 0.0
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._heartbeat = min(1.0, config.idle_close / 4) if config.idle_close else 1.0
         self._closing = False
@@ -332,10 +335,21 @@ class FrontierScheduler:
     # -- local buffer ------------------------------------------------------
 
     def _take(self) -> _Buffered | None:
+        """The next buffered request, round-robin across websites.
+
+        A website whose download slot already has ``concurrency`` requests is
+        passed over for one whose slot has room, so one website's requests do
+        not wait in its slot queue while another website could download; with
+        no such website, one more slot's worth may queue (as Scrapy's own
+        scheduler lets the downloader queue them).
+        """
         ring = self._ring
         now = None
         slots = self._downloader_slots()
+        fallback = None
         for _ in range(len(ring)):
+            if not ring:
+                break
             website = ring[0]
             ring.rotate(-1)  # website is now last: served round-robin
             until = self._not_before.get(website)
@@ -347,15 +361,20 @@ class FrontierScheduler:
                 del self._not_before[website]
             slot = slots.get(website) if slots is not None else None
             if slot is not None and len(slot.active) >= slot.concurrency:
-                continue  # its download slot is full: give the engine another website
-            items = self._buffer[website]
-            item = items.popleft()
-            self._buffered -= 1
-            if not items:
-                del self._buffer[website]
-                ring.pop()
-            return item
-        return None
+                if fallback is None and len(slot.active) < 2 * slot.concurrency:
+                    fallback = website
+                continue
+            return self._pop_buffered(website)
+        return self._pop_buffered(fallback) if fallback is not None else None
+
+    def _pop_buffered(self, website: str) -> _Buffered:
+        items = self._buffer[website]
+        item = items.popleft()
+        self._buffered -= 1
+        if not items:
+            del self._buffer[website]
+            self._ring.remove(website)
+        return item
 
     def _hold_website(self, website: str, until: float) -> None:
         self._not_before[website] = max(self._not_before.get(website, 0.0), until)
@@ -520,11 +539,18 @@ class FrontierScheduler:
             self._sweep_in_flight()
             busy = self._locally_busy()
             try:
-                if busy:
-                    if time.monotonic() - self._last_busy_report >= self._heartbeat:
-                        self._apply_status(await self._call(self.store.status(self.worker_id, True, None)))
-                        self._last_busy_report = time.monotonic()
-                else:
+                now = time.monotonic()
+                if busy and now - self._last_seed_check >= self._heartbeat:
+                    # A busy worker takes new seeds too (scrapy-redis reads them only when idle).
+                    self._last_seed_check = self._last_busy_report = now
+                    status = await self._call(self.store.status(self.worker_id, True, self.seeds_key))
+                    self._apply_status(status)
+                    if status.seeds:
+                        self._seeds_waiting(status.seeds)
+                elif busy and now - self._last_busy_report >= self._heartbeat:
+                    self._apply_status(await self._call(self.store.status(self.worker_id, True, None)))
+                    self._last_busy_report = now
+                elif not busy:
                     # was_busy: record the end of this worker's busy spell exactly.
                     status = await self._call(self.store.status(self.worker_id, was_busy, self.seeds_key))
                     self._apply_status(status)
@@ -532,13 +558,16 @@ class FrontierScheduler:
                         self._pop_after = 0.0
                         self._want_refill()
                     if status.seeds:
-                        hook = getattr(self.spider, "frontier_seeds_waiting", None)
-                        if hook is not None:
-                            hook(status.seeds)
+                        self._seeds_waiting(status.seeds)
                     self._wake_engine()  # lets FrontierSpider.spider_idle look at the cluster view
             except RedisError:
                 pass  # counted and logged in _call; the next tick retries
             was_busy = busy
+
+    def _seeds_waiting(self, count: int) -> None:
+        hook = getattr(self.spider, "frontier_seeds_waiting", None)
+        if hook is not None and len(self._outbox) < _SEED_BACKLOG:
+            hook(count)
 
     def _apply_status(self, status: Status) -> None:
         self._status = status

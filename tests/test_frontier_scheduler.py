@@ -339,3 +339,24 @@ def test_config_defaults() -> None:
 
 def test_spider_is_not_needed_for_the_codec_spider() -> None:
     assert CodecSpider.name == "frontier_test"
+
+
+def test_busy_worker_is_told_about_seeds(redis_url: str) -> None:
+    """A service worker that never goes idle still takes new seeds (scrapy-redis reads them only when idle)."""
+    calls: list[int] = []
+
+    async def run() -> None:
+        s = await open_scheduler(redis_url, FRONTIER_IDLE_CLOSE_SECONDS=0.4)
+        assert s.spider is not None and s.redis is not None
+        s.seeds_key = "frontier_test:start_urls"
+        s.spider.frontier_seeds_waiting = calls.append  # type: ignore[attr-defined]
+        s._sweep_in_flight = lambda: None  # type: ignore[method-assign]
+        s._in_flight = {Request("http://a.test/"): "fp"}  # busy: a download in progress
+        await s.redis.rpush("frontier_test:start_urls", "http://a.test/1", "http://a.test/2")
+        while not calls:
+            await asyncio.sleep(0.05)
+        assert s._locally_busy()
+        await s._close("finished")
+
+    asyncio.run(run())
+    assert calls[0] == 2
