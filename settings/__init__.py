@@ -21,6 +21,12 @@ TWISTED_REACTOR = "twisted.internet.asyncioreactor.AsyncioSelectorReactor"
 TWISTED_DNS_RESOLVER = "crawler.resolver.StaticHostResolver"
 
 ROBOTSTXT_OBEY = True
+# Scrapy 2.19's robots.txt middleware lets requests that wait for a host's
+# robots.txt through unchecked when several wait at once (middlewares/robotstxt.py).
+DOWNLOADER_MIDDLEWARES = {
+    "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
+    "middlewares.robotstxt.RobotsTxtMiddleware": 100,
+}
 USER_AGENT = "crawler (+https://example.invalid/crawler-bot)"
 CONCURRENT_REQUESTS = 32
 CONCURRENT_REQUESTS_PER_DOMAIN = 16
@@ -37,11 +43,8 @@ TELNETCONSOLE_ENABLED = False
 # Off here; opt in with -s REMOTE_CONTROL_ENABLED=1.
 REMOTE_CONTROL_ENABLED = False
 
-# Shared frontier (scrapy-redis for now).
-SCHEDULER = "crawler.scheduler.RedisScheduler"
-DUPEFILTER_CLASS = "scrapy_redis.dupefilter.RFPDupeFilter"
-SCHEDULER_PERSIST = True  # scrapy-redis's name: keep the frontier when a worker closes
-SCHEDULER_QUEUE_CLASS = "scrapy_redis.queue.PriorityQueue"
+# Shared frontier: our scheduler on scrapy-redis's data model (crawler/scheduler.py).
+SCHEDULER = "crawler.scheduler.FrontierScheduler"
 
 # Close a worker after the shared frontier has been empty, with this worker
 # idle, for this many seconds; 0 runs it as a service that waits for seeds.
