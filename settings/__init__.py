@@ -70,6 +70,4 @@ FEED_EXPORT_ENCODING = "utf-8"
 BYTE_BUDGET_ENABLED = True
 BYTE_BUDGET_DEFAULT = None  # bytes per window for every website; None: no budget
 BYTE_BUDGET_PER_WEBSITE: dict[str, int | None] = {}
-DOWNLOADER_MIDDLEWARES = {
-    "middlewares.byte_budget.ByteBudgetMiddleware": 950,
-}
+DOWNLOADER_MIDDLEWARES["middlewares.byte_budget.ByteBudgetMiddleware"] = 950

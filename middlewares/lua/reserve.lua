@@ -21,7 +21,7 @@
 --
 -- KEYS[1]  <prefix>:bb:{<website>}:log       sorted set, settled entries
 -- KEYS[2]  <prefix>:bb:{<website>}:inflight  sorted set, granted, not settled
--- KEYS[3]  <prefix>:bb:{<website>}:state     hash: used, seq, mean, dev, warned_until
+-- KEYS[3]  <prefix>:bb:{<website>}:state     hash: used, seq, mean, dev, max, warned_until
 -- ARGV[1]  budget b in bytes per window (integer >= 0)
 -- ARGV[2]  window length in seconds (float > 0)
 -- ARGV[3]  bytes to reserve; 0 = use the learned estimate
@@ -29,7 +29,8 @@
 -- ARGV[5]  lease in seconds: an unsettled reservation counts as ended at
 --          grant + lease (a crashed worker cannot hold the budget for ever)
 -- ARGV[6]  retry delay in seconds when only in-flight downloads block
--- ARGV[7]  estimate margin k: estimate = mean + k * mean deviation
+-- ARGV[7]  estimate margin k: estimate = max(mean + k * mean deviation,
+--          decaying maximum), see settle.lua
 -- Returns  {1, member, now, n}                     granted (member for settle.lua)
 --          {0, not_before, now, n, warn}            denied; warn = 1 for the first
 --                                                   denial of a window (log it once)
@@ -74,7 +75,8 @@ if n <= 0 then
   local mean = tonumber(redis.call('HGET', KEYS[3], 'mean') or '')
   if mean then
     local dev = tonumber(redis.call('HGET', KEYS[3], 'dev') or '0')
-    n = math.ceil(mean + tonumber(ARGV[7]) * dev)
+    local max = tonumber(redis.call('HGET', KEYS[3], 'max') or '0')
+    n = math.ceil(math.max(mean + tonumber(ARGV[7]) * dev, max))
   else
     n = tonumber(ARGV[4])
   end

@@ -6,11 +6,14 @@
 -- later reservations wait for; below it, the difference is free at once.
 -- Also folds the size into the website's learned estimate (Jacobson/Karels
 -- smoothing, as TCP does for round-trip times: mean += (x - mean) / 8,
--- dev += (|x - mean| - dev) / 4).
+-- dev += (|x - mean| - dev) / 4) and a slowly decaying maximum (x 0.995 per
+-- settle), so that a website whose pages come in a few sizes (small listings,
+-- larger articles) is estimated at its larger pages: an estimate below the true
+-- size is an overrun when the size is unknowable (chunked, no Content-Length).
 --
 -- KEYS[1]  <prefix>:bb:{<website>}:log       sorted set, settled entries
 -- KEYS[2]  <prefix>:bb:{<website>}:inflight  sorted set, granted, not settled
--- KEYS[3]  <prefix>:bb:{<website>}:state     hash: used, seq, mean, dev, warned_until
+-- KEYS[3]  <prefix>:bb:{<website>}:state     hash: used, seq, mean, dev, max, warned_until
 -- ARGV[1]  member returned by reserve.lua ("" when there was no reservation)
 -- ARGV[2]  bytes to count now (integer >= 0)
 -- ARGV[3]  window length in seconds
@@ -52,9 +55,10 @@ if learn >= 0 then
     local err = learn - mean
     mean = mean + err / 8
     dev = dev + (math.abs(err) - dev) / 4
-    redis.call('HSET', KEYS[3], 'mean', mean, 'dev', dev)
+    local max = tonumber(redis.call('HGET', KEYS[3], 'max') or '0')
+    redis.call('HSET', KEYS[3], 'mean', mean, 'dev', dev, 'max', math.max(learn, max * 0.995))
   else
-    redis.call('HSET', KEYS[3], 'mean', learn, 'dev', learn / 2)
+    redis.call('HSET', KEYS[3], 'mean', learn, 'dev', learn / 2, 'max', learn)
   end
 end
 
