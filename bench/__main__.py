@@ -16,6 +16,7 @@ BENCHMARKS = {
     "concurrent_items": "bench.concurrent_items",
     "demosite": "bench.demosite",
     "frontier": "bench.frontier",
+    "budget": "bench.budget",
 }
 
 
