@@ -15,7 +15,8 @@ A request that may not be downloaded yet goes back to the frontier with
 Settings (README, "Byte budget"): ``BYTE_BUDGET_ENABLED``, ``BYTE_BUDGET_DEFAULT``,
 ``BYTE_BUDGET_PER_WEBSITE``, ``BYTE_BUDGET_WINDOW_SECONDS``, ``BYTE_BUDGET_STRICT``,
 ``BYTE_BUDGET_DEFAULT_ESTIMATE``, ``BYTE_BUDGET_ESTIMATE_MARGIN``, ``BYTE_BUDGET_STOP_SLACK``,
-``BYTE_BUDGET_REFRESH_SECONDS``, ``BYTE_BUDGET_RETRY_SECONDS``, ``BYTE_BUDGET_PARK_MAX_SECONDS``, ``BYTE_BUDGET_FALLBACK_WORKERS``,
+``BYTE_BUDGET_REFRESH_SECONDS``, ``BYTE_BUDGET_RETRY_SECONDS``, ``BYTE_BUDGET_PARK_MAX_SECONDS``,
+``BYTE_BUDGET_LEASE_DOWNLOADS``, ``BYTE_BUDGET_LEASE_SECONDS``, ``BYTE_BUDGET_FALLBACK_WORKERS``,
 ``BYTE_BUDGET_KEY_PREFIX``, ``BYTE_BUDGET_REDIS_URL``; ``WEBSITE_KEY`` picks the website.
 
 Run-time overrides: ``python -m middlewares.byte_budget set shop-a.test 200000``
@@ -96,6 +97,13 @@ def _number(settings: BaseSettings, name: str, default: float, minimum: float, *
     return value
 
 
+def _whole(settings: BaseSettings, name: str, default: int, minimum: int) -> int:
+    value = _number(settings, name, default, minimum, strict=False)
+    if value != int(value):
+        raise ValueError(f"{name} must be a whole number >= {minimum}, got {settings.get(name)!r}")
+    return int(value)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Parsed ``BYTE_BUDGET_*`` settings."""
@@ -111,6 +119,8 @@ class Config:
     retry: float
     park_max: float
     fallback_workers: int
+    lease_downloads: int
+    lease_seconds: float
     prefix: str
     redis_url: str
     website_mode: str
@@ -148,6 +158,8 @@ class Config:
             retry=_number(settings, "BYTE_BUDGET_RETRY_SECONDS", 0.25, 0, strict=True),
             park_max=_number(settings, "BYTE_BUDGET_PARK_MAX_SECONDS", 2.5, 0, strict=True),
             fallback_workers=int(fallback),
+            lease_downloads=_whole(settings, "BYTE_BUDGET_LEASE_DOWNLOADS", 32, 1),
+            lease_seconds=_number(settings, "BYTE_BUDGET_LEASE_SECONDS", 1.0, 0, strict=True),
             prefix=str(settings.get("BYTE_BUDGET_KEY_PREFIX") or settings.get("BOT_NAME") or "crawler"),
             redis_url=str(redis_url),
             website_mode=website_key_mode(settings),
@@ -155,6 +167,28 @@ class Config:
             # when Scrapy would have timed the download out.
             lease=float(settings.getfloat("DOWNLOAD_TIMEOUT", 180)) + 10,
         )
+
+
+@dataclass(slots=True, eq=False)
+class _Lease:
+    """Bytes reserved in Redis once for several downloads of this worker.
+
+    With the budget far from binding, one reservation and one settle serve up
+    to ``BYTE_BUDGET_LEASE_DOWNLOADS`` downloads (Redis round trips were most
+    of the middleware's cost). For the sliding-window proof a lease is one
+    reservation: all its downloads happen between its grant and its settle,
+    and each stays within its share of it.
+    """
+
+    website: str
+    member: str
+    amount: int  # reserved in Redis
+    estimate: int  # bytes per download, from Redis at grant time
+    committed: int = 0  # handed out to downloads
+    counted: int = 0  # bytes of finished downloads
+    inflight: int = 0
+    open: bool = True
+    learn: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -170,6 +204,7 @@ class _Grant:
     expected: int = -1  # total size announced by Content-Length, when known
     chunked: bool = False  # no Content-Length: HTTP/1.1 chunked (or read to close)
     stopped: bool = False
+    lease: _Lease | None = None
 
 
 @dataclass(slots=True)
@@ -232,10 +267,12 @@ class ByteBudgetMiddleware:
         self._overrides: dict[str, int | None] = {}
         self._refresher: asyncio.Task[None] | None = None
         self._grants: dict[Request, _Grant] = {}
-        self._unsettled: list[tuple[str, str, int, int]] = []  # settles that failed: retried later
+        self._unsettled: list[tuple[str, str, int, list[int]]] = []  # settles that failed: retried later
         self._redis_down_since: float | None = None
         self._backoff = config.retry
         self._local: dict[str, _LocalBudget] = {}
+        self._leases: dict[str, _Lease] = {}  # the open lease per website
+        self._tasks: set[asyncio.Task[Any]] = set()
         crawler.signals.connect(self.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(self.spider_closed, signal=signals.spider_closed)
         crawler.signals.connect(self.headers_received, signal=signals.headers_received)
@@ -275,6 +312,10 @@ class ByteBudgetMiddleware:
             del self._grants[request]
             size = grant.head + grant.body + (_chunked_overhead(grant.body) if grant.chunked else 0)
             await self._settle_grant(grant, size, learn=-1)
+        for lease in list(self._leases.values()):
+            self._close_lease(lease)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._flush_unsettled()
         if self.redis is not None:
             await self.redis.aclose()
@@ -325,7 +366,8 @@ class ByteBudgetMiddleware:
             self.stats.inc_value("byte_budget/unlimited")
             return None
         known = int(request.meta.get("byte_budget_size", 0))
-        grant = await self._try_reserve(request, website, budget, known)
+        grant = await self._grant_from_lease(website, known) or await self._try_reserve(
+            request, website, budget, known)
         while not isinstance(grant, _Grant) and _waits_in_place(request):
             # Fetched with engine.download_async() (robots.txt), not through the
             # frontier: a returned request would be retried at once, in a loop.
@@ -355,7 +397,8 @@ class ByteBudgetMiddleware:
         try:
             result = await self._reserve(
                 keys=website_keys(c.prefix, website),
-                args=[budget, c.window, known, c.default_estimate, c.lease, c.retry, c.estimate_margin],
+                args=[budget, c.window, known, c.default_estimate, c.lease, c.retry, c.estimate_margin,
+                  c.lease_downloads],
             )
         except RedisError as exc:
             self._redis_error(exc)
@@ -365,7 +408,17 @@ class ByteBudgetMiddleware:
             self._redis_down_since = None
             self._backoff = c.retry
         if int(result[0]) == 1:
-            return _Grant(website, result[1].decode(), int(result[3]), sized=known > 0)
+            n, granted = int(result[3]), int(result[4])
+            if granted <= n:
+                return _Grant(website, result[1].decode(), n, sized=known > 0)
+            lease = _Lease(website, result[1].decode(), granted, n, committed=n, inflight=1)
+            old = self._leases.get(website)
+            if old is not None:
+                self._close_lease(old)
+            self._leases[website] = lease
+            asyncio.get_running_loop().call_later(c.lease_seconds, self._close_lease, lease)
+            self.stats.inc_value("byte_budget/leases")
+            return _Grant(website, "", n, sized=known > 0, lease=lease)
         not_before = float(result[1])
         if int(result[4]):
             self.stats.inc_value("byte_budget/exhausted")
@@ -379,6 +432,47 @@ class ByteBudgetMiddleware:
         logger.debug("Byte budget: %(request)s waits until %(nb).3f", {"request": request, "nb": not_before},
                      extra={"spider": self.crawler.spider})
         return not_before, float(result[2])
+
+    async def _grant_from_lease(self, website: str, known: int) -> _Grant | None:
+        lease = self._leases.get(website)
+        if lease is None:
+            return None
+        n = known or lease.estimate
+        if lease.committed + n > lease.amount:
+            # Used up: settle it first when it is idle, so the next
+            # reservation does not see its unused bytes as taken.
+            if self._close_lease(lease, settle=False):
+                await self._settle_lease(lease)
+            return None
+        lease.committed += n
+        lease.inflight += 1
+        return _Grant(website, "", n, sized=known > 0, lease=lease)
+
+    def _close_lease(self, lease: _Lease, settle: bool = True) -> bool:
+        """No more downloads from this lease; it is settled when its downloads are done.
+
+        True if it is idle and ``settle`` is False: the caller settles it.
+        """
+        if not lease.open:
+            return False
+        lease.open = False
+        if self._leases.get(lease.website) is lease:
+            del self._leases[lease.website]
+        if lease.inflight:
+            return False
+        if not settle:
+            return True
+        task = asyncio.get_running_loop().create_task(self._settle_lease(lease))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return False
+
+    async def _settle_lease(self, lease: _Lease) -> None:
+        try:
+            await self._settle_in_redis(lease.website, lease.member, lease.counted, lease.learn)
+        except RedisError as exc:
+            self._redis_error(exc)
+            self._unsettled.append((lease.website, lease.member, lease.counted, lease.learn))
 
     def _reserve_without_redis(self, website: str, budget: int, known: int) -> _Grant | tuple[float, float]:
         c = self.config
@@ -413,6 +507,12 @@ class ByteBudgetMiddleware:
         if isinstance(body_length, int) and body_length >= 0:
             grant.expected = grant.head + body_length
             if self.config.strict and not grant.sized and grant.expected > grant.reserved:
+                lease = grant.lease
+                if lease is not None and lease.amount - lease.committed >= grant.expected - grant.reserved:
+                    # Room left in the lease: take the difference from it.
+                    lease.committed += grant.expected - grant.reserved
+                    grant.reserved = grant.expected
+                    return
                 grant.stopped = True
                 raise StopDownload(fail=False)
 
@@ -458,22 +558,31 @@ class ByteBudgetMiddleware:
         """Settle in Redis (or locally); the server time, when Redis answered."""
         self.stats.inc_value("byte_budget/settled")
         self.stats.inc_value("byte_budget/bytes_settled", size)
+        lease = grant.lease
+        if lease is not None:
+            lease.counted += size
+            if learn >= 0:
+                lease.learn.append(learn)
+            lease.inflight -= 1
+            if not lease.open and lease.inflight == 0:
+                await self._settle_lease(lease)
+            return None
         if not grant.member:
             local = self._local.setdefault(grant.website, _LocalBudget())
             local.settle(grant.reserved, size)
             return None
         try:
-            return await self._settle_in_redis(grant.website, grant.member, size, learn)
+            return await self._settle_in_redis(grant.website, grant.member, size, [learn])
         except RedisError as exc:
             self._redis_error(exc)
-            self._unsettled.append((grant.website, grant.member, size, learn))
+            self._unsettled.append((grant.website, grant.member, size, [learn]))
             return None
 
-    async def _settle_in_redis(self, website: str, member: str, size: int, learn: int) -> float:
+    async def _settle_in_redis(self, website: str, member: str, size: int, learn: list[int]) -> float:
         c = self.config
         assert self._settle is not None
         result = await self._settle(keys=website_keys(c.prefix, website),
-                                    args=[member, size, c.window, c.lease, learn])
+                                    args=[member, size, c.window, c.lease, *learn])
         return float(result[0])
 
     async def _flush_unsettled(self) -> None:

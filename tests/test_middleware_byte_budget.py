@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 
 
 def settings(redis_url: str, **extra: Any) -> dict[str, Any]:
-    return {"BYTE_BUDGET_ENABLED": True, "REDIS_URL": redis_url, "BYTE_BUDGET_KEY_PREFIX": "t", **extra}
+    # One reservation per download unless a test is about leases.
+    return {"BYTE_BUDGET_ENABLED": True, "REDIS_URL": redis_url, "BYTE_BUDGET_KEY_PREFIX": "t",
+            "BYTE_BUDGET_LEASE_DOWNLOADS": 1, **extra}
 
 
 def run(redis_url: str, extra: dict[str, Any], body: Callable[[ByteBudgetMiddleware], Awaitable[None]]) -> Any:
@@ -69,6 +71,9 @@ def server_time(redis_url: str) -> float:
     ("BYTE_BUDGET_WINDOW_SECONDS", "soon"),
     ("BYTE_BUDGET_FALLBACK_WORKERS", 1.5),
     ("BYTE_BUDGET_REFRESH_SECONDS", -2),
+    ("BYTE_BUDGET_LEASE_DOWNLOADS", 0),
+    ("BYTE_BUDGET_LEASE_DOWNLOADS", 2.5),
+    ("BYTE_BUDGET_LEASE_SECONDS", 0),
     ("WEBSITE_KEY", "path"),
 ])
 def test_invalid_settings_name_the_setting(name: str, value: Any) -> None:
@@ -310,3 +315,48 @@ def test_redis_down_with_local_fallback_budget(redis_url: str) -> None:
     stats = run(dead, {"BYTE_BUDGET_DEFAULT": 4000, "BYTE_BUDGET_FALLBACK_WORKERS": 2}, body)
     assert stats["byte_budget/fallback_granted"] == 2
     assert [r is None for r in out] == [True, True, False, False, False, False]
+
+
+def test_lease_serves_many_downloads_with_one_reservation(redis_url: str) -> None:
+    """Far from binding: one Redis reservation for several downloads, settled once, exactly."""
+    out: dict[str, Any] = {}
+
+    async def body(mw: ByteBudgetMiddleware) -> None:
+        sizes = []
+        for n in range(10):
+            request = Request(f"http://shop-a.test/{n}", meta={"byte_budget_size": 1000})
+            assert await mw.process_request(request) is None
+            resp = response(request, b"x" * 500)
+            await mw.process_response(request, resp)
+            sizes.append(wire_size(resp))
+        with redis.Redis.from_url(redis_url) as r:
+            out["inflight"] = r.zcard(website_keys("t", "shop-a.test")[1])
+        await asyncio.sleep(0.3)  # BYTE_BUDGET_LEASE_SECONDS: the lease closes and is settled
+        out["sizes"] = sizes
+
+    stats = run(redis_url, {"BYTE_BUDGET_DEFAULT": 1_000_000, "BYTE_BUDGET_LEASE_DOWNLOADS": 4,
+                            "BYTE_BUDGET_LEASE_SECONDS": 0.2}, body)
+    assert stats["byte_budget/granted"] == 10
+    assert stats["byte_budget/leases"] == 3  # 4 + 4 + 2 downloads
+    assert out["inflight"] == 1  # the last lease, still open
+    with redis.Redis.from_url(redis_url) as r:
+        keys = website_keys("t", "shop-a.test")
+        assert r.zcard(keys[1]) == 0
+        assert r.zcard(keys[0]) == 3
+        assert float(r.hget(keys[2], "used")) == sum(out["sizes"])
+        # All ten sizes were learned, from three settles.
+        assert float(r.hget(keys[2], "max")) == max(out["sizes"])
+
+
+def test_lease_shrinks_to_one_download_when_the_budget_binds(redis_url: str) -> None:
+    async def body(mw: ByteBudgetMiddleware) -> None:
+        for n in range(3):
+            request = Request(f"http://shop-a.test/{n}", meta={"byte_budget_size": 1000})
+            assert await mw.process_request(request) is None
+        denied = await mw.process_request(Request("http://shop-a.test/x", meta={"byte_budget_size": 1000}))
+        assert isinstance(denied, Request)
+
+    # b = 3000: room for exactly 3 pages; a lease of 32 would take more than a quarter of it.
+    stats = run(redis_url, {"BYTE_BUDGET_DEFAULT": 3000, "BYTE_BUDGET_LEASE_DOWNLOADS": 32}, body)
+    assert stats["byte_budget/granted"] == 3
+    assert stats["byte_budget/denied"] == 1

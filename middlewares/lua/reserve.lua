@@ -31,7 +31,12 @@
 -- ARGV[6]  retry delay in seconds when only in-flight downloads block
 -- ARGV[7]  estimate margin k: estimate = max(mean + k * mean deviation,
 --          decaying maximum), see settle.lua
--- Returns  {1, member, now, n}                     granted (member for settle.lua)
+-- ARGV[8]  lease size in downloads L (optional, default 1): reserve L * n
+--          bytes for several downloads of one worker, but only while that is
+--          at most a quarter of the room the budget has left; near the limit
+--          every download reserves for itself
+-- Returns  {1, member, now, n, granted}                granted >= n bytes are reserved
+--          (member for settle.lua)
 --          {0, not_before, now, n, warn}            denied; warn = 1 for the first
 --                                                   denial of a window (log it once)
 --          floats are returned as strings (Lua numbers would be truncated).
@@ -91,14 +96,19 @@ n = math.max(math.floor(n), 1)
 local ttl = math.ceil((2 * window + lease) * 1000)
 
 if budget > 0 and used + n <= budget then
+  local granted = n
+  local wish = n * (tonumber(ARGV[8] or '1') or 1)
+  if wish > n and budget - used - n >= 4 * (wish - n) then
+    granted = wish
+  end
   local seq = redis.call('HINCRBY', KEYS[3], 'seq', 1)
-  local member = seq .. ':' .. n
+  local member = seq .. ':' .. granted
   redis.call('ZADD', KEYS[2], now + lease, member)
-  redis.call('HSET', KEYS[3], 'used', used + n)
+  redis.call('HSET', KEYS[3], 'used', used + granted)
   for i = 1, 3 do
     redis.call('PEXPIRE', KEYS[i], ttl)
   end
-  return {1, member, tostring(now), n}
+  return {1, member, tostring(now), n, granted}
 end
 
 -- Denied: the earliest time enough settled bytes will have left the window.

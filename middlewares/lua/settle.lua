@@ -18,7 +18,8 @@
 -- ARGV[2]  bytes to count now (integer >= 0)
 -- ARGV[3]  window length in seconds
 -- ARGV[4]  lease in seconds (for the key TTL)
--- ARGV[5]  size to learn from (integer; < 0 = learn nothing)
+-- ARGV[5..] sizes to learn from (integers; < 0 = learn nothing); a lease
+--          settles the sizes of all its downloads at once
 -- Returns  {now, used}  as strings
 
 local t = redis.call('TIME')
@@ -26,7 +27,6 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local member = ARGV[1]
 local bytes = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
-local learn = tonumber(ARGV[5])
 
 local used = tonumber(redis.call('HGET', KEYS[3], 'used') or '0')
 if member ~= '' then
@@ -48,18 +48,26 @@ if used < 0 then
 end
 redis.call('HSET', KEYS[3], 'used', used)
 
-if learn >= 0 then
-  local mean = tonumber(redis.call('HGET', KEYS[3], 'mean') or '')
-  if mean then
-    local dev = tonumber(redis.call('HGET', KEYS[3], 'dev') or '0')
-    local err = learn - mean
-    mean = mean + err / 8
-    dev = dev + (math.abs(err) - dev) / 4
-    local max = tonumber(redis.call('HGET', KEYS[3], 'max') or '0')
-    redis.call('HSET', KEYS[3], 'mean', mean, 'dev', dev, 'max', math.max(learn, max * 0.995))
-  else
-    redis.call('HSET', KEYS[3], 'mean', learn, 'dev', learn / 2, 'max', learn)
+local mean = tonumber(redis.call('HGET', KEYS[3], 'mean') or '')
+local dev = tonumber(redis.call('HGET', KEYS[3], 'dev') or '0')
+local max = tonumber(redis.call('HGET', KEYS[3], 'max') or '0')
+local learned = false
+for i = 5, #ARGV do
+  local x = tonumber(ARGV[i])
+  if x >= 0 then
+    if mean then
+      local err = x - mean
+      mean = mean + err / 8
+      dev = dev + (math.abs(err) - dev) / 4
+      max = math.max(x, max * 0.995)
+    else
+      mean, dev, max = x, x / 2, x
+    end
+    learned = true
   end
+end
+if learned then
+  redis.call('HSET', KEYS[3], 'mean', mean, 'dev', dev, 'max', max)
 end
 
 local ttl = math.ceil((2 * window + tonumber(ARGV[4])) * 1000)
