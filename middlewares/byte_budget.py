@@ -537,6 +537,9 @@ class ByteBudgetMiddleware:
             body_length = grant.expected - grant.head
             counted = size + min(body_length, self.config.stop_slack)
             self.stats.inc_value("byte_budget/stopped")
+            logger.debug("Byte budget: %(response)s stopped at %(size)d bytes, counted %(counted)d",
+                         {"response": response, "size": size, "counted": counted},
+                         extra={"spider": self.crawler.spider})
             not_before = await self._settle_grant(grant, counted, learn=grant.expected)
             meta = {**request.meta, "byte_budget_size": grant.expected}
             return self._requeue(request.replace(meta=meta), not_before or time.time())
