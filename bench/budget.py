@@ -51,7 +51,8 @@ def main(argv: list[str]) -> int:
                 res = _binding_run(servers, n, args.budget, args.window, args.windows)
                 binding[n].append(res)
                 print(f"  repeat {i + 1}/{args.repeats} binding, {n} worker(s): max window {res['max']:.3f} b, "
-                      f"utilization {res['util']:.3f}, biggest page {res['page']} B", flush=True)
+                      f"utilization {res['util']:.3f}, biggest page {res['page']} B, "
+                      f"{res['unseen']} responses no worker saw", flush=True)
             for label in ("without", "with"):
                 settings = {"ITEM_PIPELINES": "{}"}
                 if label == "with":
@@ -134,10 +135,12 @@ def _binding_run(servers: BenchServers, workers: int, budget: int, window: float
                 proc.kill()
                 proc.wait()
     records = [(float(r["t"]), int(r["bytes"])) for r in servers.log(mark)]
-    denied = 0
+    denied = settled = 0
     for path in paths:
         if path.exists():
-            denied += int(json.loads(path.read_text()).get("byte_budget/denied", 0))
+            stats = json.loads(path.read_text())
+            denied += int(stats.get("byte_budget/denied", 0))
+            settled += int(stats.get("byte_budget/settled", 0))
     worst, start, running = 0, 0, 0
     for t, size in records:
         running += size
@@ -146,5 +149,7 @@ def _binding_run(servers: BenchServers, workers: int, budget: int, window: float
             start += 1
         worst = max(worst, running)
     used = sum(size for t, size in records if t < t0 + windows * window)
+    # Responses the server sent that no worker saw (so could not count).
+    unseen = max(0, len(records) - settled)
     return {"max": worst / budget, "util": used / (windows * budget), "page": max(s for _, s in records),
-            "denied": denied}
+            "denied": denied, "unseen": unseen}

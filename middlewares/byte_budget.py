@@ -272,6 +272,7 @@ class ByteBudgetMiddleware:
         self._backoff = config.retry
         self._local: dict[str, _LocalBudget] = {}
         self._leases: dict[str, _Lease] = {}  # the open lease per website
+        self._pending: dict[str, asyncio.Future[None]] = {}  # reservation in flight per website
         self._tasks: set[asyncio.Task[Any]] = set()
         crawler.signals.connect(self.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(self.spider_closed, signal=signals.spider_closed)
@@ -366,8 +367,14 @@ class ByteBudgetMiddleware:
             self.stats.inc_value("byte_budget/unlimited")
             return None
         known = int(request.meta.get("byte_budget_size", 0))
-        grant = await self._grant_from_lease(website, known) or await self._try_reserve(
-            request, website, budget, known)
+        grant = await self._grant_from_lease(website, known)
+        # One reservation in flight per website: with leases, the requests
+        # that arrive meanwhile are served from the lease it brings.
+        while grant is None and (pending := self._pending.get(website)) is not None:
+            await asyncio.shield(pending)
+            grant = await self._grant_from_lease(website, known)
+        if grant is None:
+            grant = await self._reserve_single_flight(request, website, budget, known)
         while not isinstance(grant, _Grant) and _waits_in_place(request):
             # Fetched with engine.download_async() (robots.txt), not through the
             # frontier: a returned request would be retried at once, in a loop.
@@ -387,6 +394,20 @@ class ByteBudgetMiddleware:
         # change reaches parked websites within REFRESH + PARK_MAX seconds.
         not_before, now = grant
         return self._requeue(request, min(not_before, now + self.config.park_max))
+
+    async def _reserve_single_flight(
+        self, request: Request, website: str, budget: int, known: int
+    ) -> _Grant | tuple[float, float]:
+        if self.config.lease_downloads == 1:
+            return await self._try_reserve(request, website, budget, known)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending[website] = done
+        try:
+            return await self._try_reserve(request, website, budget, known)
+        finally:
+            if self._pending.get(website) is done:
+                del self._pending[website]
+            done.set_result(None)
 
     async def _try_reserve(
         self, request: Request, website: str, budget: int, known: int
