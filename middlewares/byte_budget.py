@@ -45,12 +45,13 @@ from scrapy.utils.asyncio import is_asyncio_available
 from crawler.website import website_key, website_key_mode
 
 if TYPE_CHECKING:
+    from typing import Self
+
     from redis.commands.core import AsyncScript
     from scrapy import Request
     from scrapy.crawler import Crawler
     from scrapy.http import Response
     from scrapy.settings import BaseSettings
-    from typing_extensions import Self
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def website_keys(prefix: str, website: str) -> list[str]:
 
 def load_script(client: aioredis.Redis | Any, name: str) -> AsyncScript:
     source = files("middlewares").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
-    return client.register_script(source)  # type: ignore[no-any-return]
+    return client.register_script(source)
 
 
 def parse_budget(name: str, raw: Any) -> int | None:
@@ -81,7 +82,7 @@ def parse_budget(name: str, raw: Any) -> int | None:
         value = int(raw)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number of bytes >= 0 or None, got {raw!r}") from None
-    if value < 0 or isinstance(raw, float) and raw != value:
+    if value < 0 or (isinstance(raw, float) and raw != value):
         raise ValueError(f"{name} must be a number of bytes >= 0 or None, got {raw!r}")
     return value
 
@@ -336,9 +337,10 @@ class ByteBudgetMiddleware:
             return
         overrides = {}
         for site, value in raw.items():
-            name = site.decode()
+            name = site.decode() if isinstance(site, bytes) else site
             try:
-                overrides[name] = parse_budget(f"override for {name}", value.decode())
+                text = value.decode() if isinstance(value, bytes) else value
+                overrides[name] = parse_budget(f"override for {name}", text)
             except ValueError:
                 logger.error("Ignoring invalid byte budget override %(site)s=%(value)r",
                              {"site": name, "value": value}, extra={"spider": self.crawler.spider})
@@ -367,7 +369,7 @@ class ByteBudgetMiddleware:
             self.stats.inc_value("byte_budget/unlimited")
             return None
         known = int(request.meta.get("byte_budget_size", 0))
-        grant = await self._grant_from_lease(website, known)
+        grant: _Grant | tuple[float, float] | None = await self._grant_from_lease(website, known)
         # One reservation in flight per website: with leases, the requests
         # that arrive meanwhile are served from the lease it brings.
         while grant is None and (pending := self._pending.get(website)) is not None:
