@@ -41,6 +41,7 @@ from scrapy import signals
 from scrapy.downloadermiddlewares.stats import get_header_size, get_status_size
 from scrapy.exceptions import NotConfigured, StopDownload
 from scrapy.utils.asyncio import is_asyncio_available
+from scrapy.utils.httpobj import urlparse_cached
 
 from crawler.website import website_key, website_key_mode
 
@@ -274,6 +275,7 @@ class ByteBudgetMiddleware:
         self._local: dict[str, _LocalBudget] = {}
         self._leases: dict[str, _Lease] = {}  # the open lease per website
         self._pending: dict[str, asyncio.Future[None]] = {}  # reservation in flight per website
+        self._websites: dict[str, str] = {}  # netloc -> website key (website_key parses the URL)
         self._tasks: set[asyncio.Task[Any]] = set()
         crawler.signals.connect(self.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(self.spider_closed, signal=signals.spider_closed)
@@ -363,7 +365,10 @@ class ByteBudgetMiddleware:
     async def process_request(self, request: Request) -> Request | None:
         if request.meta.get("byte_budget_dont_count"):
             return None
-        website = website_key(request.url, self.config.website_mode)
+        netloc = urlparse_cached(request).netloc
+        website = self._websites.get(netloc)
+        if website is None:
+            website = self._websites[netloc] = website_key(request.url, self.config.website_mode)
         budget = self.budget_for(website)
         if budget is None:
             self.stats.inc_value("byte_budget/unlimited")
@@ -567,8 +572,9 @@ class ByteBudgetMiddleware:
             meta = {**request.meta, "byte_budget_size": grant.expected}
             return self._requeue(request.replace(meta=meta), not_before or time.time())
         await self._settle_grant(grant, size, learn=size)
-        logger.debug("Byte budget: %(response)s counted %(size)d bytes", {"response": response, "size": size},
-                     extra={"spider": self.crawler.spider})
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("Byte budget: %(response)s counted %(size)d bytes", {"response": response, "size": size},
+                         extra={"spider": self.crawler.spider})
         return response
 
     async def process_exception(self, request: Request, exception: Exception) -> None:
