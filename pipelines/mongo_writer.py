@@ -1,0 +1,558 @@
+"""Bulk, idempotent, non-blocking MongoDB writes that lose no item.
+
+Each item becomes one upsert, ``UpdateOne({<key fields>: ...}, {"$set": doc},
+upsert=True)``, keyed by a unique key per item type (default
+``canonical_url``), so a re-crawl updates its document instead of adding one.
+The operation is appended to a local fsync'd journal (:mod:`pipelines.journal`)
+*before* ``process_item`` returns: an item Scrapy counts as scraped is on
+disk. A background task sends the journaled operations in batches (by size
+and by time) as unordered ``bulk_write`` calls through pymongo's
+``AsyncMongoClient``, and deletes journal segments once MongoDB has them.
+
+* Back-pressure: while MongoDB is reachable, ``process_item`` waits when
+  ``MONGO_WRITER_BUFFER_SIZE`` operations are journaled but not yet written,
+  so the crawl slows down to MongoDB's pace instead of memory growing.
+* Transient errors (network, server selection, write concern) are retried
+  with exponential backoff. After ``MONGO_WRITER_RETRY_TIMES`` failures MongoDB
+  counts as down: the crawl goes on, operations go only to the journal (not to
+  memory), and the writer keeps probing; when MongoDB is back it replays the
+  journal in order, then resumes normal operation. Whatever is still in the
+  journal at close (or after a crash) is adopted and replayed by the next
+  worker that starts with the same ``MONGO_WRITER_JOURNAL_DIR``.
+* Replays are idempotent: the same upsert again changes nothing, and a
+  version guard (``MONGO_WRITER_VERSION_FIELD``, default ``fetched_at``) keeps
+  an older operation replayed late from overwriting a newer crawl.
+* Per-document errors never stop the crawl: duplicate-key races are retried
+  once and then counted (``stale`` when the version guard refused an older
+  write), others are counted, logged and the document stored as a dead letter.
+* Invalid items (``DeadLetter`` from ``ValidatePipeline``), items without
+  their key and items BSON cannot encode go to the dead-letter collection.
+
+Settings (``MONGO_URI`` and ``MONGO_DATABASE``: :mod:`pipelines.mongo_config`):
+
+``MONGO_WRITER_ENABLED`` (bool, default ``True``)
+``MONGO_WRITER_COLLECTIONS`` (dict, default ``{}``): item class (or import path
+    or class name) -> collection; default: the class name in lower case.
+``MONGO_WRITER_KEYS`` (dict, default ``{}``): item class -> key field or list
+    of fields; default ``MONGO_WRITER_DEFAULT_KEY``.
+``MONGO_WRITER_DEFAULT_KEY`` (str or list, default ``"canonical_url"``)
+``MONGO_WRITER_DEAD_LETTER_COLLECTION`` (str, default ``"dead_letter"``)
+``MONGO_WRITER_BATCH_SIZE`` (int, default 500)
+``MONGO_WRITER_FLUSH_INTERVAL`` (float seconds, default 1.0)
+``MONGO_WRITER_BUFFER_SIZE`` (int, default 4 x batch size)
+``MONGO_WRITER_WRITE_CONCERN`` (dict, default ``{}``: the URI's / server's),
+    e.g. ``{"w": "majority", "j": true, "wtimeout": 5000}``
+``MONGO_WRITER_RETRY_TIMES`` (int, default 5)
+``MONGO_WRITER_RETRY_BACKOFF`` (float seconds, default 0.5; doubles, capped
+    by ``MONGO_WRITER_RETRY_BACKOFF_MAX``, default 10)
+``MONGO_WRITER_SERVER_TIMEOUT`` (float seconds, default 5): pymongo's
+    server selection timeout, i.e. how long one attempt waits for a server.
+``MONGO_WRITER_CLOSE_TIMEOUT`` (float seconds, default 60): at close, how long
+    to wait for MongoDB before leaving the rest in the journal.
+``MONGO_WRITER_JOURNAL_DIR`` (str, default ``"mongo-journal"``)
+``MONGO_WRITER_JOURNAL_SEGMENT_BYTES`` (int, default 8 MiB)
+``MONGO_WRITER_VERSION_FIELD`` (str, default ``"fetched_at"``; empty: off)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import bson
+from pymongo import AsyncMongoClient, UpdateOne
+from pymongo.errors import BulkWriteError, InvalidDocument, PyMongoError
+from pymongo.write_concern import WriteConcern
+from scrapy.exceptions import NotConfigured
+from scrapy.utils.asyncio import is_asyncio_available
+
+from pipelines.item_context import item_contexts
+from pipelines.journal import Journal
+from pipelines.mongo_config import MongoConfig, redact_uri
+from pipelines.validate import DeadLetter, item_to_dict
+
+if TYPE_CHECKING:
+    from pymongo.asynchronous.collection import AsyncCollection
+    from scrapy.crawler import Crawler
+    from scrapy.settings import BaseSettings
+    from typing_extensions import Self
+
+logger = logging.getLogger(__name__)
+
+_DUPLICATE_KEY = 11000
+_DEAD_LETTER_KEY = ("dead_letter_id",)
+
+
+def _keys(value: Any, setting: str) -> tuple[str, ...]:
+    fields = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, list | tuple) else ()
+    if not fields or not all(isinstance(f, str) and f and not f.startswith("$") for f in fields):
+        raise ValueError(f"{setting} must be a field name or a list of field names, got {value!r}")
+    return fields
+
+
+def _positive(settings: BaseSettings, name: str, default: float, kind: type = float) -> Any:
+    raw = settings.get(name, default)
+    try:
+        value = kind(raw)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or value <= 0 or (kind is int and value != float(raw)):
+        raise ValueError(f"{name} must be a positive {kind.__name__}, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class MongoWriterConfig:
+    mongo: MongoConfig
+    collections: dict[str, str]
+    keys: dict[str, tuple[str, ...]]
+    default_key: tuple[str, ...]
+    dead_letter_collection: str
+    batch_size: int
+    flush_interval: float
+    buffer_size: int
+    write_concern: dict[str, Any]
+    retry_times: int
+    retry_backoff: float
+    retry_backoff_max: float
+    server_timeout: float
+    close_timeout: float
+    journal_dir: Path
+    journal_segment_bytes: int
+    version_field: str | None
+
+    @classmethod
+    def from_settings(cls, settings: BaseSettings) -> Self:
+        collections = {}
+        for key, value in settings.getdict("MONGO_WRITER_COLLECTIONS").items():
+            if not isinstance(value, str) or not value or "$" in value:
+                raise ValueError(f"MONGO_WRITER_COLLECTIONS[{key!r}] must be a collection name, got {value!r}")
+            collections[_type_name(key)] = value
+        keys = {_type_name(k): _keys(v, f"MONGO_WRITER_KEYS[{k!r}]")
+                for k, v in settings.getdict("MONGO_WRITER_KEYS").items()}
+        batch_size = _positive(settings, "MONGO_WRITER_BATCH_SIZE", 500, int)
+        buffer_size = _positive(settings, "MONGO_WRITER_BUFFER_SIZE", 4 * batch_size, int)
+        if buffer_size < batch_size:
+            raise ValueError(f"MONGO_WRITER_BUFFER_SIZE must be >= MONGO_WRITER_BATCH_SIZE ({batch_size}), "
+                             f"got {buffer_size!r}")
+        write_concern = settings.getdict("MONGO_WRITER_WRITE_CONCERN")
+        try:
+            WriteConcern(**write_concern)
+        except (TypeError, ValueError, PyMongoError) as exc:
+            raise ValueError(f"MONGO_WRITER_WRITE_CONCERN {write_concern!r} is invalid: {exc}") from None
+        retry_times = settings.get("MONGO_WRITER_RETRY_TIMES", 5)
+        if not isinstance(retry_times, int | str) or not str(retry_times).isdigit():
+            raise ValueError(f"MONGO_WRITER_RETRY_TIMES must be an integer >= 0, got {retry_times!r}")
+        dead = settings.get("MONGO_WRITER_DEAD_LETTER_COLLECTION", "dead_letter")
+        if not isinstance(dead, str) or not dead or "$" in dead:
+            raise ValueError(f"MONGO_WRITER_DEAD_LETTER_COLLECTION must be a collection name, got {dead!r}")
+        journal_dir = settings.get("MONGO_WRITER_JOURNAL_DIR", "mongo-journal")
+        if not isinstance(journal_dir, str | Path) or not str(journal_dir):
+            raise ValueError(f"MONGO_WRITER_JOURNAL_DIR must be a directory path, got {journal_dir!r}")
+        version = settings.get("MONGO_WRITER_VERSION_FIELD", "fetched_at")
+        if version is not None and not isinstance(version, str):
+            raise ValueError(f"MONGO_WRITER_VERSION_FIELD must be a field name or empty, got {version!r}")
+        return cls(
+            mongo=MongoConfig.from_settings(settings),
+            collections=collections,
+            keys=keys,
+            default_key=_keys(settings.get("MONGO_WRITER_DEFAULT_KEY", "canonical_url"),
+                              "MONGO_WRITER_DEFAULT_KEY"),
+            dead_letter_collection=dead,
+            batch_size=batch_size,
+            flush_interval=_positive(settings, "MONGO_WRITER_FLUSH_INTERVAL", 1.0),
+            buffer_size=buffer_size,
+            write_concern=write_concern,
+            retry_times=int(retry_times),
+            retry_backoff=_positive(settings, "MONGO_WRITER_RETRY_BACKOFF", 0.5),
+            retry_backoff_max=_positive(settings, "MONGO_WRITER_RETRY_BACKOFF_MAX", 10.0),
+            server_timeout=_positive(settings, "MONGO_WRITER_SERVER_TIMEOUT", 5.0),
+            close_timeout=_positive(settings, "MONGO_WRITER_CLOSE_TIMEOUT", 60.0),
+            journal_dir=Path(journal_dir),
+            journal_segment_bytes=_positive(settings, "MONGO_WRITER_JOURNAL_SEGMENT_BYTES", 8 << 20, int),
+            version_field=version or None,
+        )
+
+
+def _type_name(key: Any) -> str:
+    if isinstance(key, type):
+        return f"{key.__module__}.{key.__qualname__}"
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"item types in MONGO_WRITER_* settings must be classes or names, got {key!r}")
+    return key
+
+
+@dataclass(slots=True)
+class _Op:
+    """A decoded journal record: one upsert."""
+
+    seq: int
+    collection: str
+    filter: dict[str, Any]
+    doc: dict[str, Any]
+    version: Any
+
+
+class MongoWriterPipeline:
+    """Journals each item, then upserts it to MongoDB in unordered batches."""
+
+    def __init__(self, crawler: Crawler, config: MongoWriterConfig) -> None:
+        if not is_asyncio_available():
+            raise RuntimeError("MongoWriterPipeline needs the asyncio reactor")
+        assert crawler.stats is not None
+        self.crawler = crawler
+        self.stats = crawler.stats
+        self.config = config
+        self.contexts = item_contexts(crawler)
+        self.client: AsyncMongoClient[dict[str, Any]] | None = None
+        # One folder per database: a journal is replayed into the database it was written for.
+        self.journal = Journal(config.journal_dir / config.mongo.database, config.journal_segment_bytes)
+        self.cursor = 0  # every journal record below is in MongoDB
+        self.down = False
+        self._closing = False
+        self._work = asyncio.Event()
+        self._space = asyncio.Event()
+        self._retry_now = asyncio.Event()
+        self._failed_while_closing = False
+        self._stop = False
+        self._task: asyncio.Task[None] | None = None
+        self._routes: dict[type, tuple[str, tuple[str, ...]]] = {}
+        self._indexed: set[str] = set()
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        if not crawler.settings.getbool("MONGO_WRITER_ENABLED", True):
+            raise NotConfigured
+        return cls(crawler, MongoWriterConfig.from_settings(crawler.settings))
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def open_spider(self) -> None:
+        c = self.config
+        self.client = AsyncMongoClient(c.mongo.uri, tz_aware=True, serverSelectionTimeoutMS=int(c.server_timeout * 1000))
+        await self.journal.open()
+        self.stats.set_value("mongo_writer/adopted", self.journal.adopted)
+        logger.info(
+            "Writing items to %(uri)s database %(db)s in batches of %(batch)d (every %(interval)ss), "
+            "journal %(journal)s%(adopted)s",
+            {"uri": redact_uri(c.mongo.uri), "db": c.mongo.database, "batch": c.batch_size,
+             "interval": c.flush_interval, "journal": self.journal.path,
+             "adopted": f", replaying {self.journal.adopted} operations left by a previous run"
+             if self.journal.adopted else ""},
+        )
+        # Indexes for the collections known now; others on first write.
+        names = {*c.collections.values(), c.dead_letter_collection}
+        with contextlib.suppress(PyMongoError):
+            for name in sorted(names):
+                await self._ensure_index(name)
+        self._task = asyncio.create_task(self._run())
+        if self.journal.durable:
+            self._work.set()
+
+    async def close_spider(self) -> None:
+        self._closing = True
+        self._work.set()
+        deadline = time.monotonic() + self.config.close_timeout
+        if self.down:
+            self._retry_now.set()  # one more attempt now, not after the backoff
+        while self.cursor < self.journal.next_seq and time.monotonic() < deadline and not (
+                self.down and self._failed_while_closing):
+            self._space.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._space.wait(), timeout=max(0.01, deadline - time.monotonic()))
+        # A flag, not Task.cancel(): wait_for() in 3.11 can swallow a
+        # cancellation that races with the event it waits for.
+        self._stop = True
+        self._work.set()
+        self._retry_now.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=self.config.server_timeout + 1)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        left = self.journal.next_seq - self.cursor
+        self.stats.set_value("mongo_writer/left_in_journal", left)
+        if left:
+            logger.warning(
+                "%(n)d operations not yet in MongoDB are kept in the journal %(path)s; the next worker started "
+                "with MONGO_WRITER_JOURNAL_DIR=%(dir)s replays them",
+                {"n": left, "path": self.journal.path, "dir": self.config.journal_dir},
+            )
+        await self.journal.close(remove=not left)
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+
+    # -- items --------------------------------------------------------------
+
+    def _route(self, item: Any) -> tuple[str, tuple[str, ...]]:
+        cls = type(item)
+        route = self._routes.get(cls)
+        if route is None:
+            if cls is DeadLetter:
+                route = (self.config.dead_letter_collection, _DEAD_LETTER_KEY)
+            else:
+                full = f"{cls.__module__}.{cls.__qualname__}"
+                c = self.config
+                collection = c.collections.get(full) or c.collections.get(cls.__name__) or cls.__name__.lower()
+                key = c.keys.get(full) or c.keys.get(cls.__name__) or c.default_key
+                route = (collection, key)
+            self._routes[cls] = route
+        return route
+
+    def _document(self, item: Any) -> dict[str, Any]:
+        doc = item_to_dict(item)
+        context = self.contexts.get(item)
+        if context is not None:
+            for name, value in context.enrichment.items():
+                if doc.get(name) is None:
+                    doc[name] = value
+        return doc
+
+    def _encode(self, item: Any) -> bytes:
+        collection, key = self._route(item)
+        doc = self._document(item)
+        missing = [k for k in key if doc.get(k) is None]
+        if missing:
+            self.stats.inc_value("mongo_writer/missing_key")
+            return self._encode(self._dead_letter(item, doc, "missing_key", f"no value for key field(s) {missing}"))
+        record: dict[str, Any] = {
+            "c": collection,
+            "f": {k: doc.pop(k) for k in key},
+            "d": doc,
+        }
+        version = doc.get(self.config.version_field) if self.config.version_field and key != _DEAD_LETTER_KEY else None
+        if version is not None:
+            record["v"] = version
+        try:
+            return bson.encode(record)
+        except (InvalidDocument, OverflowError, TypeError) as exc:
+            if isinstance(item, DeadLetter) and item.errors[0]["kind"] == "unencodable":
+                raise
+            self.stats.inc_value("mongo_writer/unencodable")
+            return self._encode(self._dead_letter(item, {"repr": repr(item)[:20000]}, "unencodable", str(exc)))
+
+    def _dead_letter(self, item: Any, doc: dict[str, Any], kind: str, message: str) -> DeadLetter:
+        context = self.contexts.get(item)
+        item_type = f"{type(item).__module__}.{type(item).__qualname__}"
+        source_url = context.source_url if context else None
+        digest = hashlib.sha1(repr((item_type, source_url, kind, repr(doc))).encode(), usedforsecurity=False)
+        logger.error("%(type)s from %(url)s stored as a dead letter: %(msg)s",
+                     {"type": item_type, "url": source_url, "msg": message})
+        spider = self.crawler.spider.name if self.crawler.spider else None
+        letter = DeadLetter(digest.hexdigest(), item_type, [{"field": "", "kind": kind, "message": message}], doc, source_url, spider)
+        self.contexts.alias(item, letter)
+        return letter
+
+    async def process_item(self, item: Any) -> Any:
+        payload = self._encode(item)
+        waited = False
+        while not self.down and self.journal.next_seq - self.cursor >= self.config.buffer_size:
+            if not waited:
+                self.stats.inc_value("mongo_writer/backpressure")
+                waited = True
+            self._space.clear()
+            await self._space.wait()
+        await self.journal.append(payload)
+        self.stats.inc_value("mongo_writer/journaled")
+        if self.journal.durable - self.cursor >= self.config.batch_size:
+            self._work.set()
+        return item
+
+    # -- writing ------------------------------------------------------------
+
+    async def _ensure_index(self, collection: str, key: tuple[str, ...] | None = None) -> None:
+        if collection in self._indexed:
+            return
+        assert self.client is not None
+        if key is None:
+            key = (_DEAD_LETTER_KEY if collection == self.config.dead_letter_collection
+                   else self._key_for_collection(collection))
+        await self.client[self.config.mongo.database][collection].create_index(
+            [(k, 1) for k in key], unique=True, name="_".join(key) + "_unique")
+        self._indexed.add(collection)
+
+    def _key_for_collection(self, collection: str) -> tuple[str, ...]:
+        c = self.config
+        for type_name, coll in c.collections.items():
+            if coll == collection and type_name in c.keys:
+                return c.keys[type_name]
+        return c.default_key
+
+    async def _run(self) -> None:
+        """Send journaled operations to MongoDB, batch after batch, in order."""
+        while not self._stop:
+            if self.journal.durable <= self.cursor or (
+                    not self._closing and not self.down and self.journal.durable - self.cursor < self.config.batch_size):
+                self._work.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._work.wait(), timeout=self.config.flush_interval)
+                if self.journal.durable <= self.cursor:
+                    continue
+            records = await self.journal.read(self.cursor, self.config.batch_size)
+            if not records:
+                await asyncio.sleep(0.01)
+                continue
+            if not await self._write_batch(records):
+                return
+            self.cursor = records[-1][0] + 1
+            await self.journal.commit(self.cursor)
+            self._space.set()
+
+    async def _write_batch(self, records: list[tuple[int, bytes]]) -> bool:
+        """Write one batch: True once MongoDB has it (or its failures are accounted for), False if stopped."""
+        ops = [self._decode(seq, payload) for seq, payload in records]
+        merged = self._coalesce(ops)
+        attempt = 0
+        while True:
+            try:
+                await self._bulk(merged)
+            except Exception as exc:
+                if self._stop:
+                    return False
+                attempt += 1
+                if self._closing:
+                    self._failed_while_closing = True
+                    self._space.set()
+                if not isinstance(exc, PyMongoError):
+                    logger.error("Unexpected error writing to MongoDB; retrying", exc_info=True)
+                self.stats.inc_value("mongo_writer/retries")
+                if attempt > self.config.retry_times and not self.down:
+                    self.down = True
+                    self.journal.spill()
+                    self.stats.inc_value("mongo_writer/down")
+                    logger.error(
+                        "MongoDB unreachable after %(n)d attempts (%(exc)s): the crawl goes on, operations are "
+                        "kept in the journal %(path)s and replayed when MongoDB is back",
+                        {"n": attempt, "exc": exc, "path": self.journal.path},
+                    )
+                    self._space.set()  # release writers waiting on back-pressure
+                delay = min(self.config.retry_backoff * 2 ** min(attempt - 1, 20), self.config.retry_backoff_max)
+                logger.debug("MongoDB write failed (%(exc)s); retry %(n)d in %(delay).1fs",
+                             {"exc": exc, "n": attempt, "delay": delay})
+                self._retry_now.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._retry_now.wait(), timeout=delay)
+                continue
+            break
+        if self.down:
+            self.down = False
+            self.journal.unspill()
+            logger.info("MongoDB is back; replaying the journal from operation %(seq)d", {"seq": records[0][0]})
+        self.stats.inc_value("mongo_writer/written", len(records))
+        self.stats.inc_value("mongo_writer/batches")
+        return True
+
+    def _decode(self, seq: int, payload: bytes) -> _Op:
+        record = bson.decode(payload)
+        return _Op(seq, record["c"], record["f"], record["d"], record.get("v"))
+
+    def _coalesce(self, ops: list[_Op]) -> list[_Op]:
+        """One operation per key: later fields win, as if applied in order."""
+        merged: dict[tuple[str, bytes], _Op] = {}
+        for op in ops:
+            key = (op.collection, bson.encode(op.filter))
+            prev = merged.get(key)
+            if prev is None:
+                merged[key] = op
+            else:
+                prev.doc.update(op.doc)
+                prev.version = op.version if prev.version is None or (
+                    op.version is not None and op.version >= prev.version) else prev.version
+                prev.seq = op.seq
+        if len(merged) < len(ops):
+            self.stats.inc_value("mongo_writer/coalesced", len(ops) - len(merged))
+        return list(merged.values())
+
+    def _update(self, op: _Op, guard: bool = True) -> UpdateOne:
+        query = dict(op.filter)
+        vf = self.config.version_field
+        if guard and vf and op.version is not None:
+            # An older operation replayed late must not overwrite a newer
+            # crawl: match only documents not newer than this one (or without
+            # a version); otherwise the upsert hits the unique index.
+            query["$or"] = [{vf: {"$lte": op.version}}, {vf: None}]
+        return UpdateOne(query, {"$set": op.doc}, upsert=True)
+
+    async def _bulk(self, ops: list[_Op]) -> None:
+        assert self.client is not None
+        by_collection: dict[str, list[_Op]] = {}
+        for op in ops:
+            by_collection.setdefault(op.collection, []).append(op)
+        for name, group in by_collection.items():
+            await self._ensure_index(name, tuple(group[0].filter))
+            await self._bulk_collection(self._collection(name), group)
+
+    def _collection(self, name: str) -> AsyncCollection[dict[str, Any]]:
+        assert self.client is not None
+        coll = self.client[self.config.mongo.database][name]
+        if self.config.write_concern:
+            coll = coll.with_options(write_concern=WriteConcern(**self.config.write_concern))
+        return coll
+
+    async def _bulk_collection(self, coll: AsyncCollection[dict[str, Any]], group: list[_Op]) -> None:
+        try:
+            result = await coll.bulk_write([self._update(op) for op in group], ordered=False)
+        except BulkWriteError as exc:
+            details = exc.details
+            if details.get("writeConcernErrors"):
+                raise _TransientWriteConcern(str(details["writeConcernErrors"][:1])) from None
+            self.stats.inc_value("mongo_writer/upserted", details.get("nUpserted", 0))
+            await self._write_errors(coll, group, details.get("writeErrors", []))
+            return
+        self.stats.inc_value("mongo_writer/upserted", result.upserted_count)
+
+    async def _write_errors(self, coll: AsyncCollection[dict[str, Any]], group: list[_Op],
+                            errors: list[dict[str, Any]]) -> None:
+        dupes = [group[e["index"]] for e in errors if e.get("code") == _DUPLICATE_KEY]
+        others = [(group[e["index"]], e) for e in errors if e.get("code") != _DUPLICATE_KEY]
+        if dupes:
+            # Another worker inserted the same key between our match and our
+            # insert, or the version guard refused an older write. Once more:
+            # a race now finds the document and updates it.
+            try:
+                await coll.bulk_write([self._update(op) for op in dupes], ordered=False)
+            except BulkWriteError as exc:
+                for e in exc.details.get("writeErrors", []):
+                    op = dupes[e["index"]]
+                    if e.get("code") == _DUPLICATE_KEY and op.version is not None:
+                        self.stats.inc_value("mongo_writer/stale")
+                        logger.debug("Skipped an older write of %(key)s in %(coll)s",
+                                     {"key": op.filter, "coll": coll.name})
+                    elif e.get("code") == _DUPLICATE_KEY:
+                        self.stats.inc_value("mongo_writer/duplicate_key")
+                        logger.warning("Duplicate key %(key)s in %(coll)s: %(msg)s",
+                                       {"key": op.filter, "coll": coll.name, "msg": e.get("errmsg")})
+                    else:
+                        others.append((op, e))
+            self.stats.inc_value("mongo_writer/duplicate_key_retried", len(dupes))
+        if not others:
+            return
+        letters = []
+        for op, e in others:
+            code = int(e.get("code", 0))
+            self.stats.inc_value(f"mongo_writer/write_error/{code}")
+            logger.error("MongoDB refused %(key)s in %(coll)s: %(msg)s",
+                         {"key": op.filter, "coll": coll.name, "msg": e.get("errmsg")})
+            if coll.name == self.config.dead_letter_collection:
+                self.stats.inc_value("mongo_writer/dead_letter_failed")
+                continue
+            digest = hashlib.sha1(repr((coll.name, op.filter, code)).encode(), usedforsecurity=False).hexdigest()
+            letters.append(_Op(op.seq, self.config.dead_letter_collection, {"dead_letter_id": digest}, {
+                "item_type": coll.name, "errors": [{"field": "", "kind": f"write_error/{code}",
+                                                    "message": str(e.get("errmsg"))}],
+                "item": {**op.filter, **op.doc}}, None))
+        if letters:
+            await self._bulk(letters)
+
+
+class _TransientWriteConcern(PyMongoError):
+    """The write concern was not satisfied: retry the batch."""
