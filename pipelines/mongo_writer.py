@@ -40,8 +40,12 @@ Settings (``MONGO_URI`` and ``MONGO_DATABASE``: :mod:`pipelines.mongo_config`):
 ``MONGO_WRITER_BATCH_SIZE`` (int, default 500)
 ``MONGO_WRITER_FLUSH_INTERVAL`` (float seconds, default 1.0)
 ``MONGO_WRITER_BUFFER_SIZE`` (int, default 4 x batch size)
-``MONGO_WRITER_WRITE_CONCERN`` (dict, default ``{}``: the URI's / server's),
-    e.g. ``{"w": "majority", "j": true, "wtimeout": 5000}``
+``MONGO_WRITER_WRITE_CONCERN`` (dict, default ``{"j": True}``), e.g.
+    ``{"w": "majority", "j": True, "wtimeout": 5000}``. Journal segments are
+    deleted once MongoDB acknowledges their operations, so the default asks
+    for an acknowledgement after MongoDB's own journal is on disk; ``{}``
+    takes the URI's / server's default (faster, but a MongoDB crash can then
+    lose writes our journal no longer holds).
 ``MONGO_WRITER_RETRY_TIMES`` (int, default 5)
 ``MONGO_WRITER_RETRY_BACKOFF`` (float seconds, default 0.5; doubles, capped
     by ``MONGO_WRITER_RETRY_BACKOFF_MAX``, default 10)
@@ -141,7 +145,7 @@ class MongoWriterConfig:
         if buffer_size < batch_size:
             raise ValueError(f"MONGO_WRITER_BUFFER_SIZE must be >= MONGO_WRITER_BATCH_SIZE ({batch_size}), "
                              f"got {buffer_size!r}")
-        write_concern = settings.getdict("MONGO_WRITER_WRITE_CONCERN")
+        write_concern = settings.getdict("MONGO_WRITER_WRITE_CONCERN", {"j": True})
         try:
             WriteConcern(**write_concern)
         except (TypeError, ValueError, PyMongoError) as exc:
