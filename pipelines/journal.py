@@ -290,7 +290,7 @@ class Journal:
 def pending_records(directory: Path) -> int:
     """How many records journals under ``directory`` hold (for tests and tools)."""
     total = 0
-    for segment in directory.glob("*/*.wal"):
+    for segment in directory.rglob("*.wal"):
         with contextlib.suppress(FileNotFoundError):
             total += len(parse_segment(segment.read_bytes())[0])
     return total
