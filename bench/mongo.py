@@ -60,10 +60,10 @@ async def _build_ops(uri: str, db: str, n: int, batch: int, journal: Path) -> tu
     chain.validate.open_spider()
     chain.enrich.open_spider()
     ops = []
-    for seq, (response, item) in enumerate(_pairs(n)):
-        (item,) = list(chain.middleware.process_spider_output(response, [item]))
-        item = chain.enrich.process_item(chain.validate.process_item(item))
-        ops.append(chain.writer._update(chain.writer._decode(seq, chain.writer._encode(item))))
+    for seq, (response, original) in enumerate(_pairs(n)):
+        (item,) = list(chain.middleware.process_spider_output(response, [original]))
+        enriched = chain.enrich.process_item(chain.validate.process_item(item))
+        ops.append(chain.writer._update(chain.writer._decode(seq, chain.writer._encode(enriched))))
     return ops, chain.writer.config.write_concern
 
 
@@ -154,7 +154,8 @@ def main(argv: list[str]) -> int:
     print(f"\nMongoDB writes, {args.items} upserts per run, batch {args.batch}, write concern {write_concern}, "
           f"SecantusDB on loopback (shared, loaded 2-core machine)")
     print(table([
-        ["pipeline (validate+enrich+journal+bulk upsert)", *(round(r) for r in chain_rates), round(median(chain_rates))],
+        ["pipeline (validate+enrich+journal+bulk upsert)", *(round(r) for r in chain_rates),
+         round(median(chain_rates))],
         ["raw pymongo bulk_write (same upserts)", *(round(r) for r in raw_rates), round(median(raw_rates))],
         ["ratio", *ratios, median(ratios)],
     ], ["items/s", *(f"run {i + 1}" for i in range(args.repeats)), "median"]))

@@ -49,9 +49,10 @@ from crawler.website import website_key, website_key_mode
 from pipelines.item_context import ItemContext, item_contexts
 
 if TYPE_CHECKING:
+    from typing import Self
+
     from scrapy.crawler import Crawler
     from scrapy.settings import BaseSettings
-    from typing_extensions import Self
 
 logger = logging.getLogger(__name__)
 

@@ -32,10 +32,10 @@ from scrapy.exceptions import NotConfigured
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Iterator
+    from typing import Self
 
     from scrapy.crawler import Crawler
     from scrapy.http import Response
-    from typing_extensions import Self
 
 
 @dataclass(slots=True)

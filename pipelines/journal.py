@@ -39,8 +39,10 @@ import time
 import zlib
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,11 @@ def parse_segment(data: bytes) -> tuple[list[tuple[int, bytes]], int]:
         records.append((seq, payload))
         pos = start + length
     return records, len(data) - pos
+
+
+def _unlink(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -128,7 +135,7 @@ class Journal:
             self._adopt(orphan)
 
     def _orphans(self) -> list[tuple[Path, IO[bytes]]]:
-        found = []
+        found: list[tuple[Path, IO[bytes]]] = []
         for path in sorted(self.directory.iterdir()):
             if path == self.path or path.name.startswith(".") or not path.is_dir():
                 continue
@@ -251,7 +258,7 @@ class Journal:
         while self._cache and self._cache[0][0] < cursor:
             self._cache.popleft()
         if self._cache and self._cache[0][0] == cursor:
-            out = []
+            out: list[tuple[int, bytes]] = []
             for record in self._cache:
                 if len(out) >= limit:
                     break
@@ -267,8 +274,8 @@ class Journal:
         cached = self._read_segment
         if cached is None or cached[0] != segment.path or not cached[1] or cached[1][-1][0] < need:
             data = await asyncio.to_thread(segment.path.read_bytes)
-            self._read_segment = (segment.path, parse_segment(data)[0])
-        records = self._read_segment[1]
+            cached = self._read_segment = (segment.path, parse_segment(data)[0])
+        records = cached[1]
         return [r for r in records if cursor <= r[0] < end][:limit]
 
     async def commit(self, upto: int) -> None:
@@ -280,7 +287,7 @@ class Journal:
             self._segments = [s for s in self._segments if s not in done]
             if self._read_segment is not None and any(s.path == self._read_segment[0] for s in done):
                 self._read_segment = None
-            await asyncio.to_thread(lambda: [s.path.unlink(missing_ok=True) for s in done])
+            await asyncio.to_thread(_unlink, [s.path for s in done])
 
     @property
     def segment_count(self) -> int:

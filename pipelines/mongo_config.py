@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 from pymongo.uri_parser import parse_uri
 
 if TYPE_CHECKING:
+    from typing import Self
+
     from scrapy.settings import BaseSettings
-    from typing_extensions import Self
 
 
 def redact_uri(uri: str) -> str:
@@ -23,7 +24,7 @@ def redact_uri(uri: str) -> str:
     scheme, sep, rest = uri.partition("://")
     if not sep:
         return uri
-    auth, at, hosts = rest.rpartition("@")
+    _, at, hosts = rest.rpartition("@")
     return f"{scheme}://***@{hosts}" if at else uri
 
 

@@ -70,8 +70,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import bson
+from bson.errors import InvalidDocument
 from pymongo import AsyncMongoClient, UpdateOne
-from pymongo.errors import BulkWriteError, InvalidDocument, PyMongoError
+from pymongo.errors import BulkWriteError, PyMongoError
 from pymongo.write_concern import WriteConcern
 from scrapy.exceptions import NotConfigured
 from scrapy.utils.asyncio import is_asyncio_available
@@ -82,10 +83,11 @@ from pipelines.mongo_config import MongoConfig, redact_uri
 from pipelines.validate import DeadLetter, item_to_dict
 
 if TYPE_CHECKING:
+    from typing import Self
+
     from pymongo.asynchronous.collection import AsyncCollection
     from scrapy.crawler import Crawler
     from scrapy.settings import BaseSettings
-    from typing_extensions import Self
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +241,8 @@ class MongoWriterPipeline:
 
     async def open_spider(self) -> None:
         c = self.config
-        self.client = AsyncMongoClient(c.mongo.uri, tz_aware=True, serverSelectionTimeoutMS=int(c.server_timeout * 1000))
+        self.client = AsyncMongoClient(c.mongo.uri, tz_aware=True,
+                                       serverSelectionTimeoutMS=int(c.server_timeout * 1000))
         await self.journal.open()
         self.stats.set_value("mongo_writer/adopted", self.journal.adopted)
         logger.info(
@@ -333,7 +336,8 @@ class MongoWriterPipeline:
             "f": {k: doc.pop(k) for k in key},
             "d": doc,
         }
-        version = doc.get(self.config.version_field) if self.config.version_field and key != _DEAD_LETTER_KEY else None
+        vf = self.config.version_field
+        version = doc.get(vf) if vf and key != _DEAD_LETTER_KEY else None
         if version is not None:
             record["v"] = version
         try:
@@ -352,7 +356,8 @@ class MongoWriterPipeline:
         logger.error("%(type)s from %(url)s stored as a dead letter: %(msg)s",
                      {"type": item_type, "url": source_url, "msg": message})
         spider = self.crawler.spider.name if self.crawler.spider else None
-        letter = DeadLetter(digest.hexdigest(), item_type, [{"field": "", "kind": kind, "message": message}], doc, source_url, spider)
+        errors = [{"field": "", "kind": kind, "message": message}]
+        letter = DeadLetter(digest.hexdigest(), item_type, errors, doc, source_url, spider)
         self.contexts.alias(item, letter)
         return letter
 
@@ -394,8 +399,8 @@ class MongoWriterPipeline:
     async def _run(self) -> None:
         """Send journaled operations to MongoDB, batch after batch, in order."""
         while not self._stop:
-            if self.journal.durable <= self.cursor or (
-                    not self._closing and not self.down and self.journal.durable - self.cursor < self.config.batch_size):
+            backlog = self.journal.durable - self.cursor
+            if backlog <= 0 or (not self._closing and not self.down and backlog < self.config.batch_size):
                 self._work.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._work.wait(), timeout=self.config.flush_interval)
@@ -510,7 +515,7 @@ class MongoWriterPipeline:
         except BulkWriteError as exc:
             details = exc.details
             if details.get("writeConcernErrors"):
-                raise _TransientWriteConcern(str(details["writeConcernErrors"][:1])) from None
+                raise _WriteConcernError(str(details["writeConcernErrors"][:1])) from None
             self.stats.inc_value("mongo_writer/upserted", details.get("nUpserted", 0))
             await self._write_errors(coll, group, details.get("writeErrors", []))
             return
@@ -560,5 +565,5 @@ class MongoWriterPipeline:
             await self._bulk(letters)
 
 
-class _TransientWriteConcern(PyMongoError):
+class _WriteConcernError(PyMongoError):
     """The write concern was not satisfied: retry the batch."""

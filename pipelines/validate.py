@@ -40,9 +40,10 @@ from scrapy.utils.misc import load_object
 from pipelines.item_context import item_contexts
 
 if TYPE_CHECKING:
+    from typing import Self
+
     from scrapy.crawler import Crawler
     from scrapy.settings import BaseSettings
-    from typing_extensions import Self
 
 logger = logging.getLogger(__name__)
 
