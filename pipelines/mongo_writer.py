@@ -253,11 +253,6 @@ class MongoWriterPipeline:
              "adopted": f", replaying {self.journal.adopted} operations left by a previous run"
              if self.journal.adopted else ""},
         )
-        # Indexes for the collections known now; others on first write.
-        names = {*c.collections.values(), c.dead_letter_collection}
-        with contextlib.suppress(PyMongoError):
-            for name in sorted(names):
-                await self._ensure_index(name)
         self._task = asyncio.create_task(self._run())
         if self.journal.durable:
             self._work.set()
@@ -398,6 +393,14 @@ class MongoWriterPipeline:
 
     async def _run(self) -> None:
         """Send journaled operations to MongoDB, batch after batch, in order."""
+        # Unique indexes for the collections known now (others before their
+        # first write), here rather than in open_spider so that a MongoDB that
+        # is down does not hold up the start of the crawl.
+        try:
+            for name in sorted({*self.config.collections.values(), self.config.dead_letter_collection}):
+                await self._ensure_index(name)
+        except PyMongoError as exc:
+            logger.warning("Could not create indexes yet (%(exc)s); retrying before the first write", {"exc": exc})
         while not self._stop:
             backlog = self.journal.durable - self.cursor
             if backlog <= 0 or (not self._closing and not self.down and backlog < self.config.batch_size):
@@ -523,8 +526,8 @@ class MongoWriterPipeline:
 
     async def _write_errors(self, coll: AsyncCollection[dict[str, Any]], group: list[_Op],
                             errors: list[dict[str, Any]]) -> None:
-        dupes = [group[e["index"]] for e in errors if e.get("code") == _DUPLICATE_KEY]
-        others = [(group[e["index"]], e) for e in errors if e.get("code") != _DUPLICATE_KEY]
+        dupes = [group[e["index"]] for e in errors if _on_key(group[e["index"]], e)]
+        others = [(group[e["index"]], e) for e in errors if not _on_key(group[e["index"]], e)]
         if dupes:
             # Another worker inserted the same key between our match and our
             # insert, or the version guard refused an older write. Once more:
@@ -534,11 +537,11 @@ class MongoWriterPipeline:
             except BulkWriteError as exc:
                 for e in exc.details.get("writeErrors", []):
                     op = dupes[e["index"]]
-                    if e.get("code") == _DUPLICATE_KEY and op.version is not None:
+                    if _on_key(op, e) and op.version is not None:
                         self.stats.inc_value("mongo_writer/stale")
                         logger.debug("Skipped an older write of %(key)s in %(coll)s",
                                      {"key": op.filter, "coll": coll.name})
-                    elif e.get("code") == _DUPLICATE_KEY:
+                    elif _on_key(op, e):
                         self.stats.inc_value("mongo_writer/duplicate_key")
                         logger.warning("Duplicate key %(key)s in %(coll)s: %(msg)s",
                                        {"key": op.filter, "coll": coll.name, "msg": e.get("errmsg")})
@@ -563,6 +566,14 @@ class MongoWriterPipeline:
                 "item": {**op.filter, **op.doc}}, None))
         if letters:
             await self._bulk(letters)
+
+
+def _on_key(op: _Op, error: dict[str, Any]) -> bool:
+    """A duplicate-key error on our own unique key (not on another unique index of the collection)."""
+    if error.get("code") != _DUPLICATE_KEY:
+        return False
+    pattern = error.get("keyPattern")
+    return not pattern or set(pattern) == set(op.filter)
 
 
 class _WriteConcernError(PyMongoError):

@@ -258,3 +258,24 @@ def test_config_and_credentials_are_redacted() -> None:
         "mongodb://***@db1:27017,db2/x?authSource=admin"
     )
     assert redact_uri("mongodb://db1:27017") == "mongodb://db1:27017"
+
+
+def test_a_document_refused_by_mongodb_is_dead_lettered_not_fatal(
+    mongo_server_uri: str, mongo_db: str, tmp_path: Path
+) -> None:
+    # The user's own unique index on sku: a second product with the same sku
+    # is refused (E11000 on another index than our key), the rest go on.
+    with MongoClient(mongo_server_uri) as client:
+        client[mongo_db]["product"].create_index("sku", unique=True)
+    crawler = chain_crawler(mongo_server_uri, mongo_db, tmp_path / "journal")
+    items = [product(1), product(2, sku="SKU-000001"), product(3)]
+    chain = run_chain(crawler, [(response_for(p), p) for p in items], concurrency=1)
+    assert sorted(d["url"] for d in docs(mongo_server_uri, mongo_db, "product")) == [
+        "http://shop-a.test/item/1", "http://shop-a.test/item/3"]
+    (letter,) = docs(mongo_server_uri, mongo_db, "dead_letter")
+    assert letter["item"]["url"] == "http://shop-a.test/item/2"
+    assert letter["errors"][0]["kind"] == "write_error/11000"
+    assert "duplicate key" in letter["errors"][0]["message"]
+    assert chain.stats["mongo_writer/write_error/11000"] == 1
+    assert "mongo_writer/stale" not in chain.stats
+    assert chain.stats["mongo_writer/left_in_journal"] == 0
