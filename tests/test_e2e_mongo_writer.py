@@ -133,3 +133,31 @@ def test_mongodb_killed_and_restarted_during_a_real_crawl(
     assert len(stored) == len(set(stored)) == len(scraped) == result.stats["item_scraped_count"] == TEST_SITES[0].items
     assert set(stored) == set(scraped)
     assert result.stats["mongo_writer/left_in_journal"] == 0
+
+
+def test_mongodb_down_for_the_whole_crawl_is_replayed_by_the_next_worker(
+    demo_site: DemoSite, redis_url: str, mongo_server_uri: str, mongo_db: str, tmp_path: Path
+) -> None:
+    nowhere = f"mongodb://127.0.0.1:{free_port()}/?directConnection=true"
+    env, settings = setup(demo_site, redis_url, nowhere, mongo_db, tmp_path)
+    settings.update({"MONGO_WRITER_SERVER_TIMEOUT": "0.5", "MONGO_WRITER_RETRY_TIMES": "1",
+                     "MONGO_WRITER_RETRY_BACKOFF": "0.1", "MONGO_WRITER_CLOSE_TIMEOUT": "2"})
+    down = wait_crawl(start_crawl(tmp_path, "shop_a", settings, env, name="down"))
+    assert down.returncode == 0, down.log[-3000:]
+    # The crawl was not held up, and everything it scraped is in the journal.
+    scraped = set(SCRAPED.findall(down.log))
+    assert len(scraped) == down.stats["item_scraped_count"] == TEST_SITES[0].items
+    assert down.stats["mongo_writer/down"] >= 1
+    assert down.stats["mongo_writer/left_in_journal"] == TEST_SITES[0].items
+    assert pending_records(tmp_path / "journal") == TEST_SITES[0].items
+
+    # The next worker (nothing left to crawl) replays the journal and closes.
+    env["MONGO_URI"] = mongo_server_uri
+    result = wait_crawl(start_crawl(tmp_path, "shop_a", settings, env, name="next"))
+    assert result.returncode == 0, result.log[-3000:]
+    assert_clean_log(result.log)
+    assert result.stats["mongo_writer/adopted"] == TEST_SITES[0].items
+    stored = product_urls(mongo_server_uri, mongo_db)
+    assert len(stored) == len(set(stored)) == TEST_SITES[0].items
+    assert set(stored) == scraped
+    assert pending_records(tmp_path / "journal") == 0

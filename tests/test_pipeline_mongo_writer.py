@@ -12,7 +12,6 @@ from pymongo import MongoClient
 from scrapy.settings import Settings
 
 from devtools.services import free_port, start_secantus
-from pipelines.journal import pending_records
 from pipelines.mongo_config import MongoConfig, redact_uri
 from pipelines.mongo_writer import MongoWriterConfig
 from tests.pipeline_chain import Chain, article, chain_crawler, product, response_for
@@ -203,27 +202,6 @@ def test_mongodb_killed_and_restarted_mid_crawl_every_item_once(tmp_path: Path, 
     assert s["mongo_writer/retries"] >= 3
     assert s["mongo_writer/left_in_journal"] == 0
     assert len(chain.scraped) == 150
-
-
-def test_mongodb_down_for_the_whole_crawl_is_replayed_at_next_start(
-    mongo_server_uri: str, mongo_db: str, tmp_path: Path
-) -> None:
-    journal = tmp_path / "journal"
-    nowhere = f"mongodb://127.0.0.1:{free_port()}/?directConnection=true"
-    crawler = chain_crawler(nowhere, mongo_db, journal, MONGO_WRITER_CLOSE_TIMEOUT=2)
-    chain = run_chain(crawler, [(response_for(p), p) for p in (product(i) for i in range(40))])
-    assert len(chain.scraped) == 40  # the crawl was not held up
-    assert chain.stats["mongo_writer/left_in_journal"] == 40
-    assert pending_records(journal / mongo_db) == 40
-
-    # The next worker with the same journal directory and database replays it.
-    crawler = chain_crawler(mongo_server_uri, mongo_db, journal)
-    chain = run_chain(crawler, [(response_for(p), p) for p in (product(i) for i in range(40, 45))])
-    assert chain.stats["mongo_writer/adopted"] == 40
-    found = docs(mongo_server_uri, mongo_db, "product")
-    assert sorted(d["sku"] for d in found) == [f"SKU-{i:06d}" for i in range(45)]
-    assert pending_records(journal / mongo_db) == 0
-    assert not list((journal / mongo_db).iterdir())
 
 
 @pytest.mark.parametrize(
