@@ -409,19 +409,35 @@ class MongoWriterPipeline:
                     await asyncio.wait_for(self._work.wait(), timeout=self.config.flush_interval)
                 if self.journal.durable <= self.cursor:
                     continue
-            records = await self.journal.read(self.cursor, self.config.batch_size)
-            if not records:
-                await asyncio.sleep(0.01)
+            try:
+                records = await self.journal.read(self.cursor, self.config.batch_size)
+                if not records:
+                    await asyncio.sleep(0.01)
+                    continue
+                if not await self._write_batch(records):
+                    return
+                self.cursor = records[-1][0] + 1
+                await self.journal.commit(self.cursor)
+            except Exception:
+                # Reading the journal back failed (disk error): nothing is
+                # lost, the records stay on disk; try again shortly.
+                logger.error("MongoDB writer error; retrying", exc_info=True)
+                await asyncio.sleep(self.config.retry_backoff_max)
                 continue
-            if not await self._write_batch(records):
-                return
-            self.cursor = records[-1][0] + 1
-            await self.journal.commit(self.cursor)
             self._space.set()
 
     async def _write_batch(self, records: list[tuple[int, bytes]]) -> bool:
         """Write one batch: True once MongoDB has it (or its failures are accounted for), False if stopped."""
-        ops = [self._decode(seq, payload) for seq, payload in records]
+        ops = []
+        for seq, payload in records:
+            try:
+                ops.append(self._decode(seq, payload))
+            except Exception:  # CRC-checked, so only a bug or a foreign file
+                self.stats.inc_value("mongo_writer/undecodable")
+                logger.error("Journal record %(seq)d of %(path)s cannot be decoded; skipped",
+                             {"seq": seq, "path": self.journal.path}, exc_info=True)
+        if not ops:
+            return True
         merged = self._coalesce(ops)
         attempt = 0
         while True:

@@ -257,3 +257,29 @@ def test_a_document_refused_by_mongodb_is_dead_lettered_not_fatal(
     assert chain.stats["mongo_writer/write_error/11000"] == 1
     assert "mongo_writer/stale" not in chain.stats
     assert chain.stats["mongo_writer/left_in_journal"] == 0
+
+
+def test_items_without_key_or_not_encodable_are_dead_lettered(
+    mongo_server_uri: str, mongo_db: str, tmp_path: Path
+) -> None:
+    crawler = chain_crawler(mongo_server_uri, mongo_db, tmp_path / "journal", VALIDATE_REQUIRE_SCHEMA=False)
+    good = {"url": "http://x.test/ok", "n": 1}
+    unencodable = {"url": "http://x.test/set", "tags": {"a", "b"}}
+    keyless = {"title": "no url, not from a response"}
+
+    async def no_response(chain: Chain) -> None:
+        item = chain.enrich.process_item(chain.validate.process_item(keyless))
+        chain.scraped.append(await chain.writer.process_item(item))
+
+    chain = run_chain(crawler, [(response_for(good), good), (response_for(unencodable), unencodable)],
+                      body=no_response)
+    assert [d["url"] for d in docs(mongo_server_uri, mongo_db, "dict")] == ["http://x.test/ok"]
+    letters = {d["errors"][0]["kind"]: d for d in docs(mongo_server_uri, mongo_db, "dead_letter")}
+    assert set(letters) == {"unencodable", "missing_key"}
+    assert "tags" in letters["unencodable"]["item"]["repr"]
+    assert letters["unencodable"]["source_url"] == "http://x.test/set"
+    assert letters["missing_key"]["item"]["title"] == keyless["title"]
+    assert chain.stats["mongo_writer/unencodable"] == 1
+    assert chain.stats["mongo_writer/missing_key"] == 1
+    assert chain.stats["enrich/no_context"] == 1
+    assert len(chain.scraped) == 3
