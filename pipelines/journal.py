@@ -155,7 +155,11 @@ class Journal:
         path, lock = orphan
         count = 0
         for segment in sorted(path.glob("*.wal")):
-            records, torn = parse_segment(segment.read_bytes())
+            try:
+                data = segment.read_bytes()
+            except FileNotFoundError:
+                continue  # its owner closed cleanly and is deleting it
+            records, torn = parse_segment(data)
             self.torn += bool(torn)
             if records:
                 self._write_sync(b"".join(_frame(self.next_seq + i, p) for i, (_, p) in enumerate(records)),
