@@ -294,6 +294,11 @@ class Journal:
             await asyncio.to_thread(_unlink, [s.path for s in done])
 
     @property
+    def size(self) -> int:
+        """Bytes in the journal's segments on disk."""
+        return sum(s.size for s in self._segments)
+
+    @property
     def segment_count(self) -> int:
         return len(self._segments)
 

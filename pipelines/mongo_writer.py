@@ -55,6 +55,8 @@ Settings (``MONGO_URI`` and ``MONGO_DATABASE``: :mod:`pipelines.mongo_config`):
     to wait for MongoDB before leaving the rest in the journal.
 ``MONGO_WRITER_JOURNAL_DIR`` (str, default ``"mongo-journal"``)
 ``MONGO_WRITER_JOURNAL_SEGMENT_BYTES`` (int, default 8 MiB)
+``MONGO_WRITER_JOURNAL_MAX_BYTES`` (int, default 1 GiB; 0: no limit): past
+    this, ``process_item`` waits (the crawl pauses) until MongoDB takes some.
 ``MONGO_WRITER_VERSION_FIELD`` (str, default ``"fetched_at"``; empty: off)
 """
 
@@ -131,6 +133,7 @@ class MongoWriterConfig:
     close_timeout: float
     journal_dir: Path
     journal_segment_bytes: int
+    journal_max_bytes: int
     version_field: str | None
 
     @classmethod
@@ -161,6 +164,16 @@ class MongoWriterConfig:
         journal_dir = settings.get("MONGO_WRITER_JOURNAL_DIR", "mongo-journal")
         if not isinstance(journal_dir, str | Path) or not str(journal_dir):
             raise ValueError(f"MONGO_WRITER_JOURNAL_DIR must be a directory path, got {journal_dir!r}")
+        segment_bytes = _positive(settings, "MONGO_WRITER_JOURNAL_SEGMENT_BYTES", 8 << 20, int)
+        max_bytes = settings.get("MONGO_WRITER_JOURNAL_MAX_BYTES", 1 << 30)
+        try:
+            max_bytes = int(max_bytes)
+        except (TypeError, ValueError):
+            max_bytes = -1
+        if max_bytes != 0 and max_bytes < 2 * segment_bytes:
+            raise ValueError(f"MONGO_WRITER_JOURNAL_MAX_BYTES must be 0 (no limit) or at least twice "
+                             f"MONGO_WRITER_JOURNAL_SEGMENT_BYTES ({segment_bytes}), got "
+                             f"{settings.get('MONGO_WRITER_JOURNAL_MAX_BYTES')!r}")
         version = settings.get("MONGO_WRITER_VERSION_FIELD", "fetched_at")
         if version is not None and not isinstance(version, str):
             raise ValueError(f"MONGO_WRITER_VERSION_FIELD must be a field name or empty, got {version!r}")
@@ -181,7 +194,8 @@ class MongoWriterConfig:
             server_timeout=_positive(settings, "MONGO_WRITER_SERVER_TIMEOUT", 5.0),
             close_timeout=_positive(settings, "MONGO_WRITER_CLOSE_TIMEOUT", 60.0),
             journal_dir=Path(journal_dir),
-            journal_segment_bytes=_positive(settings, "MONGO_WRITER_JOURNAL_SEGMENT_BYTES", 8 << 20, int),
+            journal_segment_bytes=segment_bytes,
+            journal_max_bytes=max_bytes,
             version_field=version or None,
         )
 
@@ -359,7 +373,11 @@ class MongoWriterPipeline:
     async def process_item(self, item: Any) -> Any:
         payload = self._encode(item)
         waited = False
-        while not self.down and self.journal.next_seq - self.cursor >= self.config.buffer_size:
+        max_bytes = self.config.journal_max_bytes
+        # While MongoDB is up: at most buffer_size upserts not yet written.
+        # While it is down: the journal takes everything, up to max_bytes.
+        while (not self.down and self.journal.next_seq - self.cursor >= self.config.buffer_size) or (
+                max_bytes and self.journal.size >= max_bytes):
             if not waited:
                 self.stats.inc_value("mongo_writer/backpressure")
                 waited = True

@@ -219,6 +219,7 @@ def test_mongodb_killed_and_restarted_mid_crawl_every_item_once(tmp_path: Path, 
         ({"MONGO_WRITER_WRITE_CONCERN": {"w": -3}}, "MONGO_WRITER_WRITE_CONCERN"),
         ({"MONGO_WRITER_RETRY_TIMES": "x"}, "MONGO_WRITER_RETRY_TIMES must be an integer"),
         ({"MONGO_WRITER_COLLECTIONS": {"Product": ""}}, r"MONGO_WRITER_COLLECTIONS\['Product'\]"),
+        ({"MONGO_WRITER_JOURNAL_MAX_BYTES": 1000}, "MONGO_WRITER_JOURNAL_MAX_BYTES must be 0 .no limit. or at least"),
     ],
 )
 def test_invalid_settings(settings: dict[str, Any], message: str) -> None:
@@ -283,3 +284,37 @@ def test_items_without_key_or_not_encodable_are_dead_lettered(
     assert chain.stats["mongo_writer/missing_key"] == 1
     assert chain.stats["enrich/no_context"] == 1
     assert len(chain.scraped) == 3
+
+
+def test_journal_size_cap_pauses_the_crawl_while_mongodb_is_down(tmp_path: Path, mongo_db: str) -> None:
+    port = free_port()
+    storage = tmp_path / "secantus"
+    server = start_secantus(tmp_path, port, storage)
+    cap = 8000
+    seen: dict[str, int] = {}
+
+    async def outage(chain: Chain) -> None:
+        server.kill()
+        feeding = asyncio.create_task(chain.feed([(response_for(p), p) for p in (product(i) for i in range(10, 110))],
+                                                 concurrency=4))
+        while not (chain.writer.down and chain.writer.journal.size >= cap) and not feeding.done():
+            await asyncio.sleep(0.05)
+        seen["paused_at"] = len(chain.scraped)
+        seen["journal_bytes"] = chain.writer.journal.size
+        restarted = await asyncio.to_thread(start_secantus, tmp_path, port, storage)
+        server.proc = restarted.proc
+        await feeding
+
+    try:
+        crawler = chain_crawler(server.url, mongo_db, tmp_path / "journal", MONGO_WRITER_BATCH_SIZE=5,
+                                MONGO_WRITER_JOURNAL_SEGMENT_BYTES=2000, MONGO_WRITER_JOURNAL_MAX_BYTES=cap)
+        chain = run_chain(crawler, [(response_for(p), p) for p in (product(i) for i in range(10))], body=outage)
+        found = docs(server.url, mongo_db, "product")
+    finally:
+        server.stop()
+    # Each upsert is ~600 bytes: the 100 items of the outage do not fit under
+    # the cap, so the crawl waited (4 concurrent appends may overshoot it).
+    assert seen["paused_at"] < 40
+    assert seen["journal_bytes"] < cap + 4 * 1000
+    assert sorted(d["sku"] for d in found) == [f"SKU-{i:06d}" for i in range(110)]
+    assert chain.stats["mongo_writer/left_in_journal"] == 0
