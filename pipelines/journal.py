@@ -118,12 +118,18 @@ class Journal:
         await asyncio.to_thread(self._open_sync)
 
     def _open_sync(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
         name = f"{self.prefix}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}-{secrets.token_hex(4)}"
         # Created under a hidden name, locked, then renamed: a scanning peer
         # never sees an unlocked run directory that is not an orphan.
         tmp = self.directory / f".{name}"
-        tmp.mkdir()
+        for attempt in range(3):
+            self.directory.mkdir(parents=True, exist_ok=True)
+            try:
+                tmp.mkdir()
+                break
+            except FileNotFoundError:  # a closing peer removed the empty parent just now
+                if attempt == 2:
+                    raise
         lock = open(tmp / "LOCK", "wb")  # noqa: SIM115 (held until close)
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.path = self.directory / name
@@ -208,6 +214,8 @@ class Journal:
             self._file = None
         if remove and self.path is not None:
             shutil.rmtree(self.path, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self.directory.rmdir()  # only when empty: no other worker's journal in it
         if self._lock_file is not None:
             self._lock_file.close()  # releases the flock: a leftover journal becomes an orphan
             self._lock_file = None

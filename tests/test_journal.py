@@ -23,7 +23,7 @@ async def read_all(j: Journal, cursor: int) -> list[tuple[int, bytes]]:
 
 def test_append_read_commit_and_segments(tmp_path: Path) -> None:
     async def run() -> None:
-        j = Journal(tmp_path, segment_bytes=200)
+        j = Journal(tmp_path / "db", segment_bytes=200)
         await j.open()
         seqs = []
         for start in range(0, 50, 5):  # concurrent appends share one fsync; rotation is between them
@@ -41,11 +41,11 @@ def test_append_read_commit_and_segments(tmp_path: Path) -> None:
         await j.append(b"cached")
         assert [s for s, _ in await read_all(j, 48)] == [48, 49, 50, 51]
         await j.commit(40)
-        assert pending_records(tmp_path) < 52  # committed segments deleted
+        assert pending_records(tmp_path / "db") < 52  # committed segments deleted
         assert [p for _, p in await read_all(j, 40)][::10] == [b"record-40", b"late"]
         await j.commit(52)
         await j.close(remove=True)
-        assert list(tmp_path.iterdir()) == []
+        assert list(tmp_path.iterdir()) == []  # its folder, and the then empty database folder
 
     asyncio.run(run())
 
