@@ -230,6 +230,8 @@ class FrontierScheduler:
             await asyncio.gather(self._heartbeat_task, return_exceptions=True)
         if self._refill_task is not None:
             await asyncio.gather(self._refill_task, return_exceptions=True)
+        if self._background:  # seed reading (stops at its next batch), dead letters
+            await asyncio.gather(*self._background, return_exceptions=True)
         self._return_buffer()
         for _ in range(20):  # Redis may be briefly away: retry for a while, then say what is lost
             if self._flush_task is not None:
@@ -241,8 +243,6 @@ class FrontierScheduler:
             logger.error("Frontier closing (%(reason)s): %(n)d requests could not be stored in Redis and are lost",
                          {"reason": reason, "n": len(self._outbox)}, extra={"spider": self.spider})
             self.stats.inc_value("frontier/lost_on_close", len(self._outbox))
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
         if self.store is not None:
             self.stats.set_value("frontier/redis_calls", self.store.calls)
         if self.redis is not None:
@@ -271,7 +271,14 @@ class FrontierScheduler:
     def enqueue_request(self, request: Request) -> bool:
         meta = request.meta
         requeue = bool(meta.pop(META_REQUEUE, False))
-        not_before = float(meta.pop(META_NOT_BEFORE, 0) or 0)
+        raw_until = meta.pop(META_NOT_BEFORE, 0)
+        try:
+            not_before = float(raw_until or 0)
+        except (TypeError, ValueError):
+            logger.error("meta %(key)s of %(request)s must be a Unix time in seconds, got %(value)r; ignored",
+                         {"key": META_NOT_BEFORE, "request": request, "value": raw_until},
+                         extra={"spider": self.spider})
+            not_before = 0.0
         fp = self.crawler.request_fingerprinter.fingerprint(request).hex()
         if requeue:
             mode = MODE_REQUEUE
@@ -403,7 +410,7 @@ class FrontierScheduler:
                          extra={"spider": self.spider})
             self.stats.inc_value("frontier/undecodable")
             if self.store is not None:
-                self._spawn(self._call(self.store.dead_letter(self.store.dead_key, [member])))
+                self.spawn(self._call(self.store.dead_letter(self.store.dead_key, [member])))
             return False
         items = self._buffer.get(website)
         if items is None:
@@ -597,11 +604,13 @@ class FrontierScheduler:
             logger.error("Frontier Redis call failed: %(exc)r", {"exc": exc}, extra={"spider": self.spider})
             raise
 
-    def _spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the scheduler waits for when it closes (before its last flush)."""
         assert self._loop is not None
         task = self._loop.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     def _server_now(self) -> float:
         return time.time() + self._clock_offset
