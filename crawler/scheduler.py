@@ -13,8 +13,8 @@ Scrapy calls a scheduler synchronously (``enqueue_request``, ``next_request``,
 * **prefetch**: ``next_request`` serves a local buffer, refilled by one Lua call
   (``lua/pop.lua``) that pops up to ``FRONTIER_PREFETCH`` requests fairly across
   the websites that may be served now, and wakes the engine when they arrive.
-  The buffer is served round-robin across websites, skipping a website whose
-  download slot is full.
+  The buffer (:mod:`crawler.prefetch`) is served round-robin across websites,
+  preferring websites whose download slot has room.
 * **websites**: one queue per website (``crawler.website.website_key``), a zset
   of websites by the time each may next be served, and not-before marks
   (:meth:`FrontierScheduler.mark_not_before`, or a downloader middleware
