@@ -356,13 +356,13 @@ def test_sticky_policy_reuses_connections(namespace: Namespace, tmp_path: Path) 
     expected = math.ceil(math.ceil(total / k) / n) + math.ceil((total // k) / n)
     assert len(clients) == expected == result.stats["ipv6_bind/addresses"]
     assert sorted(clients.values(), reverse=True)[: expected - k] == [n] * (expected - k)
-    # Connection reuse: each connection keeps one address, and an address opens
-    # at most as many connections as the pool keeps for one host.
+    # Connection reuse: a connection keeps its address, and most requests ride
+    # on an open connection (per_request opens one per request; ~0.08 here).
     conns = _connections(records)
     assert all(len(c) == 1 for c in conns.values())
-    per_address = collections.Counter(next(iter(c)) for c in conns.values())
-    assert max(per_address.values()) <= per_domain
-    assert len(conns) <= expected * per_domain < total / 5
+    assert len(conns) < total / 4, f"{len(conns)} connections for {total} requests"
+    # Every retirement was by request count (STICKY_SECONDS is 0).
+    assert result.stats["ipv6_bind/rotated/requests"] == expected - k
 
 
 @pytest.mark.e2e
