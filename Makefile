@@ -11,7 +11,7 @@ SECANTUS_VENV := $(STATE)/secantus-venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench deps clean
+.PHONY: demo test bench lint deps clean
 .DEFAULT_GOAL := demo
 
 demo: deps
@@ -34,7 +34,7 @@ $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version' 
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,dev]'
 	touch $@
 
 # SecantusDB (GPL-2.0) is a MongoDB-wire-compatible server we only *run* as a
@@ -47,6 +47,10 @@ $(SECANTUS_VENV)/.installed:
 
 bench: deps
 	$(PY) -m bench throughput
+
+lint: deps
+	$(VENV)/bin/ruff check crawler middlewares pipelines settings demosite devtools bench tests
+	$(VENV)/bin/mypy crawler middlewares pipelines settings
 
 clean:
 	rm -rf $(VENV) $(STATE) *.egg-info

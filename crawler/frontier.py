@@ -31,10 +31,10 @@ from scrapy_redis.spiders import RedisSpider
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from typing import Self
 
     from scrapy import Request
     from scrapy.crawler import Crawler
-    from typing_extensions import Self
 
 
 def _non_negative(crawler: Crawler, name: str) -> float:
@@ -48,20 +48,20 @@ def _non_negative(crawler: Crawler, name: str) -> float:
     return value
 
 
-class FrontierSpider(RedisSpider):
+class FrontierSpider(RedisSpider):  # type: ignore[misc]  # scrapy-redis ships no type hints
     """A spider whose requests live in the shared Redis frontier."""
 
     idle_close_seconds: float
     idle_poll_seconds: float
+    _idle_since: float | None = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
-        spider = super().from_crawler(crawler, *args, **kwargs)
+        spider: Self = super().from_crawler(crawler, *args, **kwargs)
         spider.idle_close_seconds = _non_negative(crawler, "FRONTIER_IDLE_CLOSE_SECONDS")
         spider.idle_poll_seconds = _non_negative(crawler, "FRONTIER_IDLE_POLL_SECONDS") or 0.25
         # scrapy-redis's own idle timer is replaced by ours (see spider_idle).
         spider.max_idle_time = 0
-        spider._idle_since: float | None = None
         crawler.signals.connect(spider._busy, signal=signals.response_received)
         return spider
 
@@ -81,7 +81,8 @@ class FrontierSpider(RedisSpider):
         now = time.monotonic()
         if found or self._idle_since is None:
             self._idle_since = now
-        if self.idle_close_seconds and now - self._idle_since >= self.idle_close_seconds:
+        idle_for = now - self._idle_since
+        if self.idle_close_seconds and idle_for >= self.idle_close_seconds:
             return  # let the engine close us
         self._wake_soon()
         raise DontCloseSpider

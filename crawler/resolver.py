@@ -31,11 +31,11 @@ from zope.interface import implementer
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from typing import Self
 
     from scrapy.crawler import Crawler
     from twisted.internet.base import ReactorBase
     from twisted.internet.interfaces import IAddress, IHostResolution, IResolutionReceiver
-    from typing_extensions import Self
 
 logger = logging.getLogger(__name__)
 
@@ -49,29 +49,11 @@ class ResolveConfig:
 
     @classmethod
     def from_value(cls, value: Any) -> Self:
-        entries: list[tuple[str, str]] = []
-        if value is None or value == "":
-            value = []
-        if isinstance(value, str):
-            value = [part for part in value.split(",") if part.strip()]
-        if isinstance(value, dict):
-            for host, addrs in value.items():
-                for addr in [addrs] if isinstance(addrs, str) else addrs:
-                    entries.append((host, addr))
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                host, sep, addr = str(item).strip().partition(":")
-                if not sep:
-                    raise ValueError(f"RESOLVE_HOSTS: entry {item!r} is not of the form 'host:address'")
-                entries.append((host, addr))
-        else:
-            raise ValueError(f"RESOLVE_HOSTS: expected a dict, a list or a string, got {value!r}")
-
         exact: dict[str, list[str]] = {}
         wildcard: dict[str, list[str]] = {}
-        for host, addr in entries:
-            host = host.strip().lower().rstrip(".")
-            addr = addr.strip().strip("[]")
+        for raw_host, raw_addr in _entries(value):
+            host = raw_host.strip().lower().rstrip(".")
+            addr = raw_addr.strip().strip("[]")
             try:
                 ipaddress.ip_address(addr)
             except ValueError:
@@ -96,6 +78,26 @@ class ResolveConfig:
             if host.endswith(suffix):
                 return addrs
         return None
+
+
+def _entries(value: Any) -> list[tuple[str, str]]:
+    """(host, address) pairs from any accepted form of ``RESOLVE_HOSTS``."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()]
+    if isinstance(value, dict):
+        return [(host, addr) for host, addrs in value.items()
+                for addr in ([addrs] if isinstance(addrs, str) else addrs)]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"RESOLVE_HOSTS: expected a dict, a list or a string, got {value!r}")
+    entries = []
+    for item in value:
+        host, sep, addr = str(item).strip().partition(":")
+        if not sep:
+            raise ValueError(f"RESOLVE_HOSTS: entry {item!r} is not of the form 'host:address'")
+        entries.append((host, addr))
+    return entries
 
 
 @implementer(IHostnameResolver)

@@ -217,7 +217,8 @@ class _HttpProtocol(asyncio.Protocol):
             head.append(f"{name}: {value}".encode())
         if chunked:
             head.append(b"Transfer-Encoding: chunked")
-            parts = [b"%x\r\n%s\r\n" % (len(body[i : i + _CHUNK]), body[i : i + _CHUNK]) for i in range(0, len(body), _CHUNK)]
+            pieces = [body[i : i + _CHUNK] for i in range(0, len(body), _CHUNK)]
+            parts = [b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces]
             payload = b"".join(parts) + b"0\r\n\r\n"
         else:
             head.append(b"Content-Length: %d" % len(body))

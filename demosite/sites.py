@@ -108,10 +108,10 @@ class Page:
 
 
 _WORDS = (
-    "alpha bravo copper delta ember fjord garnet harbor indigo juniper kestrel lumen "
-    "meadow nimbus onyx pepper quartz raven saffron tundra umber velvet willow xenon "
-    "yarrow zephyr"
-).split()
+    "alpha", "bravo", "copper", "delta", "ember", "fjord", "garnet", "harbor", "indigo", "juniper",
+    "kestrel", "lumen", "meadow", "nimbus", "onyx", "pepper", "quartz", "raven", "saffron",
+    "tundra", "umber", "velvet", "willow", "xenon", "yarrow", "zephyr",
+)
 
 
 def _rng(site: SiteConfig, n: int) -> random.Random:
@@ -205,13 +205,14 @@ def render_item(site: SiteConfig, n: int) -> Page | None:
         for i in range(site.related)
     )
     if site.kind == "shop":
+        availability = "InStock" if data["in_stock"] else "OutOfStock"
         main = (
             '<div class="product" itemscope itemtype="https://schema.org/Product">\n'
             f'<h1 itemprop="name">{html.escape(data["title"])}</h1>\n'
             f'<span itemprop="sku">{data["sku"]}</span>\n'
             f'<span itemprop="price" content="{data["price"]:.2f}">{data["price"]:.2f}</span>'
             f'<span itemprop="priceCurrency">{data["currency"]}</span>\n'
-            f'<link itemprop="availability" href="https://schema.org/{"InStock" if data["in_stock"] else "OutOfStock"}">\n'
+            f'<link itemprop="availability" href="https://schema.org/{availability}">\n'
             f'<a class="category" href="{data["category"]}">category</a>\n'
         )
         title = data["title"]

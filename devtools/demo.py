@@ -256,6 +256,24 @@ def _summary(
           f"{bytes_server} / workers {bytes_workers} ({bytes_workers / max(bytes_server, 1):.4f})")
     print("  (workers' downloader/response_bytes rebuild headers and drop chunked framing, so they differ a little)")
 
+    problems += _check_mongo(mongo, workers, hosts)
+    for w in failed:
+        problems.append(f"worker {w.spider}#{w.index} exited with {w.proc.returncode}; see {w.log}")
+
+    if problems:
+        print("\nFAILED:\n  " + "\n  ".join(problems))
+        return 1
+    print("\nOK: every page fetched once (but for explained duplicates), every item stored once, "
+          "server and workers agree.")
+    return 0
+
+
+def _check_mongo(mongo: Any, workers: list[Worker], hosts: dict[str, str]) -> list[str]:
+    """Print what MongoDB holds; return what is wrong with it."""
+    from demosite.sites import DEFAULT_SITES
+
+    problems: list[str] = []
+    expected = {s.host: s.expected_pages() for s in DEFAULT_SITES}
     rows = []
     db = mongo[DEMO_DB]
     scraped = sum(w.stats.get("item_scraped_count", 0) for w in workers)
@@ -274,15 +292,7 @@ def _summary(
     want_items = sum(expected[h]["items"] for h in hosts.values())
     if stored != want_items:
         problems.append(f"{stored} items stored, the demo sites have {want_items}")
-    for w in failed:
-        problems.append(f"worker {w.spider}#{w.index} exited with {w.proc.returncode}; see {w.log}")
-
-    if problems:
-        print("\nFAILED:\n  " + "\n  ".join(problems))
-        return 1
-    print("\nOK: every page fetched once (but for explained duplicates), every item stored once, "
-          "server and workers agree.")
-    return 0
+    return problems
 
 
 if __name__ == "__main__":

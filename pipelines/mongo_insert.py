@@ -29,9 +29,10 @@ from scrapy.exceptions import NotConfigured
 from scrapy.utils.asyncio import is_asyncio_available
 
 if TYPE_CHECKING:
+    from typing import Self
+
     from scrapy.crawler import Crawler
     from scrapy.settings import BaseSettings
-    from typing_extensions import Self
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def redact_uri(uri: str) -> str:
     scheme, sep, rest = uri.partition("://")
     if not sep:
         return uri
-    auth, at, hosts = rest.rpartition("@")
+    _auth, at, hosts = rest.rpartition("@")
     return f"{scheme}://***@{hosts}" if at else uri
 
 

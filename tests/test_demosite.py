@@ -88,7 +88,7 @@ def test_gzip_on_request_and_chunked_pages(demo_site: DemoSite) -> None:
     # item 7 of every site is chunked (chunked_every=7) and has no Content-Length.
     mark = demo_site.mark()
     raw = raw_get(demo_site.port, "shop-a.test", "/item/7", "Accept-Encoding: gzip\r\n")
-    status, headers, body = split(raw)
+    _, headers, body = split(raw)
     assert headers["transfer-encoding"] == "chunked"
     assert "content-length" not in headers
     assert headers["content-encoding"] == "gzip"

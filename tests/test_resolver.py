@@ -50,7 +50,9 @@ def test_invalid_values_name_the_setting(value: object, message: str) -> None:
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1", "::1"])
-def test_crawl_reaches_demo_site_over_ipv4_and_ipv6(demo_site: DemoSite, redis_url: str, run_crawl, address: str) -> None:
+def test_crawl_reaches_demo_site_over_ipv4_and_ipv6(
+    demo_site: DemoSite, redis_url: str, run_crawl, address: str
+) -> None:
     import redis
 
     with redis.Redis.from_url(redis_url) as r:

@@ -28,7 +28,7 @@ def test_website_key(url: str, domain: str, host: str) -> None:
 def test_mode_setting() -> None:
     assert website_key_mode(Settings()) == "domain"
     assert website_key_mode(Settings({"WEBSITE_KEY": "host"})) == "host"
-    with pytest.raises(ValueError, match="WEBSITE_KEY must be one of .* got 'hostname'"):
+    with pytest.raises(ValueError, match=r"WEBSITE_KEY must be one of .* got 'hostname'"):
         website_key_mode(Settings({"WEBSITE_KEY": "hostname"}))
 
 

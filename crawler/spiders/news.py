@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from scrapy.http import TextResponse
+
 from crawler.frontier import FrontierSpider
 from crawler.items import Article
 
@@ -20,12 +22,12 @@ class NewsSpider(FrontierSpider):
     name = "news"
     allowed_domains = ["news.test"]
 
-    def parse(self, response: Response) -> Iterator[Request]:
+    def parse(self, response: TextResponse) -> Iterator[Request]:
         yield from response.follow_all(css="a.listing, a.next")
         yield from response.follow_all(css="a.item, a.related", callback=self.parse_article)
 
     def parse_article(self, response: Response) -> Iterator[Article | Request]:
-        if not response.css("article[itemtype$=NewsArticle]"):
+        if not isinstance(response, TextResponse) or not response.css("article[itemtype$=NewsArticle]"):
             return
         yield Article(
             url=response.url,

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from scrapy import Request
-    from scrapy.http import Response
+    from scrapy.http import TextResponse
 
 
 class ShopASpider(FrontierSpider):
@@ -20,13 +20,13 @@ class ShopASpider(FrontierSpider):
     name = "shop_a"
     allowed_domains = ["shop-a.test"]
 
-    def parse(self, response: Response) -> Iterator[Request | Product]:
+    def parse(self, response: TextResponse) -> Iterator[Request | Product]:
         if response.css("[itemtype$=Product]"):
             yield parse_product(response)
         yield from response.follow_all(css="a.listing, a.next, a.item, a.related")
 
 
-def parse_product(response: Response) -> Product:
+def parse_product(response: TextResponse) -> Product:
     """Extract schema.org Product microdata (shared by the shop spiders)."""
     price = response.css('[itemprop=price]::attr(content)').get()
     availability = response.css('[itemprop=availability]::attr(href)').get()

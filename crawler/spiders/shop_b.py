@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from scrapy import Request
-    from scrapy.http import Response
+    from scrapy.http import TextResponse
 
     from crawler.items import Product
 
@@ -22,7 +22,7 @@ class ShopBSpider(FrontierSpider):
     name = "shop_b"
     allowed_domains = ["shop-b.test"]
 
-    def parse(self, response: Response) -> Iterator[Request | Product]:
+    def parse(self, response: TextResponse) -> Iterator[Request | Product]:
         if response.css("[itemtype$=Product]"):
             yield parse_product(response)
         # shop-b's related-product links are ads for other listings: skip them.

@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench <name>``; a table for people, a last JSON line for machines."""

@@ -1,0 +1,166 @@
+"""Shared pieces of the benchmarks: servers, crawl runs, medians, output.
+
+A crawl's speed is taken from the demo server's own request log: pages served
+to that run divided by the time from its first to its last request. Process
+start-up and the idle wait before a worker closes are thereby left out, for
+every contender alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from demosite.sites import SiteConfig
+from devtools.services import DEFAULT_STATE, ROOT, Server, start_demosite, start_redis, start_secantus
+
+SCRAPY = str(Path(sys.executable).parent / "scrapy")
+
+
+def bench_site(items: int, page_bytes: int = 2000) -> SiteConfig:
+    """A shop like the one in ANCHORS.md's figures: ~2 KB pages, 4 links each, no failures."""
+    return SiteConfig(host="shop-a.test", kind="shop", items=items, page_bytes=page_bytes, related=3,
+                      errors=0, redirect_every=10**9)
+
+
+@dataclass
+class RunResult:
+    label: str
+    pages: int
+    seconds: float
+    stats: dict[str, Any] = field(default_factory=dict)
+    returncode: int = 0
+
+    @property
+    def pages_per_s(self) -> float:
+        return self.pages / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class BenchServers:
+    """Private Redis (and optionally SecantusDB) plus a demo site, for one benchmark run."""
+
+    site: SiteConfig
+    need_mongo: bool = False
+    state: Path = field(default_factory=lambda: DEFAULT_STATE / "bench")
+    redis: Server | None = None
+    mongo: Server | None = None
+    demo: Server | None = None
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bench-")))
+
+    def __enter__(self) -> BenchServers:
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.redis = start_redis(self.state)
+        if self.need_mongo:
+            self.mongo = start_secantus(self.state)
+        self.demo = start_demosite(self.state, (self.site,))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for server in (self.demo, self.mongo, self.redis):
+            if server is not None:
+                server.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    @property
+    def start_url(self) -> str:
+        assert self.demo is not None
+        return f"http://{self.site.host}:{self.demo.port}/"
+
+    def log(self, since: int = 0) -> list[dict[str, Any]]:
+        assert self.demo is not None
+        with urllib.request.urlopen(f"{self.demo.url}/_demo/log?since={since}", timeout=30) as r:
+            return [json.loads(line) for line in r.read().splitlines() if line]
+
+    def mark(self) -> int:
+        assert self.demo is not None
+        with urllib.request.urlopen(f"{self.demo.url}/_demo/health", timeout=30) as r:
+            return int(json.loads(r.read())["requests"])
+
+    def flush_redis(self) -> None:
+        import redis
+
+        assert self.redis is not None
+        with redis.Redis.from_url(self.redis.url) as r:
+            r.flushall()
+
+    def env(self, **extra: str) -> dict[str, str]:
+        assert self.redis is not None
+        env = {**os.environ, "REDIS_URL": self.redis.url, "RESOLVE_HOSTS": "*.test:127.0.0.1",
+               "PYTHONPATH": str(ROOT)}
+        if self.mongo is not None:
+            env["MONGO_URI"] = self.mongo.url
+        env.update(extra)
+        return env
+
+    def crawl(self, label: str, cmd: list[str], env: dict[str, str], cwd: Path = ROOT,
+              timeout: float = 600) -> RunResult:
+        """Run one crawl command to completion; measure it from the server's log."""
+        stats_path = self.workdir / f"{label}-{time.monotonic_ns()}.json"
+        log_path = stats_path.with_suffix(".log")
+        mark = self.mark()
+        full = [*cmd, "-s", f"STATS_FILE_PATH={stats_path}", "-s", f"LOG_FILE={log_path}"]
+        proc = subprocess.run(full, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, timeout=timeout, check=False)
+        records = self.log(mark)
+        stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+        if proc.returncode != 0 or not records:
+            tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
+            raise RuntimeError(f"{label} failed (exit {proc.returncode}):\n{proc.stderr.decode()[-2000:]}\n{tail}")
+        seconds = records[-1]["t"] - records[0]["t"]
+        return RunResult(label, len(records), seconds, stats, proc.returncode)
+
+
+def vanilla_cmd(start_url: str, settings: dict[str, Any] | None = None) -> list[str]:
+    """``scrapy runspider`` of the plain-Scrapy shop spider under bench.vanilla_settings."""
+    cmd = [SCRAPY, "runspider", str(ROOT / "bench" / "vanilla_spider.py"), "-a", f"start_url={start_url}"]
+    for key, value in (settings or {}).items():
+        cmd += ["-s", f"{key}={value}"]
+    return cmd
+
+
+def vanilla_env(servers: BenchServers) -> dict[str, str]:
+    return servers.env(SCRAPY_SETTINGS_MODULE="bench.vanilla_settings")
+
+
+def stack_cmd(spider: str = "shop_a", settings: dict[str, Any] | None = None) -> list[str]:
+    cmd = [SCRAPY, "crawl", spider, "-s", "FRONTIER_IDLE_CLOSE_SECONDS=1"]
+    for key, value in (settings or {}).items():
+        cmd += ["-s", f"{key}={value}"]
+    return cmd
+
+
+def seed(servers: BenchServers, spider: str = "shop_a") -> None:
+    import redis
+
+    assert servers.redis is not None
+    with redis.Redis.from_url(servers.redis.url) as r:
+        r.lpush(f"{spider}:start_urls", json.dumps({"url": servers.start_url}))
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def table(rows: list[list[Any]], header: list[str]) -> str:
+    cells = [header, *[[f"{c:.3f}" if isinstance(c, float) else str(c) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    out = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+           for r in cells]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def emit(result: dict[str, Any]) -> None:
+    """The last line of every benchmark: one JSON object."""
+    print(json.dumps(result, sort_keys=True), flush=True)

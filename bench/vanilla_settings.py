@@ -1,0 +1,12 @@
+"""Settings for the vanilla Scrapy runs: Scrapy's defaults, plus only what is
+needed to reach the demo site and to compare like for like (concurrency)."""
+
+TWISTED_DNS_RESOLVER = "crawler.resolver.StaticHostResolver"  # to resolve *.test, as the stack does
+EXTENSIONS = {"crawler.stats_file.StatsFileExtension": 900}
+TELNETCONSOLE_ENABLED = False
+REMOTE_CONTROL_ENABLED = False
+ROBOTSTXT_OBEY = True
+CONCURRENT_REQUESTS = 32
+CONCURRENT_REQUESTS_PER_DOMAIN = 16
+
+from settings.env import RESOLVE_HOSTS  # noqa: E402,F401  (the one place env vars are read)
