@@ -108,7 +108,8 @@ class NetNS:
 
     def http_get(self, url: str, timeout: float = 30) -> bytes:
         """GET ``url`` from inside the namespace (the test process lives outside it)."""
-        code = "import sys, urllib.request; sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1], timeout=20).read())"
+        code = ("import sys, urllib.request; "
+                "sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1], timeout=20).read())")
         done = subprocess.run(self.command([sys.executable, "-c", code, url]), capture_output=True,
                               timeout=timeout, check=False)
         if done.returncode != 0:

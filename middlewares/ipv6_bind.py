@@ -44,7 +44,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from hashlib import blake2b
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from scrapy.exceptions import IgnoreRequest, NotConfigured
 from scrapy.utils.asyncio import is_asyncio_available
@@ -61,8 +61,7 @@ if TYPE_CHECKING:
     from scrapy.http import Response
     from scrapy.settings import BaseSettings
     from scrapy.statscollectors import StatsCollector
-    from twisted.internet.interfaces import IAddress, IHostResolution
-    from typing_extensions import Self
+    from twisted.internet.interfaces import IAddress, IHostnameResolver, IHostResolution
 
 logger = logging.getLogger(__name__)
 
@@ -288,7 +287,9 @@ class _Receiver:
             self.future.set_result(self.addresses)
 
 
-def check_host_setup(prefixes: tuple[ipaddress.IPv6Network, ...], route_table: Path = Path("/proc/net/ipv6_route")) -> None:
+def check_host_setup(
+    prefixes: tuple[ipaddress.IPv6Network, ...], route_table: Path = Path("/proc/net/ipv6_route")
+) -> None:
     """Raise :class:`IPv6BindSetupError` saying what to run unless every prefix is local and bindable.
 
     Two checks that send no packet: a ``local`` route covering the prefix in
@@ -366,27 +367,17 @@ class IPv6BindMiddleware:
     async def process_request(self, request: Request) -> Request | Response | None:
         meta = request.meta
         self._forget_copied_binding(request)
-        if meta.get("ipv6_bind_dont_bind"):
-            self.stats.inc_value("ipv6_bind/skipped/dont_bind")
+        host = self._candidate_host(request)
+        if host is None:
             return None
-        if meta.get("bindaddress"):
-            self.stats.inc_value("ipv6_bind/skipped/bindaddress")
-            return None
-        if meta.get("proxy"):
-            # The bind address would apply to the connection to the proxy.
-            self.stats.inc_value("ipv6_bind/skipped/proxy")
-            return None
-        parsed = urlparse_cached(request)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            return None
-        host = parsed.hostname
         has_ipv6 = await self._has_ipv6(host)
         if has_ipv6 is None:
             # The download itself will fail with the resolver's own error.
             self.stats.inc_value("ipv6_bind/skipped/unresolved")
             return None
         if not has_ipv6:
-            return self._ipv4_target(request, host)
+            self._ipv4_target(host)
+            return None
 
         pin = meta.get("ipv6_bind_pin")
         close = False
@@ -413,6 +404,24 @@ class IPv6BindMiddleware:
                      extra={"spider": self.crawler.spider})
         return None
 
+    def _candidate_host(self, request: Request) -> str | None:
+        """The host to bind for, or None when this request is not ours to bind."""
+        meta = request.meta
+        skip = None
+        if meta.get("ipv6_bind_dont_bind"):
+            skip = "dont_bind"
+        elif meta.get("bindaddress"):
+            skip = "bindaddress"
+        elif meta.get("proxy"):
+            skip = "proxy"  # a bind address would apply to the connection to the proxy
+        if skip:
+            self.stats.inc_value(f"ipv6_bind/skipped/{skip}")
+            return None
+        parsed = urlparse_cached(request)
+        if parsed.scheme not in ("http", "https"):
+            return None
+        return parsed.hostname or None
+
     def _forget_copied_binding(self, request: Request) -> None:
         """Undo our binding on a request copied by RetryMiddleware or RedirectMiddleware.
 
@@ -429,15 +438,15 @@ class IPv6BindMiddleware:
             del request.headers[b"Connection"]
         self.stats.inc_value("ipv6_bind/rebound")
 
-    def _ipv4_target(self, request: Request, host: str) -> None:
+    def _ipv4_target(self, host: str) -> None:
         refuse = self.config.ipv4_targets == "refuse"
         self.stats.inc_value("ipv6_bind/ipv4_only/refused" if refuse else "ipv6_bind/ipv4_only/fetched")
         if host not in self._ipv4_logged and len(self._ipv4_logged) < _HOST_CACHE_SIZE:
             self._ipv4_logged.add(host)
             logger.info(
-                "%(host)s has no IPv6 address: %(action)s without an IPv6 bind address (IPV6_BIND_IPV4_TARGETS=%(opt)s)",
-                {"host": host, "action": "refusing its requests" if refuse else "fetching it", "opt":
-                 self.config.ipv4_targets},
+                "%(host)s has no IPv6 address: %(action)s (IPV6_BIND_IPV4_TARGETS=%(opt)s)",
+                {"host": host, "action": "refusing its requests" if refuse else "fetching it without binding",
+                 "opt": self.config.ipv4_targets},
                 extra={"spider": self.crawler.spider},
             )
         if refuse:
@@ -506,7 +515,9 @@ class IPv6BindMiddleware:
         future: asyncio.Future[list[IAddress]] = asyncio.get_running_loop().create_future()
         # All address types: the resolver caches what it is asked for, and the
         # download that follows needs every address.
-        reactor.nameResolver.resolveHostName(_Receiver(future), host)
+        # The resolver Scrapy installed from TWISTED_DNS_RESOLVER.
+        resolver: IHostnameResolver = reactor.nameResolver  # type: ignore[attr-defined]
+        resolver.resolveHostName(_Receiver(future), host)
         addresses = await future
         if not addresses:
             return None
