@@ -342,6 +342,9 @@ class IPv6BindMiddleware:
         self._hosts: OrderedDict[str, asyncio.Future[bool | None]] = OrderedDict()
         self._websites: OrderedDict[str, _Website] = OrderedDict()
         self._ipv4_logged: set[str] = set()
+        # HTTP/2 forbids the Connection header (RFC 9113 8.2.2); h2 would refuse the request.
+        handlers = crawler.settings.getwithbase("DOWNLOAD_HANDLERS")
+        self._h2_schemes = {s for s in ("http", "https") if "H2" in str(handlers.get(s) or "")}
         if config.self_check:
             check_host_setup(config.prefixes)
         logger.info(
@@ -394,7 +397,8 @@ class IPv6BindMiddleware:
             address, close = self._sticky(request.url)
         meta["bindaddress"] = (address, 0)
         meta["ipv6_bind_address"] = address
-        if close and self.config.close_connections and b"Connection" not in request.headers:
+        if (close and self.config.close_connections and b"Connection" not in request.headers
+                and urlparse_cached(request).scheme not in self._h2_schemes):
             # Scrapy pools connections by bind address: one bound to an address
             # that will not be used again would only sit idle in the pool.
             request.headers[b"Connection"] = b"close"

@@ -176,6 +176,15 @@ def test_per_request_binds_a_fresh_address_and_closes_the_connection() -> None:
     assert all(r.headers[b"Connection"] == b"close" for r in requests)
 
 
+def test_no_connection_header_over_http2() -> None:
+    mw = _middleware(IPV6_BIND_POLICY="per_request",
+                     DOWNLOAD_HANDLERS={"https": "scrapy.core.downloader.handlers.http2.H2DownloadHandler"})
+    h2, h1 = _run(mw, [Request("https://[::1]/"), Request("http://[::1]/")])
+    assert b"Connection" not in h2.headers and "ipv6_bind_connection_close" not in h2.meta
+    assert h2.meta["bindaddress"] == (h2.meta["ipv6_bind_address"], 0)
+    assert h1.headers[b"Connection"] == b"close"
+
+
 def test_sticky_uses_k_addresses_in_turn_and_rotates_after_n_requests() -> None:
     mw = _middleware(IPV6_BIND_STICKY_ADDRESSES=2, IPV6_BIND_STICKY_REQUESTS=3)
     requests = _run(mw, [Request(f"http://[::1]/{i}") for i in range(12)])
