@@ -284,24 +284,25 @@ class Namespace:
     def __init__(self, ns: netns_tools.NetNS, port: int) -> None:
         self.ns, self.port = ns, port
 
-    def seed(self, spider: str) -> None:
+    def seed(self, *spiders: str) -> None:
         self.ns.redis(REDIS_PORT, "flushall")
-        url = f"http://{SEED_KEYS[spider]}:{self.port}/"
-        self.ns.redis(REDIS_PORT, "lpush", f"{spider}:start_urls", json.dumps({"url": url}))
+        for spider in spiders:
+            url = f"http://{SEED_KEYS[spider]}:{self.port}/"
+            self.ns.redis(REDIS_PORT, "lpush", f"{spider}:start_urls", json.dumps({"url": url}))
 
     def mark(self) -> int:
         return int(json.loads(self.ns.http_get(f"http://127.0.0.1:{self.port}/_demo/health"))["requests"])
 
-    def log(self, since: int, host: str) -> list[dict[str, Any]]:
+    def log(self, since: int, *hosts: str) -> list[dict[str, Any]]:
         body = self.ns.http_get(f"http://127.0.0.1:{self.port}/_demo/log?since={since}")
-        return [r for r in map(json.loads, body.splitlines()) if r["host"] == host]
+        return [r for r in map(json.loads, body.splitlines()) if r["host"] in hosts]
 
-    def crawl(self, tmp_path: Path, spider: str, workers: int = 1, **settings: Any) -> list[Any]:
+    def crawl(self, tmp_path: Path, *spiders: str, **settings: Any) -> list[Any]:
+        """One worker per spider, all at once."""
         base = {"IPV6_BIND_ENABLED": "True", "IPV6_BIND_PREFIXES": PREFIX, "MONGO_INSERT_ENABLED": "False",
                 "FRONTIER_IDLE_CLOSE_SECONDS": "1", "RESOLVE_HOSTS": RESOLVE, "LOG_LEVEL": "INFO"}
         env = {"REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}/0"}
-        crawls = [start_crawl(tmp_path, spider, {**base, **settings}, env, name=f"{spider}-w{i}", netns=self.ns.name)
-                  for i in range(workers)]
+        crawls = [start_crawl(tmp_path, spider, {**base, **settings}, env, netns=self.ns.name) for spider in spiders]
         return [wait_crawl(c, timeout=240) for c in crawls]
 
 
@@ -334,11 +335,14 @@ def _connections(records: list[dict[str, Any]]) -> dict[int, set[str]]:
 
 @pytest.mark.e2e
 def test_per_request_policy_server_sees_distinct_addresses(namespace: Namespace, tmp_path: Path) -> None:
-    namespace.seed("shop_a")
+    # Two workers at once (two spiders: scrapy-redis 0.9.1's scheduler calls the
+    # deprecated Spider.log() when a second worker of one spider opens on a
+    # non-empty queue, which PYTHONWARNINGS=error turns into a crash).
+    namespace.seed("shop_a", "news")
     mark = namespace.mark()
-    results = namespace.crawl(tmp_path, "shop_a", workers=2, IPV6_BIND_POLICY="per_request")
+    results = namespace.crawl(tmp_path, "shop_a", "news", IPV6_BIND_POLICY="per_request")
     _check_workers(results)
-    records = namespace.log(mark, "shop-a.test")
+    records = namespace.log(mark, "shop-a.test", "news.test")
     assert len(records) >= 1000
     clients = [r["client"] for r in records]
     assert all(ipaddress.IPv6Address(c) in NET for c in clients), collections.Counter(clients).most_common(3)
@@ -346,7 +350,7 @@ def test_per_request_policy_server_sees_distinct_addresses(namespace: Namespace,
     assert len(_connections(records)) == len(records)  # one connection per request, never reused
     bound = sum(r.stats.get("ipv6_bind/bound", 0) for r in results)
     assert bound == sum(r.stats["downloader/request_count"] for r in results) == len(records)
-    assert sum(r.stats["item_scraped_count"] for r in results) == 1000
+    assert results[0].stats["item_scraped_count"] == 1000
 
 
 @pytest.mark.e2e
