@@ -345,6 +345,10 @@ class IPv6BindMiddleware:
         # HTTP/2 forbids the Connection header (RFC 9113 8.2.2); h2 would refuse the request.
         handlers = crawler.settings.getwithbase("DOWNLOAD_HANDLERS")
         self._h2_schemes = {s for s in ("http", "https") if "H2" in str(handlers.get(s) or "")}
+        # About how many connections one sticky address holds to a host: its
+        # share of the per-host concurrency (which bounds Scrapy's pool too).
+        per_host = crawler.settings.getint("CONCURRENT_REQUESTS_PER_DOMAIN") or 8
+        self._drain = -(-per_host // config.sticky_addresses)
         if config.self_check:
             check_host_setup(config.prefixes)
         logger.info(
@@ -492,8 +496,9 @@ class IPv6BindMiddleware:
         if slot is None:
             slot = site.slots[index] = _Slot(self._draw(), 0, now)
         slot.uses += 1
-        # The last request of an address closes its connection behind it.
-        return slot.address, slot.uses == config.sticky_requests
+        # The address's last requests close the connections they ride on, so
+        # its connections do not linger idle in the pool once it is retired.
+        return slot.address, bool(config.sticky_requests) and slot.uses > config.sticky_requests - self._drain
 
     async def _has_ipv6(self, host: str) -> bool | None:
         """Whether ``host`` has an IPv6 address (None: it did not resolve), asked once per host."""

@@ -14,6 +14,7 @@ import collections
 import ipaddress
 import json
 import math
+import subprocess
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -185,17 +186,24 @@ def test_no_connection_header_over_http2() -> None:
     assert h1.headers[b"Connection"] == b"close"
 
 
-def test_sticky_uses_k_addresses_in_turn_and_rotates_after_n_requests() -> None:
-    mw = _middleware(IPV6_BIND_STICKY_ADDRESSES=2, IPV6_BIND_STICKY_REQUESTS=3)
+@pytest.mark.parametrize(
+    ("per_host", "closing"),
+    [
+        (2, [4, 5, 10, 11]),  # 1 connection per address: its last request closes it
+        (4, [2, 3, 4, 5, 8, 9, 10, 11]),  # 2 per address: its last 2 requests
+    ],
+)
+def test_sticky_uses_k_addresses_in_turn_and_rotates_after_n_requests(per_host: int, closing: list[int]) -> None:
+    mw = _middleware(IPV6_BIND_STICKY_ADDRESSES=2, IPV6_BIND_STICKY_REQUESTS=3, CONCURRENT_REQUESTS_PER_DOMAIN=per_host)
     requests = _run(mw, [Request(f"http://[::1]/{i}") for i in range(12)])
     addresses = [r.meta["ipv6_bind_address"] for r in requests]
     # Slots alternate; each address serves 3 requests, then the slot draws a new one.
     assert len(set(addresses)) == 4
     assert addresses[0:6:2] == [addresses[0]] * 3 and addresses[1:6:2] == [addresses[1]] * 3
     assert addresses[6] not in addresses[:6]
-    # Only the last request of each address asks the server to close the connection.
-    closing = [i for i, r in enumerate(requests) if r.headers.get(b"Connection") == b"close"]
-    assert closing == [4, 5, 10, 11]
+    # The last requests of each address ask the server to close their connection,
+    # one per connection the address holds (its share of the per-host concurrency).
+    assert [i for i, r in enumerate(requests) if r.headers.get(b"Connection") == b"close"] == closing
     assert _stat(mw, "rotated/requests") == 2 and _stat(mw, "addresses") == 4
 
 
@@ -437,3 +445,18 @@ def test_host_not_set_up_stops_with_the_command_to_run(
     assert result.returncode != 0
     assert "IPv6BindSetupError" in result.log
     assert f"`{command}`" in result.log
+
+
+def test_namespaces_of_killed_runs_are_removed() -> None:
+    reason = netns_tools.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process id that no longer exists, as after a killed test run
+    stale = f"crawlertest-{gone.pid}-stale"
+    subprocess.run(["ip", "netns", "add", stale], check=True)
+    with netns_tools.netns(tag="alive") as alive:
+        netns_tools.remove_stale()
+        names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+        assert stale not in names
+        assert alive.name in names  # ours: this process is alive
