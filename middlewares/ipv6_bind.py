@@ -49,8 +49,9 @@ from typing import TYPE_CHECKING, Any, Self
 from scrapy.exceptions import IgnoreRequest, NotConfigured
 from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.httpobj import urlparse_cached
+from scrapy.utils.misc import load_object
 from twisted.internet.address import IPv6Address as TxIPv6Address
-from twisted.internet.interfaces import IResolutionReceiver
+from twisted.internet.interfaces import IHostnameResolver, IResolutionReceiver
 from zope.interface import implementer
 
 from crawler.website import website_key, website_key_mode
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
     from scrapy.http import Response
     from scrapy.settings import BaseSettings
     from scrapy.statscollectors import StatsCollector
-    from twisted.internet.interfaces import IAddress, IHostnameResolver, IHostResolution
+    from twisted.internet.interfaces import IAddress, IHostResolution
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +154,13 @@ class IPv6BindConfig:
             seconds = -1.0
         if not seconds >= 0:
             raise ValueError(f"IPV6_BIND_STICKY_SECONDS must be a number >= 0 (0: no limit), got {raw_seconds!r}")
+        resolver = settings.get("TWISTED_DNS_RESOLVER")
+        if not IHostnameResolver.implementedBy(load_object(resolver)):
+            # Scrapy's default resolver answers IPv4 only: every host would look IPv4-only.
+            raise ValueError(
+                f"IPV6_BIND_ENABLED needs an IPv6-capable TWISTED_DNS_RESOLVER such as "
+                f"'crawler.resolver.StaticHostResolver' (the project's default), got {resolver!r}"
+            )
         config = cls(
             prefixes=_parse_prefixes(settings.get("IPV6_BIND_PREFIXES")),
             policy=policy,

@@ -35,13 +35,14 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 PREFIX = "2001:db8:6b1d::/64"
+RESOLVER = {"TWISTED_DNS_RESOLVER": "crawler.resolver.StaticHostResolver"}
 NET = ipaddress.IPv6Network(PREFIX)
 
 # ---------------------------------------------------------------- settings
 
 
 def _config(**settings: Any) -> IPv6BindConfig:
-    return IPv6BindConfig.from_settings(Settings({"IPV6_BIND_PREFIXES": [PREFIX], **settings}))
+    return IPv6BindConfig.from_settings(Settings({"IPV6_BIND_PREFIXES": [PREFIX], **RESOLVER, **settings}))
 
 
 def test_config_defaults_and_forms() -> None:
@@ -58,6 +59,8 @@ def test_config_defaults_and_forms() -> None:
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
+        ({"TWISTED_DNS_RESOLVER": "scrapy.resolver.CachingThreadedResolver"},
+         r"IPV6_BIND_ENABLED needs an IPv6-capable TWISTED_DNS_RESOLVER .*CachingThreadedResolver"),
         ({"IPV6_BIND_PREFIXES": ["10.0.0.0/8"]}, r"IPV6_BIND_PREFIXES: '10.0.0.0/8' is an IPv4 network"),
         ({"IPV6_BIND_PREFIXES": ["2001:db8::1/64"]},
          r"IPV6_BIND_PREFIXES: '2001:db8::1/64' is not a valid IPv6 prefix .*host bits set"),
@@ -89,7 +92,7 @@ def test_disabled_is_not_configured() -> None:
 
 
 def test_invalid_prefix_stops_start_up() -> None:
-    crawler = get_crawler(settings_dict={"IPV6_BIND_ENABLED": True, "IPV6_BIND_PREFIXES": ["192.0.2.0/24"]})
+    crawler = get_crawler(settings_dict={"IPV6_BIND_ENABLED": True, "IPV6_BIND_PREFIXES": ["192.0.2.0/24"], **RESOLVER})
     with pytest.raises(ValueError, match="IPV6_BIND_PREFIXES"):
         build_from_crawler(IPv6BindMiddleware, crawler)
 
@@ -144,7 +147,8 @@ def test_draws_are_uniform_over_all_prefixes() -> None:
 
 def _middleware(**settings: Any) -> IPv6BindMiddleware:
     crawler = get_crawler(settings_dict={
-        "IPV6_BIND_ENABLED": True, "IPV6_BIND_PREFIXES": [PREFIX], "IPV6_BIND_SELF_CHECK": False, **settings})
+        "IPV6_BIND_ENABLED": True, "IPV6_BIND_PREFIXES": [PREFIX], "IPV6_BIND_SELF_CHECK": False, **RESOLVER,
+        **settings})
 
     async def build() -> IPv6BindMiddleware:  # is_asyncio_available() needs a running loop
         return build_from_crawler(IPv6BindMiddleware, crawler)
