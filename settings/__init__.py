@@ -58,3 +58,20 @@ EXTENSIONS = {
 }
 
 FEED_EXPORT_ENCODING = "utf-8"
+
+DOWNLOADER_MIDDLEWARES = {
+    # After HttpProxyMiddleware (750): proxied requests are not bound.
+    "middlewares.ipv6_bind.IPv6BindMiddleware": 760,
+}
+# Random IPv6 source addresses: off until the host routes a prefix to itself
+# (see README, "IPv6 source addresses").
+IPV6_BIND_ENABLED = False
+IPV6_BIND_PREFIXES: list[str] = []
+IPV6_BIND_POLICY = "sticky"
+IPV6_BIND_STICKY_ADDRESSES = 2
+IPV6_BIND_STICKY_REQUESTS = 1000
+IPV6_BIND_STICKY_SECONDS = 300.0
+IPV6_BIND_IPV4_TARGETS = "fetch"
+IPV6_BIND_PARTITION = ""
+IPV6_BIND_CLOSE_CONNECTIONS = True
+IPV6_BIND_SELF_CHECK = True
