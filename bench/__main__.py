@@ -15,6 +15,7 @@ BENCHMARKS = {
     "throughput": "bench.throughput",
     "concurrent_items": "bench.concurrent_items",
     "demosite": "bench.demosite",
+    "ipv6": "bench.ipv6",
     "frontier": "bench.frontier",
 }
 
