@@ -16,6 +16,7 @@ BENCHMARKS = {
     "concurrent_items": "bench.concurrent_items",
     "demosite": "bench.demosite",
     "ipv6": "bench.ipv6",
+    "frontier": "bench.frontier",
 }
 
 

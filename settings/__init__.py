@@ -37,11 +37,8 @@ TELNETCONSOLE_ENABLED = False
 # Off here; opt in with -s REMOTE_CONTROL_ENABLED=1.
 REMOTE_CONTROL_ENABLED = False
 
-# Shared frontier (scrapy-redis for now).
-SCHEDULER = "crawler.scheduler.RedisScheduler"
-DUPEFILTER_CLASS = "scrapy_redis.dupefilter.RFPDupeFilter"
-SCHEDULER_PERSIST = True  # scrapy-redis's name: keep the frontier when a worker closes
-SCHEDULER_QUEUE_CLASS = "scrapy_redis.queue.PriorityQueue"
+# Shared frontier: our scheduler on scrapy-redis's data model (crawler/scheduler.py).
+SCHEDULER = "crawler.scheduler.FrontierScheduler"
 
 # Close a worker after the shared frontier has been empty, with this worker
 # idle, for this many seconds; 0 runs it as a service that waits for seeds.
@@ -60,6 +57,10 @@ EXTENSIONS = {
 FEED_EXPORT_ENCODING = "utf-8"
 
 DOWNLOADER_MIDDLEWARES = {
+    # Scrapy 2.19's robots.txt middleware lets requests that wait for a host's
+    # robots.txt through unchecked when several wait at once (middlewares/robotstxt.py).
+    "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
+    "middlewares.robotstxt.RobotsTxtMiddleware": 100,
     # After HttpProxyMiddleware (750): proxied requests are not bound.
     "middlewares.ipv6_bind.IPv6BindMiddleware": 760,
 }
