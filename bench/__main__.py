@@ -16,6 +16,8 @@ BENCHMARKS = {
     "concurrent_items": "bench.concurrent_items",
     "demosite": "bench.demosite",
     "mongo": "bench.mongo",
+    "ipv6": "bench.ipv6",
+    "frontier": "bench.frontier",
 }
 
 

@@ -1,44 +1,59 @@
-"""Frontier glue: spiders that share a scrapy-redis frontier.
+"""Spiders that share the Redis frontier (:mod:`crawler.scheduler`).
 
-:class:`FrontierSpider` is scrapy-redis's ``RedisSpider`` made to work under
-Scrapy 2.19:
+:class:`FrontierSpider` keeps scrapy-redis's ``RedisSpider`` interface
+(``redis_key``, ``redis_batch_size``, ``redis_encoding``,
+``make_request_from_data``) and fixes it for Scrapy 2.19:
 
-* Scrapy 2.13+ drives spiders through ``async def start()`` and never calls
-  ``start_requests()``, so seeds from the spider's ``redis_key`` are read in
-  ``start()`` and again whenever the worker goes idle.
-* scrapy-redis measures ``MAX_IDLE_TIME_BEFORE_CLOSE`` from import time. Here a
-  worker closes only after the shared frontier has been empty, with this
-  worker idle, for ``FRONTIER_IDLE_CLOSE_SECONDS`` measured from the moment it
-  became idle (0: never close, run as a service waiting for seeds).
-* An idle worker looks at the shared frontier every
-  ``FRONTIER_IDLE_POLL_SECONDS`` instead of Scrapy's 5-second heartbeat, so a
-  second worker joins in as soon as the first one has pushed links.
+* Seeds are read with ``redis.asyncio`` in ``async def start()`` (Scrapy 2.13+
+  never calls ``start_requests()``), and again whenever the frontier's
+  heartbeat sees seeds waiting (checked every second while the worker is
+  busy, every ``FRONTIER_IDLE_POLL_SECONDS`` while idle). Each batch is taken
+  atomically (MULTI: LRANGE + LTRIM), so every seed goes to one worker.
+* A seed is a JSON object ``{"url": ..., "meta": {...}, "priority": 0,
+  "method": "GET", "headers": {...}, "body": "...", "callback": "parse_x",
+  "dont_filter": true}`` or a plain ``http(s)://`` URL. As in scrapy-redis,
+  other keys of the object are form data (a ``FormRequest``). A malformed
+  seed is logged with the reason, counted (``frontier/seeds/rejected``) and
+  moved unchanged to the dead-letter list ``<redis_key>:dead``; the worker
+  carries on.
+* ``FRONTIER_IDLE_CLOSE_SECONDS``: a worker closes only when the *whole
+  cluster* has had nothing queued, no seeds waiting and no busy worker for
+  that long (0: never, run as a service). scrapy-redis measured its idle time
+  from import time.
 
-Settings: ``FRONTIER_IDLE_CLOSE_SECONDS`` (float, default 0),
-``FRONTIER_IDLE_POLL_SECONDS`` (float, default 0.25), plus scrapy-redis's own
-``REDIS_URL``, ``REDIS_START_URLS_KEY``, ``REDIS_START_URLS_BATCH_SIZE``.
+Settings: ``FRONTIER_IDLE_CLOSE_SECONDS`` (float, default 0), scrapy-redis's
+``REDIS_START_URLS_KEY`` (default ``%(name)s:start_urls``),
+``REDIS_START_URLS_BATCH_SIZE`` (default ``CONCURRENT_REQUESTS``),
+``REDIS_ENCODING`` (default utf-8).
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
+import json
+import logging
 from typing import TYPE_CHECKING, Any
 
-from scrapy import signals
+from redis.exceptions import RedisError
+from scrapy import FormRequest, Request, signals
 from scrapy.exceptions import DontCloseSpider
 from scrapy_redis.spiders import RedisSpider
+from w3lib.url import parse_url
+
+from crawler.scheduler import _SEED_BACKLOG, FrontierScheduler
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import AsyncIterator
-    from typing import Self
 
-    from scrapy import Request
     from scrapy.crawler import Crawler
+
+logger = logging.getLogger(__name__)
+
+_SEED_KEYS = ("url", "method", "meta", "priority", "headers", "body", "callback", "dont_filter")
 
 
 def _non_negative(crawler: Crawler, name: str) -> float:
-    raw = crawler.settings.get(name)
+    raw = crawler.settings.get(name, 0)
     try:
         value = float(raw)
     except (TypeError, ValueError):
@@ -48,54 +63,167 @@ def _non_negative(crawler: Crawler, name: str) -> float:
     return value
 
 
+def _check_url(url: Any) -> str:
+    if not isinstance(url, str):
+        raise ValueError(f"url must be a string, got {url!r:.100}")
+    parsed = parse_url(url.strip())
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"url must be an absolute http(s) URL, got {url!r:.100}")
+    return url.strip()
+
+
 class FrontierSpider(RedisSpider):  # type: ignore[misc]  # scrapy-redis ships no type hints
     """A spider whose requests live in the shared Redis frontier."""
 
+    redis_key: str | None = None
+    redis_batch_size: int | None = None
+    redis_encoding: str | None = None
     idle_close_seconds: float
-    idle_poll_seconds: float
-    _idle_since: float | None = None
+    dead_letter_key: str
 
-    @classmethod
-    def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
-        spider: Self = super().from_crawler(crawler, *args, **kwargs)
-        spider.idle_close_seconds = _non_negative(crawler, "FRONTIER_IDLE_CLOSE_SECONDS")
-        spider.idle_poll_seconds = _non_negative(crawler, "FRONTIER_IDLE_POLL_SECONDS") or 0.25
-        # scrapy-redis's own idle timer is replaced by ours (see spider_idle).
-        spider.max_idle_time = 0
-        crawler.signals.connect(spider._busy, signal=signals.response_received)
-        return spider
+    def setup_redis(self, crawler: Crawler | None = None) -> None:
+        """scrapy-redis's settings, without its blocking client."""
+        crawler = crawler or self.crawler
+        settings = crawler.settings
+        key = self.redis_key or settings.get("REDIS_START_URLS_KEY", "%(name)s:start_urls")
+        self.redis_key = str(key) % {"name": self.name}
+        if not self.redis_key.strip():
+            raise ValueError(f"REDIS_START_URLS_KEY must not be empty, got {key!r}")
+        batch = self.redis_batch_size or settings.get("REDIS_START_URLS_BATCH_SIZE") \
+            or settings.getint("CONCURRENT_REQUESTS", 16)
+        try:
+            self.redis_batch_size = int(batch)
+        except (TypeError, ValueError):
+            self.redis_batch_size = 0
+        if self.redis_batch_size < 1:
+            raise ValueError(f"REDIS_START_URLS_BATCH_SIZE must be an integer >= 1, got {batch!r}")
+        self.redis_encoding = self.redis_encoding or settings.get("REDIS_ENCODING", "utf-8")
+        self.idle_close_seconds = _non_negative(crawler, "FRONTIER_IDLE_CLOSE_SECONDS")
+        self.dead_letter_key = f"{self.redis_key}:dead"
+        self._seeding: asyncio.Task[None] | None = None
+        crawler.signals.connect(self.spider_idle, signal=signals.spider_idle)
+
+    # -- seeds -------------------------------------------------------------
 
     async def start(self) -> AsyncIterator[Request]:
-        for request in self.next_requests():
+        async for request in self._read_seeds():
             yield request
 
-    def _busy(self) -> None:
-        self._idle_since = None
+    def frontier_seeds_waiting(self, count: int) -> None:
+        """Called by the scheduler's heartbeat when seeds wait in ``redis_key``."""
+        if self._seeding is None or self._seeding.done():
+            self._seeding = self._frontier().spawn(self._pull_seeds())
+
+    async def _pull_seeds(self) -> None:
+        engine = self.crawler.engine
+        async for request in self._read_seeds():
+            engine.crawl(request)
+
+    async def _read_seeds(self) -> AsyncIterator[Request]:
+        scheduler = self._frontier()
+        store = scheduler.store
+        assert store is not None and self.redis_key is not None and self.redis_batch_size is not None
+        stats = self.crawler.stats
+        assert stats is not None
+        while len(scheduler._outbox) < _SEED_BACKLOG and not scheduler._closing:
+            try:
+                datas = await store.pop_seeds(self.redis_key, self.redis_batch_size)
+            except RedisError as exc:
+                logger.error("Cannot read seeds from %(key)s: %(exc)r", {"key": self.redis_key, "exc": exc},
+                             extra={"spider": self})
+                return
+            requests: list[Request] = []
+            dead: list[bytes] = []
+            for data in datas:
+                try:
+                    made = self.make_request_from_data(data)
+                    requests += [made] if isinstance(made, Request) else list(made)
+                except (ValueError, TypeError) as exc:
+                    logger.error("Rejected seed %(data)r from %(key)s, kept in %(dead)s: %(reason)s",
+                                 {"data": data[:200], "key": self.redis_key, "dead": self.dead_letter_key,
+                                  "reason": exc}, extra={"spider": self})
+                    dead.append(data)
+            if dead:
+                stats.inc_value("frontier/seeds/rejected", len(dead))
+                try:
+                    await store.dead_letter(self.dead_letter_key, dead)
+                except RedisError as exc:
+                    logger.error("Cannot keep %(n)d rejected seeds in %(dead)s: %(exc)r",
+                                 {"n": len(dead), "dead": self.dead_letter_key, "exc": exc}, extra={"spider": self})
+            if requests:
+                stats.inc_value("frontier/seeds/read", len(requests))
+                logger.debug("Read %(n)d seeds from %(key)s", {"n": len(requests), "key": self.redis_key},
+                             extra={"spider": self})
+            for request in requests:
+                yield request
+            if len(datas) < self.redis_batch_size:
+                return
+
+    def make_request_from_data(self, data: bytes) -> Request:
+        """A request from one seed (see module docstring); ``ValueError`` when malformed."""
+        text = data.decode(self.redis_encoding or "utf-8").strip()
+        if not text.startswith("{"):
+            return Request(_check_url(text), dont_filter=True)
+        try:
+            seed = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"invalid JSON: {exc}") from None
+        if not isinstance(seed, dict):
+            raise ValueError("a JSON seed must be an object")
+        return self._request_from_seed(seed)
+
+    def _request_from_seed(self, seed: dict[str, Any]) -> Request:
+        url = _check_url(seed.get("url"))
+        method = seed.get("method", "GET")
+        meta = seed.get("meta", {})
+        priority = seed.get("priority", 0)
+        headers = seed.get("headers")
+        body = seed.get("body", "")
+        dont_filter = seed.get("dont_filter", True)
+        callback_name = seed.get("callback")
+        if not isinstance(method, str) or not method.isalpha():
+            raise ValueError(f"method must be an HTTP method name, got {method!r:.50}")
+        if not isinstance(meta, dict):
+            raise ValueError(f"meta must be an object, got {meta!r:.100}")
+        if type(priority) is not int:
+            raise ValueError(f"priority must be an integer, got {priority!r:.50}")
+        if headers is not None and not (isinstance(headers, dict)
+                                        and all(isinstance(v, str) for v in headers.values())):
+            raise ValueError(f"headers must be an object of strings, got {headers!r:.100}")
+        if not isinstance(body, str):
+            raise ValueError(f"body must be a string, got {body!r:.50}")
+        if not isinstance(dont_filter, bool):
+            raise ValueError(f"dont_filter must be true or false, got {dont_filter!r:.50}")
+        callback = self._seed_callback(callback_name)
+        formdata = {k: v for k, v in seed.items() if k not in _SEED_KEYS}
+        kwargs: dict[str, Any] = {"method": method.upper(), "meta": meta, "priority": priority,
+                                  "headers": headers, "dont_filter": dont_filter, "callback": callback}
+        if formdata:  # scrapy-redis sends every other key as form data
+            if not all(isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))
+                       for v in formdata.values()):
+                raise ValueError(f"form fields must be strings or lists of strings, got {formdata!r:.100}")
+            return FormRequest(url, formdata=formdata, **kwargs)
+        return Request(url, body=body, **kwargs)
+
+    def _seed_callback(self, name: Any) -> Any:
+        if name is None:
+            return None
+        callback = getattr(self, str(name), None)
+        if not callable(callback):
+            raise ValueError(f"callback {name!r:.50} is not a method of spider {self.name!r}")
+        return callback
+
+    # -- closing -----------------------------------------------------------
 
     def spider_idle(self) -> None:
-        """Pull seeds; keep the worker open until the cluster's frontier has drained."""
-        found = False
-        for request in self.next_requests():
-            self.crawler.engine.crawl(request)
-            found = True
-        now = time.monotonic()
-        if found or self._idle_since is None:
-            self._idle_since = now
-        idle_for = now - self._idle_since
-        if self.idle_close_seconds and idle_for >= self.idle_close_seconds:
+        """Keep the worker open until the whole cluster has been idle for FRONTIER_IDLE_CLOSE_SECONDS."""
+        if self.idle_close_seconds and self._frontier().cluster_idle_seconds() >= self.idle_close_seconds:
             return  # let the engine close us
-        self._wake_soon()
         raise DontCloseSpider
 
-    def _wake_soon(self) -> None:
-        # Without this the engine looks at the (shared) scheduler only on its
-        # 5 s heartbeat while idle. engine.crawl() is the public way to
-        # schedule the engine's next loop, but it needs a request; the slot's
-        # nextcall is what crawl() itself uses.
-        def poke() -> None:
-            engine = self.crawler.engine
-            slot = getattr(engine, "_slot", None)
-            if slot is not None and slot.closing is None:
-                slot.nextcall.schedule()
-
-        asyncio.get_running_loop().call_later(self.idle_poll_seconds, poke)
+    def _frontier(self) -> FrontierScheduler:
+        scheduler = self.crawler.engine.scheduler if self.crawler.engine else None
+        if not isinstance(scheduler, FrontierScheduler):
+            raise RuntimeError(f"{type(self).__name__} needs SCHEDULER = 'crawler.scheduler.FrontierScheduler', "
+                               f"got {type(scheduler).__name__}")
+        return scheduler

@@ -87,6 +87,12 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _queued(r: Any, spider: str) -> int:
+    """Requests waiting in a spider's frontier: one queue per website (crawler/frontier_store.py)."""
+    prefix = "{" + spider + "}"
+    return sum(int(r.zcard(f"{prefix}:q:{site.decode()}")) for site in r.zrange(f"{prefix}:sites", 0, -1))
+
+
 def analyse(records: list[dict[str, Any]], hosts: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Per site: requests, distinct URLs, bytes, duplicates split by why they happened."""
     by_host: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
@@ -162,7 +168,8 @@ def _run(
     print(f"  redis   {redis_url}\n  mongodb {redact_uri(mongo_uri)} (database {DEMO_DB})\n"
           f"  demo    {', '.join(hosts.values())} on 127.0.0.1 and [::1] port {site.port}", flush=True)
     for spider in spiders:
-        r.delete(f"{spider}:requests", f"{spider}:dupefilter", f"{spider}:start_urls")
+        r.delete(f"{spider}:start_urls", f"{spider}:start_urls:dead",
+                 *r.scan_iter(match="{" + spider + "}:*"))  # the frontier's keys (crawler/frontier_store.py)
     mongo.drop_database(DEMO_DB)
     for spider, host in hosts.items():
         r.lpush(f"{spider}:start_urls", json.dumps({"url": f"http://{host}:{site.port}/"}))
@@ -188,7 +195,7 @@ def _run(
         new = server_log(site, counted)
         counted += len(new)
         per_host.update(rec["host"] for rec in new)
-        queued = sum(int(r.zcard(f"{s}:requests")) for s in spiders)
+        queued = sum(_queued(r, s) for s in spiders)
         items = sum(mongo[DEMO_DB][c].estimated_document_count() for c in ("product", "article"))
         running = sum(w.proc.poll() is None for w in workers)
         sites = " ".join(f"{h.split('.')[0]}={per_host[h]}" for h in hosts.values())

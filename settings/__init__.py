@@ -37,11 +37,8 @@ TELNETCONSOLE_ENABLED = False
 # Off here; opt in with -s REMOTE_CONTROL_ENABLED=1.
 REMOTE_CONTROL_ENABLED = False
 
-# Shared frontier (scrapy-redis for now).
-SCHEDULER = "crawler.scheduler.RedisScheduler"
-DUPEFILTER_CLASS = "scrapy_redis.dupefilter.RFPDupeFilter"
-SCHEDULER_PERSIST = True  # scrapy-redis's name: keep the frontier when a worker closes
-SCHEDULER_QUEUE_CLASS = "scrapy_redis.queue.PriorityQueue"
+# Shared frontier: our scheduler on scrapy-redis's data model (crawler/scheduler.py).
+SCHEDULER = "crawler.scheduler.FrontierScheduler"
 
 # Close a worker after the shared frontier has been empty, with this worker
 # idle, for this many seconds; 0 runs it as a service that waits for seeds.
@@ -73,3 +70,24 @@ EXTENSIONS = {
 }
 
 FEED_EXPORT_ENCODING = "utf-8"
+
+DOWNLOADER_MIDDLEWARES = {
+    # Scrapy 2.19's robots.txt middleware lets requests that wait for a host's
+    # robots.txt through unchecked when several wait at once (middlewares/robotstxt.py).
+    "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
+    "middlewares.robotstxt.RobotsTxtMiddleware": 100,
+    # After HttpProxyMiddleware (750): proxied requests are not bound.
+    "middlewares.ipv6_bind.IPv6BindMiddleware": 760,
+}
+# Random IPv6 source addresses: off until the host routes a prefix to itself
+# (see README, "IPv6 source addresses").
+IPV6_BIND_ENABLED = False
+IPV6_BIND_PREFIXES: list[str] = []
+IPV6_BIND_POLICY = "sticky"
+IPV6_BIND_STICKY_ADDRESSES = 2
+IPV6_BIND_STICKY_REQUESTS = 1000
+IPV6_BIND_STICKY_SECONDS = 300.0
+IPV6_BIND_IPV4_TARGETS = "fetch"
+IPV6_BIND_PARTITION = ""
+IPV6_BIND_CLOSE_CONNECTIONS = True
+IPV6_BIND_SELF_CHECK = True

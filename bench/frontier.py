@@ -1,0 +1,198 @@
+"""``python -m bench frontier``: vanilla Scrapy vs scrapy-redis 0.9.1 vs our frontier, on the demo shop.
+
+One worker per contender, same spider logic, same settings
+(``bench.vanilla_settings`` plus ``CONCURRENT_ITEMS=8`` for all three), run
+interleaved ``--repeats`` times:
+
+* ``vanilla``: plain Scrapy, in-memory scheduler (no Redis);
+* ``scrapy_redis``: scrapy-redis 0.9.1 as shipped (``RedisSpider``, its
+  ``Scheduler``, ``RFPDupeFilter``, ``PriorityQueue``, pickle);
+* ``ours``: ``scrapy crawl shop_a`` with the project's settings
+  (``crawler.scheduler.FrontierScheduler``), items not stored.
+
+Redis figures per crawled page: commands from ``INFO commandstats`` (this
+includes the commands our Lua scripts run inside Redis), and round trips
+counted by a TCP proxy (``bench/redis_proxy.py``) in a separate pass with no
+added delay. Then both Redis contenders again through the proxy with
+``--latency-ms`` added in each direction (like ``netem delay`` on loopback);
+"kept" is that throughput over the direct zero-latency median.
+
+Also the CPU time of each worker process per page, less sensitive to other
+load on a shared machine than pages/s.
+
+Last line: ``{"ours_vs_vanilla", "ours_vs_scrapy_redis", "round_trips_per_request",
+"ours_kept_at_2ms", "scrapy_redis_kept_at_2ms", ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+from pathlib import Path
+from typing import Any
+
+from bench.harness import (
+    SCRAPY,
+    BenchServers,
+    RunResult,
+    bench_site,
+    emit,
+    median,
+    stack_cmd,
+    table,
+    vanilla_cmd,
+    vanilla_env,
+)
+from bench.redis_proxy import RedisProxy
+from bench.scrapy_redis_spider import SCRAPY_REDIS_SETTINGS, ScrapyRedisShopSpider
+
+_OWN_COMMANDS = {"flushall", "config|resetstat", "config", "info", "ping", "client|setinfo", "hello"}
+
+
+def _redis(servers: BenchServers) -> Any:
+    import redis
+
+    assert servers.redis is not None
+    return redis.Redis.from_url(servers.redis.url)
+
+
+def _prepare(servers: BenchServers, seed_key: str) -> None:
+    with _redis(servers) as r:
+        r.flushall()
+        r.lpush(seed_key, json.dumps({"url": servers.start_url}))
+        r.config_resetstat()
+
+
+def _commands(servers: BenchServers) -> tuple[int, int]:
+    """(all commands, EVAL/EVALSHA calls) since the last reset, without the benchmark's own."""
+    with _redis(servers) as r:
+        stats = r.info("commandstats")
+    total = evals = 0
+    for name, s in stats.items():
+        cmd = name.removeprefix("cmdstat_")
+        if cmd in _OWN_COMMANDS:
+            continue
+        total += int(s["calls"])
+        if cmd in ("evalsha", "eval"):
+            evals += int(s["calls"])
+    return total, evals
+
+
+def _run(servers: BenchServers, kind: str, label: str, redis_url: str | None) -> RunResult:
+    # CPU seconds of the crawl process: the crawl is the only child reaped meanwhile.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = _crawl(servers, kind, label, redis_url)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result.stats["_cpu"] = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return result
+
+
+def _crawl(servers: BenchServers, kind: str, label: str, redis_url: str | None) -> RunResult:
+    if kind == "vanilla":
+        return servers.crawl(label, vanilla_cmd(servers.start_url, {"CONCURRENT_ITEMS": 8}), vanilla_env(servers))
+    assert redis_url is not None
+    if kind == "scrapy_redis":
+        _prepare(servers, "scrapy_redis_shop:start_urls")
+        cmd = [SCRAPY, "runspider", str(Path(__file__).with_name("scrapy_redis_spider.py")),
+               "-s", "CONCURRENT_ITEMS=8", "-s", f"REDIS_URL={redis_url}"]
+        for key, value in SCRAPY_REDIS_SETTINGS.items():
+            cmd += ["-s", f"{key}={value}"]
+        result = servers.crawl(label, cmd, {**vanilla_env(servers), "REDIS_URL": redis_url})
+    else:
+        _prepare(servers, "shop_a:start_urls")
+        result = servers.crawl(label, stack_cmd("shop_a", {"ITEM_PIPELINES": "{}"}),
+                               servers.env(REDIS_URL=redis_url))
+    result.stats["_commands"], result.stats["_evals"] = _commands(servers)
+    return result
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench frontier", description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=1000, help="item pages on the demo shop (default 1000)")
+    parser.add_argument("--repeats", type=int, default=5, help="zero-latency runs per contender (default 5)")
+    parser.add_argument("--latency-repeats", type=int, default=3, help="runs per contender with added latency")
+    parser.add_argument("--latency-ms", type=float, default=2.0, help="added each way in the latency runs")
+    args = parser.parse_args(argv)
+    assert ScrapyRedisShopSpider.name  # the module is importable before we spend minutes
+
+    site = bench_site(args.items)
+    res: dict[str, list[RunResult]] = {}
+    trips: dict[str, float] = {}
+
+    def record(name: str, result: RunResult) -> None:
+        res.setdefault(name, []).append(result)
+        print(f"  {name:18s} {result.pages} pages in {result.seconds:.2f}s = {result.pages_per_s:.0f} pages/s",
+              flush=True)
+
+    with BenchServers(site) as servers:
+        assert servers.redis is not None
+        direct = servers.redis.url
+        kinds = ["vanilla", "scrapy_redis", "ours"]
+        for i in range(args.repeats):
+            print(f"repeat {i + 1}/{args.repeats}, direct", flush=True)
+            for kind in kinds[i % 3:] + kinds[:i % 3]:  # rotate the order: no contender always goes first
+                record(kind, _run(servers, kind, kind, direct))
+        print("round trips: through the proxy, no added delay", flush=True)
+        with RedisProxy(servers.redis.port) as proxy:
+            for kind in ("scrapy_redis", "ours"):
+                proxy.reset()
+                result = _run(servers, kind, f"{kind}_proxy", proxy.url)
+                record(f"{kind}_proxy", result)
+                trips[kind] = proxy.round_trips / result.pages
+        with RedisProxy(servers.redis.port, args.latency_ms / 1000) as proxy:
+            for i in range(args.latency_repeats):
+                print(f"repeat {i + 1}/{args.latency_repeats}, +{args.latency_ms:g} ms each way", flush=True)
+                for kind in ("scrapy_redis", "ours")[::1 if i % 2 == 0 else -1]:
+                    proxy.reset()
+                    result = _run(servers, kind, f"{kind}_latency", proxy.url)
+                    result.stats["_trips"] = proxy.round_trips
+                    record(f"{kind}_latency", result)
+
+    med = {name: median([r.pages_per_s for r in rs]) for name, rs in res.items()}
+
+    def per_page(name: str, key: str) -> float:
+        return median([r.stats.get(key, 0) / r.pages for r in res.get(name, [])])
+
+    rows = []
+    for name in ("vanilla", "scrapy_redis", "ours", "scrapy_redis_latency", "ours_latency"):
+        rs = res[name]
+        kind = name.removesuffix("_latency")
+        base = med.get(kind, 0.0)
+        rows.append([name, rs[0].pages, " ".join(str(round(r.pages_per_s)) for r in rs), round(med[name]),
+                     f"{med[name] / med['vanilla']:.2f}",
+                     f"{med[name] / base:.2f}" if name.endswith("_latency") else "",
+                     f"{per_page(name, '_commands'):.2f}" if kind != "vanilla" else "",
+                     f"{trips[kind]:.3f}" if kind in trips and not name.endswith("_latency") else
+                     (f"{per_page(name, '_trips'):.3f}" if name.endswith("_latency") else ""),
+                     f"{1000 * per_page(name, '_cpu'):.2f}"])
+    print(f"\nFrontier on the demo shop ({site.items} items, ~{site.page_bytes} B pages), one worker, "
+          f"CONCURRENT_ITEMS=8; latency runs add {args.latency_ms:g} ms each way through a proxy")
+    print(table(rows, ["contender", "pages", "pages/s per run", "median pages/s", "vs vanilla", "kept",
+                       "redis cmds/page", "round trips/page", "cpu ms/page"]))
+    print("  redis cmds/page: INFO commandstats, including commands run inside our Lua scripts; "
+          f"ours: {per_page('ours', '_evals'):.2f} EVALSHA/page")
+    print("  round trips/page: counted by the proxy (direct rows: a separate pass with no added delay)")
+    print("  cpu ms/page: user+system CPU of the worker process (start-up included), median; less sensitive "
+          "than pages/s to other load on a shared machine")
+    emit({
+        "ours_vs_vanilla": round(med["ours"] / med["vanilla"], 3),
+        "ours_vs_scrapy_redis": round(med["ours"] / med["scrapy_redis"], 3),
+        "round_trips_per_request": round(trips["ours"], 3),
+        "ours_kept_at_2ms": round(med["ours_latency"] / med["ours"], 3),
+        "scrapy_redis_kept_at_2ms": round(med["scrapy_redis_latency"] / med["scrapy_redis"], 3),
+        "scrapy_redis_round_trips_per_request": round(trips["scrapy_redis"], 3),
+        "ours_commands_per_request": round(per_page("ours", "_commands"), 3),
+        "scrapy_redis_commands_per_request": round(per_page("scrapy_redis", "_commands"), 3),
+        "vanilla_pages_per_s": round(med["vanilla"], 1),
+        "scrapy_redis_pages_per_s": round(med["scrapy_redis"], 1),
+        "ours_pages_per_s": round(med["ours"], 1),
+        "vanilla_cpu_ms_per_page": round(1000 * per_page("vanilla", "_cpu"), 3),
+        "scrapy_redis_cpu_ms_per_page": round(1000 * per_page("scrapy_redis", "_cpu"), 3),
+        "ours_cpu_ms_per_page": round(1000 * per_page("ours", "_cpu"), 3),
+        "latency_ms_each_way": args.latency_ms,
+        "repeats": args.repeats,
+        "latency_repeats": args.latency_repeats,
+        "pages": res["ours"][0].pages,
+    })
+    return 0

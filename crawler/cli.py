@@ -1,0 +1,179 @@
+"""``python -m crawler``: look after a spider's shared frontier.
+
+Commands::
+
+    python -m crawler seed SPIDER [URL_OR_JSON ...] [--file FILE]   push seeds to the spider's redis_key
+    python -m crawler queues SPIDER [--limit N]                     per-website depths and not-before times
+    python -m crawler clear SPIDER [--seeds] --yes                  delete the spider's frontier
+
+Redis and key names come from the project settings (``REDIS_URL``,
+``FRONTIER_KEY_PREFIX``, ``REDIS_START_URLS_KEY``, a spider's ``redis_key``);
+``--redis-url`` overrides ``REDIS_URL``. Seeds are checked before anything is
+pushed: one bad line and nothing is pushed, with every bad line reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from redis.asyncio import Redis
+
+from crawler.frontier_store import FrontierStore
+
+if TYPE_CHECKING:
+    from scrapy.settings import Settings
+
+_PUSH_CHUNK = 1000
+
+
+def _settings() -> Settings:
+    from scrapy.utils.project import get_project_settings
+
+    return get_project_settings()
+
+
+def _spider_keys(settings: Settings, name: str) -> tuple[str, str]:
+    """(frontier key prefix, seed list key) of spider ``name``; SystemExit if unknown."""
+    from scrapy.spiderloader import SpiderLoader
+
+    loader = SpiderLoader.from_settings(settings)
+    try:
+        cls = loader.load(name)
+    except KeyError:
+        raise SystemExit(f"unknown spider {name!r}; known: {', '.join(sorted(loader.list()))}") from None
+    seeds = getattr(cls, "redis_key", None) or settings.get("REDIS_START_URLS_KEY", "%(name)s:start_urls")
+    prefix = settings.get("FRONTIER_KEY_PREFIX", "{%(spider)s}")
+    return str(prefix) % {"spider": name}, str(seeds) % {"name": name}
+
+
+def check_seed(line: str) -> str | None:
+    """Why ``line`` is not a valid seed, or None (the checks FrontierSpider applies to the essentials)."""
+    from w3lib.url import parse_url
+
+    url: Any = line
+    if line.startswith("{"):
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            return f"invalid JSON: {exc}"
+        problem = _check_object(obj)
+        if problem:
+            return problem
+        url = obj.get("url")
+    if not isinstance(url, str):
+        return "no url"
+    parsed = parse_url(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        return f"not an absolute http(s) URL: {url!r:.100}"
+    return None
+
+
+def _check_object(obj: Any) -> str | None:
+    if not isinstance(obj, dict):
+        return "a JSON seed must be an object"
+    if "meta" in obj and not isinstance(obj["meta"], dict):
+        return "meta must be an object"
+    if "priority" in obj and type(obj["priority"]) is not int:
+        return "priority must be an integer"
+    return None
+
+
+def _seed_lines(args: argparse.Namespace) -> list[str]:
+    lines = [s.strip() for s in args.seeds]
+    if args.file:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+        lines += [line.strip() for line in text.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+async def _seed(redis: Redis, seeds_key: str, lines: list[str]) -> int:
+    for i in range(0, len(lines), _PUSH_CHUNK):
+        await redis.rpush(seeds_key, *lines[i:i + _PUSH_CHUNK])
+    return len(lines)
+
+
+async def _queues(redis: Redis, store: FrontierStore, seeds_key: str, limit: int) -> str:
+    queues = await store.queues()
+    seconds, micros = await redis.time()
+    now = seconds + micros / 1e6
+    queues.sort(key=lambda q: (-q.depth, q.website))
+    rows = [["website", "queued", "ready", "not before"]]
+    for q in queues[:limit]:
+        ready = "now" if q.ready_at <= now else f"in {q.ready_at - now:.1f}s"
+        nb = time.strftime("%H:%M:%S", time.gmtime(q.not_before)) + " UTC" if q.not_before and q.not_before > now \
+            else "-"
+        rows.append([q.website, str(q.depth), ready, nb])
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+             for r in rows]
+    if len(queues) > limit:
+        lines.append(f"... {len(queues) - limit} more websites")
+    workers: Any = await redis.zrange(store.workers_key, 0, -1, withscores=True)
+    lines += [
+        "",
+        f"total queued {sum(q.depth for q in queues)} in {sum(1 for q in queues if q.depth)} websites; "
+        f"seen fingerprints {await redis.scard(store.seen_key)}",
+        f"seeds waiting {await redis.llen(seeds_key)} ({seeds_key}); rejected seeds "
+        f"{await redis.llen(seeds_key + ':dead')} ({seeds_key}:dead); undecodable requests "
+        f"{await redis.llen(store.dead_key)} ({store.dead_key})",
+        f"workers seen: {len(workers)}" + "".join(
+            f"\n  {w.decode()}  last busy {now - t:.0f}s ago" for w, t in workers[-10:]),
+    ]
+    return "\n".join(lines)
+
+
+async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    prefix, seeds_key = _spider_keys(settings, args.spider)
+    redis = Redis.from_url(args.redis_url or settings.get("REDIS_URL"))
+    store = FrontierStore(redis, prefix)
+    try:
+        if args.command == "seed":
+            lines = _seed_lines(args)
+            bad = [(n, line, why) for n, line in enumerate(lines, 1) if (why := check_seed(line))]
+            if bad:
+                for n, line, why in bad:
+                    print(f"seed {n}: {why}: {line[:120]}", file=sys.stderr)
+                print(f"{len(bad)} bad seeds: nothing pushed", file=sys.stderr)
+                return 2
+            if not lines:
+                print("no seeds given (arguments or --file)", file=sys.stderr)
+                return 2
+            print(f"pushed {await _seed(redis, seeds_key, lines)} seeds to {seeds_key}")
+        elif args.command == "queues":
+            print(await _queues(redis, store, seeds_key, args.limit))
+        elif args.command == "clear":
+            if not args.yes:
+                print(f"this deletes every {prefix}:* key; add --yes", file=sys.stderr)
+                return 2
+            deleted = await store.clear()
+            if args.seeds:
+                deleted += await redis.delete(seeds_key, seeds_key + ":dead")
+            print(f"deleted {deleted} keys")
+        return 0
+    finally:
+        await redis.aclose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m crawler", description=__doc__.splitlines()[0])
+    parser.add_argument("--redis-url", help="overrides the REDIS_URL setting")
+    sub = parser.add_subparsers(dest="command", required=True)
+    seed = sub.add_parser("seed", help="push seeds (URLs or JSON objects) to a spider's redis_key")
+    seed.add_argument("spider")
+    seed.add_argument("seeds", nargs="*", help="URLs or JSON seeds")
+    seed.add_argument("--file", help="one seed per line ('-' for stdin; '#' comments)")
+    queues = sub.add_parser("queues", help="per-website queue depths and not-before times")
+    queues.add_argument("spider")
+    queues.add_argument("--limit", type=int, default=50, help="websites to list (deepest first)")
+    clear = sub.add_parser("clear", help="delete a spider's frontier (queues, seen set, marks)")
+    clear.add_argument("spider")
+    clear.add_argument("--seeds", action="store_true", help="also delete its seed and dead-letter lists")
+    clear.add_argument("--yes", action="store_true", help="really delete")
+    args = parser.parse_args(argv)
+    return asyncio.run(_run(args, _settings()))

@@ -1,0 +1,202 @@
+"""The shared frontier's Redis data, for the scheduler, the CLI and other components.
+
+Key layout (``<p>`` is ``FRONTIER_KEY_PREFIX``, by default ``{<spider>}``: the
+braces are a Redis Cluster hash tag, so every key of one spider's frontier is
+in one slot and each Lua script runs on one node):
+
+=========================  ======  ==============================================
+key                        type    content
+=========================  ======  ==============================================
+``<p>:sites``              zset    website -> time (Redis clock, s) it may next
+                                   be served; exactly the websites with queued
+                                   requests. Lowest score is served first.
+``<p>:q:<website>``        zset    the website's requests; score ``-priority``;
+                                   member ``<seq:016x>:<fingerprint>:<json>``
+                                   (seq keeps FIFO order within a priority)
+``<p>:not_before``         zset    website -> time before which it must not be
+                                   served (kept while the website's queue is
+                                   empty, expired entries pruned on pop)
+``<p>:seen``               set     fingerprints of every request ever stored
+``<p>:seq``                string  sequence counter
+``<p>:workers``            zset    worker id -> last time it was busy
+``<p>:dead``               list    stored payloads no worker could decode
+``<redis_key>``            list    seeds (scrapy-redis compatible), not hash-tagged
+``<redis_key>:dead``       list    rejected seeds, unchanged
+=========================  ======  ==============================================
+
+Every hot-path method (push, pop, mark_not_before) is one Redis round trip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+MODE_DEDUPE = 0
+MODE_DONT_FILTER = 1
+MODE_REQUEUE = 2
+
+
+def _script(name: str) -> str:
+    return files("crawler").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+@dataclass(slots=True)
+class PushEntry:
+    """One request on its way into the frontier."""
+
+    website: str
+    fingerprint: str
+    mode: int
+    score: float
+    not_before: float
+    payload: bytes
+    url: str | None = None  # the URL, when it alone decides the fingerprint (local duplicate cache)
+
+
+@dataclass(slots=True)
+class PopResult:
+    now: float
+    sites_with_work: int
+    next_ready: float | None
+    items: list[tuple[str, bytes]]  # (website, member)
+
+
+@dataclass(slots=True)
+class Status:
+    now: float
+    sites_with_work: int
+    sites_ready: int
+    last_busy: float | None
+    seeds: int
+
+
+@dataclass(slots=True)
+class WebsiteQueue:
+    website: str
+    depth: int
+    ready_at: float
+    not_before: float | None
+
+
+def split_member(member: bytes) -> tuple[str, bytes]:
+    """``(fingerprint, payload)`` of a queue member."""
+    _seq, fp, payload = member.split(b":", 2)
+    return fp.decode("ascii"), payload
+
+
+class FrontierStore:
+    """Async access to one spider's frontier in Redis."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.sites_key = f"{prefix}:sites"
+        self.not_before_key = f"{prefix}:not_before"
+        self.seen_key = f"{prefix}:seen"
+        self.seq_key = f"{prefix}:seq"
+        self.workers_key = f"{prefix}:workers"
+        self.dead_key = f"{prefix}:dead"
+        self.queue_prefix = f"{prefix}:q:"
+        self.calls = 0  # Redis round trips made through this store
+        self._push = redis.register_script(_script("push.lua"))
+        self._pop = redis.register_script(_script("pop.lua"))
+        self._not_before = redis.register_script(_script("not_before.lua"))
+        self._status = redis.register_script(_script("status.lua"))
+
+    def queue_key(self, website: str) -> str:
+        return self.queue_prefix + website
+
+    async def push(self, entries: list[PushEntry], worker: str) -> tuple[list[bool], int]:
+        """Store ``entries`` atomically; returns (stored flag per entry, websites with work)."""
+        qkeys: dict[str, int] = {}
+        args: list[Any] = [worker, len(entries)]
+        for e in entries:
+            idx = qkeys.setdefault(e.website, 6 + len(qkeys))
+            args += [idx, e.website, e.fingerprint, e.mode, e.score, e.not_before, e.payload]
+        keys = [self.seen_key, self.sites_key, self.not_before_key, self.seq_key, self.workers_key,
+                *(self.queue_key(w) for w in qkeys)]
+        self.calls += 1
+        out = await self._push(keys=keys, args=args)
+        return [bool(x) for x in out[:-1]], int(out[-1])
+
+    async def pop(self, n: int, worker: str) -> PopResult:
+        """Up to ``n`` requests from websites that may be served now."""
+        self.calls += 1
+        out = await self._pop(keys=[self.sites_key, self.not_before_key, self.workers_key],
+                              args=[self.queue_prefix, n, worker])
+        nxt = float(out[2])
+        items = [(out[i].decode("utf-8"), out[i + 1]) for i in range(3, len(out), 2)]
+        return PopResult(float(out[0]), int(out[1]), None if nxt < 0 else nxt, items)
+
+    async def mark_not_before(self, website: str, until: float) -> float:
+        """No worker pops from ``website`` before ``until`` (Unix time, Redis clock); the later mark wins."""
+        self.calls += 1
+        out = await self._not_before(keys=[self.sites_key, self.not_before_key], args=[website, until])
+        return float(out)
+
+    async def status(self, worker: str, busy: bool, seeds_key: str | None) -> Status:
+        """Cluster view (and a heartbeat when ``busy``); seeds waiting at ``seeds_key``."""
+        # Two calls when seeds are asked for: the seed list is not under the
+        # frontier's hash tag, and a pipelined script costs a SCRIPT EXISTS.
+        self.calls += 1 + bool(seeds_key)
+        out = await self._status(keys=[self.sites_key, self.workers_key], args=[worker, int(busy)])
+        seeds = int(await self.redis.llen(seeds_key)) if seeds_key else 0
+        last = float(out[3])
+        return Status(float(out[0]), int(out[1]), int(out[2]), None if last < 0 else last, seeds)
+
+    async def pop_seeds(self, key: str, n: int) -> list[bytes]:
+        """Up to ``n`` seeds from the head of list ``key``, atomically (MULTI)."""
+        self.calls += 1
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lrange(key, 0, n - 1)
+            pipe.ltrim(key, n, -1)
+            datas, _ = await pipe.execute()
+        return list(datas)
+
+    async def dead_letter(self, key: str, payloads: list[bytes]) -> None:
+        if payloads:
+            self.calls += 1
+            await self.redis.rpush(key, *payloads)
+
+    async def queues(self) -> list[WebsiteQueue]:
+        """Every website with queued requests or a not-before mark (for people: not for the hot path)."""
+        sites: Any = await self.redis.zrange(self.sites_key, 0, -1, withscores=True)
+        raw_marks: Any = await self.redis.zrange(self.not_before_key, 0, -1, withscores=True)
+        marks: dict[bytes, float] = dict(raw_marks)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for site, _ in sites:
+                pipe.zcard(self.queue_key(site.decode()))
+            depths = await pipe.execute()
+        out = [WebsiteQueue(s.decode(), int(d), float(score), marks.pop(s, None))
+               for (s, score), d in zip(sites, depths, strict=True)]
+        out += [WebsiteQueue(s.decode(), 0, float(t), float(t)) for s, t in marks.items()]
+        return out
+
+    async def queued(self) -> int:
+        """Total requests queued (sum over websites)."""
+        sites: Any = await self.redis.zrange(self.sites_key, 0, -1)
+        if not sites:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for site in sites:
+                pipe.zcard(self.queue_key(site.decode()))
+            return sum(int(x) for x in await pipe.execute())
+
+    async def clear(self) -> int:
+        """Delete every key of this frontier (not the seed list); returns how many."""
+        deleted = 0
+        pattern = self.prefix.replace("[", "\\[").replace("*", "\\*").replace("?", "\\?") + ":*"
+        batch: list[bytes] = []
+        async for key in self.redis.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                deleted += await self.redis.delete(*batch)
+                batch = []
+        if batch:
+            deleted += await self.redis.delete(*batch)
+        return deleted

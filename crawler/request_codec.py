@@ -1,0 +1,182 @@
+"""Portable request encoding for the shared frontier: JSON, never pickle.
+
+A request is stored as one UTF-8 JSON object (format version ``"v": 1``)::
+
+    {"v": 1, "url": "https://example.com/a", "method": "GET",
+     "headers": [["Accept", ["text/html"]]],          # latin-1 text of the raw bytes
+     "body": "", "body_b64": null,                    # UTF-8 text, or base64 when not UTF-8
+     "meta": {...}, "cb_kwargs": {...}, "cookies": {...} | [...],
+     "priority": 0, "dont_filter": false, "flags": [], "encoding": "utf-8",
+     "callback": "parse_item" | null, "errback": "on_error" | null,
+     "class": "scrapy.http.request.form.FormRequest"}  # only for Request subclasses
+
+Values in ``meta``, ``cb_kwargs`` and ``cookies`` are JSON values, plus three
+tagged forms so that Python values survive the round trip exactly:
+``{"$b": "<base64>"}`` is ``bytes``, ``{"$t": [...]}`` a tuple, and
+``{"$d": [[key, value], ...]}`` a dict whose keys are not all strings or that
+has a key starting with ``$``. Anything else (an object, a set, NaN, a
+callback that is not a method of the spider, ...) raises
+:class:`UnencodableRequestError` naming the field: the scheduler logs it, counts it
+and stores nothing.
+
+Decoding restores only :class:`scrapy.Request` subclasses whose module is
+already imported, so a payload in a shared Redis cannot make a worker import
+or instantiate arbitrary code.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import sys
+from typing import TYPE_CHECKING, Any
+
+from scrapy import Request
+
+if TYPE_CHECKING:
+    from scrapy import Spider
+
+FORMAT_VERSION = 1
+_SCALARS = (str, int, float, bool, type(None))
+_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+class UnencodableRequestError(ValueError):
+    """A request that cannot be stored in the shared frontier."""
+
+
+class UndecodableRequestError(ValueError):
+    """A stored payload that is not a request this worker can rebuild."""
+
+
+def _pack(value: Any, path: str) -> Any:
+    t = type(value)
+    if t in _SCALARS:
+        if t is float and not math.isfinite(value):
+            raise UnencodableRequestError(f"{path} is {value!r}, which JSON cannot carry")
+        return value
+    if t is list:
+        return [_pack(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if t is dict:
+        if all(type(k) is str and not k.startswith("$") for k in value):
+            return {k: _pack(v, f"{path}[{k!r}]") for k, v in value.items()}
+        return {"$d": [[_pack(k, f"{path} key"), _pack(v, f"{path}[{k!r}]")] for k, v in value.items()]}
+    if t is tuple:
+        return {"$t": [_pack(v, f"{path}[{i}]") for i, v in enumerate(value)]}
+    if t is bytes:
+        return {"$b": base64.b64encode(value).decode("ascii")}
+    raise UnencodableRequestError(f"{path} holds a {t.__module__}.{t.__qualname__} ({value!r:.80}), "
+                             "which the frontier cannot store (JSON values, bytes, tuples only)")
+
+
+def _unpack(value: Any) -> Any:
+    t = type(value)
+    if t is list:
+        return [_unpack(v) for v in value]
+    if t is dict:
+        if len(value) == 1:
+            if "$b" in value:
+                return base64.b64decode(value["$b"])
+            if "$t" in value:
+                return tuple(_unpack(v) for v in value["$t"])
+            if "$d" in value:
+                return {_unpack(k): _unpack(v) for k, v in value["$d"]}
+        return {k: _unpack(v) for k, v in value.items()}
+    return value
+
+
+def _method_name(spider: Spider | None, func: Any, field: str) -> str | None:
+    if func is None:
+        return None
+    if isinstance(func, str):
+        return func
+    # A bound method of the spider, found by name (Request.to_dict scans every
+    # member of the spider with inspect.getmembers, far too slow per request).
+    name = getattr(func, "__name__", None)
+    owner = getattr(func, "__self__", None)
+    if spider is not None and owner is spider and name:
+        bound = getattr(spider, name, None)
+        if getattr(bound, "__func__", None) is getattr(func, "__func__", object()):
+            return str(name)
+    raise UnencodableRequestError(f"{field} {func!r} is not a method of the spider {spider!r}; "
+                             "the frontier stores callbacks by name")
+
+
+def encode_request(request: Request, spider: Spider | None) -> bytes:
+    """``request`` as JSON bytes; raises :class:`UnencodableRequestError`."""
+    body = request.body
+    try:
+        body_text: str | None = body.decode("utf-8")
+    except UnicodeDecodeError:
+        body_text = None
+    d: dict[str, Any] = {
+        "v": FORMAT_VERSION,
+        "url": request.url,
+        "method": request.method,
+        "headers": [[k.decode("latin-1"), [v.decode("latin-1") for v in vs]] for k, vs in request.headers.items()],
+        "body": body_text if body_text is not None else "",
+        "meta": _pack(request.meta, "meta"),
+        "cb_kwargs": _pack(request.cb_kwargs, "cb_kwargs"),
+        "cookies": _pack(request.cookies, "cookies"),
+        "priority": request.priority,
+        "dont_filter": request.dont_filter,
+        "flags": _pack(request.flags, "flags"),
+        "encoding": request.encoding,
+        "callback": _method_name(spider, request.callback, "callback"),
+        "errback": _method_name(spider, request.errback, "errback"),
+    }
+    if body_text is None:
+        d["body_b64"] = base64.b64encode(body).decode("ascii")
+    if type(request) is not Request:
+        cls = type(request)
+        d["class"] = f"{cls.__module__}.{cls.__qualname__}"
+        extra = [a for a in cls.attributes if a not in Request.attributes]
+        for attr in extra:
+            d.setdefault("extra", {})[attr] = _pack(getattr(request, attr), attr)
+    return _encoder.encode(d).encode("utf-8")
+
+
+def _request_class(path: str) -> type[Request]:
+    module, _, name = path.rpartition(".")
+    mod = sys.modules.get(module)
+    cls = getattr(mod, name, None) if mod is not None else None
+    if not (isinstance(cls, type) and issubclass(cls, Request)):
+        raise UndecodableRequestError(f"request class {path!r} is not an imported scrapy.Request subclass")
+    return cls
+
+
+def decode_request(data: bytes | str, spider: Spider | None) -> Request:
+    """Rebuild a request from :func:`encode_request` output; raises :class:`UndecodableRequestError`."""
+    try:
+        d = json.loads(data)
+        if not isinstance(d, dict) or d.get("v") != FORMAT_VERSION:
+            raise UndecodableRequestError(f"not a version {FORMAT_VERSION} request payload")
+        cls = _request_class(d["class"]) if "class" in d else Request
+        body = base64.b64decode(d["body_b64"]) if "body_b64" in d else d["body"].encode("utf-8")
+        kwargs: dict[str, Any] = {
+            "url": d["url"],
+            "method": d["method"],
+            "headers": [(k.encode("latin-1"), [v.encode("latin-1") for v in vs]) for k, vs in d["headers"]],
+            "body": body,
+            "meta": _unpack(d["meta"]),
+            "cb_kwargs": _unpack(d["cb_kwargs"]),
+            "cookies": _unpack(d["cookies"]),
+            "priority": d["priority"],
+            "dont_filter": d["dont_filter"],
+            "flags": _unpack(d["flags"]),
+            "encoding": d["encoding"],
+        }
+        kwargs.update({k: _unpack(v) for k, v in d.get("extra", {}).items()})
+        for field in ("callback", "errback"):
+            name = d.get(field)
+            if name is not None:
+                method = getattr(spider, name, None)
+                if not callable(method):
+                    raise UndecodableRequestError(f"{field} {name!r} is not a method of {spider!r}")
+                kwargs[field] = method
+        return cls(**kwargs)
+    except UndecodableRequestError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UndecodableRequestError(f"bad request payload: {exc!r}") from exc
