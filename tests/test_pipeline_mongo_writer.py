@@ -12,8 +12,7 @@ from pymongo import MongoClient
 from scrapy.settings import Settings
 
 from devtools.services import free_port, start_secantus
-from pipelines.mongo_config import MongoConfig, redact_uri
-from pipelines.mongo_writer import MongoWriterConfig
+from pipelines.mongo_config import MongoConfig, MongoWriterConfig, redact_uri
 from tests.pipeline_chain import Chain, article, chain_crawler, product, response_for
 
 if TYPE_CHECKING:
