@@ -15,6 +15,7 @@ BENCHMARKS = {
     "throughput": "bench.throughput",
     "concurrent_items": "bench.concurrent_items",
     "demosite": "bench.demosite",
+    "mongo": "bench.mongo",
     "ipv6": "bench.ipv6",
     "frontier": "bench.frontier",
 }

@@ -46,8 +46,23 @@ FRONTIER_IDLE_CLOSE_SECONDS = 0.0
 # How often an idle worker looks at the shared frontier for new work.
 FRONTIER_IDLE_POLL_SECONDS = 0.25
 
+# Validate -> enrich -> journal + bulk upsert (README, "Item pipelines").
 ITEM_PIPELINES = {
-    "pipelines.mongo_insert.MongoInsertPipeline": 800,
+    "pipelines.validate.ValidatePipeline": 300,
+    "pipelines.enrich.EnrichPipeline": 400,
+    "pipelines.mongo_writer.MongoWriterPipeline": 800,
+}
+# Closest to the engine, so it sees the items every other middleware let through.
+SPIDER_MIDDLEWARES = {
+    "pipelines.item_context.ItemContextMiddleware": 10,
+}
+VALIDATE_SCHEMAS = {
+    "crawler.items.Product": "crawler.schemas.PRODUCT",
+    "crawler.items.Article": "crawler.schemas.ARTICLE",
+}
+MONGO_WRITER_COLLECTIONS = {
+    "crawler.items.Product": "product",
+    "crawler.items.Article": "article",
 }
 
 EXTENSIONS = {

@@ -311,7 +311,7 @@ class Namespace:
 
     def crawl(self, tmp_path: Path, *spiders: str, **settings: Any) -> list[Any]:
         """One worker per spider, all at once."""
-        base = {"IPV6_BIND_ENABLED": "True", "IPV6_BIND_PREFIXES": PREFIX, "MONGO_INSERT_ENABLED": "False",
+        base = {"IPV6_BIND_ENABLED": "True", "IPV6_BIND_PREFIXES": PREFIX, "MONGO_WRITER_ENABLED": "False",
                 "FRONTIER_IDLE_CLOSE_SECONDS": "1", "RESOLVE_HOSTS": RESOLVE, "LOG_LEVEL": "INFO"}
         env = {"REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}/0"}
         crawls = [start_crawl(tmp_path, spider, {**base, **settings}, env, netns=self.ns.name) for spider in spiders]
@@ -443,7 +443,7 @@ def test_host_not_set_up_stops_with_the_command_to_run(
         pytest.skip(reason)
     with netns_tools.netns(routed=routed, nonlocal_bind=nonlocal_bind, tag="bare") as ns:
         crawl = start_crawl(tmp_path, "shop_a", {"IPV6_BIND_ENABLED": "True", "IPV6_BIND_PREFIXES": PREFIX,
-                                                 "MONGO_INSERT_ENABLED": "False"},
+                                                 "MONGO_WRITER_ENABLED": "False"},
                             {"REDIS_URL": "redis://127.0.0.1:6379/0"}, netns=ns.name)
         result = wait_crawl(crawl, timeout=120)
     assert result.returncode != 0
