@@ -15,6 +15,8 @@ BENCHMARKS = {
     "throughput": "bench.throughput",
     "concurrent_items": "bench.concurrent_items",
     "demosite": "bench.demosite",
+    "mongo": "bench.mongo",
+    "ipv6": "bench.ipv6",
     "frontier": "bench.frontier",
     "budget": "bench.budget",
 }

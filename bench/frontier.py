@@ -17,6 +17,9 @@ added delay. Then both Redis contenders again through the proxy with
 ``--latency-ms`` added in each direction (like ``netem delay`` on loopback);
 "kept" is that throughput over the direct zero-latency median.
 
+Also the CPU time of each worker process per page, less sensitive to other
+load on a shared machine than pages/s.
+
 Last line: ``{"ours_vs_vanilla", "ours_vs_scrapy_redis", "round_trips_per_request",
 "ours_kept_at_2ms", "scrapy_redis_kept_at_2ms", ...}``.
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +80,15 @@ def _commands(servers: BenchServers) -> tuple[int, int]:
 
 
 def _run(servers: BenchServers, kind: str, label: str, redis_url: str | None) -> RunResult:
+    # CPU seconds of the crawl process: the crawl is the only child reaped meanwhile.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = _crawl(servers, kind, label, redis_url)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result.stats["_cpu"] = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return result
+
+
+def _crawl(servers: BenchServers, kind: str, label: str, redis_url: str | None) -> RunResult:
     if kind == "vanilla":
         return servers.crawl(label, vanilla_cmd(servers.start_url, {"CONCURRENT_ITEMS": 8}), vanilla_env(servers))
     assert redis_url is not None
@@ -97,7 +110,8 @@ def _run(servers: BenchServers, kind: str, label: str, redis_url: str | None) ->
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench frontier", description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1000, help="item pages on the demo shop (default 1000)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="zero-latency runs per contender (default 5)")
+    parser.add_argument("--latency-repeats", type=int, default=3, help="runs per contender with added latency")
     parser.add_argument("--latency-ms", type=float, default=2.0, help="added each way in the latency runs")
     args = parser.parse_args(argv)
     assert ScrapyRedisShopSpider.name  # the module is importable before we spend minutes
@@ -114,9 +128,10 @@ def main(argv: list[str]) -> int:
     with BenchServers(site) as servers:
         assert servers.redis is not None
         direct = servers.redis.url
+        kinds = ["vanilla", "scrapy_redis", "ours"]
         for i in range(args.repeats):
             print(f"repeat {i + 1}/{args.repeats}, direct", flush=True)
-            for kind in ("vanilla", "scrapy_redis", "ours"):
+            for kind in kinds[i % 3:] + kinds[:i % 3]:  # rotate the order: no contender always goes first
                 record(kind, _run(servers, kind, kind, direct))
         print("round trips: through the proxy, no added delay", flush=True)
         with RedisProxy(servers.redis.port) as proxy:
@@ -126,9 +141,9 @@ def main(argv: list[str]) -> int:
                 record(f"{kind}_proxy", result)
                 trips[kind] = proxy.round_trips / result.pages
         with RedisProxy(servers.redis.port, args.latency_ms / 1000) as proxy:
-            for i in range(args.repeats):
-                print(f"repeat {i + 1}/{args.repeats}, +{args.latency_ms:g} ms each way", flush=True)
-                for kind in ("scrapy_redis", "ours"):
+            for i in range(args.latency_repeats):
+                print(f"repeat {i + 1}/{args.latency_repeats}, +{args.latency_ms:g} ms each way", flush=True)
+                for kind in ("scrapy_redis", "ours")[::1 if i % 2 == 0 else -1]:
                     proxy.reset()
                     result = _run(servers, kind, f"{kind}_latency", proxy.url)
                     result.stats["_trips"] = proxy.round_trips
@@ -144,19 +159,22 @@ def main(argv: list[str]) -> int:
         rs = res[name]
         kind = name.removesuffix("_latency")
         base = med.get(kind, 0.0)
-        rows.append([name, rs[0].pages, *(round(r.pages_per_s) for r in rs), round(med[name]),
+        rows.append([name, rs[0].pages, " ".join(str(round(r.pages_per_s)) for r in rs), round(med[name]),
                      f"{med[name] / med['vanilla']:.2f}",
                      f"{med[name] / base:.2f}" if name.endswith("_latency") else "",
                      f"{per_page(name, '_commands'):.2f}" if kind != "vanilla" else "",
                      f"{trips[kind]:.3f}" if kind in trips and not name.endswith("_latency") else
-                     (f"{per_page(name, '_trips'):.3f}" if name.endswith("_latency") else "")])
+                     (f"{per_page(name, '_trips'):.3f}" if name.endswith("_latency") else ""),
+                     f"{1000 * per_page(name, '_cpu'):.2f}"])
     print(f"\nFrontier on the demo shop ({site.items} items, ~{site.page_bytes} B pages), one worker, "
           f"CONCURRENT_ITEMS=8; latency runs add {args.latency_ms:g} ms each way through a proxy")
-    print(table(rows, ["contender", "pages", *(f"run {i + 1}" for i in range(args.repeats)), "median pages/s",
-                       "vs vanilla", "kept", "redis cmds/page", "round trips/page"]))
+    print(table(rows, ["contender", "pages", "pages/s per run", "median pages/s", "vs vanilla", "kept",
+                       "redis cmds/page", "round trips/page", "cpu ms/page"]))
     print("  redis cmds/page: INFO commandstats, including commands run inside our Lua scripts; "
           f"ours: {per_page('ours', '_evals'):.2f} EVALSHA/page")
     print("  round trips/page: counted by the proxy (direct rows: a separate pass with no added delay)")
+    print("  cpu ms/page: user+system CPU of the worker process (start-up included), median; less sensitive "
+          "than pages/s to other load on a shared machine")
     emit({
         "ours_vs_vanilla": round(med["ours"] / med["vanilla"], 3),
         "ours_vs_scrapy_redis": round(med["ours"] / med["scrapy_redis"], 3),
@@ -169,8 +187,12 @@ def main(argv: list[str]) -> int:
         "vanilla_pages_per_s": round(med["vanilla"], 1),
         "scrapy_redis_pages_per_s": round(med["scrapy_redis"], 1),
         "ours_pages_per_s": round(med["ours"], 1),
+        "vanilla_cpu_ms_per_page": round(1000 * per_page("vanilla", "_cpu"), 3),
+        "scrapy_redis_cpu_ms_per_page": round(1000 * per_page("scrapy_redis", "_cpu"), 3),
+        "ours_cpu_ms_per_page": round(1000 * per_page("ours", "_cpu"), 3),
         "latency_ms_each_way": args.latency_ms,
         "repeats": args.repeats,
+        "latency_repeats": args.latency_repeats,
         "pages": res["ours"][0].pages,
     })
     return 0

@@ -23,12 +23,13 @@ import time
 class RedisProxy:
     """Counting, delaying TCP proxy to ``127.0.0.1:<upstream_port>``."""
 
-    def __init__(self, upstream_port: int, delay: float = 0.0) -> None:
+    def __init__(self, upstream_port: int, delay: float = 0.0, port: int = 0) -> None:
         self.upstream_port = upstream_port
         self.delay = delay
         self.round_trips = 0
         self.connections = 0
-        self.port = 0
+        self.port = port
+        self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="redis-proxy", daemon=True)
         self._server: asyncio.Server | None = None
@@ -49,15 +50,24 @@ class RedisProxy:
 
     def __exit__(self, *exc: object) -> None:
         async def stop() -> None:
+            # Like a Redis that goes away: listening stops and every connection drops.
             assert self._server is not None
             self._server.close()
+            for writer in list(self._writers):
+                writer.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._server.wait_closed()
 
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._loop.close()
 
     async def _start(self) -> asyncio.Server:
-        return await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return await asyncio.start_server(self._handle, "127.0.0.1", self.port)
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -66,6 +76,7 @@ class RedisProxy:
         except OSError:
             client_w.close()
             return
+        self._writers.update((client_w, up_w))
         state = {"client_turn": False}
         tasks = [asyncio.ensure_future(self._pipe(client_r, up_w, state, True)),
                  asyncio.ensure_future(self._pipe(up_r, client_w, state, False))]
@@ -73,6 +84,7 @@ class RedisProxy:
         for t in tasks:
             t.cancel()
         for w in (client_w, up_w):
+            self._writers.discard(w)
             with contextlib.suppress(Exception):
                 w.close()
 

@@ -29,7 +29,6 @@ Settings: ``FRONTIER_IDLE_CLOSE_SECONDS`` (float, default 0), scrapy-redis's
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -43,6 +42,7 @@ from w3lib.url import parse_url
 from crawler.scheduler import _SEED_BACKLOG, FrontierScheduler
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import AsyncIterator
 
     from scrapy.crawler import Crawler
@@ -112,7 +112,7 @@ class FrontierSpider(RedisSpider):  # type: ignore[misc]  # scrapy-redis ships n
     def frontier_seeds_waiting(self, count: int) -> None:
         """Called by the scheduler's heartbeat when seeds wait in ``redis_key``."""
         if self._seeding is None or self._seeding.done():
-            self._seeding = asyncio.get_running_loop().create_task(self._pull_seeds())
+            self._seeding = self._frontier().spawn(self._pull_seeds())
 
     async def _pull_seeds(self) -> None:
         engine = self.crawler.engine
@@ -125,7 +125,7 @@ class FrontierSpider(RedisSpider):  # type: ignore[misc]  # scrapy-redis ships n
         assert store is not None and self.redis_key is not None and self.redis_batch_size is not None
         stats = self.crawler.stats
         assert stats is not None
-        while len(scheduler._outbox) < _SEED_BACKLOG:
+        while len(scheduler._outbox) < _SEED_BACKLOG and not scheduler._closing:
             try:
                 datas = await store.pop_seeds(self.redis_key, self.redis_batch_size)
             except RedisError as exc:

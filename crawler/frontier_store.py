@@ -55,6 +55,7 @@ class PushEntry:
     score: float
     not_before: float
     payload: bytes
+    url: str | None = None  # the URL, when it alone decides the fingerprint (local duplicate cache)
 
 
 @dataclass(slots=True)

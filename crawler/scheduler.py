@@ -13,8 +13,8 @@ Scrapy calls a scheduler synchronously (``enqueue_request``, ``next_request``,
 * **prefetch**: ``next_request`` serves a local buffer, refilled by one Lua call
   (``lua/pop.lua``) that pops up to ``FRONTIER_PREFETCH`` requests fairly across
   the websites that may be served now, and wakes the engine when they arrive.
-  The buffer is served round-robin across websites, skipping a website whose
-  download slot is full.
+  The buffer (:mod:`crawler.prefetch`) is served round-robin across websites,
+  preferring websites whose download slot has room.
 * **websites**: one queue per website (``crawler.website.website_key``), a zset
   of websites by the time each may next be served, and not-before marks
   (:meth:`FrontierScheduler.mark_not_before`, or a downloader middleware
@@ -43,8 +43,6 @@ import os
 import socket
 import time
 import uuid
-from collections import deque
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
@@ -52,7 +50,9 @@ from redis.exceptions import RedisError
 from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.httpobj import urlparse_cached
+from scrapy.utils.request import RequestFingerprinter
 
+from crawler.frontier_config import FrontierConfig
 from crawler.frontier_store import (
     MODE_DEDUPE,
     MODE_DONT_FILTER,
@@ -62,15 +62,15 @@ from crawler.frontier_store import (
     Status,
     split_member,
 )
+from crawler.prefetch import Buffered, PrefetchBuffer
 from crawler.request_codec import UndecodableRequestError, UnencodableRequestError, decode_request, encode_request
-from crawler.website import website_key, website_key_mode
+from crawler.website import website_key
 
 if TYPE_CHECKING:
     from typing import Self
 
     from scrapy import Request, Spider
     from scrapy.crawler import Crawler
-    from scrapy.settings import BaseSettings
     from twisted.internet.defer import Deferred
 
 logger = logging.getLogger(__name__)
@@ -81,64 +81,6 @@ META_NOT_BEFORE = "frontier_not_before"
 _PUSH_CHUNK = 500
 # No more seeds are read while this many requests wait in the outbox.
 _SEED_BACKLOG = 5000
-
-
-def _number(settings: BaseSettings, name: str, default: float, minimum: float, kind: type = float) -> Any:
-    raw = settings.get(name, default)
-    try:
-        value = kind(raw)
-    except (TypeError, ValueError):
-        value = None
-    if value is None or value < minimum or (kind is int and isinstance(raw, float) and raw != int(raw)):
-        raise ValueError(f"{name} must be a {kind.__name__} >= {minimum}, got {raw!r}")
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class FrontierConfig:
-    """The frontier's settings, checked."""
-
-    redis_url: str
-    key_prefix: str
-    prefetch: int
-    flush_delay: float
-    flush_max: int
-    seen_cache: int
-    idle_poll: float
-    idle_close: float
-    website_mode: str
-
-    @classmethod
-    def from_settings(cls, settings: BaseSettings) -> Self:
-        prefix = settings.get("FRONTIER_KEY_PREFIX", "{%(spider)s}")
-        try:
-            prefix % {"spider": "x"}
-        except (KeyError, ValueError, TypeError):
-            raise ValueError(f"FRONTIER_KEY_PREFIX must be a string using only %(spider)s, got {prefix!r}") from None
-        if not isinstance(prefix, str) or not prefix.strip():
-            raise ValueError(f"FRONTIER_KEY_PREFIX must be a non-empty string, got {prefix!r}")
-        url = settings.get("REDIS_URL")
-        if not url or not isinstance(url, str):
-            raise ValueError(f"REDIS_URL must be a redis:// URL, got {url!r}")
-        return cls(
-            redis_url=url,
-            key_prefix=prefix,
-            prefetch=_number(settings, "FRONTIER_PREFETCH", 32, 1, int),
-            flush_delay=_number(settings, "FRONTIER_FLUSH_DELAY", 0.01, 0),
-            flush_max=_number(settings, "FRONTIER_FLUSH_MAX", 200, 1, int),
-            seen_cache=_number(settings, "FRONTIER_SEEN_CACHE", 100_000, 0, int),
-            idle_poll=_number(settings, "FRONTIER_IDLE_POLL_SECONDS", 0.25, 0.01),
-            idle_close=_number(settings, "FRONTIER_IDLE_CLOSE_SECONDS", 0, 0),
-            website_mode=website_key_mode(settings),
-        )
-
-
-@dataclass(slots=True)
-class _Buffered:
-    request: Request
-    fingerprint: str
-    score: float
-    payload: bytes
 
 
 class FrontierScheduler:
@@ -163,13 +105,16 @@ class FrontierScheduler:
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flush_failures = 0
         self._seen: set[str] = set()
+        # URLs of GET requests without a body that Redis has seen: with Scrapy's
+        # default fingerprinter (URL, method and body only), the same URL string
+        # means the same fingerprint, so known duplicates skip canonicalisation.
+        self._seen_urls: set[str] = set()
+        self._url_cache = type(crawler.request_fingerprinter) is RequestFingerprinter and bool(config.seen_cache)
         self._websites: dict[str, str] = {}  # netloc -> website key
         self._debug_duplicates = crawler.settings.getbool("DUPEFILTER_DEBUG")
         self._log_duplicates = True
         # prefetch buffer: website -> requests, served round-robin
-        self._buffer: dict[str, deque[_Buffered]] = {}
-        self._ring: deque[str] = deque()
-        self._buffered = 0
+        self._prefetch = PrefetchBuffer()
         self._refill_task: asyncio.Task[None] | None = None
         self._pop_after = 0.0  # monotonic time before which popping is pointless
         self._pop_timer: asyncio.TimerHandle | None = None
@@ -230,6 +175,8 @@ class FrontierScheduler:
             await asyncio.gather(self._heartbeat_task, return_exceptions=True)
         if self._refill_task is not None:
             await asyncio.gather(self._refill_task, return_exceptions=True)
+        if self._background:  # seed reading (stops at its next batch), dead letters
+            await asyncio.gather(*self._background, return_exceptions=True)
         self._return_buffer()
         for _ in range(20):  # Redis may be briefly away: retry for a while, then say what is lost
             if self._flush_task is not None:
@@ -241,8 +188,6 @@ class FrontierScheduler:
             logger.error("Frontier closing (%(reason)s): %(n)d requests could not be stored in Redis and are lost",
                          {"reason": reason, "n": len(self._outbox)}, extra={"spider": self.spider})
             self.stats.inc_value("frontier/lost_on_close", len(self._outbox))
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
         if self.store is not None:
             self.stats.set_value("frontier/redis_calls", self.store.calls)
         if self.redis is not None:
@@ -251,27 +196,35 @@ class FrontierScheduler:
     def _return_buffer(self) -> None:
         """Prefetched requests go back to Redis (without the dupefilter) when this worker stops."""
         returned = 0
-        for website, items in self._buffer.items():
-            for item in items:
-                self._outbox.append(PushEntry(website, item.fingerprint, MODE_REQUEUE, item.score,
-                                              self._not_before.get(website, 0.0), item.payload))
-                returned += 1
-        self._buffer.clear()
-        self._ring.clear()
-        self._buffered = 0
+        for website, item in self._prefetch.drain():
+            self._outbox.append(PushEntry(website, item.fingerprint, MODE_REQUEUE, item.score,
+                                          self._not_before.get(website, 0.0), item.payload))
+            returned += 1
         if returned:
             self.stats.inc_value("frontier/returned_on_close", returned)
 
     # -- Scrapy's scheduler interface ----------------------------------
 
     def has_pending_requests(self) -> bool:
-        return bool(self._buffered or self._outbox or self._flush_task or self._refill_task
+        return bool(len(self._prefetch) or self._outbox or self._flush_task or self._refill_task
                     or self._cluster_sites)
 
     def enqueue_request(self, request: Request) -> bool:
         meta = request.meta
         requeue = bool(meta.pop(META_REQUEUE, False))
-        not_before = float(meta.pop(META_NOT_BEFORE, 0) or 0)
+        raw_until = meta.pop(META_NOT_BEFORE, 0)
+        try:
+            not_before = float(raw_until or 0)
+        except (TypeError, ValueError):
+            logger.error("meta %(key)s of %(request)s must be a Unix time in seconds, got %(value)r; ignored",
+                         {"key": META_NOT_BEFORE, "request": request, "value": raw_until},
+                         extra={"spider": self.spider})
+            not_before = 0.0
+        url_key = (request.url if self._url_cache and request.method == "GET" and not request.body
+                   and not requeue else None)
+        if url_key is not None and not request.dont_filter and url_key in self._seen_urls:
+            self._filtered(request)
+            return False
         fp = self.crawler.request_fingerprinter.fingerprint(request).hex()
         if requeue:
             mode = MODE_REQUEUE
@@ -291,7 +244,7 @@ class FrontierScheduler:
                          {"request": request, "reason": exc}, extra={"spider": self.spider})
             self.stats.inc_value("frontier/unserializable")
             return False
-        self._outbox.append(PushEntry(website, fp, mode, -request.priority, not_before, payload))
+        self._outbox.append(PushEntry(website, fp, mode, -request.priority, not_before, payload, url_key))
         if requeue:
             self.stats.inc_value("frontier/requeued")
             if not_before > self._server_now():
@@ -301,10 +254,10 @@ class FrontierScheduler:
 
     def next_request(self) -> Request | None:
         item = self._take()
-        if self._buffered * 2 <= self.config.prefetch:
+        if len(self._prefetch) * 2 <= self.config.prefetch:
             self._want_refill()
         if item is None:
-            if self._refill_task is not None and not self._buffered:
+            if self._refill_task is not None and not len(self._prefetch):
                 # The engine asked while the buffer was empty and a pop was on its way:
                 # a sign FRONTIER_PREFETCH is too small for this crawl's speed.
                 self.stats.inc_value("frontier/prefetch_empty")
@@ -334,60 +287,29 @@ class FrontierScheduler:
 
     # -- local buffer ------------------------------------------------------
 
-    def _take(self) -> _Buffered | None:
-        """The next buffered request, round-robin across websites.
-
-        A website whose download slot already has ``concurrency`` requests is
-        passed over for one whose slot has room, so one website's requests do
-        not wait in its slot queue while another website could download; with
-        no such website, one more slot's worth may queue (as Scrapy's own
-        scheduler lets the downloader queue them).
-        """
-        ring = self._ring
-        now = None
-        slots = self._downloader_slots()
-        fallback = None
-        for _ in range(len(ring)):
-            if not ring:
-                break
-            website = ring[0]
-            ring.rotate(-1)  # website is now last: served round-robin
-            until = self._not_before.get(website)
-            if until is not None:
-                now = now if now is not None else self._server_now()
-                if until > now:
-                    self._return_website(website, until)
-                    continue
-                del self._not_before[website]
-            slot = slots.get(website) if slots is not None else None
-            if slot is not None and len(slot.active) >= slot.concurrency:
-                if fallback is None and len(slot.active) < 2 * slot.concurrency:
-                    fallback = website
-                continue
-            return self._pop_buffered(website)
-        return self._pop_buffered(fallback) if fallback is not None else None
-
-    def _pop_buffered(self, website: str) -> _Buffered:
-        items = self._buffer[website]
-        item = items.popleft()
-        self._buffered -= 1
-        if not items:
-            del self._buffer[website]
-            self._ring.remove(website)
+    def _take(self) -> Buffered | None:
+        item, held = self._prefetch.take(self._downloader_slots(), self._is_held)
+        for website, items in held:
+            self._requeue_held(website, items)
         return item
+
+    def _is_held(self, website: str) -> bool:
+        until = self._not_before.get(website)
+        if until is None:
+            return False
+        if until > self._server_now():
+            return True
+        del self._not_before[website]
+        return False
 
     def _hold_website(self, website: str, until: float) -> None:
         self._not_before[website] = max(self._not_before.get(website, 0.0), until)
-        if website in self._buffer:
-            self._return_website(website, until)
+        if website in self._prefetch:
+            self._requeue_held(website, self._prefetch.remove(website))
 
-    def _return_website(self, website: str, until: float) -> None:
+    def _requeue_held(self, website: str, items: list[Buffered]) -> None:
         """Send a held website's prefetched requests back to Redis, so no worker keeps them."""
-        items = self._buffer.pop(website, None)
-        if not items:
-            return
-        self._ring.remove(website)
-        self._buffered -= len(items)
+        until = self._not_before.get(website, 0.0)
         for item in items:
             self._outbox.append(PushEntry(website, item.fingerprint, MODE_REQUEUE, item.score, until, item.payload))
         self.stats.inc_value("frontier/returned_held", len(items))
@@ -403,14 +325,9 @@ class FrontierScheduler:
                          extra={"spider": self.spider})
             self.stats.inc_value("frontier/undecodable")
             if self.store is not None:
-                self._spawn(self._call(self.store.dead_letter(self.store.dead_key, [member])))
+                self.spawn(self._call(self.store.dead_letter(self.store.dead_key, [member])))
             return False
-        items = self._buffer.get(website)
-        if items is None:
-            items = self._buffer[website] = deque()
-            self._ring.append(website)
-        items.append(_Buffered(request, fp, -request.priority, payload))
-        self._buffered += 1
+        self._prefetch.add(website, Buffered(request, fp, -request.priority, payload))
         return True
 
     # -- outbox --------------------------------------------------------
@@ -446,9 +363,12 @@ class FrontierScheduler:
             stored = 0
             if self.config.seen_cache and len(self._seen) > self.config.seen_cache:
                 self._seen.clear()
+                self._seen_urls.clear()
             for entry, ok in zip(batch, flags, strict=True):
                 if entry.mode != MODE_REQUEUE:
                     self._seen.add(entry.fingerprint)
+                    if entry.url is not None:
+                        self._seen_urls.add(entry.url)
                 if ok:
                     stored += 1
                 else:
@@ -456,7 +376,7 @@ class FrontierScheduler:
             self.stats.inc_value("scheduler/enqueued/redis", stored)
             if stored:
                 self._pop_after = 0.0  # new work: worth popping again now
-                if self._buffered * 2 <= self.config.prefetch:
+                if len(self._prefetch) * 2 <= self.config.prefetch:
                     self._want_refill()
         finally:
             self._flush_task = None
@@ -497,7 +417,7 @@ class FrontierScheduler:
         assert self.store is not None
         try:
             while not self._closing:
-                want = self.config.prefetch - self._buffered
+                want = self.config.prefetch - len(self._prefetch)
                 if want <= 0:
                     break
                 result = await self._call(self.store.pop(want, self.worker_id))
@@ -528,7 +448,7 @@ class FrontierScheduler:
     # -- heartbeat and cluster view -----------------------------------
 
     def _locally_busy(self) -> bool:
-        return bool(self._buffered or self._outbox or self._flush_task or self._in_flight)
+        return bool(len(self._prefetch) or self._outbox or self._flush_task or self._in_flight)
 
     async def _heartbeat_loop(self) -> None:
         assert self.store is not None
@@ -597,11 +517,13 @@ class FrontierScheduler:
             logger.error("Frontier Redis call failed: %(exc)r", {"exc": exc}, extra={"spider": self.spider})
             raise
 
-    def _spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the scheduler waits for when it closes (before its last flush)."""
         assert self._loop is not None
         task = self._loop.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     def _server_now(self) -> float:
         return time.time() + self._clock_offset

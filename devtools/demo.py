@@ -161,7 +161,7 @@ def _run(
     import redis
     from pymongo import MongoClient
 
-    from pipelines.mongo_insert import redact_uri
+    from pipelines.mongo_config import redact_uri
 
     r = redis.Redis.from_url(redis_url)
     mongo: MongoClient[dict[str, Any]] = MongoClient(mongo_uri)

@@ -21,12 +21,6 @@ TWISTED_REACTOR = "twisted.internet.asyncioreactor.AsyncioSelectorReactor"
 TWISTED_DNS_RESOLVER = "crawler.resolver.StaticHostResolver"
 
 ROBOTSTXT_OBEY = True
-# Scrapy 2.19's robots.txt middleware lets requests that wait for a host's
-# robots.txt through unchecked when several wait at once (middlewares/robotstxt.py).
-DOWNLOADER_MIDDLEWARES = {
-    "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
-    "middlewares.robotstxt.RobotsTxtMiddleware": 100,
-}
 USER_AGENT = "crawler (+https://example.invalid/crawler-bot)"
 CONCURRENT_REQUESTS = 32
 CONCURRENT_REQUESTS_PER_DOMAIN = 16
@@ -52,8 +46,23 @@ FRONTIER_IDLE_CLOSE_SECONDS = 0.0
 # How often an idle worker looks at the shared frontier for new work.
 FRONTIER_IDLE_POLL_SECONDS = 0.25
 
+# Validate -> enrich -> journal + bulk upsert (README, "Item pipelines").
 ITEM_PIPELINES = {
-    "pipelines.mongo_insert.MongoInsertPipeline": 800,
+    "pipelines.validate.ValidatePipeline": 300,
+    "pipelines.enrich.EnrichPipeline": 400,
+    "pipelines.mongo_writer.MongoWriterPipeline": 800,
+}
+# Closest to the engine, so it sees the items every other middleware let through.
+SPIDER_MIDDLEWARES = {
+    "pipelines.item_context.ItemContextMiddleware": 10,
+}
+VALIDATE_SCHEMAS = {
+    "crawler.items.Product": "crawler.schemas.PRODUCT",
+    "crawler.items.Article": "crawler.schemas.ARTICLE",
+}
+MONGO_WRITER_COLLECTIONS = {
+    "crawler.items.Product": "product",
+    "crawler.items.Article": "article",
 }
 
 EXTENSIONS = {
@@ -61,6 +70,27 @@ EXTENSIONS = {
 }
 
 FEED_EXPORT_ENCODING = "utf-8"
+
+DOWNLOADER_MIDDLEWARES = {
+    # Scrapy 2.19's robots.txt middleware lets requests that wait for a host's
+    # robots.txt through unchecked when several wait at once (middlewares/robotstxt.py).
+    "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
+    "middlewares.robotstxt.RobotsTxtMiddleware": 100,
+    # After HttpProxyMiddleware (750): proxied requests are not bound.
+    "middlewares.ipv6_bind.IPv6BindMiddleware": 760,
+}
+# Random IPv6 source addresses: off until the host routes a prefix to itself
+# (see README, "IPv6 source addresses").
+IPV6_BIND_ENABLED = False
+IPV6_BIND_PREFIXES: list[str] = []
+IPV6_BIND_POLICY = "sticky"
+IPV6_BIND_STICKY_ADDRESSES = 2
+IPV6_BIND_STICKY_REQUESTS = 1000
+IPV6_BIND_STICKY_SECONDS = 300.0
+IPV6_BIND_IPV4_TARGETS = "fetch"
+IPV6_BIND_PARTITION = ""
+IPV6_BIND_CLOSE_CONNECTIONS = True
+IPV6_BIND_SELF_CHECK = True
 
 # Cluster-wide per-website byte budgets (middlewares/byte_budget.py, README
 # "Byte budget"). On, so run-time budgets (`python -m middlewares.byte_budget

@@ -149,7 +149,9 @@ def start_crawl(
     settings: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
     name: str | None = None,
+    netns: str | None = None,
 ) -> RunningCrawl:
+    """Start ``scrapy crawl SPIDER``; inside network namespace ``netns`` when given."""
     name = name or f"{spider}-{uuid.uuid4().hex[:6]}"
     stats_path = workdir / f"{name}.stats.json"
     log_path = workdir / f"{name}.log"
@@ -157,6 +159,8 @@ def start_crawl(
            "-s", f"STATS_FILE_PATH={stats_path}", "-s", f"LOG_FILE={log_path}"]
     for key, value in (settings or {}).items():
         cmd += ["-s", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
+    if netns:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
     full_env = {**os.environ, "PYTHONWARNINGS": "error", **(env or {})}
     with open(log_path.with_suffix(".stderr"), "wb") as stderr:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdin=subprocess.DEVNULL,

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from crawler.frontier import FrontierSpider
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
+    from typing import Self
 
+    from scrapy import Request
+    from scrapy.crawler import Crawler
     from scrapy.http import Response
+
+logger = logging.getLogger(__name__)
 
 
 class SlowCallbackSpider(FrontierSpider):
@@ -22,3 +29,38 @@ class SlowCallbackSpider(FrontierSpider):
         await asyncio.sleep(self.settings.getfloat("SLOW_CALLBACK_SECONDS"))
         if response.meta.get("depth", 0) == 0:
             yield response.follow("/robots.txt", callback=self.parse)
+
+
+class BadRequestSpider(FrontierSpider):
+    """Yields one request the frontier cannot store (a lambda callback) next to good ones."""
+
+    name = "frontier_bad"
+
+    def parse(self, response: Response) -> Iterator[Request]:
+        if response.meta.get("depth", 0) == 0:
+            yield response.follow("/bad", callback=lambda r: None)
+            yield response.follow("/robots.txt")
+
+
+class PostponeOnceMiddleware:
+    """Does what a byte budget does when a website is over budget, once: postpones a request.
+
+    The first item page it sees goes back to the frontier with its website held
+    for POSTPONE_SECONDS (the frontier's requeue contract).
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.done = False
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        return cls(crawler.settings.getfloat("POSTPONE_SECONDS"))
+
+    async def process_request(self, request: Request) -> Request | None:
+        if self.done or "/item/" not in request.url:
+            return None
+        self.done = True
+        until = time.time() + self.seconds
+        logger.info("Postponed %s until %.6f", request.url, until)
+        return request.replace(meta={**request.meta, "frontier_requeue": True, "frontier_not_before": until})

@@ -6,15 +6,20 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
 from scrapy import Request
 
+from bench.redis_proxy import RedisProxy
+from crawler.frontier_config import FrontierConfig
 from crawler.frontier_store import MODE_DEDUPE, FrontierStore, PushEntry
-from crawler.scheduler import FrontierConfig
 from tests.frontier_helpers import CodecSpider, drain, open_scheduler, settle
+
+if TYPE_CHECKING:
+    from devtools.services import Server
 
 
 def req(host: str, path: str, **kwargs: object) -> Request:
@@ -91,7 +96,7 @@ def test_not_before_holds_one_website_while_others_flow(redis_url: str) -> None:
         assert await s.mark_not_before("held.test", server_now + 0.1) == pytest.approx(until)
         got = await drain(s)
         assert [r.meta["download_slot"] for r in got] == ["free.test"] * 6
-        assert not s._buffered
+        assert not s._prefetch
         while (await s.store.pop(0, s.worker_id)).now <= until:
             await asyncio.sleep(0.05)
         later = await drain(s)
@@ -197,7 +202,7 @@ def test_prefetched_requests_go_back_on_close(redis_url: str) -> None:
             a.enqueue_request(req("a.test", f"{i}"))
         await settle(a)
         first = await drain(a, limit=1)
-        assert a._buffered == 4
+        assert len(a._prefetch) == 4
         await a._close("shutdown")
         b = await open_scheduler(redis_url)
         rest = [r.url for r in await drain(b)]
@@ -360,3 +365,55 @@ def test_busy_worker_is_told_about_seeds(redis_url: str) -> None:
 
     asyncio.run(run())
     assert calls[0] == 2
+
+
+def test_local_duplicate_cache_only_drops_true_duplicates(redis_url: str) -> None:
+    async def run() -> tuple[list[str], int]:
+        s = await open_scheduler(redis_url)
+        s.enqueue_request(req("a.test", "x"))
+        await settle(s)
+        assert s._seen_urls == {"http://a.test/x"}
+        assert s.enqueue_request(req("a.test", "x")) is False  # known URL: no fingerprinting, no Redis
+        s.enqueue_request(req("a.test", "x", method="POST", body=b"q=1"))  # same URL, another fingerprint
+        s.enqueue_request(req("a.test", "x#part"))  # another URL string, same fingerprint
+        await settle(s)
+        got = sorted(f"{r.method} {r.url}" for r in await drain(s))
+        await s._close("finished")
+        return got, int(s.crawler.stats.get_value("dupefilter/filtered"))
+
+    got, filtered = asyncio.run(run())
+    assert got == ["GET http://a.test/x", "POST http://a.test/x"]
+    assert filtered == 2
+
+
+def test_redis_outage_loses_nothing(redis_server: Server, caplog: pytest.LogCaptureFixture) -> None:
+    """Redis goes away mid-crawl: pushes are kept and retried, pops resume; nothing lost, nothing twice."""
+    with redis.Redis.from_url(redis_server.url) as r:
+        r.flushall()
+
+    async def run() -> list[str]:
+        proxy = RedisProxy(redis_server.port).__enter__()
+        s = await open_scheduler(proxy.url, FRONTIER_PREFETCH=4)
+        for i in range(3):
+            s.enqueue_request(req("a.test", f"before{i}"))
+        await settle(s)
+        got = [r.url for r in await drain(s, limit=2)]
+        proxy.__exit__(None, None, None)  # Redis unreachable
+        for i in range(3):
+            s.enqueue_request(req("a.test", f"during{i}"))
+        while not s.crawler.stats.get_value("frontier/redis_error/ConnectionError"):
+            await asyncio.sleep(0.05)
+        assert len(s._outbox) >= 3  # kept for a retry
+        got += [r.url for r in await drain(s)]  # what was prefetched is still served
+        proxy = RedisProxy(redis_server.port, port=proxy.port).__enter__()  # Redis is back
+        await settle(s)
+        got += [r.url for r in await drain(s)]
+        await s._close("finished")
+        proxy.__exit__(None, None, None)
+        return got
+
+    with caplog.at_level(logging.ERROR):
+        got = asyncio.run(run())
+    assert sorted(got) == sorted([f"http://a.test/before{i}" for i in range(3)]
+                                 + [f"http://a.test/during{i}" for i in range(3)])
+    assert any("Frontier Redis call failed" in r.getMessage() for r in caplog.records)

@@ -1,0 +1,103 @@
+"""The frontier's local prefetch buffer: popped requests by website, served round-robin.
+
+Part of :mod:`crawler.scheduler`; no I/O here.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from scrapy import Request
+
+
+@dataclass(slots=True)
+class Buffered:
+    """A popped request, with what it takes to put it back unchanged."""
+
+    request: Request
+    fingerprint: str
+    score: float
+    payload: bytes
+
+
+class PrefetchBuffer:
+    """Requests by website; ``take`` serves the websites in turn."""
+
+    def __init__(self) -> None:
+        self._by_site: dict[str, deque[Buffered]] = {}
+        self._ring: deque[str] = deque()  # websites with requests, next to serve first
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __contains__(self, website: str) -> bool:
+        return website in self._by_site
+
+    def add(self, website: str, item: Buffered) -> None:
+        items = self._by_site.get(website)
+        if items is None:
+            items = self._by_site[website] = deque()
+            self._ring.append(website)
+        items.append(item)
+        self.size += 1
+
+    def take(self, slots: dict[str, Any] | None, held: Callable[[str], bool]
+             ) -> tuple[Buffered | None, list[tuple[str, list[Buffered]]]]:
+        """The next request, and the requests of websites found ``held`` (removed from the buffer).
+
+        A website whose download slot (in Scrapy's ``downloader.slots``)
+        already has ``concurrency`` requests is passed over for one whose slot
+        has room, so one website's requests do not wait in its slot queue
+        while another website could download; with no such website, one more
+        slot's worth may queue (as with Scrapy's own scheduler).
+        """
+        ring = self._ring
+        removed: list[tuple[str, list[Buffered]]] = []
+        fallback = None
+        for _ in range(len(ring)):
+            if not ring:
+                break
+            website = ring[0]
+            ring.rotate(-1)  # website is now last: served round-robin
+            if held(website):
+                removed.append((website, self.remove(website)))
+                continue
+            slot = slots.get(website) if slots is not None else None
+            if slot is not None and len(slot.active) >= slot.concurrency:
+                if fallback is None and len(slot.active) < 2 * slot.concurrency:
+                    fallback = website
+                continue
+            return self._pop(website), removed
+        return (self._pop(fallback) if fallback is not None else None), removed
+
+    def remove(self, website: str) -> list[Buffered]:
+        """Every buffered request of ``website``."""
+        items = self._by_site.pop(website, None)
+        if not items:
+            return []
+        self._ring.remove(website)
+        self.size -= len(items)
+        return list(items)
+
+    def drain(self) -> list[tuple[str, Buffered]]:
+        """Every buffered request, emptying the buffer."""
+        out = [(website, item) for website, items in self._by_site.items() for item in items]
+        self._by_site.clear()
+        self._ring.clear()
+        self.size = 0
+        return out
+
+    def _pop(self, website: str) -> Buffered:
+        items = self._by_site[website]
+        item = items.popleft()
+        self.size -= 1
+        if not items:
+            del self._by_site[website]
+            self._ring.remove(website)
+        return item

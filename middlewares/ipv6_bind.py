@@ -1,0 +1,541 @@
+"""Bind each request to a random IPv6 source address from routed prefixes.
+
+The host must own the prefixes: ``ip -6 route add local PREFIX dev lo`` (the
+upstream router routes PREFIX to this host) and
+``sysctl -w net.ipv6.ip_nonlocal_bind=1``. The middleware then sets Scrapy's
+``bindaddress`` meta key, which the HTTP/1.1 and HTTP/2 handlers honour.
+
+Scrapy 2.19 keys its connection pool by bind address, so the rotation policy
+*is* the connection-reuse policy: ``per_request`` opens a fresh connection for
+every request (and asks the server to close it, so dead connections do not
+pile up in the pool); ``sticky`` keeps K addresses per website and rotates
+each after N requests or T seconds, so keep-alive connections are reused.
+
+Only targets reached over IPv6 are bound: the middleware resolves the host
+with the crawl's resolver (``reactor.nameResolver``, the project's
+:class:`crawler.resolver.StaticHostResolver`) once per host and keeps the
+answer. A host with no IPv6 address is fetched as usual, or refused.
+
+Addresses are a keyed pseudo-random permutation (a 4-round BLAKE2b Feistel
+network, keys from :mod:`secrets`) of each prefix, walked from a random start:
+uniform, unpredictable, and never repeated by one worker until the prefix is
+used up. Workers sharing a small prefix split it with ``IPV6_BIND_PARTITION``.
+
+Settings: ``IPV6_BIND_ENABLED``, ``IPV6_BIND_PREFIXES``, ``IPV6_BIND_POLICY``,
+``IPV6_BIND_STICKY_ADDRESSES``, ``IPV6_BIND_STICKY_REQUESTS``,
+``IPV6_BIND_STICKY_SECONDS``, ``IPV6_BIND_IPV4_TARGETS``,
+``IPV6_BIND_PARTITION``, ``IPV6_BIND_CLOSE_CONNECTIONS``,
+``IPV6_BIND_SELF_CHECK`` (see README).
+
+Meta keys: ``ipv6_bind_dont_bind`` and ``ipv6_bind_pin`` (set by callers);
+``ipv6_bind_address`` and ``ipv6_bind_connection_close`` (set here), besides
+Scrapy's ``bindaddress``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import secrets
+import socket
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from hashlib import blake2b
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+from scrapy.exceptions import IgnoreRequest, NotConfigured
+from scrapy.utils.asyncio import is_asyncio_available
+from scrapy.utils.httpobj import urlparse_cached
+from scrapy.utils.misc import load_object
+from twisted.internet.address import IPv6Address as TxIPv6Address
+from twisted.internet.interfaces import IHostnameResolver, IResolutionReceiver
+from zope.interface import implementer
+
+from crawler.website import website_key, website_key_mode
+
+if TYPE_CHECKING:
+    from scrapy import Request
+    from scrapy.crawler import Crawler
+    from scrapy.http import Response
+    from scrapy.settings import BaseSettings
+    from scrapy.statscollectors import StatsCollector
+    from twisted.internet.interfaces import IAddress, IHostResolution
+
+logger = logging.getLogger(__name__)
+
+POLICIES = ("per_request", "sticky")
+IPV4_TARGETS = ("fetch", "refuse")
+_RTF_LOCAL = 0x80000000  # include/uapi/linux/ipv6_route.h
+_HOST_CACHE_SIZE = 65536
+_WEBSITES_MAX = 65536
+
+
+class IPv6BindSetupError(RuntimeError):
+    """The host is not set up to send from the configured prefixes."""
+
+
+def _parse_prefixes(value: Any) -> tuple[ipaddress.IPv6Network, ...]:
+    if isinstance(value, str):
+        value = [part for part in value.replace(" ", ",").split(",") if part]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(
+            f"IPV6_BIND_PREFIXES must list one or more IPv6 prefixes such as '2001:db8:1::/64', got {value!r}"
+        )
+    prefixes = []
+    for item in value:
+        try:
+            network = ipaddress.ip_network(str(item).strip(), strict=True)
+        except ValueError as exc:
+            raise ValueError(f"IPV6_BIND_PREFIXES: {item!r} is not a valid IPv6 prefix ({exc})") from None
+        if not isinstance(network, ipaddress.IPv6Network):
+            raise ValueError(f"IPV6_BIND_PREFIXES: {item!r} is an IPv4 network; only IPv6 prefixes can be bound")
+        prefixes.append(network)
+    for i, a in enumerate(prefixes):
+        for b in prefixes[i + 1 :]:
+            if a.overlaps(b):
+                raise ValueError(f"IPV6_BIND_PREFIXES: {a} and {b} overlap")
+    return tuple(prefixes)
+
+
+def _parse_partition(value: Any) -> tuple[int, int]:
+    if value in (None, ""):
+        return (0, 1)
+    index, sep, count = str(value).partition("/")
+    try:
+        parsed = (int(index), int(count))
+    except ValueError:
+        parsed = (-1, 0)
+    if not sep or not 0 <= parsed[0] < parsed[1]:
+        raise ValueError(f"IPV6_BIND_PARTITION must be 'i/n' with 0 <= i < n (worker i of n), got {value!r}")
+    return parsed
+
+
+def _int_setting(settings: BaseSettings, name: str, minimum: int, default: int) -> int:
+    raw = settings.get(name, default)
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class IPv6BindConfig:
+    """Parsed ``IPV6_BIND_*`` settings."""
+
+    prefixes: tuple[ipaddress.IPv6Network, ...]
+    policy: str = "sticky"
+    sticky_addresses: int = 2
+    sticky_requests: int = 1000
+    sticky_seconds: float = 300.0
+    ipv4_targets: str = "fetch"
+    partition: tuple[int, int] = (0, 1)
+    close_connections: bool = True
+    self_check: bool = True
+    website_key_mode: str = "domain"
+
+    @classmethod
+    def from_settings(cls, settings: BaseSettings) -> Self:
+        policy = settings.get("IPV6_BIND_POLICY", "sticky")
+        if policy not in POLICIES:
+            raise ValueError(f"IPV6_BIND_POLICY must be one of {POLICIES}, got {policy!r}")
+        ipv4 = settings.get("IPV6_BIND_IPV4_TARGETS", "fetch")
+        if ipv4 not in IPV4_TARGETS:
+            raise ValueError(f"IPV6_BIND_IPV4_TARGETS must be one of {IPV4_TARGETS}, got {ipv4!r}")
+        raw_seconds = settings.get("IPV6_BIND_STICKY_SECONDS", 300)
+        try:
+            seconds = float(raw_seconds)
+        except (TypeError, ValueError):
+            seconds = -1.0
+        if not seconds >= 0:
+            raise ValueError(f"IPV6_BIND_STICKY_SECONDS must be a number >= 0 (0: no limit), got {raw_seconds!r}")
+        resolver = settings.get("TWISTED_DNS_RESOLVER")
+        if not IHostnameResolver.implementedBy(load_object(resolver)):
+            # Scrapy's default resolver answers IPv4 only: every host would look IPv4-only.
+            raise ValueError(
+                f"IPV6_BIND_ENABLED needs an IPv6-capable TWISTED_DNS_RESOLVER such as "
+                f"'crawler.resolver.StaticHostResolver' (the project's default), got {resolver!r}"
+            )
+        config = cls(
+            prefixes=_parse_prefixes(settings.get("IPV6_BIND_PREFIXES")),
+            policy=policy,
+            sticky_addresses=_int_setting(settings, "IPV6_BIND_STICKY_ADDRESSES", 1, 2),
+            sticky_requests=_int_setting(settings, "IPV6_BIND_STICKY_REQUESTS", 0, 1000),
+            sticky_seconds=seconds,
+            ipv4_targets=ipv4,
+            partition=_parse_partition(settings.get("IPV6_BIND_PARTITION")),
+            close_connections=settings.getbool("IPV6_BIND_CLOSE_CONNECTIONS", True),
+            self_check=settings.getbool("IPV6_BIND_SELF_CHECK", True),
+            website_key_mode=website_key_mode(settings),
+        )
+        # Fail now, not on the first request, if a partition leaves a prefix empty.
+        AddressSource(config.prefixes, config.partition)
+        return config
+
+
+class _Permutation:
+    """A keyed pseudo-random permutation of ``range(size)``.
+
+    A 4-round Feistel network over 2w bits with keyed BLAKE2b as round
+    function (Luby-Rackoff: a pseudo-random permutation), restricted to
+    ``range(size)`` by cycle walking.
+    """
+
+    __slots__ = ("_half", "_keys", "_mask", "size")
+
+    def __init__(self, size: int, key: bytes) -> None:
+        self.size = size
+        half = max(1, ((size - 1).bit_length() + 1) // 2)
+        self._half = half
+        self._mask = (1 << half) - 1
+        self._keys = [blake2b(key + bytes([r]), digest_size=32).digest() for r in range(4)]
+
+    def _encrypt(self, x: int) -> int:
+        half, mask = self._half, self._mask
+        nbytes = (half + 7) // 8
+        left, right = x >> half, x & mask
+        for key in self._keys:
+            digest = blake2b(right.to_bytes(nbytes, "big"), key=key, digest_size=nbytes).digest()
+            left, right = right, left ^ (int.from_bytes(digest, "big") & mask)
+        return (left << half) | right
+
+    def __getitem__(self, index: int) -> int:
+        x = self._encrypt(index)
+        while x >= self.size:
+            x = self._encrypt(x)
+        return x
+
+
+class _PrefixWalk:
+    """This worker's share of one prefix, visited in a random order without repeats."""
+
+    __slots__ = ("_first", "_next", "_perm", "_start", "network", "size", "wrapped")
+
+    def __init__(self, network: ipaddress.IPv6Network, partition: tuple[int, int]) -> None:
+        self.network = network
+        # Skip the Subnet-Router anycast address (host part 0, RFC 4291 2.6.1),
+        # except in a /127 or /128 where every address counts (RFC 6164).
+        low = 1 if network.prefixlen <= 126 else 0
+        total = network.num_addresses - low
+        index, count = partition
+        first = low + total * index // count
+        self.size = low + total * (index + 1) // count - first
+        if self.size < 1:
+            raise ValueError(
+                f"IPV6_BIND_PARTITION {index}/{count} leaves no address of {network} to worker {index}"
+            )
+        self._first = first
+        self._perm = _Permutation(self.size, secrets.token_bytes(32))
+        self._start = secrets.randbelow(self.size)
+        self._next = 0
+        self.wrapped = 0
+
+    def draw(self) -> str:
+        offset = self._perm[(self._start + self._next) % self.size]
+        self._next += 1
+        if self._next % self.size == 0:
+            self.wrapped += 1
+        return str(self.network[self._first + offset])
+
+
+class AddressSource:
+    """Draws addresses uniformly over all configured prefixes (this worker's share of them)."""
+
+    def __init__(self, prefixes: tuple[ipaddress.IPv6Network, ...], partition: tuple[int, int] = (0, 1)) -> None:
+        self.walks = [_PrefixWalk(p, partition) for p in prefixes]
+        self.total = sum(w.size for w in self.walks)
+
+    def draw(self) -> tuple[str, bool]:
+        """A fresh address, and whether its prefix has now been used up (reuse starts)."""
+        pick = secrets.randbelow(self.total)
+        for walk in self.walks:
+            if pick < walk.size:
+                break
+            pick -= walk.size
+        before = walk.wrapped
+        return walk.draw(), walk.wrapped != before
+
+
+@dataclass(slots=True)
+class _Slot:
+    address: str
+    uses: int
+    born: float
+
+
+class _Website:
+    """The K sticky addresses of one website, used in turn."""
+
+    __slots__ = ("slots", "turn")
+
+    def __init__(self, k: int) -> None:
+        self.slots: list[_Slot | None] = [None] * k
+        self.turn = 0
+
+
+@implementer(IResolutionReceiver)
+class _Receiver:
+    def __init__(self, future: asyncio.Future[list[IAddress]]) -> None:
+        self.future = future
+        self.addresses: list[IAddress] = []
+
+    def resolutionBegan(self, resolution: IHostResolution) -> None:  # noqa: N802 (Twisted interface)
+        pass
+
+    def addressResolved(self, address: IAddress) -> None:  # noqa: N802
+        self.addresses.append(address)
+
+    def resolutionComplete(self) -> None:  # noqa: N802
+        if not self.future.done():
+            self.future.set_result(self.addresses)
+
+
+def check_host_setup(
+    prefixes: tuple[ipaddress.IPv6Network, ...], route_table: Path = Path("/proc/net/ipv6_route")
+) -> None:
+    """Raise :class:`IPv6BindSetupError` saying what to run unless every prefix is local and bindable.
+
+    Two checks that send no packet: a ``local`` route covering the prefix in
+    the kernel's routing tables, and ``bind()`` to a random address in it.
+    """
+    local_routes: list[ipaddress.IPv6Network] = []
+    if route_table.exists():
+        for line in route_table.read_text().splitlines():
+            fields = line.split()
+            if len(fields) >= 9 and int(fields[8], 16) & _RTF_LOCAL:
+                addr = ipaddress.IPv6Address(int(fields[0], 16))
+                local_routes.append(ipaddress.IPv6Network((addr, int(fields[1], 16)), strict=False))
+    problems: list[str] = []
+    for prefix in prefixes:
+        if route_table.exists() and not any(prefix.subnet_of(r) for r in local_routes):
+            problems.append(
+                f"{prefix} is not routed to this host as local addresses: run "
+                f"`ip -6 route add local {prefix} dev lo` (and route {prefix} to this host upstream)"
+            )
+            continue
+        address = str(prefix[secrets.randbelow(prefix.num_addresses)])
+        try:
+            with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+                sock.bind((address, 0))
+        except OSError as exc:
+            problems.append(
+                f"cannot bind {address} from {prefix} ({exc.strerror or exc}): run "
+                "`sysctl -w net.ipv6.ip_nonlocal_bind=1` (persist it in /etc/sysctl.d/)"
+            )
+    if problems:
+        raise IPv6BindSetupError(
+            "IPV6_BIND_PREFIXES: this host is not set up to send from the configured prefixes:\n  - "
+            + "\n  - ".join(problems)
+            + "\nOr set IPV6_BIND_ENABLED=False."
+        )
+
+
+class IPv6BindMiddleware:
+    """Sets ``bindaddress`` to a random IPv6 address of the configured prefixes."""
+
+    def __init__(self, crawler: Crawler, config: IPv6BindConfig) -> None:
+        if not is_asyncio_available():
+            raise RuntimeError("IPv6BindMiddleware needs the asyncio reactor")
+        assert crawler.stats is not None
+        self.crawler = crawler
+        self.stats: StatsCollector = crawler.stats
+        self.config = config
+        self.source = AddressSource(config.prefixes, config.partition)
+        self.clock = time.monotonic
+        self._hosts: OrderedDict[str, asyncio.Future[bool | None]] = OrderedDict()
+        self._websites: OrderedDict[str, _Website] = OrderedDict()
+        self._ipv4_logged: set[str] = set()
+        # HTTP/2 forbids the Connection header (RFC 9113 8.2.2); h2 would refuse the request.
+        handlers = crawler.settings.getwithbase("DOWNLOAD_HANDLERS")
+        self._h2_schemes = {s for s in ("http", "https") if "H2" in str(handlers.get(s) or "")}
+        # About how many connections one sticky address holds to a host: its
+        # share of the per-host concurrency (which bounds Scrapy's pool too).
+        per_host = crawler.settings.getint("CONCURRENT_REQUESTS_PER_DOMAIN") or 8
+        self._drain = -(-per_host // config.sticky_addresses)
+        if config.self_check:
+            check_host_setup(config.prefixes)
+        logger.info(
+            "Binding IPv6 targets to %(prefixes)s, policy %(policy)s%(sticky)s, IPv4 targets: %(ipv4)s",
+            {
+                "prefixes": ", ".join(map(str, config.prefixes)),
+                "policy": config.policy,
+                "sticky": (
+                    f" ({config.sticky_addresses} addresses per website, rotated after "
+                    f"{config.sticky_requests or 'unlimited'} requests / {config.sticky_seconds or 'unlimited'} s)"
+                    if config.policy == "sticky" else ""
+                ),
+                "ipv4": config.ipv4_targets,
+            },
+        )
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        if not crawler.settings.getbool("IPV6_BIND_ENABLED"):
+            raise NotConfigured
+        return cls(crawler, IPv6BindConfig.from_settings(crawler.settings))
+
+    async def process_request(self, request: Request) -> Request | Response | None:
+        meta = request.meta
+        self._forget_copied_binding(request)
+        host = self._candidate_host(request)
+        if host is None:
+            return None
+        has_ipv6 = await self._has_ipv6(host)
+        if has_ipv6 is None:
+            # The download itself will fail with the resolver's own error.
+            self.stats.inc_value("ipv6_bind/skipped/unresolved")
+            return None
+        if not has_ipv6:
+            self._ipv4_target(host)
+            return None
+
+        pin = meta.get("ipv6_bind_pin")
+        close = False
+        if pin:
+            try:
+                address = str(ipaddress.IPv6Address(str(pin).strip("[]")))
+            except ValueError:
+                raise ValueError(f"meta key ipv6_bind_pin: {pin!r} is not an IPv6 address ({request})") from None
+            self.stats.inc_value("ipv6_bind/pinned")
+        elif self.config.policy == "per_request":
+            address = self._draw()
+            close = True
+        else:
+            address, close = self._sticky(request.url)
+        meta["bindaddress"] = (address, 0)
+        meta["ipv6_bind_address"] = address
+        if (close and self.config.close_connections and b"Connection" not in request.headers
+                and urlparse_cached(request).scheme not in self._h2_schemes):
+            # Scrapy pools connections by bind address: one bound to an address
+            # that will not be used again would only sit idle in the pool.
+            request.headers[b"Connection"] = b"close"
+            meta["ipv6_bind_connection_close"] = True
+        self.stats.inc_value("ipv6_bind/bound")
+        logger.debug("Bound %(request)s to %(address)s", {"request": request, "address": address},
+                     extra={"spider": self.crawler.spider})
+        return None
+
+    def _candidate_host(self, request: Request) -> str | None:
+        """The host to bind for, or None when this request is not ours to bind."""
+        meta = request.meta
+        skip = None
+        if meta.get("ipv6_bind_dont_bind"):
+            skip = "dont_bind"
+        elif meta.get("bindaddress"):
+            skip = "bindaddress"
+        elif meta.get("proxy"):
+            skip = "proxy"  # a bind address would apply to the connection to the proxy
+        if skip:
+            self.stats.inc_value(f"ipv6_bind/skipped/{skip}")
+            return None
+        parsed = urlparse_cached(request)
+        if parsed.scheme not in ("http", "https"):
+            return None
+        return parsed.hostname or None
+
+    def _forget_copied_binding(self, request: Request) -> None:
+        """Undo our binding on a request copied by RetryMiddleware or RedirectMiddleware.
+
+        A retry deserves a fresh decision (new address, or the sticky one of
+        the moment), and a redirect may lead to another, IPv4-only host. A
+        ``bindaddress`` that a caller set is left alone: it differs from ours.
+        """
+        meta = request.meta
+        ours = meta.get("ipv6_bind_address")
+        if ours is None or meta.get("bindaddress") != (ours, 0):
+            return
+        del meta["bindaddress"], meta["ipv6_bind_address"]
+        if meta.pop("ipv6_bind_connection_close", False):
+            del request.headers[b"Connection"]
+        self.stats.inc_value("ipv6_bind/rebound")
+
+    def _ipv4_target(self, host: str) -> None:
+        refuse = self.config.ipv4_targets == "refuse"
+        self.stats.inc_value("ipv6_bind/ipv4_only/refused" if refuse else "ipv6_bind/ipv4_only/fetched")
+        if host not in self._ipv4_logged and len(self._ipv4_logged) < _HOST_CACHE_SIZE:
+            self._ipv4_logged.add(host)
+            logger.info(
+                "%(host)s has no IPv6 address: %(action)s (IPV6_BIND_IPV4_TARGETS=%(opt)s)",
+                {"host": host, "action": "refusing its requests" if refuse else "fetching it without binding",
+                 "opt": self.config.ipv4_targets},
+                extra={"spider": self.crawler.spider},
+            )
+        if refuse:
+            raise IgnoreRequest(f"{host} has no IPv6 address and IPV6_BIND_IPV4_TARGETS is 'refuse'")
+
+    def _draw(self) -> str:
+        address, wrapped = self.source.draw()
+        self.stats.inc_value("ipv6_bind/addresses")
+        if wrapped:
+            self.stats.inc_value("ipv6_bind/prefix_used_up")
+            logger.warning(
+                "Every address of an IPV6_BIND_PREFIXES prefix (this worker's share) has been used; "
+                "addresses are now reused. Use a larger prefix or fewer workers per prefix.",
+                extra={"spider": self.crawler.spider},
+            )
+        return address
+
+    def _sticky(self, url: str) -> tuple[str, bool]:
+        """The website's next address in turn, rotated when it is worn out; whether it is now retired."""
+        config = self.config
+        key = website_key(url, config.website_key_mode)
+        site = self._websites.get(key)
+        if site is None:
+            site = self._websites[key] = _Website(config.sticky_addresses)
+            if len(self._websites) > _WEBSITES_MAX:
+                self._websites.popitem(last=False)
+        else:
+            self._websites.move_to_end(key)
+        index = site.turn
+        site.turn = (index + 1) % len(site.slots)
+        slot = site.slots[index]
+        now = self.clock()
+        if slot is not None and config.sticky_requests and slot.uses >= config.sticky_requests:
+            self.stats.inc_value("ipv6_bind/rotated/requests")
+            slot = None
+        elif slot is not None and config.sticky_seconds and now - slot.born >= config.sticky_seconds:
+            self.stats.inc_value("ipv6_bind/rotated/seconds")
+            slot = None
+        if slot is None:
+            slot = site.slots[index] = _Slot(self._draw(), 0, now)
+        slot.uses += 1
+        # The address's last requests close the connections they ride on, so
+        # its connections do not linger idle in the pool once it is retired.
+        return slot.address, bool(config.sticky_requests) and slot.uses > config.sticky_requests - self._drain
+
+    async def _has_ipv6(self, host: str) -> bool | None:
+        """Whether ``host`` has an IPv6 address (None: it did not resolve), asked once per host."""
+        try:
+            literal = ipaddress.ip_address(host)
+        except ValueError:
+            pass
+        else:
+            return literal.version == 6
+        future = self._hosts.get(host)
+        if future is None:
+            future = self._hosts[host] = asyncio.ensure_future(self._resolve(host))
+            if len(self._hosts) > _HOST_CACHE_SIZE:
+                self._hosts.popitem(last=False)
+        result = await asyncio.shield(future)
+        if result is None:
+            self._hosts.pop(host, None)  # not cached: try again next time
+        return result
+
+    async def _resolve(self, host: str) -> bool | None:
+        from twisted.internet import reactor
+
+        future: asyncio.Future[list[IAddress]] = asyncio.get_running_loop().create_future()
+        # All address types: the resolver caches what it is asked for, and the
+        # download that follows needs every address.
+        # The resolver Scrapy installed from TWISTED_DNS_RESOLVER.
+        resolver: IHostnameResolver = reactor.nameResolver  # type: ignore[attr-defined]
+        resolver.resolveHostName(_Receiver(future), host)
+        addresses = await future
+        if not addresses:
+            return None
+        return any(isinstance(a, TxIPv6Address) for a in addresses)

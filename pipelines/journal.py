@@ -1,0 +1,320 @@
+"""A local write-ahead journal: every write operation is on disk before its item is acknowledged.
+
+``MongoWriterPipeline`` appends each item's operation here and returns from
+``process_item`` only once it is fsync'd, so ``kill -9`` loses no item Scrapy
+has counted as scraped. Appends waiting at the same time share one
+``write`` + ``fsync`` (group commit) in a worker thread, never on the reactor.
+
+Layout: ``<directory>/<run>/`` per process (``<run>`` = start time, pid and a
+random part), holding a ``LOCK`` file the process keeps an exclusive
+``flock`` on, and segments ``<first seq>.wal`` of framed records::
+
+    <u32 length> <u32 crc32 of seq+payload> <u64 seq> <payload>
+
+A torn record at the end of a segment (a crash mid-write) fails its length or
+CRC check and ends the segment. A record is removed, with its whole segment,
+once the writer has committed every record of the segment to MongoDB.
+
+At open, the directories of other processes whose ``LOCK`` is free (their
+process is gone) are *adopted*: their records are copied, in order, to the
+head of the new journal and replayed first, then the old directory is
+deleted. Several workers sharing one directory each adopt different orphans.
+
+Records appended while the consumer keeps up stay in a memory cache, so the
+normal path never reads the disk back; ``spill()`` drops the cache (MongoDB
+down) and the consumer then reads records from the segments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+import shutil
+import struct
+import time
+import zlib
+from collections import deque
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+_HEADER = struct.Struct("<IIQ")
+_SEQ = struct.Struct("<Q")
+
+
+def _frame(seq: int, payload: bytes) -> bytes:
+    return _HEADER.pack(len(payload), zlib.crc32(payload, zlib.crc32(_SEQ.pack(seq))), seq) + payload
+
+
+def parse_segment(data: bytes) -> tuple[list[tuple[int, bytes]], int]:
+    """Records of a segment file's content, and how many bytes at its end were torn."""
+    records = []
+    pos = 0
+    while pos + _HEADER.size <= len(data):
+        length, crc, seq = _HEADER.unpack_from(data, pos)
+        start = pos + _HEADER.size
+        payload = data[start:start + length]
+        if len(payload) < length or zlib.crc32(payload, zlib.crc32(_SEQ.pack(seq))) != crc:
+            break
+        records.append((seq, payload))
+        pos = start + length
+    return records, len(data) - pos
+
+
+def _unlink(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class _Segment:
+    path: Path
+    first: int
+    end: int  # one past the last seq written to it
+    size: int
+
+
+class Journal:
+    """Append-only fsync'd log of opaque records with sequence numbers."""
+
+    def __init__(self, directory: Path, segment_bytes: int = 8 << 20, prefix: str = "run") -> None:
+        self.directory = directory
+        self.segment_bytes = segment_bytes
+        self.prefix = prefix
+        self.path: Path | None = None
+        self.next_seq = 0  # next to assign
+        self.durable = 0  # every seq below is fsync'd
+        self.adopted = 0
+        self.torn = 0
+        self._lock_file: IO[bytes] | None = None
+        self._file: IO[bytes] | None = None
+        self._segments: list[_Segment] = []
+        self._pending: list[tuple[int, bytes, asyncio.Future[int]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._cache: deque[tuple[int, bytes]] = deque()
+        self._caching = True
+        self._read_segment: tuple[Path, list[tuple[int, bytes]]] | None = None
+        self.error: BaseException | None = None
+
+    # -- open / close -------------------------------------------------------
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self._open_sync)
+
+    def _open_sync(self) -> None:
+        name = f"{self.prefix}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}-{secrets.token_hex(4)}"
+        # Created under a hidden name, locked, then renamed: a scanning peer
+        # never sees an unlocked run directory that is not an orphan.
+        tmp = self.directory / f".{name}"
+        for attempt in range(3):
+            self.directory.mkdir(parents=True, exist_ok=True)
+            try:
+                tmp.mkdir()
+                break
+            except FileNotFoundError:  # a closing peer removed the empty parent just now
+                if attempt == 2:
+                    raise
+        lock = open(tmp / "LOCK", "wb")  # noqa: SIM115 (held until close)
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.path = self.directory / name
+        tmp.rename(self.path)
+        _fsync_dir(self.directory)
+        self._lock_file = lock
+        self._start_segment(0)
+        for orphan in self._orphans():
+            self._adopt(orphan)
+
+    def _orphans(self) -> list[tuple[Path, IO[bytes]]]:
+        found: list[tuple[Path, IO[bytes]]] = []
+        for path in sorted(self.directory.iterdir()):
+            if path == self.path or path.name.startswith(".") or not path.is_dir():
+                continue
+            try:
+                lock = open(path / "LOCK", "rb")  # noqa: SIM115 (held until adopted)
+            except FileNotFoundError:
+                continue  # being deleted by whoever adopted it
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()  # a live process
+                continue
+            found.append((path, lock))
+        return found
+
+    def _adopt(self, orphan: tuple[Path, IO[bytes]]) -> None:
+        path, lock = orphan
+        count = 0
+        for segment in sorted(path.glob("*.wal")):
+            try:
+                data = segment.read_bytes()
+            except FileNotFoundError:
+                continue  # its owner closed cleanly and is deleting it
+            records, torn = parse_segment(data)
+            self.torn += bool(torn)
+            if records:
+                self._write_sync(b"".join(_frame(self.next_seq + i, p) for i, (_, p) in enumerate(records)),
+                                 self.next_seq, len(records))
+                self.next_seq += len(records)
+                count += len(records)
+        self.durable = self.next_seq
+        # Only once the copy is durable: a crash before this line leaves both
+        # copies, and replaying an operation twice is harmless (idempotent).
+        shutil.rmtree(path, ignore_errors=True)
+        lock.close()
+        self.adopted += count
+        if count:
+            logger.info("Adopted %(n)d journaled operations from %(path)s", {"n": count, "path": path})
+
+    def _start_segment(self, first: int) -> None:
+        assert self.path is not None
+        if self._file is not None:
+            self._file.close()
+        path = self.path / f"{first:016d}.wal"
+        self._file = open(path, "ab")  # noqa: SIM115 (closed at rotation or close)
+        _fsync_dir(self.path)
+        self._segments.append(_Segment(path, first, first, 0))
+
+    def _write_sync(self, data: bytes, first: int, count: int) -> None:
+        assert self._file is not None
+        segment = self._segments[-1]
+        if segment.size >= self.segment_bytes:
+            self._start_segment(first)
+            segment = self._segments[-1]
+        self._file.write(data)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        segment.size += len(data)
+        segment.end = first + count
+
+    async def close(self, remove: bool) -> None:
+        """Close; ``remove`` deletes the directory (only when every record is committed)."""
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
+        await asyncio.to_thread(self._close_sync, remove)
+
+    def _close_sync(self, remove: bool) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if remove and self.path is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self.directory.rmdir()  # only when empty: no other worker's journal in it
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the flock: a leftover journal becomes an orphan
+            self._lock_file = None
+
+    # -- append -------------------------------------------------------------
+
+    def append(self, payload: bytes) -> asyncio.Future[int]:
+        """Assign the next seq to ``payload``; the future resolves to it once fsync'd."""
+        if self.error is not None:
+            raise OSError(f"journal {self.path} failed earlier: {self.error}")
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((self.next_seq, payload, future))
+        self.next_seq += 1
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            first = batch[0][0]
+            data = b"".join(_frame(seq, payload) for seq, payload, _ in batch)
+            try:
+                await asyncio.to_thread(self._write_sync, data, first, len(batch))
+            except BaseException as exc:
+                # Disk full or gone: nothing can be acknowledged any more.
+                self.error = exc
+                for _, _, future in [*batch, *self._pending]:
+                    if not future.done():
+                        future.set_exception(OSError(f"journal write failed: {exc}"))
+                self._pending = []
+                return
+            self.durable = first + len(batch)
+            for seq, payload, future in batch:
+                if self._caching:
+                    self._cache.append((seq, payload))
+                if not future.done():
+                    future.set_result(seq)
+
+    # -- consume ------------------------------------------------------------
+
+    def spill(self) -> None:
+        """Stop keeping records in memory; the consumer reads them back from disk."""
+        self._caching = False
+        self._cache.clear()
+
+    def unspill(self) -> None:
+        self._caching = True
+
+    async def read(self, cursor: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` durable records from ``cursor`` on, in order."""
+        while self._cache and self._cache[0][0] < cursor:
+            self._cache.popleft()
+        if self._cache and self._cache[0][0] == cursor:
+            out: list[tuple[int, bytes]] = []
+            for record in self._cache:
+                if len(out) >= limit:
+                    break
+                out.append(record)
+            return out
+        end = min(self.durable, self._cache[0][0] if self._cache else self.durable)
+        if cursor >= end:
+            return []
+        segment = next((s for s in self._segments if s.first <= cursor < s.end), None)
+        if segment is None:
+            return []
+        need = min(end, segment.end) - 1
+        cached = self._read_segment
+        if cached is None or cached[0] != segment.path or not cached[1] or cached[1][-1][0] < need:
+            data = await asyncio.to_thread(segment.path.read_bytes)
+            cached = self._read_segment = (segment.path, parse_segment(data)[0])
+        records = cached[1]
+        return [r for r in records if cursor <= r[0] < end][:limit]
+
+    async def commit(self, upto: int) -> None:
+        """Every record below ``upto`` is in MongoDB: delete the segments that hold only such records."""
+        while self._cache and self._cache[0][0] < upto:
+            self._cache.popleft()
+        done = [s for s in self._segments[:-1] if s.end <= upto]
+        if done:
+            self._segments = [s for s in self._segments if s not in done]
+            if self._read_segment is not None and any(s.path == self._read_segment[0] for s in done):
+                self._read_segment = None
+            await asyncio.to_thread(_unlink, [s.path for s in done])
+
+    @property
+    def size(self) -> int:
+        """Bytes in the journal's segments on disk."""
+        return sum(s.size for s in self._segments)
+
+    @property
+    def segment_count(self) -> int:
+        return len(self._segments)
+
+
+def pending_records(directory: Path) -> int:
+    """How many records journals under ``directory`` hold (for tests and tools)."""
+    total = 0
+    for segment in directory.rglob("*.wal"):
+        with contextlib.suppress(FileNotFoundError):
+            total += len(parse_segment(segment.read_bytes())[0])
+    return total

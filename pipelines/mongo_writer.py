@@ -1,0 +1,502 @@
+"""Bulk, idempotent, non-blocking MongoDB writes that lose no item.
+
+Each item becomes one upsert, ``UpdateOne({<key fields>: ...}, {"$set": doc},
+upsert=True)``, keyed by a unique key per item type (default
+``canonical_url``), so a re-crawl updates its document instead of adding one.
+The operation is appended to a local fsync'd journal (:mod:`pipelines.journal`)
+*before* ``process_item`` returns: an item Scrapy counts as scraped is on
+disk. A background task sends the journaled operations in batches (by size
+and by time) as unordered ``bulk_write`` calls through pymongo's
+``AsyncMongoClient``, and deletes journal segments once MongoDB has them.
+
+* Back-pressure: while MongoDB is reachable, ``process_item`` waits when
+  ``MONGO_WRITER_BUFFER_SIZE`` operations are journaled but not yet written,
+  so the crawl slows down to MongoDB's pace instead of memory growing.
+* Transient errors (network, server selection, write concern) are retried
+  with exponential backoff. After ``MONGO_WRITER_RETRY_TIMES`` failures MongoDB
+  counts as down: the crawl goes on, operations go only to the journal (not to
+  memory), and the writer keeps probing; when MongoDB is back it replays the
+  journal in order, then resumes normal operation. Whatever is still in the
+  journal at close (or after a crash) is adopted and replayed by the next
+  worker that starts with the same ``MONGO_WRITER_JOURNAL_DIR``.
+* Replays are idempotent: the same upsert again changes nothing, and a
+  version guard (``MONGO_WRITER_VERSION_FIELD``, default ``fetched_at``) keeps
+  an older operation replayed late from overwriting a newer crawl.
+* Per-document errors never stop the crawl: duplicate-key races are retried
+  once and then counted (``stale`` when the version guard refused an older
+  write), others are counted, logged and the document stored as a dead letter.
+* Invalid items (``DeadLetter`` from ``ValidatePipeline``), items without
+  their key and items BSON cannot encode go to the dead-letter collection.
+
+Settings (parsed by ``MongoWriterConfig`` in :mod:`pipelines.mongo_config`, with
+``MONGO_URI`` and ``MONGO_DATABASE``):
+
+``MONGO_WRITER_ENABLED`` (bool, default ``True``)
+``MONGO_WRITER_COLLECTIONS`` (dict, default ``{}``): item class (or import path
+    or class name) -> collection; default: the class name in lower case.
+``MONGO_WRITER_KEYS`` (dict, default ``{}``): item class -> key field or list
+    of fields; default ``MONGO_WRITER_DEFAULT_KEY``.
+``MONGO_WRITER_DEFAULT_KEY`` (str or list, default ``"canonical_url"``)
+``MONGO_WRITER_DEAD_LETTER_COLLECTION`` (str, default ``"dead_letter"``)
+``MONGO_WRITER_BATCH_SIZE`` (int, default 500)
+``MONGO_WRITER_FLUSH_INTERVAL`` (float seconds, default 1.0)
+``MONGO_WRITER_BUFFER_SIZE`` (int, default 4 x batch size)
+``MONGO_WRITER_WRITE_CONCERN`` (dict, default ``{"j": True}``), e.g.
+    ``{"w": "majority", "j": True, "wtimeout": 5000}``. Journal segments are
+    deleted once MongoDB acknowledges their operations, so the default asks
+    for an acknowledgement after MongoDB's own journal is on disk; ``{}``
+    takes the URI's / server's default (faster, but a MongoDB crash can then
+    lose writes our journal no longer holds).
+``MONGO_WRITER_RETRY_TIMES`` (int, default 5)
+``MONGO_WRITER_RETRY_BACKOFF`` (float seconds, default 0.5; doubles, capped
+    by ``MONGO_WRITER_RETRY_BACKOFF_MAX``, default 10)
+``MONGO_WRITER_SERVER_TIMEOUT`` (float seconds, default 5): pymongo's
+    server selection timeout, i.e. how long one attempt waits for a server.
+``MONGO_WRITER_CLOSE_TIMEOUT`` (float seconds, default 60): at close, how long
+    to wait for MongoDB before leaving the rest in the journal.
+``MONGO_WRITER_JOURNAL_DIR`` (str, default ``"mongo-journal"``)
+``MONGO_WRITER_JOURNAL_SEGMENT_BYTES`` (int, default 8 MiB)
+``MONGO_WRITER_JOURNAL_MAX_BYTES`` (int, default 1 GiB; 0: no limit): past
+    this, ``process_item`` waits (the crawl pauses) until MongoDB takes some.
+``MONGO_WRITER_VERSION_FIELD`` (str, default ``"fetched_at"``; empty: off)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import bson
+from bson.errors import InvalidDocument
+from pymongo import AsyncMongoClient, UpdateOne
+from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.write_concern import WriteConcern
+from scrapy.exceptions import NotConfigured
+from scrapy.utils.asyncio import is_asyncio_available
+
+from pipelines.item_context import item_contexts
+from pipelines.journal import Journal
+from pipelines.mongo_config import MongoWriterConfig, redact_uri
+from pipelines.validate import DeadLetter, item_to_dict
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from pymongo.asynchronous.collection import AsyncCollection
+    from scrapy.crawler import Crawler
+
+logger = logging.getLogger(__name__)
+
+_DUPLICATE_KEY = 11000
+_DEAD_LETTER_KEY = ("dead_letter_id",)
+
+
+@dataclass(slots=True)
+class _Op:
+    """A decoded journal record: one upsert."""
+
+    seq: int
+    collection: str
+    filter: dict[str, Any]
+    doc: dict[str, Any]
+    version: Any
+
+
+class MongoWriterPipeline:
+    """Journals each item, then upserts it to MongoDB in unordered batches."""
+
+    def __init__(self, crawler: Crawler, config: MongoWriterConfig) -> None:
+        if not is_asyncio_available():
+            raise RuntimeError("MongoWriterPipeline needs the asyncio reactor")
+        assert crawler.stats is not None
+        self.crawler = crawler
+        self.stats = crawler.stats
+        self.config = config
+        self.contexts = item_contexts(crawler)
+        self.client: AsyncMongoClient[dict[str, Any]] | None = None
+        # One folder per database: a journal is replayed into the database it was written for.
+        self.journal = Journal(config.journal_dir / config.mongo.database, config.journal_segment_bytes)
+        self.cursor = 0  # every journal record below is in MongoDB
+        self.down = False
+        self._closing = False
+        self._work = asyncio.Event()
+        self._space = asyncio.Event()
+        self._retry_now = asyncio.Event()
+        self._failed_while_closing = False
+        self._stop = False
+        self._task: asyncio.Task[None] | None = None
+        self._routes: dict[type, tuple[str, tuple[str, ...]]] = {}
+        self._indexed: set[str] = set()
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        if not crawler.settings.getbool("MONGO_WRITER_ENABLED", True):
+            raise NotConfigured
+        return cls(crawler, MongoWriterConfig.from_settings(crawler.settings))
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def open_spider(self) -> None:
+        c = self.config
+        self.client = AsyncMongoClient(c.mongo.uri, tz_aware=True,
+                                       serverSelectionTimeoutMS=int(c.server_timeout * 1000))
+        await self.journal.open()
+        self.stats.set_value("mongo_writer/adopted", self.journal.adopted)
+        logger.info(
+            "Writing items to %(uri)s database %(db)s in batches of %(batch)d (every %(interval)ss), "
+            "journal %(journal)s%(adopted)s",
+            {"uri": redact_uri(c.mongo.uri), "db": c.mongo.database, "batch": c.batch_size,
+             "interval": c.flush_interval, "journal": self.journal.path,
+             "adopted": f", replaying {self.journal.adopted} operations left by a previous run"
+             if self.journal.adopted else ""},
+        )
+        self._task = asyncio.create_task(self._run())
+        if self.journal.durable:
+            self._work.set()
+
+    async def close_spider(self) -> None:
+        self._closing = True
+        self._work.set()
+        deadline = time.monotonic() + self.config.close_timeout
+        if self.down:
+            self._retry_now.set()  # one more attempt now, not after the backoff
+        while self.cursor < self.journal.next_seq and time.monotonic() < deadline and not (
+                self.down and self._failed_while_closing):
+            self._space.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._space.wait(), timeout=max(0.01, deadline - time.monotonic()))
+        # A flag, not Task.cancel(): wait_for() in 3.11 can swallow a
+        # cancellation that races with the event it waits for.
+        self._stop = True
+        self._work.set()
+        self._retry_now.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=self.config.server_timeout + 1)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        left = self.journal.next_seq - self.cursor
+        self.stats.set_value("mongo_writer/left_in_journal", left)
+        if left:
+            logger.warning(
+                "%(n)d operations not yet in MongoDB are kept in the journal %(path)s; the next worker started "
+                "with MONGO_WRITER_JOURNAL_DIR=%(dir)s replays them",
+                {"n": left, "path": self.journal.path, "dir": self.config.journal_dir},
+            )
+        await self.journal.close(remove=not left)
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+
+    # -- items --------------------------------------------------------------
+
+    def _route(self, item: Any) -> tuple[str, tuple[str, ...]]:
+        cls = type(item)
+        route = self._routes.get(cls)
+        if route is None:
+            if cls is DeadLetter:
+                route = (self.config.dead_letter_collection, _DEAD_LETTER_KEY)
+            else:
+                full = f"{cls.__module__}.{cls.__qualname__}"
+                c = self.config
+                collection = c.collections.get(full) or c.collections.get(cls.__name__) or cls.__name__.lower()
+                key = c.keys.get(full) or c.keys.get(cls.__name__) or c.default_key
+                route = (collection, key)
+            self._routes[cls] = route
+        return route
+
+    def _document(self, item: Any) -> dict[str, Any]:
+        doc = item_to_dict(item)
+        context = self.contexts.get(item)
+        if context is not None:
+            for name, value in context.enrichment.items():
+                if doc.get(name) is None:
+                    doc[name] = value
+        return doc
+
+    def _encode(self, item: Any) -> bytes:
+        collection, key = self._route(item)
+        doc = self._document(item)
+        missing = [k for k in key if doc.get(k) is None]
+        if missing:
+            self.stats.inc_value("mongo_writer/missing_key")
+            return self._encode(self._dead_letter(item, doc, "missing_key", f"no value for key field(s) {missing}"))
+        record: dict[str, Any] = {
+            "c": collection,
+            "f": {k: doc.pop(k) for k in key},
+            "d": doc,
+        }
+        vf = self.config.version_field
+        version = doc.get(vf) if vf and key != _DEAD_LETTER_KEY else None
+        if version is not None:
+            record["v"] = version
+        try:
+            return bson.encode(record)
+        except (InvalidDocument, OverflowError, TypeError) as exc:
+            if isinstance(item, DeadLetter) and item.errors[0]["kind"] == "unencodable":
+                raise
+            self.stats.inc_value("mongo_writer/unencodable")
+            return self._encode(self._dead_letter(item, {"repr": repr(item)[:20000]}, "unencodable", str(exc)))
+
+    def _dead_letter(self, item: Any, doc: dict[str, Any], kind: str, message: str) -> DeadLetter:
+        context = self.contexts.get(item)
+        item_type = f"{type(item).__module__}.{type(item).__qualname__}"
+        source_url = context.source_url if context else None
+        digest = hashlib.sha1(repr((item_type, source_url, kind, repr(doc))).encode(), usedforsecurity=False)
+        logger.error("%(type)s from %(url)s stored as a dead letter: %(msg)s",
+                     {"type": item_type, "url": source_url, "msg": message})
+        spider = self.crawler.spider.name if self.crawler.spider else None
+        errors = [{"field": "", "kind": kind, "message": message}]
+        letter = DeadLetter(digest.hexdigest(), item_type, errors, doc, source_url, spider)
+        self.contexts.alias(item, letter)
+        return letter
+
+    async def process_item(self, item: Any) -> Any:
+        payload = self._encode(item)
+        waited = False
+        max_bytes = self.config.journal_max_bytes
+        # While MongoDB is up: at most buffer_size upserts not yet written.
+        # While it is down: the journal takes everything, up to max_bytes.
+        while (not self.down and self.journal.next_seq - self.cursor >= self.config.buffer_size) or (
+                max_bytes and self.journal.size >= max_bytes):
+            if not waited:
+                self.stats.inc_value("mongo_writer/backpressure")
+                waited = True
+            self._space.clear()
+            await self._space.wait()
+        await self.journal.append(payload)
+        self.stats.inc_value("mongo_writer/journaled")
+        if self.journal.durable - self.cursor >= self.config.batch_size:
+            self._work.set()
+        return item
+
+    # -- writing ------------------------------------------------------------
+
+    async def _ensure_index(self, collection: str, key: tuple[str, ...] | None = None) -> None:
+        if collection in self._indexed:
+            return
+        assert self.client is not None
+        if key is None:
+            key = (_DEAD_LETTER_KEY if collection == self.config.dead_letter_collection
+                   else self._key_for_collection(collection))
+        await self.client[self.config.mongo.database][collection].create_index(
+            [(k, 1) for k in key], unique=True, name="_".join(key) + "_unique")
+        self._indexed.add(collection)
+
+    def _key_for_collection(self, collection: str) -> tuple[str, ...]:
+        c = self.config
+        for type_name, coll in c.collections.items():
+            if coll == collection and type_name in c.keys:
+                return c.keys[type_name]
+        return c.default_key
+
+    async def _run(self) -> None:
+        """Send journaled operations to MongoDB, batch after batch, in order."""
+        # Unique indexes for the collections known now (others before their
+        # first write), here rather than in open_spider so that a MongoDB that
+        # is down does not hold up the start of the crawl.
+        try:
+            for name in sorted({*self.config.collections.values(), self.config.dead_letter_collection}):
+                await self._ensure_index(name)
+        except PyMongoError as exc:
+            logger.warning("Could not create indexes yet (%(exc)s); retrying before the first write", {"exc": exc})
+        while not self._stop:
+            backlog = self.journal.durable - self.cursor
+            if backlog <= 0 or (not self._closing and not self.down and backlog < self.config.batch_size):
+                self._work.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._work.wait(), timeout=self.config.flush_interval)
+                if self.journal.durable <= self.cursor:
+                    continue
+            try:
+                records = await self.journal.read(self.cursor, self.config.batch_size)
+                if not records:
+                    await asyncio.sleep(0.01)
+                    continue
+                if not await self._write_batch(records):
+                    return
+                self.cursor = records[-1][0] + 1
+                await self.journal.commit(self.cursor)
+            except Exception:
+                # Reading the journal back failed (disk error): nothing is
+                # lost, the records stay on disk; try again shortly.
+                logger.error("MongoDB writer error; retrying", exc_info=True)
+                await asyncio.sleep(self.config.retry_backoff_max)
+                continue
+            self._space.set()
+
+    async def _write_batch(self, records: list[tuple[int, bytes]]) -> bool:
+        """Write one batch: True once MongoDB has it (or its failures are accounted for), False if stopped."""
+        ops = []
+        for seq, payload in records:
+            try:
+                ops.append(self._decode(seq, payload))
+            except Exception:  # CRC-checked, so only a bug or a foreign file
+                self.stats.inc_value("mongo_writer/undecodable")
+                logger.error("Journal record %(seq)d of %(path)s cannot be decoded; skipped",
+                             {"seq": seq, "path": self.journal.path}, exc_info=True)
+        if not ops:
+            return True
+        merged = self._coalesce(ops)
+        attempt = 0
+        while True:
+            try:
+                await self._bulk(merged)
+            except Exception as exc:
+                if self._stop:
+                    return False
+                attempt += 1
+                if self._closing:
+                    self._failed_while_closing = True
+                    self._space.set()
+                if not isinstance(exc, PyMongoError):
+                    logger.error("Unexpected error writing to MongoDB; retrying", exc_info=True)
+                self.stats.inc_value("mongo_writer/retries")
+                if attempt > self.config.retry_times and not self.down:
+                    self.down = True
+                    self.journal.spill()
+                    self.stats.inc_value("mongo_writer/down")
+                    logger.error(
+                        "MongoDB unreachable after %(n)d attempts (%(exc)s): the crawl goes on, operations are "
+                        "kept in the journal %(path)s and replayed when MongoDB is back",
+                        {"n": attempt, "exc": exc, "path": self.journal.path},
+                    )
+                    self._space.set()  # release writers waiting on back-pressure
+                delay = min(self.config.retry_backoff * 2 ** min(attempt - 1, 20), self.config.retry_backoff_max)
+                logger.debug("MongoDB write failed (%(exc)s); retry %(n)d in %(delay).1fs",
+                             {"exc": exc, "n": attempt, "delay": delay})
+                self._retry_now.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._retry_now.wait(), timeout=delay)
+                continue
+            break
+        if self.down:
+            self.down = False
+            self.journal.unspill()
+            logger.info("MongoDB is back; replaying the journal from operation %(seq)d", {"seq": records[0][0]})
+        self.stats.inc_value("mongo_writer/written", len(records))
+        self.stats.inc_value("mongo_writer/batches")
+        return True
+
+    def _decode(self, seq: int, payload: bytes) -> _Op:
+        record = bson.decode(payload)
+        return _Op(seq, record["c"], record["f"], record["d"], record.get("v"))
+
+    def _coalesce(self, ops: list[_Op]) -> list[_Op]:
+        """One operation per key: later fields win, as if applied in order."""
+        merged: dict[tuple[str, bytes], _Op] = {}
+        for op in ops:
+            key = (op.collection, bson.encode(op.filter))
+            prev = merged.get(key)
+            if prev is None:
+                merged[key] = op
+            else:
+                prev.doc.update(op.doc)
+                prev.version = op.version if prev.version is None or (
+                    op.version is not None and op.version >= prev.version) else prev.version
+                prev.seq = op.seq
+        if len(merged) < len(ops):
+            self.stats.inc_value("mongo_writer/coalesced", len(ops) - len(merged))
+        return list(merged.values())
+
+    def _update(self, op: _Op, guard: bool = True) -> UpdateOne:
+        query = dict(op.filter)
+        vf = self.config.version_field
+        if guard and vf and op.version is not None:
+            # An older operation replayed late must not overwrite a newer
+            # crawl: match only documents not newer than this one (or without
+            # a version); otherwise the upsert hits the unique index. ($not
+            # $gt rather than an $or with null: same meaning, and SecantusDB
+            # answers it from the index, 10x faster.)
+            query[vf] = {"$not": {"$gt": op.version}}
+        return UpdateOne(query, {"$set": op.doc}, upsert=True)
+
+    async def _bulk(self, ops: list[_Op]) -> None:
+        assert self.client is not None
+        by_collection: dict[str, list[_Op]] = {}
+        for op in ops:
+            by_collection.setdefault(op.collection, []).append(op)
+        for name, group in by_collection.items():
+            await self._ensure_index(name, tuple(group[0].filter))
+            await self._bulk_collection(self._collection(name), group)
+
+    def _collection(self, name: str) -> AsyncCollection[dict[str, Any]]:
+        assert self.client is not None
+        coll = self.client[self.config.mongo.database][name]
+        if self.config.write_concern:
+            coll = coll.with_options(write_concern=WriteConcern(**self.config.write_concern))
+        return coll
+
+    async def _bulk_collection(self, coll: AsyncCollection[dict[str, Any]], group: list[_Op]) -> None:
+        try:
+            result = await coll.bulk_write([self._update(op) for op in group], ordered=False)
+        except BulkWriteError as exc:
+            details = exc.details
+            if details.get("writeConcernErrors"):
+                raise _WriteConcernError(str(details["writeConcernErrors"][:1])) from None
+            self.stats.inc_value("mongo_writer/upserted", details.get("nUpserted", 0))
+            await self._write_errors(coll, group, details.get("writeErrors", []))
+            return
+        self.stats.inc_value("mongo_writer/upserted", result.upserted_count)
+
+    async def _write_errors(self, coll: AsyncCollection[dict[str, Any]], group: list[_Op],
+                            errors: list[dict[str, Any]]) -> None:
+        dupes = [group[e["index"]] for e in errors if _on_key(group[e["index"]], e)]
+        others = [(group[e["index"]], e) for e in errors if not _on_key(group[e["index"]], e)]
+        if dupes:
+            # Another worker inserted the same key between our match and our
+            # insert, or the version guard refused an older write. Once more:
+            # a race now finds the document and updates it.
+            try:
+                await coll.bulk_write([self._update(op) for op in dupes], ordered=False)
+            except BulkWriteError as exc:
+                for e in exc.details.get("writeErrors", []):
+                    op = dupes[e["index"]]
+                    if _on_key(op, e) and op.version is not None:
+                        self.stats.inc_value("mongo_writer/stale")
+                        logger.debug("Skipped an older write of %(key)s in %(coll)s",
+                                     {"key": op.filter, "coll": coll.name})
+                    elif _on_key(op, e):
+                        self.stats.inc_value("mongo_writer/duplicate_key")
+                        logger.warning("Duplicate key %(key)s in %(coll)s: %(msg)s",
+                                       {"key": op.filter, "coll": coll.name, "msg": e.get("errmsg")})
+                    else:
+                        others.append((op, e))
+            self.stats.inc_value("mongo_writer/duplicate_key_retried", len(dupes))
+        if not others:
+            return
+        letters = []
+        for op, e in others:
+            code = int(e.get("code", 0))
+            self.stats.inc_value(f"mongo_writer/write_error/{code}")
+            logger.error("MongoDB refused %(key)s in %(coll)s: %(msg)s",
+                         {"key": op.filter, "coll": coll.name, "msg": e.get("errmsg")})
+            if coll.name == self.config.dead_letter_collection:
+                self.stats.inc_value("mongo_writer/dead_letter_failed")
+                continue
+            digest = hashlib.sha1(repr((coll.name, op.filter, code)).encode(), usedforsecurity=False).hexdigest()
+            letters.append(_Op(op.seq, self.config.dead_letter_collection, {"dead_letter_id": digest}, {
+                "item_type": coll.name, "errors": [{"field": "", "kind": f"write_error/{code}",
+                                                    "message": str(e.get("errmsg"))}],
+                "item": {**op.filter, **op.doc}}, None))
+        if letters:
+            await self._bulk(letters)
+
+
+def _on_key(op: _Op, error: dict[str, Any]) -> bool:
+    """A duplicate-key error on our own unique key (not on another unique index of the collection)."""
+    if error.get("code") != _DUPLICATE_KEY:
+        return False
+    pattern = error.get("keyPattern")
+    return not pattern or set(pattern) == set(op.filter)
+
+
+class _WriteConcernError(PyMongoError):
+    """The write concern was not satisfied: retry the batch."""

@@ -1,0 +1,466 @@
+"""IPv6BindMiddleware: settings, address draws, meta handling, and real crawls in a network namespace.
+
+The end-to-end tests make a network namespace of their own (root, Linux), route
+a documentation prefix to its loopback exactly as a crawler host would
+(``ip -6 route add local PREFIX dev lo``, ``net.ipv6.ip_nonlocal_bind=1``), run
+the demo site, redis-server and real ``scrapy crawl`` workers inside it, and
+check the client addresses and connections the *server* saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ipaddress
+import json
+import math
+import subprocess
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from scrapy import Request
+from scrapy.exceptions import IgnoreRequest, NotConfigured
+from scrapy.settings import Settings
+from scrapy.utils.misc import build_from_crawler
+from scrapy.utils.test import get_crawler
+
+from demosite.sites import SiteConfig
+from devtools import netns as netns_tools
+from devtools.services import start_demosite
+from middlewares.ipv6_bind import AddressSource, IPv6BindConfig, IPv6BindMiddleware, _Permutation, check_host_setup
+from tests.conftest import assert_clean_log, start_crawl, wait_crawl
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+PREFIX = "2001:db8:6b1d::/64"
+RESOLVER = {"TWISTED_DNS_RESOLVER": "crawler.resolver.StaticHostResolver"}
+NET = ipaddress.IPv6Network(PREFIX)
+
+# ---------------------------------------------------------------- settings
+
+
+def _config(**settings: Any) -> IPv6BindConfig:
+    return IPv6BindConfig.from_settings(Settings({"IPV6_BIND_PREFIXES": [PREFIX], **RESOLVER, **settings}))
+
+
+def test_config_defaults_and_forms() -> None:
+    config = _config()
+    assert config.prefixes == (NET,)
+    assert (config.policy, config.sticky_addresses) == ("sticky", 2)
+    assert (config.sticky_requests, config.sticky_seconds) == (1000, 300)
+    assert (config.ipv4_targets, config.partition, config.close_connections) == ("fetch", (0, 1), True)
+    both = _config(IPV6_BIND_PREFIXES="2001:db8:1::/64, 2001:db8:2::/120")
+    assert [str(p) for p in both.prefixes] == ["2001:db8:1::/64", "2001:db8:2::/120"]
+    assert _config(IPV6_BIND_PARTITION="2/3").partition == (2, 3)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"TWISTED_DNS_RESOLVER": "scrapy.resolver.CachingThreadedResolver"},
+         r"IPV6_BIND_ENABLED needs an IPv6-capable TWISTED_DNS_RESOLVER .*CachingThreadedResolver"),
+        ({"IPV6_BIND_PREFIXES": ["10.0.0.0/8"]}, r"IPV6_BIND_PREFIXES: '10.0.0.0/8' is an IPv4 network"),
+        ({"IPV6_BIND_PREFIXES": ["2001:db8::1/64"]},
+         r"IPV6_BIND_PREFIXES: '2001:db8::1/64' is not a valid IPv6 prefix .*host bits set"),
+        ({"IPV6_BIND_PREFIXES": ["2001:db8::/129"]}, r"IPV6_BIND_PREFIXES: '2001:db8::/129' is not a valid"),
+        ({"IPV6_BIND_PREFIXES": "no-prefix"}, r"IPV6_BIND_PREFIXES: 'no-prefix' is not a valid"),
+        ({"IPV6_BIND_PREFIXES": []}, r"IPV6_BIND_PREFIXES must list one or more IPv6 prefixes"),
+        ({"IPV6_BIND_PREFIXES": None}, r"IPV6_BIND_PREFIXES must list one or more IPv6 prefixes"),
+        ({"IPV6_BIND_PREFIXES": ["2001:db8::/64", "2001:db8::/96"]}, r"IPV6_BIND_PREFIXES: .* overlap"),
+        ({"IPV6_BIND_POLICY": "random"}, r"IPV6_BIND_POLICY must be one of .*'random'"),
+        ({"IPV6_BIND_IPV4_TARGETS": "skip"}, r"IPV6_BIND_IPV4_TARGETS must be one of .*'skip'"),
+        ({"IPV6_BIND_STICKY_ADDRESSES": 0}, r"IPV6_BIND_STICKY_ADDRESSES must be an integer >= 1, got 0"),
+        ({"IPV6_BIND_STICKY_REQUESTS": "many"}, r"IPV6_BIND_STICKY_REQUESTS must be an integer >= 0, got 'many'"),
+        ({"IPV6_BIND_STICKY_SECONDS": -1}, r"IPV6_BIND_STICKY_SECONDS must be a number >= 0 .*-1"),
+        ({"IPV6_BIND_PARTITION": "2/2"}, r"IPV6_BIND_PARTITION must be 'i/n' .*'2/2'"),
+        ({"IPV6_BIND_PARTITION": "first"}, r"IPV6_BIND_PARTITION must be 'i/n' .*'first'"),
+        ({"IPV6_BIND_PREFIXES": ["2001:db8::5/128"], "IPV6_BIND_PARTITION": "0/2"},
+         r"IPV6_BIND_PARTITION 0/2 leaves no address of 2001:db8::5/128"),
+    ],
+)
+def test_invalid_settings_name_the_setting(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _config(**settings)
+
+
+def test_disabled_is_not_configured() -> None:
+    crawler = get_crawler(settings_dict={"IPV6_BIND_ENABLED": False, "IPV6_BIND_PREFIXES": [PREFIX]})
+    with pytest.raises(NotConfigured):
+        build_from_crawler(IPv6BindMiddleware, crawler)
+
+
+def test_invalid_prefix_stops_start_up() -> None:
+    crawler = get_crawler(settings_dict={"IPV6_BIND_ENABLED": True, "IPV6_BIND_PREFIXES": ["192.0.2.0/24"], **RESOLVER})
+    with pytest.raises(ValueError, match="IPV6_BIND_PREFIXES"):
+        build_from_crawler(IPv6BindMiddleware, crawler)
+
+
+# ---------------------------------------------------------------- addresses
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 17, 255, 1000, 4096])
+def test_permutation_is_a_bijection(size: int) -> None:
+    perm = _Permutation(size, b"k" * 32)
+    assert sorted(perm[i] for i in range(size)) == list(range(size))
+
+
+def test_small_prefix_is_used_up_before_any_reuse() -> None:
+    source = AddressSource((ipaddress.IPv6Network("2001:db8::100/120"),))
+    draws = [source.draw() for _ in range(255)]
+    addresses = [a for a, _ in draws]
+    assert len(set(addresses)) == 255  # every usable address once
+    assert "2001:db8::100" not in addresses  # Subnet-Router anycast is skipped
+    assert all(ipaddress.IPv6Address(a) in ipaddress.IPv6Network("2001:db8::100/120") for a in addresses)
+    assert [w for _, w in draws] == [False] * 254 + [True]  # reuse is reported when it starts
+    assert {source.draw()[0] for _ in range(255)} == set(addresses)  # next round: same set, new order
+
+
+def test_partitions_split_a_small_prefix_between_workers() -> None:
+    net = ipaddress.IPv6Network("2001:db8::/120")
+    sources = [AddressSource((net,), (i, 3)) for i in range(3)]
+    shares = [{source.draw()[0] for _ in range(85)} for source in sources]
+    assert all(len(s) == 85 for s in shares)
+    assert len(shares[0] | shares[1] | shares[2]) == 255  # disjoint, and together the whole prefix
+
+
+def test_two_workers_draw_different_orders() -> None:
+    one, two = AddressSource((NET,)), AddressSource((NET,))
+    first = [one.draw()[0] for _ in range(1000)]
+    assert len(set(first)) == 1000
+    assert not set(first) & {two.draw()[0] for _ in range(1000)}
+
+
+def test_draws_are_uniform_over_all_prefixes() -> None:
+    big, small = ipaddress.IPv6Network("2001:db8:1::/116"), ipaddress.IPv6Network("2001:db8:2::/120")
+    source = AddressSource((big, small))
+    n = 4000
+    in_small = sum(ipaddress.IPv6Address(source.draw()[0]) in small for _ in range(n))
+    p = 255 / (4095 + 255)
+    sigma = math.sqrt(n * p * (1 - p))
+    assert abs(in_small - n * p) < 6 * sigma, (in_small, n * p)
+
+
+# ---------------------------------------------------------------- middleware, unit
+
+
+def _middleware(**settings: Any) -> IPv6BindMiddleware:
+    crawler = get_crawler(settings_dict={
+        "IPV6_BIND_ENABLED": True, "IPV6_BIND_PREFIXES": [PREFIX], "IPV6_BIND_SELF_CHECK": False, **RESOLVER,
+        **settings})
+
+    async def build() -> IPv6BindMiddleware:  # is_asyncio_available() needs a running loop
+        return build_from_crawler(IPv6BindMiddleware, crawler)
+
+    return asyncio.run(build())
+
+
+def _run(mw: IPv6BindMiddleware, requests: list[Request]) -> list[Request]:
+    async def go() -> None:
+        for request in requests:
+            assert await mw.process_request(request) is None
+
+    asyncio.run(go())
+    return requests
+
+
+def _stat(mw: IPv6BindMiddleware, name: str) -> Any:
+    assert mw.crawler.stats is not None
+    return mw.crawler.stats.get_value(f"ipv6_bind/{name}")
+
+
+def test_per_request_binds_a_fresh_address_and_closes_the_connection() -> None:
+    mw = _middleware(IPV6_BIND_POLICY="per_request")
+    requests = _run(mw, [Request(f"http://[::1]:8080/item/{i}") for i in range(200)])
+    assert _stat(mw, "bound") == 200
+    addresses = [r.meta["ipv6_bind_address"] for r in requests]
+    assert len(set(addresses)) == 200
+    assert all(ipaddress.IPv6Address(a) in NET for a in addresses)
+    assert all(r.meta["bindaddress"] == (r.meta["ipv6_bind_address"], 0) for r in requests)
+    assert all(r.headers[b"Connection"] == b"close" for r in requests)
+
+
+def test_no_connection_header_over_http2() -> None:
+    mw = _middleware(IPV6_BIND_POLICY="per_request",
+                     DOWNLOAD_HANDLERS={"https": "scrapy.core.downloader.handlers.http2.H2DownloadHandler"})
+    h2, h1 = _run(mw, [Request("https://[::1]/"), Request("http://[::1]/")])
+    assert b"Connection" not in h2.headers and "ipv6_bind_connection_close" not in h2.meta
+    assert h2.meta["bindaddress"] == (h2.meta["ipv6_bind_address"], 0)
+    assert h1.headers[b"Connection"] == b"close"
+
+
+@pytest.mark.parametrize(
+    ("per_host", "closing"),
+    [
+        (2, [4, 5, 10, 11]),  # 1 connection per address: its last request closes it
+        (4, [2, 3, 4, 5, 8, 9, 10, 11]),  # 2 per address: its last 2 requests
+    ],
+)
+def test_sticky_uses_k_addresses_in_turn_and_rotates_after_n_requests(per_host: int, closing: list[int]) -> None:
+    mw = _middleware(IPV6_BIND_STICKY_ADDRESSES=2, IPV6_BIND_STICKY_REQUESTS=3, CONCURRENT_REQUESTS_PER_DOMAIN=per_host)
+    requests = _run(mw, [Request(f"http://[::1]/{i}") for i in range(12)])
+    addresses = [r.meta["ipv6_bind_address"] for r in requests]
+    # Slots alternate; each address serves 3 requests, then the slot draws a new one.
+    assert len(set(addresses)) == 4
+    assert addresses[0:6:2] == [addresses[0]] * 3 and addresses[1:6:2] == [addresses[1]] * 3
+    assert addresses[6] not in addresses[:6]
+    # The last requests of each address ask the server to close their connection,
+    # one per connection the address holds (its share of the per-host concurrency).
+    assert [i for i, r in enumerate(requests) if r.headers.get(b"Connection") == b"close"] == closing
+    assert _stat(mw, "rotated/requests") == 2 and _stat(mw, "addresses") == 4
+
+
+def test_sticky_rotates_after_t_seconds_and_per_website() -> None:
+    mw = _middleware(IPV6_BIND_STICKY_ADDRESSES=1, IPV6_BIND_STICKY_REQUESTS=0, IPV6_BIND_STICKY_SECONDS=60)
+    now = [1000.0]
+    mw.clock = lambda: now[0]
+    a = _run(mw, [Request("http://[::1]/a"), Request("http://[::1]/b")])
+    other = _run(mw, [Request("http://[2001:db8:ffff::1]/")])
+    now[0] += 60
+    b = _run(mw, [Request("http://[::1]/c")])
+    assert a[0].meta["ipv6_bind_address"] == a[1].meta["ipv6_bind_address"]
+    assert other[0].meta["ipv6_bind_address"] != a[0].meta["ipv6_bind_address"]  # another website
+    assert b[0].meta["ipv6_bind_address"] != a[0].meta["ipv6_bind_address"]
+    assert _stat(mw, "rotated/seconds") == 1
+    assert all(b"Connection" not in r.headers for r in a + b)
+
+
+def test_callers_keys_are_honoured() -> None:
+    mw = _middleware()
+    own = Request("http://[::1]/", meta={"bindaddress": ("2001:db8:ffff::9", 0)})
+    dont = Request("http://[::1]/", meta={"ipv6_bind_dont_bind": True})
+    pinned = Request("http://[::1]/", meta={"ipv6_bind_pin": "2001:db8:6b1d::42"})
+    proxied = Request("http://[::1]/", meta={"proxy": "http://127.0.0.1:3128"})
+    _run(mw, [own, dont, pinned, proxied])
+    assert own.meta["bindaddress"] == ("2001:db8:ffff::9", 0)
+    assert "ipv6_bind_address" not in own.meta
+    assert "bindaddress" not in dont.meta and "bindaddress" not in proxied.meta
+    assert pinned.meta["bindaddress"] == ("2001:db8:6b1d::42", 0) == (pinned.meta["ipv6_bind_address"], 0)
+    assert (_stat(mw, "skipped/bindaddress"), _stat(mw, "skipped/dont_bind"), _stat(mw, "pinned"),
+            _stat(mw, "skipped/proxy")) == (1, 1, 1, 1)
+    with pytest.raises(ValueError, match="ipv6_bind_pin: 'nowhere' is not an IPv6 address"):
+        _run(mw, [Request("http://[::1]/", meta={"ipv6_bind_pin": "nowhere"})])
+
+
+def test_retries_and_redirects_are_decided_again() -> None:
+    mw = _middleware(IPV6_BIND_POLICY="per_request")
+    first = _run(mw, [Request("http://[::1]/busy/1")])[0]
+    retry = _run(mw, [first.copy()])[0]  # what RetryMiddleware sends
+    assert retry.meta["ipv6_bind_address"] != first.meta["ipv6_bind_address"]
+    assert retry.headers.getlist(b"Connection") == [b"close"]
+    moved = _run(mw, [first.replace(url="http://127.0.0.1/elsewhere")])[0]  # a redirect to an IPv4 host
+    assert "bindaddress" not in moved.meta and b"Connection" not in moved.headers
+    assert _stat(mw, "rebound") == 2 and _stat(mw, "ipv4_only/fetched") == 1
+
+
+def test_ipv4_targets_fetched_or_refused() -> None:
+    fetched = _run(_middleware(), [Request("http://127.0.0.1/")])[0]
+    assert "bindaddress" not in fetched.meta
+    mw = _middleware(IPV6_BIND_IPV4_TARGETS="refuse")
+    with pytest.raises(IgnoreRequest, match="no IPv6 address and IPV6_BIND_IPV4_TARGETS is 'refuse'"):
+        _run(mw, [Request("http://127.0.0.1/")])
+    assert _stat(mw, "ipv4_only/refused") == 1
+
+
+def test_self_check_names_the_route_command(tmp_path: Path) -> None:
+    table = tmp_path / "ipv6_route"
+    # ::1/128 local, and 2001:db8:6b1d::/64 local: what `ip -6 route add local ... dev lo` leaves.
+    table.write_text(
+        "00000000000000000000000000000001 80 00000000000000000000000000000000 00 "
+        "00000000000000000000000000000000 00000000 00000003 00000000 80200001       lo\n"
+        "20010db86b1d00000000000000000000 40 00000000000000000000000000000000 00 "
+        "00000000000000000000000000000000 00000400 00000001 00000000 80000001       lo\n"
+    )
+    with pytest.raises(RuntimeError, match=r"`ip -6 route add local 2001:db8:7::/64 dev lo`"):
+        check_host_setup((ipaddress.IPv6Network("2001:db8:7::/64"),), table)
+
+
+# ---------------------------------------------------------------- in a network namespace
+
+# Big enough for 1,000+ requests from one website.
+SITES: tuple[SiteConfig, ...] = (
+    SiteConfig(host="shop-a.test", kind="shop", items=1000, page_bytes=1500, per_page=50),
+    SiteConfig(host="shop-b.test", kind="shop", items=60, page_bytes=2000, per_page=30),
+    SiteConfig(host="news.test", kind="news", items=40, page_bytes=2000, per_page=10),
+)
+# shop-a.test: IPv6 only; shop-b.test: IPv4 only; news.test: both.
+RESOLVE = "shop-a.test:::1,shop-b.test:127.0.0.1,news.test:::1,news.test:127.0.0.1"
+REDIS_PORT = 6379
+SEED_KEYS = {"shop_a": "shop-a.test", "shop_b": "shop-b.test", "news": "news.test"}
+
+
+class Namespace:
+    """Our namespace with the demo site and redis-server inside it."""
+
+    def __init__(self, ns: netns_tools.NetNS, port: int) -> None:
+        self.ns, self.port = ns, port
+
+    def seed(self, *spiders: str) -> None:
+        self.ns.redis(REDIS_PORT, "flushall")
+        for spider in spiders:
+            url = f"http://{SEED_KEYS[spider]}:{self.port}/"
+            self.ns.redis(REDIS_PORT, "lpush", f"{spider}:start_urls", json.dumps({"url": url}))
+
+    def mark(self) -> int:
+        return int(json.loads(self.ns.http_get(f"http://127.0.0.1:{self.port}/_demo/health"))["requests"])
+
+    def log(self, since: int, *hosts: str) -> list[dict[str, Any]]:
+        body = self.ns.http_get(f"http://127.0.0.1:{self.port}/_demo/log?since={since}")
+        return [r for r in map(json.loads, body.splitlines()) if r["host"] in hosts]
+
+    def crawl(self, tmp_path: Path, *spiders: str, **settings: Any) -> list[Any]:
+        """One worker per spider, all at once."""
+        base = {"IPV6_BIND_ENABLED": "True", "IPV6_BIND_PREFIXES": PREFIX, "MONGO_WRITER_ENABLED": "False",
+                "FRONTIER_IDLE_CLOSE_SECONDS": "1", "RESOLVE_HOSTS": RESOLVE, "LOG_LEVEL": "INFO"}
+        env = {"REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}/0"}
+        crawls = [start_crawl(tmp_path, spider, {**base, **settings}, env, netns=self.ns.name) for spider in spiders]
+        return [wait_crawl(c, timeout=240) for c in crawls]
+
+
+@pytest.fixture(scope="session")
+def namespace(state_dir: Path) -> Iterator[Namespace]:
+    reason = netns_tools.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    netns_tools.remove_stale()
+    with netns_tools.netns(routed=(PREFIX,), tag="ipv6") as ns:
+        server = start_demosite(state_dir, SITES, port=8080, binds=("127.0.0.1", "::1"), netns=ns.name)
+        ns.servers.append(server)
+        ns.start_redis(state_dir, REDIS_PORT)
+        yield Namespace(ns, server.port)
+
+
+def _check_workers(results: list[Any]) -> None:
+    for result in results:
+        assert result.returncode == 0, result.log[-3000:]
+        assert result.stats["finish_reason"] == "finished"
+        assert_clean_log(result.log)
+
+
+def _connections(records: list[dict[str, Any]]) -> dict[int, set[str]]:
+    conns: dict[int, set[str]] = collections.defaultdict(set)
+    for r in records:
+        conns[r["conn"]].add(r["client"])
+    return conns
+
+
+@pytest.mark.e2e
+def test_per_request_policy_server_sees_distinct_addresses(namespace: Namespace, tmp_path: Path) -> None:
+    # Two workers at once (two spiders: scrapy-redis 0.9.1's scheduler calls the
+    # deprecated Spider.log() when a second worker of one spider opens on a
+    # non-empty queue, which PYTHONWARNINGS=error turns into a crash).
+    namespace.seed("shop_a", "news")
+    mark = namespace.mark()
+    results = namespace.crawl(tmp_path, "shop_a", "news", IPV6_BIND_POLICY="per_request")
+    _check_workers(results)
+    records = namespace.log(mark, "shop-a.test", "news.test")
+    assert len(records) >= 1000
+    clients = [r["client"] for r in records]
+    assert all(ipaddress.IPv6Address(c) in NET for c in clients), collections.Counter(clients).most_common(3)
+    assert len(set(clients)) / len(clients) >= 0.99
+    assert len(_connections(records)) == len(records)  # one connection per request, never reused
+    bound = sum(r.stats.get("ipv6_bind/bound", 0) for r in results)
+    assert bound == sum(r.stats["downloader/request_count"] for r in results) == len(records)
+    assert results[0].stats["item_scraped_count"] == 1000
+
+
+@pytest.mark.e2e
+def test_sticky_policy_reuses_connections(namespace: Namespace, tmp_path: Path) -> None:
+    k, n, per_domain = 2, 200, 8
+    namespace.seed("shop_a")
+    mark = namespace.mark()
+    [result] = namespace.crawl(tmp_path, "shop_a", IPV6_BIND_POLICY="sticky", IPV6_BIND_STICKY_ADDRESSES=str(k),
+                               IPV6_BIND_STICKY_REQUESTS=str(n), IPV6_BIND_STICKY_SECONDS="0",
+                               CONCURRENT_REQUESTS_PER_DOMAIN=str(per_domain))
+    _check_workers([result])
+    records = namespace.log(mark, "shop-a.test")
+    total = len(records)
+    assert total == result.stats["downloader/request_count"] >= 1000
+    clients = collections.Counter(r["client"] for r in records)
+    assert all(ipaddress.IPv6Address(c) in NET for c in clients)
+    # K slots used in turn, each address retired after N requests.
+    expected = math.ceil(math.ceil(total / k) / n) + math.ceil((total // k) / n)
+    assert len(clients) == expected == result.stats["ipv6_bind/addresses"]
+    assert sorted(clients.values(), reverse=True)[: expected - k] == [n] * (expected - k)
+    # Connection reuse: a connection keeps its address, and most requests ride
+    # on an open connection (per_request opens one per request; ~0.08 here).
+    conns = _connections(records)
+    assert all(len(c) == 1 for c in conns.values())
+    assert len(conns) < total / 4, f"{len(conns)} connections for {total} requests"
+    # Every retirement was by request count (STICKY_SECONDS is 0).
+    assert result.stats["ipv6_bind/rotated/requests"] == expected - k
+
+
+@pytest.mark.e2e
+def test_ipv4_only_website_is_fetched_normally(namespace: Namespace, tmp_path: Path) -> None:
+    namespace.seed("shop_b")
+    mark = namespace.mark()
+    [result] = namespace.crawl(tmp_path, "shop_b")
+    _check_workers([result])
+    records = namespace.log(mark, "shop-b.test")
+    assert {r["client"] for r in records} == {"127.0.0.1"}
+    assert result.stats["ipv6_bind/ipv4_only/fetched"] == len(records) == result.stats["downloader/request_count"]
+    assert "ipv6_bind/bound" not in result.stats
+    assert result.stats["item_scraped_count"] == 60
+
+
+@pytest.mark.e2e
+def test_ipv4_only_website_refused_by_option(namespace: Namespace, tmp_path: Path) -> None:
+    namespace.seed("shop_b")
+    mark = namespace.mark()
+    [result] = namespace.crawl(tmp_path, "shop_b", IPV6_BIND_IPV4_TARGETS="refuse")
+    assert result.returncode == 0, result.log[-3000:]
+    assert namespace.log(mark, "shop-b.test") == []
+    assert result.stats["ipv6_bind/ipv4_only/refused"] >= 2  # robots.txt and the seed
+    assert "has no IPv6 address: refusing its requests" in result.log
+
+
+@pytest.mark.e2e
+def test_dual_stack_website_is_reached_over_ipv6(namespace: Namespace, tmp_path: Path) -> None:
+    namespace.seed("news")
+    mark = namespace.mark()
+    [result] = namespace.crawl(tmp_path, "news", IPV6_BIND_POLICY="sticky")
+    _check_workers([result])
+    records = namespace.log(mark, "news.test")
+    assert records and all(ipaddress.IPv6Address(r["client"]) in NET for r in records)
+    assert result.stats["ipv6_bind/bound"] == len(records)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("routed", "nonlocal_bind", "command"),
+    [
+        ((), True, f"ip -6 route add local {PREFIX} dev lo"),
+        ((PREFIX,), False, "sysctl -w net.ipv6.ip_nonlocal_bind=1"),
+    ],
+)
+def test_host_not_set_up_stops_with_the_command_to_run(
+    tmp_path: Path, routed: tuple[str, ...], nonlocal_bind: bool, command: str
+) -> None:
+    reason = netns_tools.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with netns_tools.netns(routed=routed, nonlocal_bind=nonlocal_bind, tag="bare") as ns:
+        crawl = start_crawl(tmp_path, "shop_a", {"IPV6_BIND_ENABLED": "True", "IPV6_BIND_PREFIXES": PREFIX,
+                                                 "MONGO_WRITER_ENABLED": "False"},
+                            {"REDIS_URL": "redis://127.0.0.1:6379/0"}, netns=ns.name)
+        result = wait_crawl(crawl, timeout=120)
+    assert result.returncode != 0
+    assert "IPv6BindSetupError" in result.log
+    assert f"`{command}`" in result.log
+
+
+def test_namespaces_of_killed_runs_are_removed() -> None:
+    reason = netns_tools.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process id that no longer exists, as after a killed test run
+    stale = f"crawlertest-{gone.pid}-stale"
+    subprocess.run(["ip", "netns", "add", stale], check=True)
+    with netns_tools.netns(tag="alive") as alive:
+        netns_tools.remove_stale()
+        names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+        assert stale not in names
+        assert alive.name in names  # ours: this process is alive
