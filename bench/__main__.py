@@ -18,6 +18,7 @@ BENCHMARKS = {
     "mongo": "bench.mongo",
     "ipv6": "bench.ipv6",
     "frontier": "bench.frontier",
+    "budget": "bench.budget",
 }
 
 

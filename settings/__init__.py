@@ -91,3 +91,13 @@ IPV6_BIND_IPV4_TARGETS = "fetch"
 IPV6_BIND_PARTITION = ""
 IPV6_BIND_CLOSE_CONNECTIONS = True
 IPV6_BIND_SELF_CHECK = True
+
+# Cluster-wide per-website byte budgets (middlewares/byte_budget.py, README
+# "Byte budget"). On, so run-time budgets (`python -m middlewares.byte_budget
+# set ...`) reach running workers; with no budget configured it costs one
+# dictionary lookup per request. 950: next to the downloader, so it counts the
+# response before HttpCompressionMiddleware decompresses it.
+BYTE_BUDGET_ENABLED = True
+BYTE_BUDGET_DEFAULT = None  # bytes per window for every website; None: no budget
+BYTE_BUDGET_PER_WEBSITE: dict[str, int | None] = {}
+DOWNLOADER_MIDDLEWARES["middlewares.byte_budget.ByteBudgetMiddleware"] = 950

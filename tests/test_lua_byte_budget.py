@@ -1,0 +1,263 @@
+"""The byte budget's Lua scripts against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import pytest
+import redis
+from redis import asyncio as aioredis
+
+from middlewares.byte_budget import load_script, website_keys
+
+PREFIX = "t"
+SITE = "shop-a.test"
+LEASE = 30.0
+RETRY = 0.25
+
+
+class Budget:
+    """Thin caller of the two scripts, as the middleware calls them."""
+
+    def __init__(self, r: redis.Redis, budget: int, window: float, site: str = SITE) -> None:
+        self.r = r
+        self.budget = budget
+        self.window = window
+        self.keys = website_keys(PREFIX, site)
+        self._reserve = load_script(r, "reserve")
+        self._settle = load_script(r, "settle")
+
+    def reserve(self, n: int = 0, lease: float = LEASE, default_estimate: int = 5000) -> dict[str, Any]:
+        res = self._reserve(keys=self.keys, args=[self.budget, self.window, n, default_estimate, lease, RETRY, 4])
+        if int(res[0]):
+            return {"granted": True, "member": res[1].decode(), "now": float(res[2]), "n": int(res[3])}
+        return {"granted": False, "not_before": float(res[1]), "now": float(res[2]), "n": int(res[3]),
+                "warn": int(res[4])}
+
+    def settle(self, member: str, size: int, learn: int = -1) -> float:
+        res = self._settle(keys=self.keys, args=[member, size, self.window, LEASE, learn])
+        return float(res[0])
+
+    def used(self) -> float:
+        return float(self.r.hget(self.keys[2], "used") or 0)
+
+
+def server_time(r: redis.Redis) -> float:
+    sec, usec = r.time()
+    return sec + usec / 1e6
+
+
+def wait_until_server_time(r: redis.Redis, t: float) -> None:
+    while (delta := t - server_time(r)) > 0:
+        time.sleep(delta + 0.005)
+
+
+@pytest.fixture
+def r(redis_url: str) -> redis.Redis:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def test_zero_budget_grants_nothing(r: redis.Redis) -> None:
+    b = Budget(r, budget=0, window=60)
+    res = b.reserve(1)
+    assert not res["granted"]
+    assert res["not_before"] == pytest.approx(res["now"] + 60, abs=0.01)
+    assert res["warn"] == 1
+    assert not b.reserve(1)["granted"]
+    assert b.reserve(1)["warn"] == 0  # the exhaustion is reported once per window
+    assert r.zcard(b.keys[1]) == 0
+    assert b.used() == 0
+
+
+def test_exact_limit(r: redis.Redis) -> None:
+    b = Budget(r, budget=3000, window=60)
+    grants = [b.reserve(1000) for _ in range(3)]
+    assert all(g["granted"] for g in grants)
+    assert b.used() == 3000
+    denied = b.reserve(1)
+    assert not denied["granted"]
+    # Only in-flight downloads hold the budget: try again soon, they may settle small.
+    assert denied["not_before"] == pytest.approx(denied["now"] + RETRY, abs=0.01)
+    b.settle(grants[0]["member"], 999)
+    assert b.reserve(1)["granted"]  # 999 + 1000 + 1000 + 1 == 3000 exactly
+    assert not b.reserve(1)["granted"]
+
+
+def test_settle_down_frees_at_once(r: redis.Redis) -> None:
+    b = Budget(r, budget=3000, window=60)
+    g = b.reserve(3000)
+    assert g["granted"]
+    assert not b.reserve(2000)["granted"]
+    b.settle(g["member"], 1000)
+    assert b.used() == 1000
+    assert b.reserve(2000)["granted"]
+
+
+def test_settle_up_is_debt_until_it_leaves_the_window(r: redis.Redis) -> None:
+    b = Budget(r, budget=3000, window=0.5)
+    g = b.reserve(1000)
+    settled_at = b.settle(g["member"], 5000)  # the page was 5x the estimate
+    assert b.used() == 5000
+    denied = b.reserve(100)
+    assert not denied["granted"]
+    # Free exactly when the 5000 bytes leave the window, by the server's clock.
+    assert denied["not_before"] == pytest.approx(settled_at + 0.5, abs=0.001)
+    wait_until_server_time(r, denied["not_before"])
+    assert b.reserve(3000)["granted"]
+
+
+def test_not_before_is_the_earliest_sufficient_expiry(r: redis.Redis) -> None:
+    b = Budget(r, budget=3000, window=0.5)
+    ends = []
+    for _ in range(3):
+        g = b.reserve(1000)
+        ends.append(b.settle(g["member"], 1000))
+    denied = b.reserve(2000)  # needs the first two entries gone
+    assert not denied["granted"]
+    assert denied["not_before"] == pytest.approx(ends[1] + 0.5, abs=0.001)
+    wait_until_server_time(r, denied["not_before"])
+    assert b.reserve(2000)["granted"]
+    assert not b.reserve(1001)["granted"]
+
+
+def test_times_are_the_servers(r: redis.Redis) -> None:
+    """The scripts take no client time: grants, settles and not-before use Redis TIME."""
+    b = Budget(r, budget=1000, window=60)
+    before = server_time(r)
+    g = b.reserve(1000)
+    settled = b.settle(g["member"], 1000)
+    after = server_time(r)
+    assert before <= g["now"] <= settled <= after
+    denied = b.reserve(1)
+    assert denied["not_before"] == pytest.approx(settled + 60, abs=0.001)
+    assert r.zscore(b.keys[0], r.zrange(b.keys[0], 0, 0)[0]) == pytest.approx(settled, abs=0.001)
+
+
+def test_a_page_larger_than_the_budget_waits_for_an_empty_window(r: redis.Redis) -> None:
+    b = Budget(r, budget=1000, window=0.3)
+    g = b.reserve(500)
+    end = b.settle(g["member"], 500)
+    big = b.reserve(50_000)
+    assert not big["granted"]
+    assert big["not_before"] == pytest.approx(end + 0.3, abs=0.001)
+    wait_until_server_time(r, big["not_before"])
+    big = b.reserve(50_000)
+    assert big["granted"]
+    assert big["n"] == 1000
+
+
+def test_unsettled_reservation_counts_until_lease_end_plus_window(r: redis.Redis) -> None:
+    b = Budget(r, budget=1000, window=0.3)
+    g = b.reserve(1000, lease=0.2)  # the worker "crashes": never settles
+    assert g["granted"]
+    denied = b.reserve(1)
+    assert not denied["granted"]
+    wait_until_server_time(r, g["now"] + 0.25)
+    denied = b.reserve(1)  # lease over: counted as ended at grant + lease
+    assert not denied["granted"]
+    assert denied["not_before"] == pytest.approx(g["now"] + 0.2 + 0.3, abs=0.001)
+    wait_until_server_time(r, denied["not_before"])
+    assert b.reserve(1000)["granted"]
+    assert b.used() == 1000
+
+
+def test_late_settle_after_lease_replaces_the_reservation(r: redis.Redis) -> None:
+    b = Budget(r, budget=1000, window=60)
+    g = b.reserve(1000, lease=0.05)
+    wait_until_server_time(r, g["now"] + 0.1)
+    assert not b.reserve(1)["granted"]  # moves the lapsed reservation into the log
+    b.settle(g["member"], 400)
+    assert b.used() == 400
+    assert b.reserve(600)["granted"]
+
+
+def test_estimate_is_learned_from_settled_sizes(r: redis.Redis) -> None:
+    b = Budget(r, budget=10**9, window=60)
+    assert b.reserve(0, default_estimate=7777)["n"] == 7777  # nothing learned yet
+    for _ in range(40):
+        g = b.reserve(0)
+        b.settle(g["member"], 2000, learn=2000)
+    n = b.reserve(0)["n"]
+    assert 2000 <= n < 2100  # converged to the mean plus a small deviation margin
+    for size in (1000, 3000) * 20:
+        g = b.reserve(0)
+        b.settle(g["member"], size, learn=size)
+    assert b.reserve(0)["n"] >= 3000  # the margin covers the spread
+
+
+def test_keys_are_hash_tagged_per_website() -> None:
+    keys = website_keys(PREFIX, SITE)
+    assert {k.split("{")[1].split("}")[0] for k in keys} == {SITE}
+    assert all(k.startswith(f"{PREFIX}:bb:{{{SITE}}}:") for k in keys)
+
+
+def test_script_flush_recovery(r: redis.Redis) -> None:
+    b = Budget(r, budget=3000, window=60)
+    g = b.reserve(1000)
+    r.script_flush()
+    assert r.script_exists(b._reserve.sha, b._settle.sha) == [False, False]
+    b.settle(g["member"], 500)  # NOSCRIPT -> reloaded by register_script's EVALSHA fallback
+    assert b.reserve(2500)["granted"]
+    assert not b.reserve(1)["granted"]
+    assert r.script_exists(b._reserve.sha, b._settle.sha) == [True, True]
+
+
+def test_50_concurrent_reservers_never_exceed_the_budget(redis_url: str) -> None:
+    budget, window = 20_000, 0.4
+
+    async def main() -> list[tuple[float, int]]:
+        client = aioredis.Redis.from_url(redis_url, max_connections=60)
+        reserve, settle = load_script(client, "reserve"), load_script(client, "settle")
+        keys = website_keys(PREFIX, SITE)
+        log: list[tuple[float, float, int]] = []  # (grant, settle, bytes) by the server's clock
+        rng = random.Random(7)
+        granted_at_once = 0
+
+        async def worker() -> None:
+            nonlocal granted_at_once
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:
+                n = rng.randint(500, 3000)
+                res = await reserve(keys=keys, args=[budget, window, n, 1000, LEASE, 0.01, 4])
+                if not int(res[0]):
+                    await asyncio.sleep(0.01)
+                    continue
+                true = rng.randint(1, n)  # strict mode: never above the grant
+                await asyncio.sleep(rng.random() * 0.02)  # the "download"
+                done = await settle(keys=keys, args=[res[1], true, window, LEASE, true])
+                log.append((float(res[2]), float(done[0]), true))
+
+        # First round: 50 reservers at once on an empty budget of 10 pages.
+        results = await asyncio.gather(*[
+            reserve(keys=keys, args=[10 * 1000 + 999, window, 1000, 1000, LEASE, 0.01, 4]) for _ in range(50)
+        ])
+        granted_at_once = sum(int(x[0]) for x in results)
+        await client.delete(*keys)
+        await asyncio.gather(*[worker() for _ in range(50)])
+        await client.aclose()
+        assert granted_at_once == 10
+        return [(end, size) for _, end, size in log]
+
+    entries = asyncio.run(main())
+    assert len(entries) > 50
+    total = sum(size for _, size in entries)
+    # Every sliding window [s, s + window) of settle times holds <= budget bytes.
+    entries.sort()
+    worst = 0
+    j = 0
+    running = 0
+    for i, (end, size) in enumerate(entries):
+        running += size
+        while entries[j][0] <= end - window:
+            running -= entries[j][1]
+            j += 1
+        worst = max(worst, running)
+        assert i >= j
+    assert worst <= budget
+    # And the reservers kept it busy: well over one budget's worth in 1.5 s.
+    assert total > 2 * budget

@@ -1,0 +1,362 @@
+"""ByteBudgetMiddleware in-process: a real Crawler, real Redis, real Requests and Responses."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import redis
+from scrapy import Request
+from scrapy.downloadermiddlewares.stats import get_header_size, get_status_size
+from scrapy.exceptions import StopDownload
+from scrapy.http import Headers, HtmlResponse
+from scrapy.settings import Settings
+from scrapy.utils.misc import build_from_crawler
+from scrapy.utils.test import get_crawler
+
+from devtools.services import free_port
+from middlewares import byte_budget
+from middlewares.byte_budget import ByteBudgetMiddleware, Config, website_keys
+from middlewares.byte_budget_cli import main as cli
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+
+def settings(redis_url: str, **extra: Any) -> dict[str, Any]:
+    # One reservation per download unless a test is about leases.
+    return {"BYTE_BUDGET_ENABLED": True, "REDIS_URL": redis_url, "BYTE_BUDGET_KEY_PREFIX": "t",
+            "BYTE_BUDGET_LEASE_DOWNLOADS": 1, **extra}
+
+
+def run(redis_url: str, extra: dict[str, Any], body: Callable[[ByteBudgetMiddleware], Awaitable[None]]) -> Any:
+    """Build the middleware on a real crawler and run ``body`` between open and close."""
+
+    async def main() -> Any:
+        crawler = get_crawler(settings_dict=settings(redis_url, **extra))
+        mw = build_from_crawler(ByteBudgetMiddleware, crawler)
+        await mw.spider_opened()
+        try:
+            await body(mw)
+        finally:
+            await mw.spider_closed()
+        return crawler.stats.get_stats()
+
+    return asyncio.run(main())
+
+
+def response(request: Request, body: bytes, status: int = 200, flags: list[str] | None = None) -> HtmlResponse:
+    headers = Headers({"Content-Type": "text/html", "Content-Length": str(len(body))})
+    return HtmlResponse(request.url, status=status, headers=headers, body=body, request=request, flags=flags)
+
+
+def wire_size(resp: HtmlResponse) -> int:
+    return len(resp.body) + get_header_size(resp.headers) + get_status_size(resp.status) + 4
+
+
+def server_time(redis_url: str) -> float:
+    with redis.Redis.from_url(redis_url) as r:
+        sec, usec = r.time()
+    return sec + usec / 1e6
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("BYTE_BUDGET_DEFAULT", "lots"),
+    ("BYTE_BUDGET_DEFAULT", -1),
+    ("BYTE_BUDGET_PER_WEBSITE", "[1, 2]"),
+    ("BYTE_BUDGET_PER_WEBSITE", {"shop-a.test": "x"}),
+    ("BYTE_BUDGET_WINDOW_SECONDS", 0),
+    ("BYTE_BUDGET_WINDOW_SECONDS", "soon"),
+    ("BYTE_BUDGET_FALLBACK_WORKERS", 1.5),
+    ("BYTE_BUDGET_REFRESH_SECONDS", -2),
+    ("BYTE_BUDGET_LEASE_DOWNLOADS", 0),
+    ("BYTE_BUDGET_LEASE_DOWNLOADS", 2.5),
+    ("BYTE_BUDGET_LEASE_SECONDS", 0),
+    ("WEBSITE_KEY", "path"),
+])
+def test_invalid_settings_name_the_setting(name: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=name):
+        Config.from_settings(Settings({"REDIS_URL": "redis://127.0.0.1:1", name: value}))
+
+
+def test_config_reads_settings() -> None:
+    config = Config.from_settings(Settings({
+        "REDIS_URL": "redis://h:1", "BYTE_BUDGET_DEFAULT": "100000",
+        "BYTE_BUDGET_PER_WEBSITE": '{"Shop-A.test": 5000, "news.test": null}',
+        "BYTE_BUDGET_WINDOW_SECONDS": "10", "DOWNLOAD_TIMEOUT": 20,
+    }))
+    assert config.default == 100_000
+    assert config.per_website == {"shop-a.test": 5000, "news.test": None}
+    assert config.window == 10
+    assert config.lease == 30
+    assert config.strict
+
+
+def test_unbudgeted_website_is_not_touched(redis_url: str) -> None:
+    async def body(mw: ByteBudgetMiddleware) -> None:
+        assert await mw.process_request(Request("http://news.test/a")) is None
+
+    stats = run(redis_url, {"BYTE_BUDGET_PER_WEBSITE": {"shop-a.test": 1000}}, body)
+    assert stats["byte_budget/unlimited"] == 1
+    assert "byte_budget/granted" not in stats
+    with redis.Redis.from_url(redis_url) as r:
+        assert r.keys("t:bb:*") == []
+
+
+def test_grant_settle_and_requeue(redis_url: str) -> None:
+    out: dict[str, Any] = {}
+
+    async def body(mw: ByteBudgetMiddleware) -> None:
+        first = Request("http://www.shop-a.test/item/1", meta={"mine": 1})
+        assert await mw.process_request(first) is None
+        resp = response(first, b"x" * 3000)
+        assert await mw.process_response(first, resp) is resp
+        out["size"] = wire_size(resp)
+        second = Request("http://shop-a.test/item/2", meta={"mine": 2})
+        before = server_time(redis_url)
+        requeued = await mw.process_request(second)
+        out["requeued"], out["before"] = requeued, before
+
+    stats = run(redis_url, {"BYTE_BUDGET_PER_WEBSITE": {"shop-a.test": 4000},
+                            "BYTE_BUDGET_DEFAULT_ESTIMATE": 2000, "BYTE_BUDGET_PARK_MAX_SECONDS": 300}, body)
+    requeued = out["requeued"]
+    assert isinstance(requeued, Request)
+    assert requeued.url == "http://shop-a.test/item/2"
+    assert requeued.dont_filter  # the dupefilter must not drop it
+    assert requeued.meta["mine"] == 2
+    assert requeued.meta["frontier_requeue"] is True
+    assert requeued.meta["byte_budget_denials"] == 1
+    # The learned estimate (3000 + margin) no longer fits before the first
+    # page leaves the 60 s window, by the Redis server's clock.
+    assert out["before"] + 59 < requeued.meta["frontier_not_before"] < out["before"] + 61
+    assert stats["byte_budget/granted"] == 1
+    assert stats["byte_budget/denied"] == 1
+    assert stats["byte_budget/exhausted"] == 1
+    assert stats["byte_budget/bytes_settled"] == out["size"]
+    with redis.Redis.from_url(redis_url) as r:
+        state = website_keys("t", "shop-a.test")[2]
+        assert float(r.hget(state, "used")) == out["size"]
+
+
+def test_strict_mode_stops_a_page_above_its_grant_and_retries_with_its_size(redis_url: str) -> None:
+    out: dict[str, Any] = {}
+
+    async def body(mw: ByteBudgetMiddleware) -> None:
+        request = Request("http://shop-a.test/big")
+        assert await mw.process_request(request) is None
+        headers = Headers({"Content-Type": "text/html", "Content-Length": "50000"})
+        with pytest.raises(StopDownload):
+            mw.headers_received(headers=headers, body_length=50000, request=request, spider=None)
+        stopped = HtmlResponse(request.url, headers=headers, body=b"", request=request, flags=["download_stopped"])
+        retry = await mw.process_response(request, stopped)
+        assert isinstance(retry, Request)
+        out["retry"] = retry
+        # The retry reserves the true size and is never stopped again.
+        assert await mw.process_request(retry) is None
+        mw.headers_received(headers=headers, body_length=50000, request=retry, spider=None)
+        full = response(retry, b"y" * 50000)
+        assert await mw.process_response(retry, full) is full
+        out["full"] = wire_size(full)
+        out["head"] = wire_size(stopped)
+
+    stats = run(redis_url, {"BYTE_BUDGET_DEFAULT": 1_000_000, "BYTE_BUDGET_DEFAULT_ESTIMATE": 4000,
+                            "BYTE_BUDGET_STOP_SLACK": 1000}, body)
+    retry = out["retry"]
+    assert retry.meta["byte_budget_size"] > 50000
+    assert retry.meta["frontier_requeue"] is True
+    assert retry.dont_filter
+    assert stats["byte_budget/stopped"] == 1
+    assert stats["byte_budget/granted"] == 2
+    # The stopped attempt counts its headers plus the slack the server may have sent.
+    assert stats["byte_budget/bytes_settled"] == out["head"] + 1000 + out["full"]
+
+
+def test_a_failed_download_counts_what_was_received(redis_url: str) -> None:
+    async def body(mw: ByteBudgetMiddleware) -> None:
+        request = Request("http://shop-a.test/slow")
+        assert await mw.process_request(request) is None
+        headers = Headers({"Content-Type": "text/html"})
+        mw.headers_received(headers=headers, body_length=-1, request=request, spider=None)
+        mw.bytes_received(data=b"z" * 700, request=request, spider=None)
+        mw.bytes_received(data=b"z" * 300, request=request, spider=None)
+        await mw.process_exception(request, TimeoutError())
+
+    stats = run(redis_url, {"BYTE_BUDGET_DEFAULT": 100_000}, body)
+    head = get_header_size(Headers({"Content-Type": "text/html"})) + get_status_size(200) + 4
+    assert stats["byte_budget/bytes_settled"] == head + 1000
+
+
+def test_parking_is_capped_so_budget_changes_reach_parked_websites(redis_url: str) -> None:
+    out: list[Any] = []
+
+    async def body(mw: ByteBudgetMiddleware) -> None:
+        a = Request("http://shop-a.test/1")
+        assert await mw.process_request(a) is None
+        await mw.process_response(a, response(a, b"x" * 2000))
+        before = server_time(redis_url)
+        out.append(await mw.process_request(Request("http://shop-a.test/2")))
+        out.extend((before, server_time(redis_url)))
+
+    run(redis_url, {"BYTE_BUDGET_DEFAULT": 2500}, body)  # window 60 s, park at most 2.5 s
+    requeued, before, after = out
+    assert before + 2.5 <= requeued.meta["frontier_not_before"] <= after + 2.5
+
+
+def test_robots_txt_waits_in_place(redis_url: str) -> None:
+    """engine.download_async() would re-send a returned request at once: robots.txt waits instead."""
+    out: list[Any] = []
+
+    async def body(mw: ByteBudgetMiddleware) -> None:
+        a = Request("http://shop-a.test/1")
+        assert await mw.process_request(a) is None
+        await mw.process_response(a, response(a, b"x" * 2000))
+        robots = Request("http://shop-a.test/robots.txt", meta={"dont_obey_robotstxt": True})
+        start = server_time(redis_url)
+        out.append(await mw.process_request(robots))
+        out.append(server_time(redis_url) - start)
+
+    stats = run(redis_url, {"BYTE_BUDGET_DEFAULT": 2500, "BYTE_BUDGET_WINDOW_SECONDS": 0.5,
+                            "BYTE_BUDGET_DEFAULT_ESTIMATE": 400}, body)
+    assert out[0] is None
+    assert out[1] > 0.3  # it waited for the first page to leave the window
+    assert stats["byte_budget/granted"] == 2
+    assert "byte_budget/denied" not in stats
+
+
+_real_time = time.time
+
+
+def test_clock_skew_does_not_matter(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers whose clocks are an hour off still agree: all times are Redis TIME."""
+    results = []
+    for skew in (-3600.0, 0.0, 3600.0):
+        with redis.Redis.from_url(redis_url) as r:
+            r.flushall()
+        monkeypatch.setattr(byte_budget.time, "time", lambda skew=skew: _real_time() + skew)
+
+        async def body(mw: ByteBudgetMiddleware) -> None:
+            a = Request("http://shop-a.test/1")
+            assert await mw.process_request(a) is None
+            await mw.process_response(a, response(a, b"x" * 2000))
+            results.append((server_time(redis_url), await mw.process_request(Request("http://shop-a.test/2"))))
+
+        run(redis_url, {"BYTE_BUDGET_DEFAULT": 2500, "BYTE_BUDGET_WINDOW_SECONDS": 30,
+                        "BYTE_BUDGET_PARK_MAX_SECONDS": 300}, body)
+    for now, requeued in results:
+        assert isinstance(requeued, Request)
+        assert now + 29 < requeued.meta["frontier_not_before"] <= now + 30
+
+
+def test_runtime_override_via_cli(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    async def body(mw: ByteBudgetMiddleware) -> None:
+        assert mw.budget_for("shop-a.test") == 1000
+        assert mw.budget_for("news.test") is None
+        assert cli(["--redis-url", redis_url, "--prefix", "t", "set", "shop-a.test", "250000"]) == 0
+        assert cli(["--redis-url", redis_url, "--prefix", "t", "set", "news.test", "5000"]) == 0
+        await asyncio.sleep(0.3)  # BYTE_BUDGET_REFRESH_SECONDS=0.1
+        assert mw.budget_for("shop-a.test") == 250_000
+        assert mw.budget_for("news.test") == 5000
+        assert cli(["--redis-url", redis_url, "--prefix", "t", "set", "news.test", "unlimited"]) == 0
+        assert cli(["--redis-url", redis_url, "--prefix", "t", "unset", "shop-a.test"]) == 0
+        await asyncio.sleep(0.3)
+        assert mw.budget_for("shop-a.test") == 1000
+        assert mw.budget_for("news.test") is None
+
+    run(redis_url, {"BYTE_BUDGET_PER_WEBSITE": {"shop-a.test": 1000}, "BYTE_BUDGET_REFRESH_SECONDS": 0.1}, body)
+    assert "news.test" in capsys.readouterr().out
+
+
+def test_cli_rejects_bad_input(redis_url: str) -> None:
+    with pytest.raises(SystemExit):
+        cli(["--redis-url", redis_url, "set", "shop-a.test", "-5"])
+    with pytest.raises(SystemExit):
+        cli(["--redis-url", redis_url, "set", "www.shop-a.test", "5"])  # not a website key
+    with redis.Redis.from_url(redis_url) as r:
+        assert r.keys("*") == []
+
+
+def test_redis_down_fails_closed(redis_url: str) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    out: list[Any] = []
+
+    async def body(mw: ByteBudgetMiddleware) -> None:
+        for n in range(3):
+            out.append((time.time(), await mw.process_request(Request(f"http://shop-a.test/{n}"))))
+        # An unbudgeted website is not affected.
+        out.append((0, await mw.process_request(Request("http://news.test/"))))
+
+    stats = run(dead, {"BYTE_BUDGET_PER_WEBSITE": {"shop-a.test": 100_000}}, body)
+    for t, requeued in out[:3]:
+        assert isinstance(requeued, Request)
+        assert requeued.meta["frontier_requeue"] is True
+        assert requeued.dont_filter
+        assert requeued.meta["frontier_not_before"] > t
+    assert out[3][1] is None
+    assert "byte_budget/granted" not in stats
+    assert stats["byte_budget/denied"] == 3
+    assert stats["byte_budget/redis_error/ConnectionError"] >= 3
+
+
+def test_redis_down_with_local_fallback_budget(redis_url: str) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    out: list[Any] = []
+
+    async def body(mw: ByteBudgetMiddleware) -> None:
+        for n in range(6):
+            request = Request(f"http://shop-a.test/{n}", meta={"byte_budget_size": 1000})
+            result = await mw.process_request(request)
+            out.append(result)
+            if result is None:
+                await mw.process_response(request, response(request, b"x" * 800))
+
+    # b = 4000 shared by 2 workers: this one may use 2000 per window.
+    stats = run(dead, {"BYTE_BUDGET_DEFAULT": 4000, "BYTE_BUDGET_FALLBACK_WORKERS": 2}, body)
+    assert stats["byte_budget/fallback_granted"] == 2
+    assert [r is None for r in out] == [True, True, False, False, False, False]
+
+
+def test_lease_serves_many_downloads_with_one_reservation(redis_url: str) -> None:
+    """Far from binding: one Redis reservation for several downloads, settled once, exactly."""
+    out: dict[str, Any] = {}
+
+    async def body(mw: ByteBudgetMiddleware) -> None:
+        sizes = []
+        for n in range(10):
+            request = Request(f"http://shop-a.test/{n}", meta={"byte_budget_size": 1000})
+            assert await mw.process_request(request) is None
+            resp = response(request, b"x" * 500)
+            await mw.process_response(request, resp)
+            sizes.append(wire_size(resp))
+        with redis.Redis.from_url(redis_url) as r:
+            out["inflight"] = r.zcard(website_keys("t", "shop-a.test")[1])
+        await asyncio.sleep(0.3)  # BYTE_BUDGET_LEASE_SECONDS: the lease closes and is settled
+        out["sizes"] = sizes
+
+    stats = run(redis_url, {"BYTE_BUDGET_DEFAULT": 1_000_000, "BYTE_BUDGET_LEASE_DOWNLOADS": 4,
+                            "BYTE_BUDGET_LEASE_SECONDS": 0.2}, body)
+    assert stats["byte_budget/granted"] == 10
+    assert stats["byte_budget/leases"] == 3  # 4 + 4 + 2 downloads
+    assert out["inflight"] == 1  # the last lease, still open
+    with redis.Redis.from_url(redis_url) as r:
+        keys = website_keys("t", "shop-a.test")
+        assert r.zcard(keys[1]) == 0
+        assert r.zcard(keys[0]) == 3
+        assert float(r.hget(keys[2], "used")) == sum(out["sizes"])
+        # All ten sizes were learned, from three settles.
+        assert float(r.hget(keys[2], "max")) == max(out["sizes"])
+
+
+def test_lease_shrinks_to_one_download_when_the_budget_binds(redis_url: str) -> None:
+    async def body(mw: ByteBudgetMiddleware) -> None:
+        for n in range(3):
+            request = Request(f"http://shop-a.test/{n}", meta={"byte_budget_size": 1000})
+            assert await mw.process_request(request) is None
+        denied = await mw.process_request(Request("http://shop-a.test/x", meta={"byte_budget_size": 1000}))
+        assert isinstance(denied, Request)
+
+    # b = 3000: room for exactly 3 pages; a lease of 32 would take more than a quarter of it.
+    stats = run(redis_url, {"BYTE_BUDGET_DEFAULT": 3000, "BYTE_BUDGET_LEASE_DOWNLOADS": 32}, body)
+    assert stats["byte_budget/granted"] == 3
+    assert stats["byte_budget/denied"] == 1
