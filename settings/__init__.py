@@ -37,6 +37,10 @@ TELNETCONSOLE_ENABLED = False
 # Off here; opt in with -s REMOTE_CONTROL_ENABLED=1.
 REMOTE_CONTROL_ENABLED = False
 
+# Scrapy's downloader with CONCURRENT_REQUESTS_PER_DOMAIN enforced for requests
+# that reach a download slot together (crawler/downloader.py, Scrapy 2.19).
+DOWNLOADER = "crawler.downloader.Downloader"
+
 # Shared frontier: our scheduler on scrapy-redis's data model (crawler/scheduler.py).
 SCHEDULER = "crawler.scheduler.FrontierScheduler"
 
