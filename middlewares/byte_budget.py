@@ -180,6 +180,12 @@ class _Lease:
     of the middleware's cost). For the sliding-window proof a lease is one
     reservation: all its downloads happen between its grant and its settle,
     and each stays within its share of it.
+
+    A lease reserves a quarter more estimates than it serves downloads: the
+    spare room absorbs pages whose ``Content-Length`` is above the estimate,
+    which strict mode would otherwise stop and fetch again. The next lease is
+    reserved in the background once three quarters of this one are handed out
+    (or of its time has passed), so downloads do not wait for Redis.
     """
 
     website: str
@@ -190,6 +196,9 @@ class _Lease:
     counted: int = 0  # bytes of finished downloads
     inflight: int = 0
     open: bool = True
+    downloads: int = 0  # handed out so far (at most BYTE_BUDGET_LEASE_DOWNLOADS)
+    renew_at: float = 0.0  # loop time after which the next lease is reserved in the background
+    renewing: bool = False
     learn: list[int] = field(default_factory=list)
 
 
@@ -277,6 +286,7 @@ class ByteBudgetMiddleware:
         self._pending: dict[str, asyncio.Future[None]] = {}  # reservation in flight per website
         self._websites: dict[str, str] = {}  # netloc -> website key (website_key parses the URL)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
         crawler.signals.connect(self.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(self.spider_closed, signal=signals.spider_closed)
         crawler.signals.connect(self.headers_received, signal=signals.headers_received)
@@ -307,6 +317,9 @@ class ByteBudgetMiddleware:
         )
 
     async def spider_closed(self) -> None:
+        self._closing = True
+        if self._tasks:  # lease renewals in flight install their lease before it is closed below
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -374,12 +387,12 @@ class ByteBudgetMiddleware:
             self.stats.inc_value("byte_budget/unlimited")
             return None
         known = int(request.meta.get("byte_budget_size", 0))
-        grant: _Grant | tuple[float, float] | None = await self._grant_from_lease(website, known)
+        grant: _Grant | tuple[float, float] | None = await self._grant_from_lease(website, budget, known)
         # One reservation in flight per website: with leases, the requests
         # that arrive meanwhile are served from the lease it brings.
         while grant is None and (pending := self._pending.get(website)) is not None:
             await asyncio.shield(pending)
-            grant = await self._grant_from_lease(website, known)
+            grant = await self._grant_from_lease(website, budget, known)
         if grant is None:
             grant = await self._reserve_single_flight(request, website, budget, known)
         while not isinstance(grant, _Grant) and _waits_in_place(request):
@@ -417,7 +430,7 @@ class ByteBudgetMiddleware:
             done.set_result(None)
 
     async def _try_reserve(
-        self, request: Request, website: str, budget: int, known: int
+        self, request: Request | str, website: str, budget: int, known: int
     ) -> _Grant | tuple[float, float]:
         """A grant, or (not before, now): when to try again, by the Redis server's clock."""
         c = self.config
@@ -426,7 +439,7 @@ class ByteBudgetMiddleware:
             result = await self._reserve(
                 keys=website_keys(c.prefix, website),
                 args=[budget, c.window, known, c.default_estimate, c.lease, c.retry, c.estimate_margin,
-                  c.lease_downloads],
+                      c.lease_downloads + c.lease_downloads // 4],
             )
         except RedisError as exc:
             self._redis_error(exc)
@@ -439,12 +452,14 @@ class ByteBudgetMiddleware:
             n, granted = int(result[3]), int(result[4])
             if granted <= n:
                 return _Grant(website, result[1].decode(), n, sized=known > 0)
-            lease = _Lease(website, result[1].decode(), granted, n, committed=n, inflight=1)
+            loop = asyncio.get_running_loop()
+            lease = _Lease(website, result[1].decode(), granted, n, committed=n, inflight=1, downloads=1,
+                           renew_at=loop.time() + 0.75 * c.lease_seconds)
             old = self._leases.get(website)
             if old is not None:
                 self._close_lease(old)
             self._leases[website] = lease
-            asyncio.get_running_loop().call_later(c.lease_seconds, self._close_lease, lease)
+            loop.call_later(c.lease_seconds, self._close_lease, lease)
             self.stats.inc_value("byte_budget/leases")
             return _Grant(website, "", n, sized=known > 0, lease=lease)
         not_before = float(result[1])
@@ -461,12 +476,12 @@ class ByteBudgetMiddleware:
                      extra={"spider": self.crawler.spider})
         return not_before, float(result[2])
 
-    async def _grant_from_lease(self, website: str, known: int) -> _Grant | None:
+    async def _grant_from_lease(self, website: str, budget: int, known: int) -> _Grant | None:
         lease = self._leases.get(website)
         if lease is None:
             return None
         n = known or lease.estimate
-        if lease.committed + n > lease.amount:
+        if lease.downloads >= self.config.lease_downloads or lease.committed + n > lease.amount:
             # Used up: settle it first when it is idle, so the next
             # reservation does not see its unused bytes as taken.
             if self._close_lease(lease, settle=False):
@@ -474,7 +489,45 @@ class ByteBudgetMiddleware:
             return None
         lease.committed += n
         lease.inflight += 1
+        lease.downloads += 1
+        if (not lease.renewing and not self._closing and website not in self._pending
+                and (4 * lease.downloads >= 3 * self.config.lease_downloads
+                     or asyncio.get_running_loop().time() >= lease.renew_at)):
+            lease.renewing = True
+            self._renew_lease(website, budget)
         return _Grant(website, "", n, sized=known > 0, lease=lease)
+
+    def _renew_lease(self, website: str, budget: int) -> None:
+        """Reserve the next lease in the background; it replaces the open one when granted."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending[website] = done  # process_request waits for it rather than reserving again
+
+        async def renew() -> None:
+            try:
+                grant = await self._try_reserve("lease renewal", website, budget, 0)
+            finally:
+                if self._pending.get(website) is done:
+                    del self._pending[website]
+                done.set_result(None)
+            if not isinstance(grant, _Grant):
+                return  # denied: the next request reserves for itself
+            if grant.lease is not None:
+                # No download is using it yet: only its timer or the next one closes it.
+                grant.lease.committed, grant.lease.inflight, grant.lease.downloads = 0, 0, 0
+                return
+            # Near the limit the script granted one download's bytes, which no download uses.
+            if grant.member:
+                try:
+                    await self._settle_in_redis(website, grant.member, 0, [-1])
+                except RedisError as exc:
+                    self._redis_error(exc)
+                    self._unsettled.append((website, grant.member, 0, [-1]))
+            else:
+                self._local.setdefault(website, _LocalBudget()).settle(grant.reserved, 0)
+
+        task = asyncio.get_running_loop().create_task(renew())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _close_lease(self, lease: _Lease, settle: bool = True) -> bool:
         """No more downloads from this lease; it is settled when its downloads are done.
@@ -517,8 +570,10 @@ class ByteBudgetMiddleware:
             return _Grant(website, "", max(min(n, budget // c.fallback_workers), 1), sized=known > 0)
         return when, now
 
-    def _requeue(self, request: Request, not_before: float) -> Request:
-        meta = {**request.meta, "frontier_requeue": True, "frontier_not_before": not_before}
+    def _requeue(self, request: Request, not_before: float | None) -> Request:
+        meta = {**request.meta, "frontier_requeue": True}
+        if not_before is not None:
+            meta["frontier_not_before"] = not_before
         meta["byte_budget_denials"] = int(meta.get("byte_budget_denials", 0)) + 1
         return request.replace(meta=meta, dont_filter=True)
 
@@ -568,9 +623,13 @@ class ByteBudgetMiddleware:
             logger.debug("Byte budget: %(response)s stopped at %(size)d bytes, counted %(counted)d",
                          {"response": response, "size": size, "counted": counted},
                          extra={"spider": self.crawler.spider})
-            not_before = await self._settle_grant(grant, counted, learn=grant.expected)
+            await self._settle_grant(grant, counted, learn=grant.expected)
             meta = {**request.meta, "byte_budget_size": grant.expected}
-            return self._requeue(request.replace(meta=meta), not_before or time.time())
+            # Not parked: its website is not out of budget, this request only
+            # needs a larger reservation (if that is denied, it is parked then).
+            # A not-before here made the frontier hand back every buffered
+            # request of the website to Redis.
+            return self._requeue(request.replace(meta=meta), None)
         await self._settle_grant(grant, size, learn=size)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("Byte budget: %(response)s counted %(size)d bytes", {"response": response, "size": size},

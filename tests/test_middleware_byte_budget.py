@@ -166,6 +166,9 @@ def test_strict_mode_stops_a_page_above_its_grant_and_retries_with_its_size(redi
     retry = out["retry"]
     assert retry.meta["byte_budget_size"] > 50000
     assert retry.meta["frontier_requeue"] is True
+    # Not a denial: its website is not parked (a not-before would make the
+    # frontier hand every buffered request of the website back to Redis).
+    assert "frontier_not_before" not in retry.meta
     assert retry.dont_filter
     assert stats["byte_budget/stopped"] == 1
     assert stats["byte_budget/granted"] == 2
@@ -360,3 +363,55 @@ def test_lease_shrinks_to_one_download_when_the_budget_binds(redis_url: str) -> 
     stats = run(redis_url, {"BYTE_BUDGET_DEFAULT": 3000, "BYTE_BUDGET_LEASE_DOWNLOADS": 32}, body)
     assert stats["byte_budget/granted"] == 3
     assert stats["byte_budget/denied"] == 1
+
+
+def test_lease_spare_room_takes_a_page_above_the_estimate(redis_url: str) -> None:
+    """A lease of L downloads reserves L + L/4 estimates: the spare absorbs a larger Content-Length."""
+    out: dict[str, Any] = {}
+
+    async def body(mw: ByteBudgetMiddleware) -> None:
+        requests = [Request(f"http://shop-a.test/{n}") for n in range(4)]
+        for request in requests:  # 4 x 1000 bytes handed out of a 5000-byte lease
+            assert await mw.process_request(request) is None
+        with redis.Redis.from_url(redis_url) as r:
+            out["reserved"] = [m.decode() for m in r.zrange(website_keys("t", "shop-a.test")[1], 0, -1)]
+        headers = Headers({"Content-Type": "text/html", "Content-Length": "1500"})
+        size = get_header_size(headers) + get_status_size(200) + 4 + 1500
+        assert size - 1000 <= 1000  # fits in the spare room
+        mw.headers_received(headers=headers, body_length=1500, request=requests[0], spider=None)  # no stop
+        for request in requests:
+            await mw.process_response(request, response(request, b"x" * 500))
+
+    stats = run(redis_url, {"BYTE_BUDGET_DEFAULT": 1_000_000, "BYTE_BUDGET_DEFAULT_ESTIMATE": 1000,
+                            "BYTE_BUDGET_LEASE_DOWNLOADS": 4}, body)
+    assert [m.split(":")[1] for m in out["reserved"]] == ["5000"]
+    assert "byte_budget/stopped" not in stats
+    assert stats["byte_budget/granted"] == 4
+
+
+def test_next_lease_is_reserved_in_the_background(redis_url: str) -> None:
+    """Once 3/4 of a lease is handed out the next one is reserved while downloads go on."""
+    out: dict[str, Any] = {}
+
+    async def body(mw: ByteBudgetMiddleware) -> None:
+        requests = [Request(f"http://shop-a.test/{n}", meta={"byte_budget_size": 1000}) for n in range(4)]
+        for request in requests[:3]:
+            assert await mw.process_request(request) is None
+        await asyncio.gather(*mw._tasks)  # the renewal, done while the first lease still serves
+        with redis.Redis.from_url(redis_url) as r:
+            out["inflight"] = r.zcard(website_keys("t", "shop-a.test")[1])
+        # The 4th download comes from the renewed lease, without a reservation of its own.
+        assert await mw.process_request(requests[3]) is None
+        for request in requests:
+            resp = response(request, b"x" * 500)
+            await mw.process_response(request, resp)
+            out["size"] = out.get("size", 0) + wire_size(resp)
+
+    stats = run(redis_url, {"BYTE_BUDGET_DEFAULT": 1_000_000, "BYTE_BUDGET_LEASE_DOWNLOADS": 4}, body)
+    assert out["inflight"] == 2  # the first lease and the one reserved ahead
+    assert stats["byte_budget/leases"] == 2
+    assert stats["byte_budget/granted"] == 4
+    with redis.Redis.from_url(redis_url) as r:
+        keys = website_keys("t", "shop-a.test")
+        assert r.zcard(keys[1]) == 0  # both settled at close
+        assert float(r.hget(keys[2], "used")) == out["size"]
