@@ -40,6 +40,7 @@ from scrapy_redis.spiders import RedisSpider
 from w3lib.url import parse_url
 
 from crawler.scheduler import _SEED_BACKLOG, FrontierScheduler
+from crawler.setting_values import number_setting
 
 if TYPE_CHECKING:
     import asyncio
@@ -53,14 +54,7 @@ _SEED_KEYS = ("url", "method", "meta", "priority", "headers", "body", "callback"
 
 
 def _non_negative(crawler: Crawler, name: str) -> float:
-    raw = crawler.settings.get(name, 0)
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number of seconds >= 0, got {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"{name} must be a number of seconds >= 0, got {raw!r}")
-    return value
+    return number_setting(crawler.settings, name, 0, minimum=0)
 
 
 def _check_url(url: Any) -> str:

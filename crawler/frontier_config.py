@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from crawler.setting_values import number_setting
 from crawler.website import website_key_mode
 
 if TYPE_CHECKING:
@@ -14,14 +15,7 @@ if TYPE_CHECKING:
 
 
 def _number(settings: BaseSettings, name: str, default: float, minimum: float, kind: type = float) -> Any:
-    raw = settings.get(name, default)
-    try:
-        value = kind(raw)
-    except (TypeError, ValueError):
-        value = None
-    if value is None or value < minimum or (kind is int and isinstance(raw, float) and raw != int(raw)):
-        raise ValueError(f"{name} must be a {kind.__name__} >= {minimum}, got {raw!r}")
-    return value
+    return number_setting(settings, name, default, minimum=minimum, integer=kind is int)
 
 
 @dataclass(frozen=True, slots=True)

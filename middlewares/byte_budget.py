@@ -43,6 +43,7 @@ from scrapy.exceptions import NotConfigured, StopDownload
 from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.httpobj import urlparse_cached
 
+from crawler.setting_values import number_setting
 from crawler.website import website_key, website_key_mode
 
 if TYPE_CHECKING:
@@ -89,21 +90,11 @@ def parse_budget(name: str, raw: Any) -> int | None:
 
 
 def _number(settings: BaseSettings, name: str, default: float, minimum: float, *, strict: bool) -> float:
-    raw = settings.get(name, default)
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-    if value < minimum or (strict and value == minimum):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {raw!r}")
-    return value
+    return number_setting(settings, name, default, minimum=minimum, exclusive=strict)
 
 
 def _whole(settings: BaseSettings, name: str, default: int, minimum: int) -> int:
-    value = _number(settings, name, default, minimum, strict=False)
-    if value != int(value):
-        raise ValueError(f"{name} must be a whole number >= {minimum}, got {settings.get(name)!r}")
-    return int(value)
+    return int(number_setting(settings, name, default, minimum=minimum, integer=True))
 
 
 @dataclass(frozen=True, slots=True)

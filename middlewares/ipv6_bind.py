@@ -54,6 +54,7 @@ from twisted.internet.address import IPv6Address as TxIPv6Address
 from twisted.internet.interfaces import IHostnameResolver, IResolutionReceiver
 from zope.interface import implementer
 
+from crawler.setting_values import number_setting
 from crawler.website import website_key, website_key_mode
 
 if TYPE_CHECKING:
@@ -114,14 +115,7 @@ def _parse_partition(value: Any) -> tuple[int, int]:
 
 
 def _int_setting(settings: BaseSettings, name: str, minimum: int, default: int) -> int:
-    raw = settings.get(name, default)
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {raw!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {raw!r}")
-    return value
+    return int(number_setting(settings, name, default, minimum=minimum, integer=True))
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,8 @@ from pymongo.errors import PyMongoError
 from pymongo.uri_parser import parse_uri
 from pymongo.write_concern import WriteConcern
 
+from crawler.setting_values import number_setting
+
 if TYPE_CHECKING:
     from typing import Self
 
@@ -64,14 +66,7 @@ def _keys(value: Any, setting: str) -> tuple[str, ...]:
 
 
 def _positive(settings: BaseSettings, name: str, default: float, kind: type = float) -> Any:
-    raw = settings.get(name, default)
-    try:
-        value = kind(raw)
-    except (TypeError, ValueError):
-        value = None
-    if value is None or value <= 0 or (kind is int and value != float(raw)):
-        raise ValueError(f"{name} must be a positive {kind.__name__}, got {raw!r}")
-    return value
+    return number_setting(settings, name, default, minimum=0, exclusive=True, integer=kind is int)
 
 
 @dataclass(frozen=True, slots=True)

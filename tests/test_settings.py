@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from typing import Any
 
 import pytest
+from scrapy.settings import Settings
 from scrapy.utils.project import get_project_settings
 
+from crawler.setting_values import number_setting
 from devtools.services import ROOT
 
 
@@ -65,4 +69,35 @@ def test_packages_import_cleanly() -> None:
 def test_frontier_idle_setting_is_checked(redis_url: str, run_crawl, value: str) -> None:
     result = run_crawl("news", {"FRONTIER_IDLE_CLOSE_SECONDS": value}, env={"REDIS_URL": redis_url})
     assert result.returncode != 0
-    assert f"ValueError: FRONTIER_IDLE_CLOSE_SECONDS must be a number of seconds >= 0, got '{value}'" in result.log
+    assert f"ValueError: FRONTIER_IDLE_CLOSE_SECONDS must be a number >= 0, got '{value}'" in result.log
+
+
+@pytest.mark.parametrize(
+    ("value", "kwargs", "expected"),
+    [
+        ("2.5", {"minimum": 0}, 2.5),
+        (3, {"minimum": 1, "integer": True}, 3),
+        ("4", {"minimum": 0, "exclusive": True, "integer": True}, 4),
+        (0, {"minimum": 0}, 0.0),
+    ],
+)
+def test_number_setting_accepts(value: object, kwargs: dict[str, Any], expected: float) -> None:
+    result = number_setting(Settings({"X_SIZE": value}), "X_SIZE", 1, **kwargs)
+    assert result == expected and type(result) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("value", "kwargs", "message"),
+    [
+        ("many", {"minimum": 0}, "X_SIZE must be a number >= 0, got 'many'"),
+        (-1, {"minimum": 0}, "X_SIZE must be a number >= 0, got -1"),
+        (0, {"minimum": 0, "exclusive": True}, "X_SIZE must be a number > 0, got 0"),
+        (2.5, {"minimum": 1, "integer": True}, "X_SIZE must be an integer >= 1, got 2.5"),
+        ("nan", {"minimum": 0}, "X_SIZE must be a number >= 0, got 'nan'"),
+        (float("inf"), {"minimum": 0, "integer": True}, "X_SIZE must be an integer >= 0, got inf"),
+        ([1], {"minimum": 0}, "X_SIZE must be a number >= 0, got [1]"),
+    ],
+)
+def test_number_setting_rejects_naming_setting_and_value(value: object, kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        number_setting(Settings({"X_SIZE": value}), "X_SIZE", 1, **kwargs)
