@@ -544,6 +544,3 @@ class FrontierScheduler:
         if slot is not None and slot.closing is None:
             slot.nextcall.schedule()
 
-
-# The name settings used before the website-aware frontier.
-RedisScheduler = FrontierScheduler
