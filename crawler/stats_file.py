@@ -27,12 +27,19 @@ if TYPE_CHECKING:
 
 
 class StatsFileExtension:
-    """Dumps ``crawler.stats`` as JSON when the spider closes."""
+    """Dumps ``crawler.stats`` as JSON when the engine has stopped.
+
+    Not at ``spider_closed``: extensions receive signals before the
+    downloader's middlewares, which add their last stats in their own
+    ``spider_closed`` handlers.
+    """
 
     def __init__(self, crawler: Crawler, path_template: str) -> None:
         self.crawler = crawler
         self.path_template = path_template
+        self._closed: tuple[str, str] | None = None  # (spider name, reason)
         crawler.signals.connect(self.spider_closed, signal=signals.spider_closed)
+        crawler.signals.connect(self.engine_stopped, signal=signals.engine_stopped)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -42,10 +49,16 @@ class StatsFileExtension:
         return cls(crawler, str(path))
 
     def spider_closed(self, spider: Spider, reason: str) -> None:
+        self._closed = (spider.name, reason)
+
+    def engine_stopped(self) -> None:
+        if self._closed is None:
+            return  # the spider never opened
+        name, reason = self._closed
         assert self.crawler.stats is not None
         stats: dict[str, Any] = dict(self.crawler.stats.get_stats())
         stats["finish_reason"] = reason
-        path = Path(self.path_template % {"name": spider.name, "pid": os.getpid()})
+        path = Path(self.path_template % {"name": name, "pid": os.getpid()})
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(json.dumps(stats, default=str, indent=1, sort_keys=True), encoding="utf-8")

@@ -278,6 +278,11 @@ class ByteBudgetMiddleware:
         self._websites: dict[str, str] = {}  # netloc -> website key (website_key parses the URL)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        # Per-request counters, added to the crawl's stats every
+        # BYTE_BUDGET_REFRESH_SECONDS and at close (a stats call costs more
+        # than the rest of a non-binding request's bookkeeping).
+        self._counts: dict[str, int] = {}
+        self._status_sizes: dict[int, int] = {}  # status -> len(b"HTTP/1.1 200 OK\r\n")
         crawler.signals.connect(self.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(self.spider_closed, signal=signals.spider_closed)
         crawler.signals.connect(self.headers_received, signal=signals.headers_received)
@@ -309,6 +314,7 @@ class ByteBudgetMiddleware:
 
     async def spider_closed(self) -> None:
         self._closing = True
+        self._flush_counts()
         if self._tasks:  # lease renewals in flight install their lease before it is closed below
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._refresher is not None:
@@ -325,13 +331,30 @@ class ByteBudgetMiddleware:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._flush_unsettled()
+        self._flush_counts()
         if self.redis is not None:
             await self.redis.aclose()
 
     async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.refresh)
+            self._flush_counts()
             await self._refresh_overrides()
+
+    def _count(self, key: str, n: int = 1) -> None:
+        counts = self._counts
+        counts[key] = counts.get(key, 0) + n
+
+    def _flush_counts(self) -> None:
+        counts, self._counts = self._counts, {}
+        for key, n in counts.items():
+            self.stats.inc_value(key, n)
+
+    def _status_size(self, status: int) -> int:
+        size = self._status_sizes.get(status)
+        if size is None:
+            size = self._status_sizes[status] = get_status_size(status)
+        return size
 
     async def _refresh_overrides(self) -> None:
         """Run-time overrides from Redis (``python -m middlewares.byte_budget set ...``)."""
@@ -375,7 +398,7 @@ class ByteBudgetMiddleware:
             website = self._websites[netloc] = website_key(request.url, self.config.website_mode)
         budget = self.budget_for(website)
         if budget is None:
-            self.stats.inc_value("byte_budget/unlimited")
+            self._count("byte_budget/unlimited")
             return None
         known = int(request.meta.get("byte_budget_size", 0))
         grant: _Grant | tuple[float, float] | None = await self._grant_from_lease(website, budget, known)
@@ -397,8 +420,8 @@ class ByteBudgetMiddleware:
             grant = await self._try_reserve(request, website, budget, known)
         if isinstance(grant, _Grant):
             self._grants[request] = grant
-            self.stats.inc_value("byte_budget/granted")
-            self.stats.inc_value("byte_budget/bytes_reserved", grant.reserved)
+            self._count("byte_budget/granted")
+            self._count("byte_budget/bytes_reserved", grant.reserved)
             return None
         self.stats.inc_value("byte_budget/denied")
         # Parked for at most BYTE_BUDGET_PARK_MAX_SECONDS, so a run-time budget
@@ -576,7 +599,7 @@ class ByteBudgetMiddleware:
             return
         # The status line is not known yet: count "HTTP/1.1 200 OK\r\n" now,
         # the exact one from the response in process_response.
-        grant.head = get_header_size(headers) + get_status_size(200) + 4
+        grant.head = get_header_size(headers) + self._status_size(200) + 4
         grant.chunked = not isinstance(body_length, int)  # Twisted's UNKNOWN_LENGTH is a str
         if isinstance(body_length, int) and body_length >= 0:
             grant.expected = grant.head + body_length
@@ -601,7 +624,7 @@ class ByteBudgetMiddleware:
         grant = self._grants.pop(request, None)
         if grant is None:
             return response
-        size = len(response.body) + get_header_size(response.headers) + get_status_size(response.status) + 4
+        size = len(response.body) + get_header_size(response.headers) + self._status_size(response.status) + 4
         if grant.chunked:
             size += _chunked_overhead(len(response.body))
         if grant.stopped and "download_stopped" in response.flags:
@@ -621,10 +644,10 @@ class ByteBudgetMiddleware:
             # A not-before here made the frontier hand back every buffered
             # request of the website to Redis.
             return self._requeue(request.replace(meta=meta), None)
+        # No per-response log line: with Scrapy's logging set-up a DEBUG record
+        # is built even at LOG_LEVEL=INFO, ~1% of a worker's CPU (py-spy).
+        # byte_budget/bytes_settled has the total.
         await self._settle_grant(grant, size, learn=size)
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("Byte budget: %(response)s counted %(size)d bytes", {"response": response, "size": size},
-                         extra={"spider": self.crawler.spider})
         return response
 
     async def process_exception(self, request: Request, exception: Exception) -> None:
@@ -638,8 +661,8 @@ class ByteBudgetMiddleware:
 
     async def _settle_grant(self, grant: _Grant, size: int, learn: int) -> float | None:
         """Settle in Redis (or locally); the server time, when Redis answered."""
-        self.stats.inc_value("byte_budget/settled")
-        self.stats.inc_value("byte_budget/bytes_settled", size)
+        self._count("byte_budget/settled")
+        self._count("byte_budget/bytes_settled", size)
         lease = grant.lease
         if lease is not None:
             lease.counted += size
