@@ -8,7 +8,10 @@ interleaved ``--repeats`` times:
 * ``scrapy_redis``: scrapy-redis 0.9.1 as shipped (``RedisSpider``, its
   ``Scheduler``, ``RFPDupeFilter``, ``PriorityQueue``, pickle);
 * ``ours``: ``scrapy crawl shop_a`` with the project's settings
-  (``crawler.scheduler.FrontierScheduler``), items not stored.
+  (``crawler.scheduler.FrontierScheduler``), items not stored;
+* ``ours_gc_off``: the same with ``GC_TUNING_ENABLED=False``, to show what the
+  stack's GC tuning (``crawler/gc_tuning.py``) contributes: neither vanilla
+  Scrapy nor scrapy-redis tunes the collector.
 
 Redis figures per crawled page: commands from ``INFO commandstats`` (this
 includes the commands our Lua scripts run inside Redis), and round trips
@@ -101,8 +104,10 @@ def _crawl(servers: BenchServers, kind: str, label: str, redis_url: str | None) 
         result = servers.crawl(label, cmd, {**vanilla_env(servers), "REDIS_URL": redis_url})
     else:
         _prepare(servers, "shop_a:start_urls")
-        result = servers.crawl(label, stack_cmd("shop_a", {"ITEM_PIPELINES": "{}"}),
-                               servers.env(REDIS_URL=redis_url))
+        settings = {"ITEM_PIPELINES": "{}"}
+        if kind == "ours_gc_off":
+            settings["GC_TUNING_ENABLED"] = "False"
+        result = servers.crawl(label, stack_cmd("shop_a", settings), servers.env(REDIS_URL=redis_url))
     result.stats["_commands"], result.stats["_evals"] = _commands(servers)
     return result
 
@@ -128,10 +133,11 @@ def main(argv: list[str]) -> int:
     with BenchServers(site) as servers:
         assert servers.redis is not None
         direct = servers.redis.url
-        kinds = ["vanilla", "scrapy_redis", "ours"]
+        kinds = ["vanilla", "scrapy_redis", "ours", "ours_gc_off"]
         for i in range(args.repeats):
             print(f"repeat {i + 1}/{args.repeats}, direct", flush=True)
-            for kind in kinds[i % 3:] + kinds[:i % 3]:  # rotate the order: no contender always goes first
+            k = i % len(kinds)
+            for kind in kinds[k:] + kinds[:k]:  # rotate the order: no contender always goes first
                 record(kind, _run(servers, kind, kind, direct))
         print("round trips: through the proxy, no added delay", flush=True)
         with RedisProxy(servers.redis.port) as proxy:
@@ -155,7 +161,7 @@ def main(argv: list[str]) -> int:
         return median([r.stats.get(key, 0) / r.pages for r in res.get(name, [])])
 
     rows = []
-    for name in ("vanilla", "scrapy_redis", "ours", "scrapy_redis_latency", "ours_latency"):
+    for name in ("vanilla", "scrapy_redis", "ours", "ours_gc_off", "scrapy_redis_latency", "ours_latency"):
         rs = res[name]
         kind = name.removesuffix("_latency")
         base = med.get(kind, 0.0)
@@ -178,6 +184,8 @@ def main(argv: list[str]) -> int:
     emit({
         "ours_vs_vanilla": round(med["ours"] / med["vanilla"], 3),
         "ours_vs_scrapy_redis": round(med["ours"] / med["scrapy_redis"], 3),
+        "ours_gc_off_vs_vanilla": round(med["ours_gc_off"] / med["vanilla"], 3),
+        "ours_gc_off_vs_scrapy_redis": round(med["ours_gc_off"] / med["scrapy_redis"], 3),
         "round_trips_per_request": round(trips["ours"], 3),
         "ours_kept_at_2ms": round(med["ours_latency"] / med["ours"], 3),
         "scrapy_redis_kept_at_2ms": round(med["scrapy_redis_latency"] / med["scrapy_redis"], 3),
@@ -190,6 +198,7 @@ def main(argv: list[str]) -> int:
         "vanilla_cpu_ms_per_page": round(1000 * per_page("vanilla", "_cpu"), 3),
         "scrapy_redis_cpu_ms_per_page": round(1000 * per_page("scrapy_redis", "_cpu"), 3),
         "ours_cpu_ms_per_page": round(1000 * per_page("ours", "_cpu"), 3),
+        "ours_gc_off_cpu_ms_per_page": round(1000 * per_page("ours_gc_off", "_cpu"), 3),
         "latency_ms_each_way": args.latency_ms,
         "repeats": args.repeats,
         "latency_repeats": args.latency_repeats,
