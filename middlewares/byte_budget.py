@@ -151,7 +151,7 @@ class Config:
             retry=_number(settings, "BYTE_BUDGET_RETRY_SECONDS", 0.25, 0, strict=True),
             park_max=_number(settings, "BYTE_BUDGET_PARK_MAX_SECONDS", 2.5, 0, strict=True),
             fallback_workers=int(fallback),
-            lease_downloads=_whole(settings, "BYTE_BUDGET_LEASE_DOWNLOADS", 32, 1),
+            lease_downloads=_whole(settings, "BYTE_BUDGET_LEASE_DOWNLOADS", 128, 1),
             lease_seconds=_number(settings, "BYTE_BUDGET_LEASE_SECONDS", 1.0, 0, strict=True),
             prefix=str(settings.get("BYTE_BUDGET_KEY_PREFIX") or settings.get("BOT_NAME") or "crawler"),
             redis_url=str(redis_url),
@@ -285,8 +285,11 @@ class ByteBudgetMiddleware:
         self._status_sizes: dict[int, int] = {}  # status -> len(b"HTTP/1.1 200 OK\r\n")
         crawler.signals.connect(self.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(self.spider_closed, signal=signals.spider_closed)
-        crawler.signals.connect(self.headers_received, signal=signals.headers_received)
-        crawler.signals.connect(self.bytes_received, signal=signals.bytes_received)
+        # Sent for every response and every chunk of every body: held strongly
+        # (no weak-reference call per dispatch; disconnected at close), and
+        # the handlers take **kwargs, which spares pydispatch's argument filter.
+        crawler.signals.connect(self.headers_received, signal=signals.headers_received, weak=False)
+        crawler.signals.connect(self.bytes_received, signal=signals.bytes_received, weak=False)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -315,6 +318,9 @@ class ByteBudgetMiddleware:
     async def spider_closed(self) -> None:
         self._closing = True
         self._flush_counts()
+        for handler, signal in ((self.headers_received, signals.headers_received),
+                                (self.bytes_received, signals.bytes_received)):
+            self.crawler.signals.disconnect(handler, signal=signal, weak=False)
         if self._tasks:  # lease renewals in flight install their lease before it is closed below
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._refresher is not None:
@@ -593,7 +599,7 @@ class ByteBudgetMiddleware:
 
     # -- byte counting (synchronous signals: local state only) ----------------
 
-    def headers_received(self, headers: Any, body_length: int, request: Request, spider: Any) -> None:
+    def headers_received(self, headers: Any, body_length: int, request: Request, **kwargs: Any) -> None:
         grant = self._grants.get(request)
         if grant is None:
             return
@@ -613,7 +619,7 @@ class ByteBudgetMiddleware:
                 grant.stopped = True
                 raise StopDownload(fail=False)
 
-    def bytes_received(self, data: bytes, request: Request, spider: Any) -> None:
+    def bytes_received(self, data: bytes, request: Request, **kwargs: Any) -> None:
         grant = self._grants.get(request)
         if grant is not None:
             grant.body += len(data)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
-from scrapy import Request
+from scrapy import Request, signals
 from scrapy.downloadermiddlewares.stats import get_header_size, get_status_size
 from scrapy.exceptions import StopDownload
 from scrapy.http import Headers, HtmlResponse
@@ -189,6 +189,34 @@ def test_a_failed_download_counts_what_was_received(redis_url: str) -> None:
     stats = run(redis_url, {"BYTE_BUDGET_DEFAULT": 100_000}, body)
     head = get_header_size(Headers({"Content-Type": "text/html"})) + get_status_size(200) + 4
     assert stats["byte_budget/bytes_settled"] == head + 1000
+
+
+def test_byte_signals_reach_the_middleware_until_it_closes(redis_url: str) -> None:
+    """Through the crawler's signal manager, as Scrapy's HTTP handler sends them."""
+    out: dict[str, Any] = {}
+
+    async def main() -> Any:
+        crawler = get_crawler(settings_dict=settings(redis_url, BYTE_BUDGET_DEFAULT=100_000))
+        mw = build_from_crawler(ByteBudgetMiddleware, crawler)
+        await mw.spider_opened()
+        request = Request("http://shop-a.test/slow")
+        assert await mw.process_request(request) is None
+        sent = crawler.signals.send_catch_log(signals.headers_received, headers=Headers({"Content-Type": "text/html"}),
+                                              body_length=-1, request=request, spider=None)
+        out["receivers"] = len(sent)
+        for chunk in (b"z" * 700, b"z" * 300):
+            crawler.signals.send_catch_log(signals.bytes_received, data=chunk, request=request, spider=None)
+        await mw.process_exception(request, TimeoutError())
+        await mw.spider_closed()
+        out["after_close"] = crawler.signals.send_catch_log(signals.bytes_received, data=b"z", request=request,
+                                                            spider=None)
+        return crawler.stats.get_stats()
+
+    stats = asyncio.run(main())
+    head = get_header_size(Headers({"Content-Type": "text/html"})) + get_status_size(200) + 4
+    assert out["receivers"] == 1
+    assert stats["byte_budget/bytes_settled"] == head + 1000
+    assert out["after_close"] == []  # disconnected: a closed middleware is not kept alive by the signals
 
 
 def test_parking_is_capped_so_budget_changes_reach_parked_websites(redis_url: str) -> None:
