@@ -21,21 +21,21 @@ Settings (README, "Byte budget"): ``BYTE_BUDGET_ENABLED``, ``BYTE_BUDGET_DEFAULT
 
 Run-time overrides: ``python -m middlewares.byte_budget set shop-a.test 200000``
 (see :mod:`middlewares.byte_budget_cli`).
+
+This module is the middleware: life cycle, requests, responses and the byte
+counting signals. Its parts: :mod:`middlewares.byte_budget_config` (the
+settings), :mod:`middlewares.byte_budget_leases` (this worker's grants and
+leases), :mod:`middlewares.byte_budget_store` (Redis keys and scripts, and the
+local budget while Redis is down).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import time
-from collections import deque
-from dataclasses import dataclass, field
-from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
-from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 from scrapy import signals
 from scrapy.downloadermiddlewares.stats import get_header_size, get_status_size
@@ -43,199 +43,31 @@ from scrapy.exceptions import NotConfigured, StopDownload
 from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.httpobj import urlparse_cached
 
-from crawler.setting_values import number_setting
-from crawler.website import website_key, website_key_mode
+from crawler.website import website_key
+from middlewares.byte_budget_config import UNLIMITED, Config, parse_budget
+from middlewares.byte_budget_leases import Grant, Leases
+from middlewares.byte_budget_store import BudgetStore, load_script, overrides_key, website_keys
 
 if TYPE_CHECKING:
     from typing import Self
 
-    from redis.commands.core import AsyncScript
     from scrapy import Request
     from scrapy.crawler import Crawler
     from scrapy.http import Response
-    from scrapy.settings import BaseSettings
+
+# Importers of these names (the command line, tests, bench) predate the split
+# into byte_budget_*.py modules: they stay importable from here.
+__all__ = [
+    "UNLIMITED",
+    "ByteBudgetMiddleware",
+    "Config",
+    "load_script",
+    "overrides_key",
+    "parse_budget",
+    "website_keys",
+]
 
 logger = logging.getLogger(__name__)
-
-UNLIMITED = "unlimited"
-
-
-def overrides_key(prefix: str) -> str:
-    """Hash of run-time overrides: website -> bytes per window or ``"unlimited"``."""
-    return f"{prefix}:bb:overrides"
-
-
-def website_keys(prefix: str, website: str) -> list[str]:
-    """KEYS of both scripts; the hash tag puts them in one cluster slot."""
-    base = f"{prefix}:bb:{{{website}}}"
-    return [f"{base}:log", f"{base}:inflight", f"{base}:state"]
-
-
-def load_script(client: aioredis.Redis | Any, name: str) -> AsyncScript:
-    source = files("middlewares").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
-    return client.register_script(source)
-
-
-def parse_budget(name: str, raw: Any) -> int | None:
-    """Bytes per window (int >= 0) or None (no budget) from a setting value."""
-    if raw is None or raw == "" or (isinstance(raw, str) and raw.lower() in ("none", UNLIMITED)):
-        return None
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number of bytes >= 0 or None, got {raw!r}") from None
-    if value < 0 or (isinstance(raw, float) and raw != value):
-        raise ValueError(f"{name} must be a number of bytes >= 0 or None, got {raw!r}")
-    return value
-
-
-def _number(settings: BaseSettings, name: str, default: float, minimum: float, *, strict: bool) -> float:
-    return number_setting(settings, name, default, minimum=minimum, exclusive=strict)
-
-
-def _whole(settings: BaseSettings, name: str, default: int, minimum: int) -> int:
-    return int(number_setting(settings, name, default, minimum=minimum, integer=True))
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    """Parsed ``BYTE_BUDGET_*`` settings."""
-
-    default: int | None
-    per_website: dict[str, int | None]
-    window: float
-    strict: bool
-    default_estimate: int
-    estimate_margin: float
-    stop_slack: int
-    refresh: float
-    retry: float
-    park_max: float
-    fallback_workers: int
-    lease_downloads: int
-    lease_seconds: float
-    prefix: str
-    redis_url: str
-    website_mode: str
-    lease: float
-
-    @classmethod
-    def from_settings(cls, settings: BaseSettings) -> Self:
-        per_raw = settings.get("BYTE_BUDGET_PER_WEBSITE") or {}
-        if isinstance(per_raw, str):
-            try:
-                per_raw = json.loads(per_raw)
-            except ValueError:
-                raise ValueError(f"BYTE_BUDGET_PER_WEBSITE must be a dict or JSON object, got {per_raw!r}") from None
-        if not isinstance(per_raw, dict):
-            raise ValueError(f"BYTE_BUDGET_PER_WEBSITE must be a dict or JSON object, got {per_raw!r}")
-        per_website = {
-            str(site).lower(): parse_budget(f"BYTE_BUDGET_PER_WEBSITE[{site!r}]", value)
-            for site, value in per_raw.items()
-        }
-        fallback = _number(settings, "BYTE_BUDGET_FALLBACK_WORKERS", 0, 0, strict=False)
-        if fallback != int(fallback):
-            raise ValueError(f"BYTE_BUDGET_FALLBACK_WORKERS must be a whole number >= 0, got {fallback!r}")
-        redis_url = settings.get("BYTE_BUDGET_REDIS_URL") or settings.get("REDIS_URL")
-        if not redis_url:
-            raise ValueError("BYTE_BUDGET_REDIS_URL (or REDIS_URL) must be set for BYTE_BUDGET_ENABLED")
-        return cls(
-            default=parse_budget("BYTE_BUDGET_DEFAULT", settings.get("BYTE_BUDGET_DEFAULT")),
-            per_website=per_website,
-            window=_number(settings, "BYTE_BUDGET_WINDOW_SECONDS", 60, 0, strict=True),
-            strict=settings.getbool("BYTE_BUDGET_STRICT", True),
-            default_estimate=int(_number(settings, "BYTE_BUDGET_DEFAULT_ESTIMATE", 32768, 1, strict=False)),
-            estimate_margin=_number(settings, "BYTE_BUDGET_ESTIMATE_MARGIN", 4, 0, strict=False),
-            stop_slack=int(_number(settings, "BYTE_BUDGET_STOP_SLACK", 65536, 0, strict=False)),
-            refresh=_number(settings, "BYTE_BUDGET_REFRESH_SECONDS", 2, 0, strict=True),
-            retry=_number(settings, "BYTE_BUDGET_RETRY_SECONDS", 0.25, 0, strict=True),
-            park_max=_number(settings, "BYTE_BUDGET_PARK_MAX_SECONDS", 2.5, 0, strict=True),
-            fallback_workers=int(fallback),
-            lease_downloads=_whole(settings, "BYTE_BUDGET_LEASE_DOWNLOADS", 128, 1),
-            lease_seconds=_number(settings, "BYTE_BUDGET_LEASE_SECONDS", 1.0, 0, strict=True),
-            prefix=str(settings.get("BYTE_BUDGET_KEY_PREFIX") or settings.get("BOT_NAME") or "crawler"),
-            redis_url=str(redis_url),
-            website_mode=website_key_mode(settings),
-            # A reservation nobody settles (crashed worker) ends at the latest
-            # when Scrapy would have timed the download out.
-            lease=float(settings.getfloat("DOWNLOAD_TIMEOUT", 180)) + 10,
-        )
-
-
-@dataclass(slots=True, eq=False)
-class _Lease:
-    """Bytes reserved in Redis once for several downloads of this worker.
-
-    With the budget far from binding, one reservation and one settle serve up
-    to ``BYTE_BUDGET_LEASE_DOWNLOADS`` downloads (Redis round trips were most
-    of the middleware's cost). For the sliding-window proof a lease is one
-    reservation: all its downloads happen between its grant and its settle,
-    and each stays within its share of it.
-
-    A lease reserves a quarter more estimates than it serves downloads: the
-    spare room absorbs pages whose ``Content-Length`` is above the estimate,
-    which strict mode would otherwise stop and fetch again. The next lease is
-    reserved in the background once three quarters of this one are handed out
-    (or of its time has passed), so downloads do not wait for Redis.
-    """
-
-    website: str
-    member: str
-    amount: int  # reserved in Redis
-    estimate: int  # bytes per download, from Redis at grant time
-    committed: int = 0  # handed out to downloads
-    counted: int = 0  # bytes of finished downloads
-    inflight: int = 0
-    open: bool = True
-    downloads: int = 0  # handed out so far (at most BYTE_BUDGET_LEASE_DOWNLOADS)
-    renew_at: float = 0.0  # loop time after which the next lease is reserved in the background
-    renewing: bool = False
-    learn: list[int] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class _Grant:
-    """A granted download in progress (local state read by the byte signals)."""
-
-    website: str
-    member: str  # "" for a grant from the local fallback budget
-    reserved: int
-    head: int = 0
-    body: int = 0
-    sized: bool = False  # reserved at a size learned from an earlier stop: never stop again
-    expected: int = -1  # total size announced by Content-Length, when known
-    chunked: bool = False  # no Content-Length: HTTP/1.1 chunked (or read to close)
-    stopped: bool = False
-    lease: _Lease | None = None
-
-
-@dataclass(slots=True)
-class _LocalBudget:
-    """The same reservation log, in memory, for one worker while Redis is down."""
-
-    entries: deque[tuple[float, int]] = field(default_factory=deque)  # (end time, bytes), settled
-    inflight: int = 0
-
-    def reserve(self, budget: int, window: float, n: int, retry: float) -> tuple[bool, float]:
-        now = time.time()
-        while self.entries and self.entries[0][0] <= now - window:
-            self.entries.popleft()
-        used = self.inflight + sum(size for _, size in self.entries)
-        n = max(min(n, budget), 1)
-        if budget > 0 and used + n <= budget:
-            self.inflight += n
-            return True, now
-        freed, need = 0, used + n - budget
-        for end, size in self.entries:
-            freed += size
-            if freed >= need:
-                return False, end + window
-        return False, now + (window if budget <= 0 else retry)
-
-    def settle(self, reserved: int, size: int) -> None:
-        self.inflight = max(self.inflight - reserved, 0)
-        if size > 0:
-            self.entries.append((time.time(), size))
 
 
 def _chunked_overhead(body: int) -> int:
@@ -263,21 +95,12 @@ class ByteBudgetMiddleware:
         self.crawler: Crawler = crawler
         self.config: Config = config
         self.stats = crawler.stats
-        self.redis: aioredis.Redis | None = None
-        self._reserve: AsyncScript | None = None
-        self._settle: AsyncScript | None = None
+        self._store = BudgetStore(crawler, config)  # Redis, or this worker's memory while it is down
+        self._leases = Leases(crawler, config, self._store)
         self._overrides: dict[str, int | None] = {}
         self._refresher: asyncio.Task[None] | None = None
-        self._grants: dict[Request, _Grant] = {}
-        self._unsettled: list[tuple[str, str, int, list[int]]] = []  # settles that failed: retried later
-        self._redis_down_since: float | None = None
-        self._backoff = config.retry
-        self._local: dict[str, _LocalBudget] = {}
-        self._leases: dict[str, _Lease] = {}  # the open lease per website
-        self._pending: dict[str, asyncio.Future[None]] = {}  # reservation in flight per website
+        self._grants: dict[Request, Grant] = {}
         self._websites: dict[str, str] = {}  # netloc -> website key (website_key parses the URL)
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._closing = False
         # Per-request counters, added to the crawl's stats every
         # BYTE_BUDGET_REFRESH_SECONDS and at close (a stats call costs more
         # than the rest of a non-binding request's bookkeeping).
@@ -300,9 +123,7 @@ class ByteBudgetMiddleware:
     # -- life cycle ---------------------------------------------------------
 
     async def spider_opened(self) -> None:
-        self.redis = aioredis.Redis.from_url(self.config.redis_url)
-        self._reserve = load_script(self.redis, "reserve")
-        self._settle = load_script(self.redis, "settle")
+        self._store.open()
         await self._refresh_overrides()
         self._refresher = asyncio.create_task(self._refresh_loop())
         c = self.config
@@ -316,13 +137,13 @@ class ByteBudgetMiddleware:
         )
 
     async def spider_closed(self) -> None:
-        self._closing = True
+        self._leases.closing = True
         self._flush_counts()
         for handler, signal in ((self.headers_received, signals.headers_received),
                                 (self.bytes_received, signals.bytes_received)):
             self.crawler.signals.disconnect(handler, signal=signal, weak=False)
-        if self._tasks:  # lease renewals in flight install their lease before it is closed below
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Lease renewals in flight install their lease before it is closed below.
+        await self._leases.drain()
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -332,14 +153,11 @@ class ByteBudgetMiddleware:
             del self._grants[request]
             size = grant.head + grant.body + (_chunked_overhead(grant.body) if grant.chunked else 0)
             await self._settle_grant(grant, size, learn=-1)
-        for lease in list(self._leases.values()):
-            self._close_lease(lease)
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._flush_unsettled()
+        self._leases.close_all()
+        await self._leases.drain()
+        await self._store.flush_unsettled()
         self._flush_counts()
-        if self.redis is not None:
-            await self.redis.aclose()
+        await self._store.aclose()
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -364,11 +182,12 @@ class ByteBudgetMiddleware:
 
     async def _refresh_overrides(self) -> None:
         """Run-time overrides from Redis (``python -m middlewares.byte_budget set ...``)."""
-        assert self.redis is not None
+        redis = self._store.redis
+        assert redis is not None
         try:
-            raw = await self.redis.hgetall(overrides_key(self.config.prefix))
+            raw = await redis.hgetall(overrides_key(self.config.prefix))
         except RedisError as exc:
-            self._redis_error(exc)
+            self._store.redis_error(exc)
             return
         overrides = {}
         for site, value in raw.items():
@@ -383,7 +202,7 @@ class ByteBudgetMiddleware:
             logger.info("Byte budget run-time overrides: %(o)s", {"o": overrides},
                         extra={"spider": self.crawler.spider})
         self._overrides = overrides
-        await self._flush_unsettled()
+        await self._store.flush_unsettled()
 
     def budget_for(self, website: str) -> int | None:
         """Bytes per window for ``website``: run-time override, setting, default."""
@@ -407,15 +226,8 @@ class ByteBudgetMiddleware:
             self._count("byte_budget/unlimited")
             return None
         known = int(request.meta.get("byte_budget_size", 0))
-        grant: _Grant | tuple[float, float] | None = await self._grant_from_lease(website, budget, known)
-        # One reservation in flight per website: with leases, the requests
-        # that arrive meanwhile are served from the lease it brings.
-        while grant is None and (pending := self._pending.get(website)) is not None:
-            await asyncio.shield(pending)
-            grant = await self._grant_from_lease(website, budget, known)
-        if grant is None:
-            grant = await self._reserve_single_flight(request, website, budget, known)
-        while not isinstance(grant, _Grant) and _waits_in_place(request):
+        grant = await self._leases.grant(request, website, budget, known)
+        while not isinstance(grant, Grant) and _waits_in_place(request):
             # Fetched with engine.download_async() (robots.txt), not through the
             # frontier: a returned request would be retried at once, in a loop.
             # Every request of the website waits for this one anyway.
@@ -423,8 +235,8 @@ class ByteBudgetMiddleware:
             budget = self.budget_for(website)
             if budget is None:
                 return None
-            grant = await self._try_reserve(request, website, budget, known)
-        if isinstance(grant, _Grant):
+            grant = await self._leases.reserve(request, website, budget, known)
+        if isinstance(grant, Grant):
             self._grants[request] = grant
             self._count("byte_budget/granted")
             self._count("byte_budget/bytes_reserved", grant.reserved)
@@ -434,161 +246,6 @@ class ByteBudgetMiddleware:
         # change reaches parked websites within REFRESH + PARK_MAX seconds.
         not_before, now = grant
         return self._requeue(request, min(not_before, now + self.config.park_max))
-
-    async def _reserve_single_flight(
-        self, request: Request, website: str, budget: int, known: int
-    ) -> _Grant | tuple[float, float]:
-        if self.config.lease_downloads == 1:
-            return await self._try_reserve(request, website, budget, known)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending[website] = done
-        try:
-            return await self._try_reserve(request, website, budget, known)
-        finally:
-            if self._pending.get(website) is done:
-                del self._pending[website]
-            done.set_result(None)
-
-    async def _try_reserve(
-        self, request: Request | str, website: str, budget: int, known: int
-    ) -> _Grant | tuple[float, float]:
-        """A grant, or (not before, now): when to try again, by the Redis server's clock."""
-        c = self.config
-        assert self._reserve is not None
-        try:
-            result = await self._reserve(
-                keys=website_keys(c.prefix, website),
-                args=[budget, c.window, known, c.default_estimate, c.lease, c.retry, c.estimate_margin,
-                      c.lease_downloads + c.lease_downloads // 4],
-            )
-        except RedisError as exc:
-            self._redis_error(exc)
-            return self._reserve_without_redis(website, budget, known)
-        if self._redis_down_since is not None:
-            logger.info("Byte budget: Redis is back", extra={"spider": self.crawler.spider})
-            self._redis_down_since = None
-            self._backoff = c.retry
-        if int(result[0]) == 1:
-            n, granted = int(result[3]), int(result[4])
-            if granted <= n:
-                return _Grant(website, result[1].decode(), n, sized=known > 0)
-            loop = asyncio.get_running_loop()
-            lease = _Lease(website, result[1].decode(), granted, n, committed=n, inflight=1, downloads=1,
-                           renew_at=loop.time() + 0.75 * c.lease_seconds)
-            old = self._leases.get(website)
-            if old is not None:
-                self._close_lease(old)
-            self._leases[website] = lease
-            loop.call_later(c.lease_seconds, self._close_lease, lease)
-            self.stats.inc_value("byte_budget/leases")
-            return _Grant(website, "", n, sized=known > 0, lease=lease)
-        not_before = float(result[1])
-        if int(result[4]):
-            self.stats.inc_value("byte_budget/exhausted")
-            logger.warning(
-                "Byte budget of %(website)s exhausted: %(budget)d bytes per %(window)gs; "
-                "its requests wait until %(nb).3f (in %(wait).1fs)",
-                {"website": website, "budget": budget, "window": c.window, "nb": not_before,
-                 "wait": not_before - float(result[2])},
-                extra={"spider": self.crawler.spider},
-            )
-        logger.debug("Byte budget: %(request)s waits until %(nb).3f", {"request": request, "nb": not_before},
-                     extra={"spider": self.crawler.spider})
-        return not_before, float(result[2])
-
-    async def _grant_from_lease(self, website: str, budget: int, known: int) -> _Grant | None:
-        lease = self._leases.get(website)
-        if lease is None:
-            return None
-        n = known or lease.estimate
-        if lease.downloads >= self.config.lease_downloads or lease.committed + n > lease.amount:
-            # Used up: settle it first when it is idle, so the next
-            # reservation does not see its unused bytes as taken.
-            if self._close_lease(lease, settle=False):
-                await self._settle_lease(lease)
-            return None
-        lease.committed += n
-        lease.inflight += 1
-        lease.downloads += 1
-        if (not lease.renewing and not self._closing and website not in self._pending
-                and (4 * lease.downloads >= 3 * self.config.lease_downloads
-                     or asyncio.get_running_loop().time() >= lease.renew_at)):
-            lease.renewing = True
-            self._renew_lease(website, budget)
-        return _Grant(website, "", n, sized=known > 0, lease=lease)
-
-    def _renew_lease(self, website: str, budget: int) -> None:
-        """Reserve the next lease in the background; it replaces the open one when granted."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending[website] = done  # process_request waits for it rather than reserving again
-
-        async def renew() -> None:
-            try:
-                grant = await self._try_reserve("lease renewal", website, budget, 0)
-            finally:
-                if self._pending.get(website) is done:
-                    del self._pending[website]
-                done.set_result(None)
-            if not isinstance(grant, _Grant):
-                return  # denied: the next request reserves for itself
-            if grant.lease is not None:
-                # No download is using it yet: only its timer or the next one closes it.
-                grant.lease.committed, grant.lease.inflight, grant.lease.downloads = 0, 0, 0
-                return
-            # Near the limit the script granted one download's bytes, which no download uses.
-            if grant.member:
-                try:
-                    await self._settle_in_redis(website, grant.member, 0, [-1])
-                except RedisError as exc:
-                    self._redis_error(exc)
-                    self._unsettled.append((website, grant.member, 0, [-1]))
-            else:
-                self._local.setdefault(website, _LocalBudget()).settle(grant.reserved, 0)
-
-        task = asyncio.get_running_loop().create_task(renew())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _close_lease(self, lease: _Lease, settle: bool = True) -> bool:
-        """No more downloads from this lease; it is settled when its downloads are done.
-
-        True if it is idle and ``settle`` is False: the caller settles it.
-        """
-        if not lease.open:
-            return False
-        lease.open = False
-        if self._leases.get(lease.website) is lease:
-            del self._leases[lease.website]
-        if lease.inflight:
-            return False
-        if not settle:
-            return True
-        task = asyncio.get_running_loop().create_task(self._settle_lease(lease))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return False
-
-    async def _settle_lease(self, lease: _Lease) -> None:
-        try:
-            await self._settle_in_redis(lease.website, lease.member, lease.counted, lease.learn)
-        except RedisError as exc:
-            self._redis_error(exc)
-            self._unsettled.append((lease.website, lease.member, lease.counted, lease.learn))
-
-    def _reserve_without_redis(self, website: str, budget: int, known: int) -> _Grant | tuple[float, float]:
-        c = self.config
-        now = time.time()
-        if not c.fallback_workers:
-            # Fail closed: no download without a grant; try again with backoff.
-            self._backoff = min(self._backoff * 2, c.park_max)
-            return now + self._backoff, now
-        local = self._local.setdefault(website, _LocalBudget())
-        n = known or c.default_estimate
-        ok, when = local.reserve(budget // c.fallback_workers, c.window, n, c.retry)
-        if ok:
-            self.stats.inc_value("byte_budget/fallback_granted")
-            return _Grant(website, "", max(min(n, budget // c.fallback_workers), 1), sized=known > 0)
-        return when, now
 
     def _requeue(self, request: Request, not_before: float | None) -> Request:
         meta = {**request.meta, "frontier_requeue": True}
@@ -665,56 +322,17 @@ class ByteBudgetMiddleware:
             size = grant.head + grant.body + (_chunked_overhead(grant.body) if grant.chunked else 0)
             await self._settle_grant(grant, size, learn=-1)
 
-    async def _settle_grant(self, grant: _Grant, size: int, learn: int) -> float | None:
+    async def _settle_grant(self, grant: Grant, size: int, learn: int) -> float | None:
         """Settle in Redis (or locally); the server time, when Redis answered."""
         self._count("byte_budget/settled")
         self._count("byte_budget/bytes_settled", size)
-        lease = grant.lease
-        if lease is not None:
-            lease.counted += size
-            if learn >= 0:
-                lease.learn.append(learn)
-            lease.inflight -= 1
-            if not lease.open and lease.inflight == 0:
-                await self._settle_lease(lease)
+        if grant.lease is not None:
+            await self._leases.release(grant.lease, size, learn)
             return None
         if not grant.member:
-            local = self._local.setdefault(grant.website, _LocalBudget())
-            local.settle(grant.reserved, size)
+            self._store.settle_locally(grant.website, grant.reserved, size)
             return None
-        try:
-            return await self._settle_in_redis(grant.website, grant.member, size, [learn])
-        except RedisError as exc:
-            self._redis_error(exc)
-            self._unsettled.append((grant.website, grant.member, size, [learn]))
-            return None
-
-    async def _settle_in_redis(self, website: str, member: str, size: int, learn: list[int]) -> float:
-        c = self.config
-        assert self._settle is not None
-        result = await self._settle(keys=website_keys(c.prefix, website),
-                                    args=[member, size, c.window, c.lease, *learn])
-        return float(result[0])
-
-    async def _flush_unsettled(self) -> None:
-        while self._unsettled:
-            website, member, size, learn = self._unsettled[0]
-            try:
-                await self._settle_in_redis(website, member, size, learn)
-            except RedisError:
-                return
-            self._unsettled.pop(0)
-
-    def _redis_error(self, exc: Exception) -> None:
-        self.stats.inc_value(f"byte_budget/redis_error/{type(exc).__name__}")
-        if self._redis_down_since is None:
-            self._redis_down_since = time.monotonic()
-            logger.error(
-                "Byte budget: Redis unavailable (%(exc)s); %(mode)s",
-                {"exc": exc, "mode": f"local budget b/{self.config.fallback_workers}"
-                 if self.config.fallback_workers else "no downloads from budgeted websites until it is back"},
-                extra={"spider": self.crawler.spider},
-            )
+        return await self._store.settle(grant.website, grant.member, size, [learn])
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ import sys
 import redis
 
 from crawler.website import registrable_domain
-from middlewares.byte_budget import UNLIMITED, overrides_key, parse_budget, website_keys
+from middlewares.byte_budget_config import UNLIMITED, parse_budget
+from middlewares.byte_budget_store import overrides_key, website_keys
 
 
 def main(argv: list[str] | None = None) -> int:

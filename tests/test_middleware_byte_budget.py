@@ -17,7 +17,6 @@ from scrapy.utils.misc import build_from_crawler
 from scrapy.utils.test import get_crawler
 
 from devtools.services import free_port
-from middlewares import byte_budget
 from middlewares.byte_budget import ByteBudgetMiddleware, Config, website_keys
 from middlewares.byte_budget_cli import main as cli
 
@@ -265,7 +264,7 @@ def test_clock_skew_does_not_matter(redis_url: str, monkeypatch: pytest.MonkeyPa
     for skew in (-3600.0, 0.0, 3600.0):
         with redis.Redis.from_url(redis_url) as r:
             r.flushall()
-        monkeypatch.setattr(byte_budget.time, "time", lambda skew=skew: _real_time() + skew)
+        monkeypatch.setattr(time, "time", lambda skew=skew: _real_time() + skew)
 
         async def body(mw: ByteBudgetMiddleware) -> None:
             a = Request("http://shop-a.test/1")
@@ -425,7 +424,7 @@ def test_next_lease_is_reserved_in_the_background(redis_url: str) -> None:
         requests = [Request(f"http://shop-a.test/{n}", meta={"byte_budget_size": 1000}) for n in range(4)]
         for request in requests[:3]:
             assert await mw.process_request(request) is None
-        await asyncio.gather(*mw._tasks)  # the renewal, done while the first lease still serves
+        await asyncio.gather(*mw._leases.tasks)  # the renewal, done while the first lease still serves
         with redis.Redis.from_url(redis_url) as r:
             out["inflight"] = r.zcard(website_keys("t", "shop-a.test")[1])
         # The 4th download comes from the renewed lease, without a reservation of its own.
