@@ -115,6 +115,15 @@ class FrontierScheduler:
         self._log_duplicates = True
         # prefetch buffer: website -> requests, served round-robin
         self._prefetch = PrefetchBuffer()
+        # Requests handed out in this event-loop turn, by website (see PrefetchBuffer.take).
+        # Cleared on the next turn, when they have reached their download slot (a
+        # downloader middleware that awaits first delays that: not counted meanwhile).
+        self._turn: dict[str, int] = {}
+        # What Scrapy's downloader gives a new download slot (Downloader._get_slot).
+        settings = crawler.settings
+        self._slot_concurrency = (settings.getint("CONCURRENT_REQUESTS_PER_IP")
+                                  or settings.getint("CONCURRENT_REQUESTS_PER_DOMAIN"))
+        self._slot_settings: dict[str, Any] = settings.getdict("DOWNLOAD_SLOTS")
         self._refill_task: asyncio.Task[None] | None = None
         self._pop_after = 0.0  # monotonic time before which popping is pointless
         self._pop_timer: asyncio.TimerHandle | None = None
@@ -288,10 +297,25 @@ class FrontierScheduler:
     # -- local buffer ------------------------------------------------------
 
     def _take(self) -> Buffered | None:
-        item, held = self._prefetch.take(self._downloader_slots(), self._is_held)
+        taken, held = self._prefetch.take(self._downloader_slots(), self._is_held, self._turn,
+                                          self._new_slot_concurrency)
         for website, items in held:
             self._requeue_held(website, items)
+        if taken is None:
+            return None
+        website, item = taken
+        # A request in a download slot of the spider's own choosing is not in the website's slot.
+        if self._loop is not None and item.request.meta.get("download_slot") == website:
+            if not self._turn:
+                self._loop.call_soon(self._turn.clear)
+            self._turn[website] = self._turn.get(website, 0) + 1
         return item
+
+    def _new_slot_concurrency(self, website: str) -> int:
+        slot_settings = self._slot_settings.get(website)
+        if slot_settings:
+            return int(slot_settings.get("concurrency", self._slot_concurrency))
+        return self._slot_concurrency
 
     def _is_held(self, website: str) -> bool:
         until = self._not_before.get(website)
