@@ -426,8 +426,10 @@ def test_one_turn_hands_out_no_more_than_the_download_slots_take(redis_url: str)
     (``slot.active``) only on a later turn: requests handed out in the turn count against their slot, so
     one website's backlog does not fill the engine while other websites' requests wait in the buffer."""
     async def run() -> tuple[Counter[str], Counter[str], Counter[str]]:
+        # Nothing is downloaded here: no HTTP handler (no connection pool left open).
         s = await open_scheduler(redis_url, FRONTIER_PREFETCH=40, CONCURRENT_REQUESTS_PER_DOMAIN=2,
-                                 DOWNLOAD_SLOTS={"slow.test": {"concurrency": 1}})
+                                 DOWNLOAD_SLOTS={"slow.test": {"concurrency": 1}},
+                                 DOWNLOAD_HANDLERS={"http": None, "https": None})
         # A real engine and downloader (not started): the scheduler reads its download slots.
         engine = ExecutionEngine(s.crawler, lambda _: None)
         s.crawler.engine = engine
@@ -459,6 +461,7 @@ def test_one_turn_hands_out_no_more_than_the_download_slots_take(redis_url: str)
         await asyncio.sleep(0)
         third = one_turn()
         await s._close("finished")
+        engine.downloader.close()
         return first, second, third
 
     first, second, third = asyncio.run(run())
