@@ -445,8 +445,8 @@ def test_one_turn_hands_out_no_more_than_the_download_slots_take(redis_url: str)
             # A spider's own download slot: not the website's, not limited here (as before).
             s.enqueue_request(req("own.test", f"{i}", meta={"download_slot": "mine"}))
         await settle(s)
-        while s._refill_task is not None:
-            await s._refill_task
+        while s._refill.task is not None:
+            await s._refill.task
         assert len(s._prefetch) == 16
 
         def one_turn() -> Counter[str]:  # as ExecutionEngine._start_scheduled_requests
