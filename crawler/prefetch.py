@@ -1,6 +1,6 @@
 """The frontier's local prefetch buffer: popped requests by website, served round-robin.
 
-Part of :mod:`crawler.scheduler`; no I/O here.
+Part of :mod:`crawler.scheduler` (refilled by :mod:`crawler.refill`); no I/O here.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from scrapy import Request
 
@@ -47,15 +47,22 @@ class PrefetchBuffer:
         items.append(item)
         self.size += 1
 
-    def take(self, slots: dict[str, Any] | None, held: Callable[[str], bool]
-             ) -> tuple[Buffered | None, list[tuple[str, list[Buffered]]]]:
-        """The next request, and the requests of websites found ``held`` (removed from the buffer).
+    def take(self, slots: dict[str, Any] | None, held: Callable[[str], bool], turn: Mapping[str, int],
+             new_slot_concurrency: Callable[[str], int],
+             ) -> tuple[tuple[str, Buffered] | None, list[tuple[str, list[Buffered]]]]:
+        """The next request with its website, and the requests of websites found ``held`` (removed).
 
         A website whose download slot (in Scrapy's ``downloader.slots``)
         already has ``concurrency`` requests is passed over for one whose slot
         has room, so one website's requests do not wait in its slot queue
         while another website could download; with no such website, one more
         slot's worth may queue (as with Scrapy's own scheduler).
+
+        A slot's requests are its ``active`` ones plus ``turn[website]``, the
+        requests taken for it in this event-loop turn: the engine asks for
+        many requests in one turn, and Scrapy adds a request to ``active``
+        only on a later turn (``Downloader.fetch`` runs as a task). A website
+        without a slot yet counts against the concurrency its slot will get.
         """
         ring = self._ring
         removed: list[tuple[str, list[Buffered]]] = []
@@ -68,13 +75,20 @@ class PrefetchBuffer:
             if held(website):
                 removed.append((website, self.remove(website)))
                 continue
-            slot = slots.get(website) if slots is not None else None
-            if slot is not None and len(slot.active) >= slot.concurrency:
-                if fallback is None and len(slot.active) < 2 * slot.concurrency:
-                    fallback = website
-                continue
-            return self._pop(website), removed
-        return (self._pop(fallback) if fallback is not None else None), removed
+            if slots is not None:
+                slot = slots.get(website)
+                busy = turn.get(website, 0)
+                if slot is not None:
+                    busy += len(slot.active)
+                    concurrency = slot.concurrency
+                else:  # no slot and nothing taken this turn: room
+                    concurrency = new_slot_concurrency(website) if busy else 1
+                if busy >= concurrency:
+                    if fallback is None and busy < 2 * concurrency:
+                        fallback = website
+                    continue
+            return (website, self._pop(website)), removed
+        return ((fallback, self._pop(fallback)) if fallback is not None else None), removed
 
     def remove(self, website: str) -> list[Buffered]:
         """Every buffered request of ``website``."""

@@ -39,9 +39,10 @@ async def open_scheduler(redis_url: str, **settings: Any) -> FrontierScheduler:
 
 async def settle(scheduler: FrontierScheduler) -> None:
     """Wait until every enqueued request has been sent to Redis."""
-    while scheduler._outbox or scheduler._flush_task or scheduler._flush_timer:
-        if scheduler._flush_task is not None:
-            await scheduler._flush_task
+    outbox = scheduler._outbox
+    while outbox.entries or outbox.task or outbox.timer:
+        if outbox.task is not None:
+            await outbox.task
         else:
             await asyncio.sleep(0.001)
 
@@ -49,13 +50,13 @@ async def settle(scheduler: FrontierScheduler) -> None:
 async def drain(scheduler: FrontierScheduler, limit: int = 10_000) -> list[Request]:
     """Every request the scheduler hands out now (popping from Redis as needed)."""
     out: list[Request] = []
-    scheduler._pop_after = 0.0
+    scheduler._refill.pop_after = 0.0
     while len(out) < limit:
         request = scheduler.next_request()
         if request is not None:
             out.append(request)
-        elif scheduler._refill_task is not None:
-            await scheduler._refill_task
+        elif scheduler._refill.task is not None:
+            await scheduler._refill.task
         else:
             break
     return out

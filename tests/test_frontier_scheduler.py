@@ -12,6 +12,8 @@ import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
 from scrapy import Request
+from scrapy.core.downloader import Slot
+from scrapy.core.engine import ExecutionEngine
 
 from bench.redis_proxy import RedisProxy
 from crawler.frontier_config import FrontierConfig
@@ -417,3 +419,53 @@ def test_redis_outage_loses_nothing(redis_server: Server, caplog: pytest.LogCapt
     assert sorted(got) == sorted([f"http://a.test/before{i}" for i in range(3)]
                                  + [f"http://a.test/during{i}" for i in range(3)])
     assert any("Frontier Redis call failed" in r.getMessage() for r in caplog.records)
+
+
+def test_one_turn_hands_out_no_more_than_the_download_slots_take(redis_url: str) -> None:
+    """The engine asks for many requests in one event-loop turn, and a request reaches its download slot
+    (``slot.active``) only on a later turn: requests handed out in the turn count against their slot, so
+    one website's backlog does not fill the engine while other websites' requests wait in the buffer."""
+    async def run() -> tuple[Counter[str], Counter[str], Counter[str]]:
+        # Nothing is downloaded here: no HTTP handler (no connection pool left open).
+        s = await open_scheduler(redis_url, FRONTIER_PREFETCH=40, CONCURRENT_REQUESTS_PER_DOMAIN=2,
+                                 DOWNLOAD_SLOTS={"slow.test": {"concurrency": 1}},
+                                 DOWNLOAD_HANDLERS={"http": None, "https": None})
+        # A real engine and downloader (not started): the scheduler reads its download slots.
+        engine = ExecutionEngine(s.crawler, lambda _: None)
+        s.crawler.engine = engine
+        busy = Slot(2, 0)  # big.test's slot: one download under way
+        busy.active.add(req("big.test", "under-way"))
+        engine.downloader.slots["big.test"] = busy
+        for i in range(8):
+            s.enqueue_request(req("big.test", f"{i}"))
+        for i in range(2):
+            s.enqueue_request(req("small.test", f"{i}"))
+        for i in range(3):
+            s.enqueue_request(req("slow.test", f"{i}"))
+            # A spider's own download slot: not the website's, not limited here (as before).
+            s.enqueue_request(req("own.test", f"{i}", meta={"download_slot": "mine"}))
+        await settle(s)
+        while s._refill.task is not None:
+            await s._refill.task
+        assert len(s._prefetch) == 16
+
+        def one_turn() -> Counter[str]:  # as ExecutionEngine._start_scheduled_requests
+            out: Counter[str] = Counter()
+            while (request := s.next_request()) is not None:
+                out[request.meta["download_slot"]] += 1
+            return out
+
+        first = one_turn()
+        await asyncio.sleep(0)  # the next turn: nothing reached a slot (no download here)
+        second = one_turn()
+        await asyncio.sleep(0)
+        third = one_turn()
+        await s._close("finished")
+        engine.downloader.close()
+        return first, second, third
+
+    first, second, third = asyncio.run(run())
+    # Each website's slot gets its concurrency, then one more slot's worth may queue (2 x concurrency).
+    assert first == {"big.test": 3, "small.test": 2, "slow.test": 2, "mine": 3}
+    assert second == {"big.test": 3, "slow.test": 1}
+    assert third == {"big.test": 2}
