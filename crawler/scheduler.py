@@ -108,11 +108,6 @@ class FrontierScheduler:
         # Cleared on the next turn, when they have reached their download slot (a
         # downloader middleware that awaits first delays that: not counted meanwhile).
         self._turn: dict[str, int] = {}
-        # What Scrapy's downloader gives a new download slot (Downloader._get_slot).
-        settings = crawler.settings
-        self._slot_concurrency = (settings.getint("CONCURRENT_REQUESTS_PER_IP")
-                                  or settings.getint("CONCURRENT_REQUESTS_PER_DOMAIN"))
-        self._slot_settings: dict[str, Any] = settings.getdict("DOWNLOAD_SLOTS")
         self._refill = Refill(self)
         self._not_before: dict[str, float] = {}  # website -> Unix time (Redis clock)
         # requests handed to the engine, until their outcome is processed
@@ -275,10 +270,11 @@ class FrontierScheduler:
         return item
 
     def _new_slot_concurrency(self, website: str) -> int:
-        slot_settings = self._slot_settings.get(website)
-        if slot_settings:
-            return int(slot_settings.get("concurrency", self._slot_concurrency))
-        return self._slot_concurrency
+        # What Scrapy's downloader will give the slot: its rule in Downloader._get_slot,
+        # from the values it parsed (called only while a downloader runs).
+        downloader = self._engine().downloader
+        default = downloader.ip_concurrency or downloader.domain_concurrency
+        return int(downloader.per_slot_settings.get(website, {}).get("concurrency", default))
 
     def _is_held(self, website: str) -> bool:
         until = self._not_before.get(website)
