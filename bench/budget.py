@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import signal
 import subprocess
 import time
@@ -72,10 +71,7 @@ def main(argv: list[str]) -> int:
                     settings["BYTE_BUDGET_ENABLED"] = "False"
                 servers.flush_redis()
                 seed(servers)
-                before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 result = servers.crawl(label, stack_cmd("shop_a", settings), servers.env())
-                after = resource.getrusage(resource.RUSAGE_CHILDREN)
-                result.stats["_cpu"] = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
                 free[label].append(result)
                 print(f"  repeat {i + 1}/{args.nb_repeats} non-binding {label:7s} {result.pages} pages in "
                       f"{result.seconds:.2f}s = {result.pages_per_s:.0f} pages/s", flush=True)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 from pathlib import Path
 from typing import Any
 
@@ -83,15 +82,6 @@ def _commands(servers: BenchServers) -> tuple[int, int]:
 
 
 def _run(servers: BenchServers, kind: str, label: str, redis_url: str | None) -> RunResult:
-    # CPU seconds of the crawl process: the crawl is the only child reaped meanwhile.
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = _crawl(servers, kind, label, redis_url)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result.stats["_cpu"] = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-    return result
-
-
-def _crawl(servers: BenchServers, kind: str, label: str, redis_url: str | None) -> RunResult:
     if kind == "vanilla":
         return servers.crawl(label, vanilla_cmd(servers.start_url, {"CONCURRENT_ITEMS": 8}), vanilla_env(servers))
     assert redis_url is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -110,10 +111,15 @@ class BenchServers:
         log_path = stats_path.with_suffix(".log")
         mark = self.mark()
         full = [*cmd, "-s", f"STATS_FILE_PATH={stats_path}", "-s", f"LOG_FILE={log_path}"]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = subprocess.run(full, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, timeout=timeout, check=False)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         records = self.log(mark)
         stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+        # User + system CPU seconds of the crawl process (start-up included):
+        # it is the only child reaped meanwhile.
+        stats["_cpu"] = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
         if proc.returncode != 0 or not records:
             tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
             raise RuntimeError(f"{label} failed (exit {proc.returncode}):\n{proc.stderr.decode()[-2000:]}\n{tail}")
