@@ -51,6 +51,7 @@ bench: deps
 lint: deps
 	$(VENV)/bin/ruff check crawler middlewares pipelines settings demosite devtools bench tests
 	$(VENV)/bin/mypy crawler middlewares pipelines settings
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) $(STATE) *.egg-info

@@ -8,9 +8,9 @@ interleaved ``--repeats`` times:
 * ``scrapy_redis``: scrapy-redis 0.9.1 as shipped (``RedisSpider``, its
   ``Scheduler``, ``RFPDupeFilter``, ``PriorityQueue``, pickle);
 * ``ours``: ``scrapy crawl shop_a`` with the project's settings
-  (``crawler.scheduler.FrontierScheduler``), items not stored;
+  (``crawler.frontier.scheduler.FrontierScheduler``), items not stored;
 * ``ours_gc_off``: the same with ``GC_TUNING_ENABLED=False``, to show what the
-  stack's GC tuning (``crawler/gc_tuning.py``) contributes: neither vanilla
+  stack's GC tuning (``crawler/extensions/gc_tuning.py``) contributes: neither vanilla
   Scrapy nor scrapy-redis tunes the collector.
 
 Redis figures per crawled page: commands from ``INFO commandstats`` (this

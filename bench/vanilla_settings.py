@@ -2,7 +2,7 @@
 needed to reach the demo site and to compare like for like (concurrency)."""
 
 TWISTED_DNS_RESOLVER = "crawler.resolver.StaticHostResolver"  # to resolve *.test, as the stack does
-EXTENSIONS = {"crawler.stats_file.StatsFileExtension": 900}
+EXTENSIONS = {"crawler.extensions.stats_file.StatsFileExtension": 900}
 TELNETCONSOLE_ENABLED = False
 REMOTE_CONTROL_ENABLED = False
 ROBOTSTXT_OBEY = True

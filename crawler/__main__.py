@@ -1,7 +1,7 @@
-"""``python -m crawler``: see :mod:`crawler.cli`."""
+"""``python -m crawler``: see :mod:`crawler.frontier.cli`."""
 
 import sys
 
-from crawler.cli import main
+from crawler.frontier.cli import main
 
 sys.exit(main())

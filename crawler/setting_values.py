@@ -2,7 +2,8 @@
 
 A bad value stops the crawl at start-up with a ``ValueError`` that names the
 setting and the value (a setting that silently fell back to a default would
-be a production incident).
+be a production incident). Each component's ``Config.from_settings`` calls
+these with its defaults; the defaults live there and nowhere else in code.
 """
 
 from __future__ import annotations
@@ -14,32 +15,32 @@ if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
 
 
-def number_setting(
-    settings: BaseSettings,
-    name: str,
-    default: float,
-    *,
-    minimum: float,
-    exclusive: bool = False,
-    integer: bool = False,
-) -> float:
-    """``settings[name]`` as a number ``>= minimum`` (``> minimum`` if ``exclusive``).
-
-    With ``integer`` the value must be whole and an ``int`` is returned.
-    """
+def _checked(settings: BaseSettings, name: str, default: float, minimum: float, exclusive: bool,
+             integer: bool) -> float:
     raw = settings.get(name, default)
     error = ValueError(
         f"{name} must be {'an integer' if integer else 'a number'} {'>' if exclusive else '>='} {minimum}, "
         f"got {raw!r}"
     )
+    if isinstance(raw, bool):
+        raise error
     try:
         value = float(raw)
     except (TypeError, ValueError):
         raise error from None
     if math.isnan(value) or value < minimum or (exclusive and value == minimum):
         raise error
-    if integer:
-        if not value.is_integer():
-            raise error
-        return int(value)
+    if integer and not value.is_integer():
+        raise error
     return value
+
+
+def int_setting(settings: BaseSettings, name: str, default: int, *, minimum: int, exclusive: bool = False) -> int:
+    """``settings[name]`` as a whole number ``>= minimum`` (``> minimum`` if ``exclusive``); ``1e6`` is accepted."""
+    return int(_checked(settings, name, default, minimum, exclusive, integer=True))
+
+
+def float_setting(settings: BaseSettings, name: str, default: float, *, minimum: float,
+                  exclusive: bool = False) -> float:
+    """``settings[name]`` as a number ``>= minimum`` (``> minimum`` if ``exclusive``)."""
+    return _checked(settings, name, default, minimum, exclusive, integer=False)

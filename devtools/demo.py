@@ -88,7 +88,7 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
 
 
 def _queued(r: Any, spider: str) -> int:
-    """Requests waiting in a spider's frontier: one queue per website (crawler/frontier_store.py)."""
+    """Requests waiting in a spider's frontier: one queue per website (crawler/frontier/store.py)."""
     prefix = "{" + spider + "}"
     return sum(int(r.zcard(f"{prefix}:q:{site.decode()}")) for site in r.zrange(f"{prefix}:sites", 0, -1))
 
@@ -169,7 +169,7 @@ def _run(
           f"  demo    {', '.join(hosts.values())} on 127.0.0.1 and [::1] port {site.port}", flush=True)
     for spider in spiders:
         r.delete(f"{spider}:start_urls", f"{spider}:start_urls:dead",
-                 *r.scan_iter(match="{" + spider + "}:*"))  # the frontier's keys (crawler/frontier_store.py)
+                 *r.scan_iter(match="{" + spider + "}:*"))  # the frontier's keys (crawler/frontier/store.py)
     mongo.drop_database(DEMO_DB)
     for spider, host in hosts.items():
         r.lpush(f"{spider}:start_urls", json.dumps({"url": f"http://{host}:{site.port}/"}))

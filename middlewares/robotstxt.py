@@ -24,6 +24,8 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.httpobj import urlparse_cached
 from twisted.internet.defer import Deferred
 
+from crawler.scrapy_internals import pending_robots_parser
+
 if TYPE_CHECKING:
     from scrapy import Request
     from scrapy.robotstxt import RobotParser
@@ -33,7 +35,7 @@ class RobotsTxtMiddleware(_ScrapyRobotsTxtMiddleware):
     """Scrapy's middleware; concurrent waiters for one robots.txt all get its parser."""
 
     async def robot_parser(self, request: Request) -> RobotParser | None:
-        pending = self._parsers.get(urlparse_cached(request).netloc)
+        pending = pending_robots_parser(self, urlparse_cached(request).netloc)
         if isinstance(pending, Deferred):
             waiter: Deferred[RobotParser | None] = Deferred()
 

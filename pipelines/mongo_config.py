@@ -21,7 +21,7 @@ from pymongo.errors import PyMongoError
 from pymongo.uri_parser import parse_uri
 from pymongo.write_concern import WriteConcern
 
-from crawler.setting_values import number_setting
+from crawler.setting_values import float_setting, int_setting
 
 if TYPE_CHECKING:
     from typing import Self
@@ -65,10 +65,6 @@ def _keys(value: Any, setting: str) -> tuple[str, ...]:
     return fields
 
 
-def _positive(settings: BaseSettings, name: str, default: float, kind: type = float) -> Any:
-    return number_setting(settings, name, default, minimum=0, exclusive=True, integer=kind is int)
-
-
 @dataclass(frozen=True, slots=True)
 class MongoWriterConfig:
     mongo: MongoConfig
@@ -99,8 +95,8 @@ class MongoWriterConfig:
             collections[_type_name(key)] = value
         keys = {_type_name(k): _keys(v, f"MONGO_WRITER_KEYS[{k!r}]")
                 for k, v in settings.getdict("MONGO_WRITER_KEYS").items()}
-        batch_size = _positive(settings, "MONGO_WRITER_BATCH_SIZE", 500, int)
-        buffer_size = _positive(settings, "MONGO_WRITER_BUFFER_SIZE", 4 * batch_size, int)
+        batch_size = int_setting(settings, "MONGO_WRITER_BATCH_SIZE", 500, minimum=0, exclusive=True)
+        buffer_size = int_setting(settings, "MONGO_WRITER_BUFFER_SIZE", 4 * batch_size, minimum=0, exclusive=True)
         if buffer_size < batch_size:
             raise ValueError(f"MONGO_WRITER_BUFFER_SIZE must be >= MONGO_WRITER_BATCH_SIZE ({batch_size}), "
                              f"got {buffer_size!r}")
@@ -118,7 +114,8 @@ class MongoWriterConfig:
         journal_dir = settings.get("MONGO_WRITER_JOURNAL_DIR", "mongo-journal")
         if not isinstance(journal_dir, str | Path) or not str(journal_dir):
             raise ValueError(f"MONGO_WRITER_JOURNAL_DIR must be a directory path, got {journal_dir!r}")
-        segment_bytes = _positive(settings, "MONGO_WRITER_JOURNAL_SEGMENT_BYTES", 8 << 20, int)
+        segment_bytes = int_setting(settings, "MONGO_WRITER_JOURNAL_SEGMENT_BYTES", 8 << 20,
+                                    minimum=0, exclusive=True)
         max_bytes = settings.get("MONGO_WRITER_JOURNAL_MAX_BYTES", 1 << 30)
         try:
             max_bytes = int(max_bytes)
@@ -139,14 +136,15 @@ class MongoWriterConfig:
                               "MONGO_WRITER_DEFAULT_KEY"),
             dead_letter_collection=dead,
             batch_size=batch_size,
-            flush_interval=_positive(settings, "MONGO_WRITER_FLUSH_INTERVAL", 1.0),
+            flush_interval=float_setting(settings, "MONGO_WRITER_FLUSH_INTERVAL", 1.0, minimum=0, exclusive=True),
             buffer_size=buffer_size,
             write_concern=write_concern,
             retry_times=int(retry_times),
-            retry_backoff=_positive(settings, "MONGO_WRITER_RETRY_BACKOFF", 0.5),
-            retry_backoff_max=_positive(settings, "MONGO_WRITER_RETRY_BACKOFF_MAX", 10.0),
-            server_timeout=_positive(settings, "MONGO_WRITER_SERVER_TIMEOUT", 5.0),
-            close_timeout=_positive(settings, "MONGO_WRITER_CLOSE_TIMEOUT", 60.0),
+            retry_backoff=float_setting(settings, "MONGO_WRITER_RETRY_BACKOFF", 0.5, minimum=0, exclusive=True),
+            retry_backoff_max=float_setting(settings, "MONGO_WRITER_RETRY_BACKOFF_MAX", 10.0,
+                                            minimum=0, exclusive=True),
+            server_timeout=float_setting(settings, "MONGO_WRITER_SERVER_TIMEOUT", 5.0, minimum=0, exclusive=True),
+            close_timeout=float_setting(settings, "MONGO_WRITER_CLOSE_TIMEOUT", 60.0, minimum=0, exclusive=True),
             journal_dir=Path(journal_dir),
             journal_segment_bytes=segment_bytes,
             journal_max_bytes=max_bytes,

@@ -27,7 +27,7 @@ CONCURRENT_REQUESTS_PER_DOMAIN = 16
 DOWNLOAD_DELAY = 0
 # Scrapy starts one task per item slot for every response; the default of 100
 # costs ~1.75x throughput on 2 cores (scrapy/scrapy#5182). Measured with
-# `python -m bench concurrent_items`: see README, "Tuning".
+# `python -m bench concurrent_items`: see bench/RESULTS.md, "Tuning".
 CONCURRENT_ITEMS = 8
 
 # The telnet console executes arbitrary Python for anyone who can reach its
@@ -38,19 +38,16 @@ TELNETCONSOLE_ENABLED = False
 REMOTE_CONTROL_ENABLED = False
 
 # Scrapy's downloader with CONCURRENT_REQUESTS_PER_DOMAIN enforced for requests
-# that reach a download slot together (crawler/downloader.py, Scrapy 2.19).
-DOWNLOADER = "crawler.downloader.Downloader"
+# that reach a download slot together (crawler/scrapy_internals.py, Scrapy 2.19).
+DOWNLOADER = "crawler.scrapy_internals.Downloader"
 
-# Shared frontier: our scheduler on scrapy-redis's data model (crawler/scheduler.py).
-SCHEDULER = "crawler.scheduler.FrontierScheduler"
+# Shared frontier: our scheduler on scrapy-redis's data model (crawler/frontier/scheduler.py).
+SCHEDULER = "crawler.frontier.scheduler.FrontierScheduler"
 
-# Close a worker after the shared frontier has been empty, with this worker
-# idle, for this many seconds; 0 runs it as a service that waits for seeds.
-FRONTIER_IDLE_CLOSE_SECONDS = 0.0
-# How often an idle worker looks at the shared frontier for new work.
-FRONTIER_IDLE_POLL_SECONDS = 0.25
+# FRONTIER_* settings and their defaults (workers run as services that wait for
+# seeds until FRONTIER_IDLE_CLOSE_SECONDS is set): docs/frontier.md.
 
-# Validate -> enrich -> journal + bulk upsert (README, "Item pipelines").
+# Validate -> enrich -> journal + bulk upsert (docs/pipelines.md).
 ITEM_PIPELINES = {
     "pipelines.validate.ValidatePipeline": 300,
     "pipelines.enrich.EnrichPipeline": 400,
@@ -70,11 +67,11 @@ MONGO_WRITER_COLLECTIONS = {
 }
 
 EXTENSIONS = {
-    "crawler.stats_file.StatsFileExtension": 900,
-    "crawler.gc_tuning.GcTuning": 0,
+    "crawler.extensions.stats_file.StatsFileExtension": 900,
+    "crawler.extensions.gc_tuning.GcTuning": 0,
 }
 # Freeze start-up objects and collect the young generation less often once
-# the engine runs: ~13% of a worker's CPU was the collector (README, "GC tuning").
+# the engine runs: ~13% of a worker's CPU was the collector (docs/settings.md, "GC tuning").
 GC_TUNING_ENABLED = True
 
 FEED_EXPORT_ENCODING = "utf-8"
@@ -85,27 +82,19 @@ DOWNLOADER_MIDDLEWARES = {
     "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
     "middlewares.robotstxt.RobotsTxtMiddleware": 100,
     # After HttpProxyMiddleware (750): proxied requests are not bound.
-    "middlewares.ipv6_bind.IPv6BindMiddleware": 760,
+    "middlewares.ipv6_bind.middleware.IPv6BindMiddleware": 760,
 }
 # Random IPv6 source addresses: off until the host routes a prefix to itself
-# (see README, "IPv6 source addresses").
+# (docs/ipv6-bind.md).
+# The other IPV6_BIND_* settings and their defaults: docs/ipv6-bind.md.
 IPV6_BIND_ENABLED = False
-IPV6_BIND_PREFIXES: list[str] = []
-IPV6_BIND_POLICY = "sticky"
-IPV6_BIND_STICKY_ADDRESSES = 2
-IPV6_BIND_STICKY_REQUESTS = 1000
-IPV6_BIND_STICKY_SECONDS = 300.0
-IPV6_BIND_IPV4_TARGETS = "fetch"
-IPV6_BIND_PARTITION = ""
-IPV6_BIND_CLOSE_CONNECTIONS = True
-IPV6_BIND_SELF_CHECK = True
 
-# Cluster-wide per-website byte budgets (middlewares/byte_budget.py, README
-# "Byte budget"). On, so run-time budgets (`python -m middlewares.byte_budget
+# Cluster-wide per-website byte budgets (middlewares/byte_budget/, docs/byte-budget.md).
+# On, so run-time budgets (`python -m middlewares.byte_budget
 # set ...`) reach running workers; with no budget configured it costs one
 # dictionary lookup per request. 950: next to the downloader, so it counts the
 # response before HttpCompressionMiddleware decompresses it.
+# No budget anywhere until BYTE_BUDGET_DEFAULT / BYTE_BUDGET_PER_WEBSITE or the CLI
+# sets one; every BYTE_BUDGET_* setting: docs/byte-budget.md.
 BYTE_BUDGET_ENABLED = True
-BYTE_BUDGET_DEFAULT = None  # bytes per window for every website; None: no budget
-BYTE_BUDGET_PER_WEBSITE: dict[str, int | None] = {}
-DOWNLOADER_MIDDLEWARES["middlewares.byte_budget.ByteBudgetMiddleware"] = 950
+DOWNLOADER_MIDDLEWARES["middlewares.byte_budget.middleware.ByteBudgetMiddleware"] = 950

@@ -9,7 +9,7 @@ from scrapy import Spider
 from scrapy.utils.misc import build_from_crawler
 from scrapy.utils.test import get_crawler
 
-from crawler.scheduler import FrontierScheduler
+from crawler.frontier.scheduler import FrontierScheduler
 
 if TYPE_CHECKING:
     from scrapy import Request

@@ -7,7 +7,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from crawler.frontier import FrontierSpider
+from crawler.frontier.spider import FrontierSpider
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator

@@ -33,7 +33,7 @@ def test_two_workers_share_the_crawl(
         assert result.returncode == 0, result.log[-3000:]
         assert result.stats["finish_reason"] == "finished"
         assert_clean_log(result.log)
-        # The project's workers run with the GC tuning (crawler/gc_tuning.py) on.
+        # The project's workers run with the GC tuning (crawler/extensions/gc_tuning.py) on.
         assert result.stats["gc_tuning/frozen_objects"] > 10_000
 
     records = [r for r in demo_site.log(mark) if r["host"] == site.host]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
-from crawler.frontier_store import MODE_DEDUPE, FrontierStore, PushEntry
+from crawler.frontier.store import MODE_DEDUPE, FrontierStore, PushEntry
 from devtools.services import ROOT
 
 if TYPE_CHECKING:

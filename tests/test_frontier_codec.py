@@ -9,7 +9,7 @@ from scrapy import FormRequest, Request
 from scrapy.http import JsonRequest
 from scrapy.utils.test import get_crawler
 
-from crawler.request_codec import UndecodableRequestError, UnencodableRequestError, decode_request, encode_request
+from crawler.frontier.codec import UndecodableRequestError, UnencodableRequestError, decode_request, encode_request
 from tests.frontier_helpers import CodecSpider
 
 FIELDS = ("url", "method", "body", "meta", "cb_kwargs", "cookies", "priority", "dont_filter", "flags",

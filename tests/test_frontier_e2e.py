@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from crawler.frontier import FrontierSpider
+    from crawler.frontier.spider import FrontierSpider
     from tests.conftest import CrawlResult, DemoSite
 
 ENV = {"RESOLVE_HOSTS": "*.test:127.0.0.1"}

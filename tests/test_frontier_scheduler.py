@@ -16,8 +16,8 @@ from scrapy.core.downloader import Slot
 from scrapy.core.engine import ExecutionEngine
 
 from bench.redis_proxy import RedisProxy
-from crawler.frontier_config import FrontierConfig
-from crawler.frontier_store import MODE_DEDUPE, FrontierStore, PushEntry
+from crawler.frontier.config import FrontierConfig
+from crawler.frontier.store import MODE_DEDUPE, FrontierStore, PushEntry
 from tests.frontier_helpers import CodecSpider, drain, open_scheduler, settle
 
 if TYPE_CHECKING:

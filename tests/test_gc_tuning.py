@@ -1,4 +1,4 @@
-"""The GC tuning extension (crawler/gc_tuning.py), on real crawlers in this process."""
+"""The GC tuning extension (crawler/extensions/gc_tuning.py), on real crawlers in this process."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from scrapy import signals
 from scrapy.exceptions import NotConfigured
 from scrapy.utils.test import get_crawler
 
-from crawler.gc_tuning import GcTuning
+from crawler.extensions.gc_tuning import GcTuning
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

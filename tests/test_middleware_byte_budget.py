@@ -17,8 +17,8 @@ from scrapy.utils.misc import build_from_crawler
 from scrapy.utils.test import get_crawler
 
 from devtools.services import free_port
-from middlewares.byte_budget import ByteBudgetMiddleware, Config, website_keys
-from middlewares.byte_budget_cli import main as cli
+from middlewares.byte_budget.cli import main as cli
+from middlewares.byte_budget.middleware import ByteBudgetConfig, ByteBudgetMiddleware, website_keys
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -77,11 +77,11 @@ def server_time(redis_url: str) -> float:
 ])
 def test_invalid_settings_name_the_setting(name: str, value: Any) -> None:
     with pytest.raises(ValueError, match=name):
-        Config.from_settings(Settings({"REDIS_URL": "redis://127.0.0.1:1", name: value}))
+        ByteBudgetConfig.from_settings(Settings({"REDIS_URL": "redis://127.0.0.1:1", name: value}))
 
 
 def test_config_reads_settings() -> None:
-    config = Config.from_settings(Settings({
+    config = ByteBudgetConfig.from_settings(Settings({
         "REDIS_URL": "redis://h:1", "BYTE_BUDGET_DEFAULT": "100000",
         "BYTE_BUDGET_PER_WEBSITE": '{"Shop-A.test": 5000, "news.test": null}',
         "BYTE_BUDGET_WINDOW_SECONDS": "10", "DOWNLOAD_TIMEOUT": 20,

@@ -27,7 +27,10 @@ from scrapy.utils.test import get_crawler
 from demosite.sites import SiteConfig
 from devtools import netns as netns_tools
 from devtools.services import start_demosite
-from middlewares.ipv6_bind import AddressSource, IPv6BindConfig, IPv6BindMiddleware, _Permutation, check_host_setup
+from middlewares.ipv6_bind.addresses import AddressSource, Permutation
+from middlewares.ipv6_bind.config import IPv6BindConfig
+from middlewares.ipv6_bind.host_check import check_host_setup
+from middlewares.ipv6_bind.middleware import IPv6BindMiddleware
 from tests.conftest import assert_clean_log, start_crawl, wait_crawl
 
 if TYPE_CHECKING:
@@ -102,7 +105,7 @@ def test_invalid_prefix_stops_start_up() -> None:
 
 @pytest.mark.parametrize("size", [1, 2, 3, 17, 255, 1000, 4096])
 def test_permutation_is_a_bijection(size: int) -> None:
-    perm = _Permutation(size, b"k" * 32)
+    perm = Permutation(size, b"k" * 32)
     assert sorted(perm[i] for i in range(size)) == list(range(size))
 
 

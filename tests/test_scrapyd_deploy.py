@@ -187,7 +187,7 @@ def test_spider_runs_from_the_egg_in_scrapyd(
         [sys.executable, "-c",
          "from scrapyd.runner import project_environment\n"
          "with project_environment('crawler'):\n"
-         "    import crawler.frontier_store as f, middlewares.byte_budget_store as b, settings\n"
+         "    import crawler.frontier.store as f, middlewares.byte_budget.store as b, settings\n"
          "    print(f.__file__, b.__file__, settings.__file__)\n"],
         cwd=scrapyd.home, env={**os.environ, "SCRAPY_PROJECT": PROJECT, "HOME": str(scrapyd.home)},
         capture_output=True, text=True, timeout=TIMEOUT, check=False)

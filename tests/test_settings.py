@@ -6,14 +6,17 @@ import os
 import re
 import subprocess
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from scrapy.settings import Settings
 from scrapy.utils.project import get_project_settings
 
-from crawler.setting_values import number_setting
+from crawler.setting_values import float_setting, int_setting
 from devtools.services import ROOT
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def project_settings(env: dict[str, str]) -> dict[str, str]:
@@ -73,31 +76,36 @@ def test_frontier_idle_setting_is_checked(redis_url: str, run_crawl, value: str)
 
 
 @pytest.mark.parametrize(
-    ("value", "kwargs", "expected"),
+    ("getter", "value", "kwargs", "expected"),
     [
-        ("2.5", {"minimum": 0}, 2.5),
-        (3, {"minimum": 1, "integer": True}, 3),
-        ("4", {"minimum": 0, "exclusive": True, "integer": True}, 4),
-        (0, {"minimum": 0}, 0.0),
+        (float_setting, "2.5", {"minimum": 0}, 2.5),
+        (float_setting, 0, {"minimum": 0}, 0.0),
+        (int_setting, 3, {"minimum": 1}, 3),
+        (int_setting, "4", {"minimum": 0, "exclusive": True}, 4),
+        (int_setting, 1e6, {"minimum": 0}, 1_000_000),
+        (int_setting, "1e6", {"minimum": 0}, 1_000_000),
     ],
 )
-def test_number_setting_accepts(value: object, kwargs: dict[str, Any], expected: float) -> None:
-    result = number_setting(Settings({"X_SIZE": value}), "X_SIZE", 1, **kwargs)
+def test_numeric_settings_accept(getter: Callable[..., float], value: object, kwargs: dict[str, Any],
+                                 expected: float) -> None:
+    result = getter(Settings({"X_SIZE": value}), "X_SIZE", 1, **kwargs)
     assert result == expected and type(result) is type(expected)
 
 
 @pytest.mark.parametrize(
-    ("value", "kwargs", "message"),
+    ("getter", "value", "kwargs", "message"),
     [
-        ("many", {"minimum": 0}, "X_SIZE must be a number >= 0, got 'many'"),
-        (-1, {"minimum": 0}, "X_SIZE must be a number >= 0, got -1"),
-        (0, {"minimum": 0, "exclusive": True}, "X_SIZE must be a number > 0, got 0"),
-        (2.5, {"minimum": 1, "integer": True}, "X_SIZE must be an integer >= 1, got 2.5"),
-        ("nan", {"minimum": 0}, "X_SIZE must be a number >= 0, got 'nan'"),
-        (float("inf"), {"minimum": 0, "integer": True}, "X_SIZE must be an integer >= 0, got inf"),
-        ([1], {"minimum": 0}, "X_SIZE must be a number >= 0, got [1]"),
+        (float_setting, "many", {"minimum": 0}, "X_SIZE must be a number >= 0, got 'many'"),
+        (float_setting, -1, {"minimum": 0}, "X_SIZE must be a number >= 0, got -1"),
+        (float_setting, 0, {"minimum": 0, "exclusive": True}, "X_SIZE must be a number > 0, got 0"),
+        (float_setting, "nan", {"minimum": 0}, "X_SIZE must be a number >= 0, got 'nan'"),
+        (float_setting, [1], {"minimum": 0}, "X_SIZE must be a number >= 0, got [1]"),
+        (float_setting, True, {"minimum": 0}, "X_SIZE must be a number >= 0, got True"),
+        (int_setting, 2.5, {"minimum": 1}, "X_SIZE must be an integer >= 1, got 2.5"),
+        (int_setting, float("inf"), {"minimum": 0}, "X_SIZE must be an integer >= 0, got inf"),
     ],
 )
-def test_number_setting_rejects_naming_setting_and_value(value: object, kwargs: dict[str, Any], message: str) -> None:
+def test_numeric_settings_reject_naming_setting_and_value(getter: Callable[..., float], value: object,
+                                                          kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
-        number_setting(Settings({"X_SIZE": value}), "X_SIZE", 1, **kwargs)
+        getter(Settings({"X_SIZE": value}), "X_SIZE", 1, **kwargs)

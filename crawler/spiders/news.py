@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from scrapy.http import TextResponse
 
-from crawler.frontier import FrontierSpider
+from crawler.frontier.spider import FrontierSpider
 from crawler.items import Article
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from crawler.frontier import FrontierSpider
+from crawler.frontier.spider import FrontierSpider
 from crawler.items import Product
 
 if TYPE_CHECKING:

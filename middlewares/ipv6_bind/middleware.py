@@ -16,16 +16,15 @@ with the crawl's resolver (``reactor.nameResolver``, the project's
 :class:`crawler.resolver.StaticHostResolver`) once per host and keeps the
 answer. A host with no IPv6 address is fetched as usual, or refused.
 
-Addresses are a keyed pseudo-random permutation (a 4-round BLAKE2b Feistel
-network, keys from :mod:`secrets`) of each prefix, walked from a random start:
-uniform, unpredictable, and never repeated by one worker until the prefix is
-used up. Workers sharing a small prefix split it with ``IPV6_BIND_PARTITION``.
+Addresses come from :mod:`middlewares.ipv6_bind.addresses` (a keyed permutation
+of each prefix, never repeated by one worker until the prefix is used up); the
+host's set-up is checked at start-up by :mod:`middlewares.ipv6_bind.host_check`.
 
 Settings: ``IPV6_BIND_ENABLED``, ``IPV6_BIND_PREFIXES``, ``IPV6_BIND_POLICY``,
 ``IPV6_BIND_STICKY_ADDRESSES``, ``IPV6_BIND_STICKY_REQUESTS``,
 ``IPV6_BIND_STICKY_SECONDS``, ``IPV6_BIND_IPV4_TARGETS``,
 ``IPV6_BIND_PARTITION``, ``IPV6_BIND_CLOSE_CONNECTIONS``,
-``IPV6_BIND_SELF_CHECK`` (see README).
+``IPV6_BIND_SELF_CHECK`` (docs/ipv6-bind.md).
 
 Meta keys: ``ipv6_bind_dont_bind`` and ``ipv6_bind_pin`` (set by callers);
 ``ipv6_bind_address`` and ``ipv6_bind_connection_close`` (set here), besides
@@ -37,222 +36,34 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import secrets
-import socket
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from hashlib import blake2b
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Self
 
 from scrapy.exceptions import IgnoreRequest, NotConfigured
 from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.httpobj import urlparse_cached
-from scrapy.utils.misc import load_object
 from twisted.internet.address import IPv6Address as TxIPv6Address
-from twisted.internet.interfaces import IHostnameResolver, IResolutionReceiver
+from twisted.internet.interfaces import IResolutionReceiver
 from zope.interface import implementer
 
-from crawler.setting_values import number_setting
-from crawler.website import website_key, website_key_mode
+from crawler.website import website_key
+from middlewares.ipv6_bind.addresses import AddressSource
+from middlewares.ipv6_bind.config import IPv6BindConfig
+from middlewares.ipv6_bind.host_check import check_host_setup
 
 if TYPE_CHECKING:
     from scrapy import Request
     from scrapy.crawler import Crawler
     from scrapy.http import Response
-    from scrapy.settings import BaseSettings
     from scrapy.statscollectors import StatsCollector
-    from twisted.internet.interfaces import IAddress, IHostResolution
+    from twisted.internet.interfaces import IAddress, IHostnameResolver, IHostResolution
 
 logger = logging.getLogger(__name__)
 
-POLICIES = ("per_request", "sticky")
-IPV4_TARGETS = ("fetch", "refuse")
-_RTF_LOCAL = 0x80000000  # include/uapi/linux/ipv6_route.h
 _HOST_CACHE_SIZE = 65536
 _WEBSITES_MAX = 65536
-
-
-class IPv6BindSetupError(RuntimeError):
-    """The host is not set up to send from the configured prefixes."""
-
-
-def _parse_prefixes(value: Any) -> tuple[ipaddress.IPv6Network, ...]:
-    if isinstance(value, str):
-        value = [part for part in value.replace(" ", ",").split(",") if part]
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ValueError(
-            f"IPV6_BIND_PREFIXES must list one or more IPv6 prefixes such as '2001:db8:1::/64', got {value!r}"
-        )
-    prefixes = []
-    for item in value:
-        try:
-            network = ipaddress.ip_network(str(item).strip(), strict=True)
-        except ValueError as exc:
-            raise ValueError(f"IPV6_BIND_PREFIXES: {item!r} is not a valid IPv6 prefix ({exc})") from None
-        if not isinstance(network, ipaddress.IPv6Network):
-            raise ValueError(f"IPV6_BIND_PREFIXES: {item!r} is an IPv4 network; only IPv6 prefixes can be bound")
-        prefixes.append(network)
-    for i, a in enumerate(prefixes):
-        for b in prefixes[i + 1 :]:
-            if a.overlaps(b):
-                raise ValueError(f"IPV6_BIND_PREFIXES: {a} and {b} overlap")
-    return tuple(prefixes)
-
-
-def _parse_partition(value: Any) -> tuple[int, int]:
-    if value in (None, ""):
-        return (0, 1)
-    index, sep, count = str(value).partition("/")
-    try:
-        parsed = (int(index), int(count))
-    except ValueError:
-        parsed = (-1, 0)
-    if not sep or not 0 <= parsed[0] < parsed[1]:
-        raise ValueError(f"IPV6_BIND_PARTITION must be 'i/n' with 0 <= i < n (worker i of n), got {value!r}")
-    return parsed
-
-
-def _int_setting(settings: BaseSettings, name: str, minimum: int, default: int) -> int:
-    return int(number_setting(settings, name, default, minimum=minimum, integer=True))
-
-
-@dataclass(frozen=True, slots=True)
-class IPv6BindConfig:
-    """Parsed ``IPV6_BIND_*`` settings."""
-
-    prefixes: tuple[ipaddress.IPv6Network, ...]
-    policy: str = "sticky"
-    sticky_addresses: int = 2
-    sticky_requests: int = 1000
-    sticky_seconds: float = 300.0
-    ipv4_targets: str = "fetch"
-    partition: tuple[int, int] = (0, 1)
-    close_connections: bool = True
-    self_check: bool = True
-    website_key_mode: str = "domain"
-
-    @classmethod
-    def from_settings(cls, settings: BaseSettings) -> Self:
-        policy = settings.get("IPV6_BIND_POLICY", "sticky")
-        if policy not in POLICIES:
-            raise ValueError(f"IPV6_BIND_POLICY must be one of {POLICIES}, got {policy!r}")
-        ipv4 = settings.get("IPV6_BIND_IPV4_TARGETS", "fetch")
-        if ipv4 not in IPV4_TARGETS:
-            raise ValueError(f"IPV6_BIND_IPV4_TARGETS must be one of {IPV4_TARGETS}, got {ipv4!r}")
-        raw_seconds = settings.get("IPV6_BIND_STICKY_SECONDS", 300)
-        try:
-            seconds = float(raw_seconds)
-        except (TypeError, ValueError):
-            seconds = -1.0
-        if not seconds >= 0:
-            raise ValueError(f"IPV6_BIND_STICKY_SECONDS must be a number >= 0 (0: no limit), got {raw_seconds!r}")
-        resolver = settings.get("TWISTED_DNS_RESOLVER")
-        if not IHostnameResolver.implementedBy(load_object(resolver)):
-            # Scrapy's default resolver answers IPv4 only: every host would look IPv4-only.
-            raise ValueError(
-                f"IPV6_BIND_ENABLED needs an IPv6-capable TWISTED_DNS_RESOLVER such as "
-                f"'crawler.resolver.StaticHostResolver' (the project's default), got {resolver!r}"
-            )
-        config = cls(
-            prefixes=_parse_prefixes(settings.get("IPV6_BIND_PREFIXES")),
-            policy=policy,
-            sticky_addresses=_int_setting(settings, "IPV6_BIND_STICKY_ADDRESSES", 1, 2),
-            sticky_requests=_int_setting(settings, "IPV6_BIND_STICKY_REQUESTS", 0, 1000),
-            sticky_seconds=seconds,
-            ipv4_targets=ipv4,
-            partition=_parse_partition(settings.get("IPV6_BIND_PARTITION")),
-            close_connections=settings.getbool("IPV6_BIND_CLOSE_CONNECTIONS", True),
-            self_check=settings.getbool("IPV6_BIND_SELF_CHECK", True),
-            website_key_mode=website_key_mode(settings),
-        )
-        # Fail now, not on the first request, if a partition leaves a prefix empty.
-        AddressSource(config.prefixes, config.partition)
-        return config
-
-
-class _Permutation:
-    """A keyed pseudo-random permutation of ``range(size)``.
-
-    A 4-round Feistel network over 2w bits with keyed BLAKE2b as round
-    function (Luby-Rackoff: a pseudo-random permutation), restricted to
-    ``range(size)`` by cycle walking.
-    """
-
-    __slots__ = ("_half", "_keys", "_mask", "size")
-
-    def __init__(self, size: int, key: bytes) -> None:
-        self.size = size
-        half = max(1, ((size - 1).bit_length() + 1) // 2)
-        self._half = half
-        self._mask = (1 << half) - 1
-        self._keys = [blake2b(key + bytes([r]), digest_size=32).digest() for r in range(4)]
-
-    def _encrypt(self, x: int) -> int:
-        half, mask = self._half, self._mask
-        nbytes = (half + 7) // 8
-        left, right = x >> half, x & mask
-        for key in self._keys:
-            digest = blake2b(right.to_bytes(nbytes, "big"), key=key, digest_size=nbytes).digest()
-            left, right = right, left ^ (int.from_bytes(digest, "big") & mask)
-        return (left << half) | right
-
-    def __getitem__(self, index: int) -> int:
-        x = self._encrypt(index)
-        while x >= self.size:
-            x = self._encrypt(x)
-        return x
-
-
-class _PrefixWalk:
-    """This worker's share of one prefix, visited in a random order without repeats."""
-
-    __slots__ = ("_first", "_next", "_perm", "_start", "network", "size", "wrapped")
-
-    def __init__(self, network: ipaddress.IPv6Network, partition: tuple[int, int]) -> None:
-        self.network = network
-        # Skip the Subnet-Router anycast address (host part 0, RFC 4291 2.6.1),
-        # except in a /127 or /128 where every address counts (RFC 6164).
-        low = 1 if network.prefixlen <= 126 else 0
-        total = network.num_addresses - low
-        index, count = partition
-        first = low + total * index // count
-        self.size = low + total * (index + 1) // count - first
-        if self.size < 1:
-            raise ValueError(
-                f"IPV6_BIND_PARTITION {index}/{count} leaves no address of {network} to worker {index}"
-            )
-        self._first = first
-        self._perm = _Permutation(self.size, secrets.token_bytes(32))
-        self._start = secrets.randbelow(self.size)
-        self._next = 0
-        self.wrapped = 0
-
-    def draw(self) -> str:
-        offset = self._perm[(self._start + self._next) % self.size]
-        self._next += 1
-        if self._next % self.size == 0:
-            self.wrapped += 1
-        return str(self.network[self._first + offset])
-
-
-class AddressSource:
-    """Draws addresses uniformly over all configured prefixes (this worker's share of them)."""
-
-    def __init__(self, prefixes: tuple[ipaddress.IPv6Network, ...], partition: tuple[int, int] = (0, 1)) -> None:
-        self.walks = [_PrefixWalk(p, partition) for p in prefixes]
-        self.total = sum(w.size for w in self.walks)
-
-    def draw(self) -> tuple[str, bool]:
-        """A fresh address, and whether its prefix has now been used up (reuse starts)."""
-        pick = secrets.randbelow(self.total)
-        for walk in self.walks:
-            if pick < walk.size:
-                break
-            pick -= walk.size
-        before = walk.wrapped
-        return walk.draw(), walk.wrapped != before
 
 
 @dataclass(slots=True)
@@ -272,6 +83,8 @@ class _Website:
         self.turn = 0
 
 
+
+
 @implementer(IResolutionReceiver)
 class _Receiver:
     def __init__(self, future: asyncio.Future[list[IAddress]]) -> None:
@@ -288,45 +101,6 @@ class _Receiver:
         if not self.future.done():
             self.future.set_result(self.addresses)
 
-
-def check_host_setup(
-    prefixes: tuple[ipaddress.IPv6Network, ...], route_table: Path = Path("/proc/net/ipv6_route")
-) -> None:
-    """Raise :class:`IPv6BindSetupError` saying what to run unless every prefix is local and bindable.
-
-    Two checks that send no packet: a ``local`` route covering the prefix in
-    the kernel's routing tables, and ``bind()`` to a random address in it.
-    """
-    local_routes: list[ipaddress.IPv6Network] = []
-    if route_table.exists():
-        for line in route_table.read_text().splitlines():
-            fields = line.split()
-            if len(fields) >= 9 and int(fields[8], 16) & _RTF_LOCAL:
-                addr = ipaddress.IPv6Address(int(fields[0], 16))
-                local_routes.append(ipaddress.IPv6Network((addr, int(fields[1], 16)), strict=False))
-    problems: list[str] = []
-    for prefix in prefixes:
-        if route_table.exists() and not any(prefix.subnet_of(r) for r in local_routes):
-            problems.append(
-                f"{prefix} is not routed to this host as local addresses: run "
-                f"`ip -6 route add local {prefix} dev lo` (and route {prefix} to this host upstream)"
-            )
-            continue
-        address = str(prefix[secrets.randbelow(prefix.num_addresses)])
-        try:
-            with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
-                sock.bind((address, 0))
-        except OSError as exc:
-            problems.append(
-                f"cannot bind {address} from {prefix} ({exc.strerror or exc}): run "
-                "`sysctl -w net.ipv6.ip_nonlocal_bind=1` (persist it in /etc/sysctl.d/)"
-            )
-    if problems:
-        raise IPv6BindSetupError(
-            "IPV6_BIND_PREFIXES: this host is not set up to send from the configured prefixes:\n  - "
-            + "\n  - ".join(problems)
-            + "\nOr set IPV6_BIND_ENABLED=False."
-        )
 
 
 class IPv6BindMiddleware:

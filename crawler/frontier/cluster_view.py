@@ -1,10 +1,10 @@
 """The frontier's cluster view: this worker's heartbeat, and what it knows of the other workers.
 
-Part of :mod:`crawler.scheduler`. A heartbeat task records this worker as busy
+Part of :mod:`crawler.frontier.scheduler`. A heartbeat task records this worker as busy
 (at least every ``min(1, FRONTIER_IDLE_CLOSE_SECONDS / 4)`` seconds; pushes and
 pops report it too) and, while it is idle, polls the cluster (queued websites,
 seeds, last busy worker) every ``FRONTIER_IDLE_POLL_SECONDS`` for
-:class:`crawler.frontier.FrontierSpider`'s cluster-wide idle close. A busy
+:class:`crawler.frontier.spider.FrontierSpider`'s cluster-wide idle close. A busy
 worker takes new seeds too (scrapy-redis reads them only when idle). Each tick
 also sweeps the scheduler's in-flight requests.
 """
@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError
 
 if TYPE_CHECKING:
-    from crawler.frontier_store import PopResult, Status
-    from crawler.scheduler import FrontierScheduler
+    from crawler.frontier.scheduler import FrontierScheduler
+    from crawler.frontier.store import PopResult, Status
 
 
 class ClusterView:

@@ -17,18 +17,18 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
-from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 if TYPE_CHECKING:
+    from redis import asyncio as aioredis
     from redis.commands.core import AsyncScript
     from scrapy.crawler import Crawler
 
-    from middlewares.byte_budget_config import Config
+    from middlewares.byte_budget.config import ByteBudgetConfig
 
 # The middleware's logger: its lines keep the name they had before the
 # byte_budget_*.py split, and logging set-ups aimed at it keep working.
-logger = logging.getLogger("middlewares.byte_budget")
+logger = logging.getLogger("middlewares.byte_budget.middleware")
 
 
 def overrides_key(prefix: str) -> str:
@@ -43,7 +43,7 @@ def website_keys(prefix: str, website: str) -> list[str]:
 
 
 def load_script(client: aioredis.Redis | Any, name: str) -> AsyncScript:
-    source = files("middlewares").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    source = files("middlewares.byte_budget").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
     return client.register_script(source)
 
 
@@ -79,10 +79,10 @@ class _LocalBudget:
 class BudgetStore:
     """Reservations in Redis; in memory, or refused, while Redis is down."""
 
-    def __init__(self, crawler: Crawler, config: Config) -> None:
+    def __init__(self, crawler: Crawler, config: ByteBudgetConfig) -> None:
         assert crawler.stats is not None
         self.crawler: Crawler = crawler
-        self.config: Config = config
+        self.config: ByteBudgetConfig = config
         self.stats = crawler.stats
         self.redis: aioredis.Redis | None = None
         self._reserve: AsyncScript | None = None
@@ -93,7 +93,7 @@ class BudgetStore:
         self._local: dict[str, _LocalBudget] = {}
 
     def open(self) -> None:
-        self.redis = aioredis.Redis.from_url(self.config.redis_url)
+        self.redis = self.config.redis.async_client()
         self._reserve = load_script(self.redis, "reserve")
         self._settle = load_script(self.redis, "settle")
 

@@ -1,4 +1,4 @@
-"""Spiders that share the Redis frontier (:mod:`crawler.scheduler`).
+"""Spiders that share the Redis frontier (:mod:`crawler.frontier.scheduler`).
 
 :class:`FrontierSpider` keeps scrapy-redis's ``RedisSpider`` interface
 (``redis_key``, ``redis_batch_size``, ``redis_encoding``,
@@ -39,8 +39,8 @@ from scrapy.exceptions import DontCloseSpider
 from scrapy_redis.spiders import RedisSpider
 from w3lib.url import parse_url
 
-from crawler.scheduler import _SEED_BACKLOG, FrontierScheduler
-from crawler.setting_values import number_setting
+from crawler.frontier.config import FrontierConfig
+from crawler.frontier.scheduler import _SEED_BACKLOG, FrontierScheduler
 
 if TYPE_CHECKING:
     import asyncio
@@ -51,10 +51,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _SEED_KEYS = ("url", "method", "meta", "priority", "headers", "body", "callback", "dont_filter")
-
-
-def _non_negative(crawler: Crawler, name: str) -> float:
-    return number_setting(crawler.settings, name, 0, minimum=0)
 
 
 def _check_url(url: Any) -> str:
@@ -92,7 +88,7 @@ class FrontierSpider(RedisSpider):  # type: ignore[misc]  # scrapy-redis ships n
         if self.redis_batch_size < 1:
             raise ValueError(f"REDIS_START_URLS_BATCH_SIZE must be an integer >= 1, got {batch!r}")
         self.redis_encoding = self.redis_encoding or settings.get("REDIS_ENCODING", "utf-8")
-        self.idle_close_seconds = _non_negative(crawler, "FRONTIER_IDLE_CLOSE_SECONDS")
+        self.idle_close_seconds = FrontierConfig.from_settings(settings).idle_close
         self.dead_letter_key = f"{self.redis_key}:dead"
         self._seeding: asyncio.Task[None] | None = None
         crawler.signals.connect(self.spider_idle, signal=signals.spider_idle)
@@ -218,6 +214,6 @@ class FrontierSpider(RedisSpider):  # type: ignore[misc]  # scrapy-redis ships n
     def _frontier(self) -> FrontierScheduler:
         scheduler = self.crawler.engine.scheduler if self.crawler.engine else None
         if not isinstance(scheduler, FrontierScheduler):
-            raise RuntimeError(f"{type(self).__name__} needs SCHEDULER = 'crawler.scheduler.FrontierScheduler', "
-                               f"got {type(scheduler).__name__}")
+            raise RuntimeError(f"{type(self).__name__} needs SCHEDULER = "
+                               f"'crawler.frontier.scheduler.FrontierScheduler', got {type(scheduler).__name__}")
         return scheduler

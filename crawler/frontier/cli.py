@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from redis.asyncio import Redis
-
-from crawler.frontier_store import FrontierStore
+from crawler.frontier.store import FrontierStore
+from crawler.redis_client import RedisClientConfig
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
     from scrapy.settings import Settings
 
 _PUSH_CHUNK = 1000
@@ -130,7 +130,7 @@ async def _queues(redis: Redis, store: FrontierStore, seeds_key: str, limit: int
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
     prefix, seeds_key = _spider_keys(settings, args.spider)
-    redis = Redis.from_url(args.redis_url or settings.get("REDIS_URL"))
+    redis = RedisClientConfig.from_settings(settings, args.redis_url).async_client()
     store = FrontierStore(redis, prefix)
     try:
         if args.command == "seed":

@@ -42,7 +42,7 @@ MODE_REQUEUE = 2
 
 
 def _script(name: str) -> str:
-    return files("crawler").joinpath("lua", name).read_text(encoding="utf-8")
+    return files("crawler.frontier").joinpath("lua", name).read_text(encoding="utf-8")
 
 
 @dataclass(slots=True)

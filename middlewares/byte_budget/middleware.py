@@ -12,7 +12,7 @@ A request that may not be downloaded yet goes back to the frontier with
 ``frontier_requeue=True`` and ``frontier_not_before=<Unix time>`` (and
 ``dont_filter=True``, so no dupefilter drops it); the middleware never sleeps.
 
-Settings (README, "Byte budget"): ``BYTE_BUDGET_ENABLED``, ``BYTE_BUDGET_DEFAULT``,
+Settings (docs/byte-budget.md): ``BYTE_BUDGET_ENABLED``, ``BYTE_BUDGET_DEFAULT``,
 ``BYTE_BUDGET_PER_WEBSITE``, ``BYTE_BUDGET_WINDOW_SECONDS``, ``BYTE_BUDGET_STRICT``,
 ``BYTE_BUDGET_DEFAULT_ESTIMATE``, ``BYTE_BUDGET_ESTIMATE_MARGIN``, ``BYTE_BUDGET_STOP_SLACK``,
 ``BYTE_BUDGET_REFRESH_SECONDS``, ``BYTE_BUDGET_RETRY_SECONDS``, ``BYTE_BUDGET_PARK_MAX_SECONDS``,
@@ -20,12 +20,12 @@ Settings (README, "Byte budget"): ``BYTE_BUDGET_ENABLED``, ``BYTE_BUDGET_DEFAULT
 ``BYTE_BUDGET_KEY_PREFIX``, ``BYTE_BUDGET_REDIS_URL``; ``WEBSITE_KEY`` picks the website.
 
 Run-time overrides: ``python -m middlewares.byte_budget set shop-a.test 200000``
-(see :mod:`middlewares.byte_budget_cli`).
+(see :mod:`middlewares.byte_budget.cli`).
 
 This module is the middleware: life cycle, requests, responses and the byte
-counting signals. Its parts: :mod:`middlewares.byte_budget_config` (the
-settings), :mod:`middlewares.byte_budget_leases` (this worker's grants and
-leases), :mod:`middlewares.byte_budget_store` (Redis keys and scripts, and the
+counting signals. Its parts: :mod:`middlewares.byte_budget.config` (the
+settings), :mod:`middlewares.byte_budget.leases` (this worker's grants and
+leases), :mod:`middlewares.byte_budget.store` (Redis keys and scripts, and the
 local budget while Redis is down).
 """
 
@@ -44,9 +44,9 @@ from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.httpobj import urlparse_cached
 
 from crawler.website import website_key
-from middlewares.byte_budget_config import UNLIMITED, Config, parse_budget
-from middlewares.byte_budget_leases import Grant, Leases
-from middlewares.byte_budget_store import BudgetStore, load_script, overrides_key, website_keys
+from middlewares.byte_budget.config import UNLIMITED, ByteBudgetConfig, parse_budget
+from middlewares.byte_budget.leases import Grant, Leases
+from middlewares.byte_budget.store import BudgetStore, load_script, overrides_key, website_keys
 
 if TYPE_CHECKING:
     from typing import Self
@@ -59,8 +59,8 @@ if TYPE_CHECKING:
 # into byte_budget_*.py modules: they stay importable from here.
 __all__ = [
     "UNLIMITED",
+    "ByteBudgetConfig",
     "ByteBudgetMiddleware",
-    "Config",
     "load_script",
     "overrides_key",
     "parse_budget",
@@ -88,12 +88,12 @@ def _waits_in_place(request: Request) -> bool:
 class ByteBudgetMiddleware:
     """Reserve bytes in Redis before each download, settle them after it."""
 
-    def __init__(self, crawler: Crawler, config: Config) -> None:
+    def __init__(self, crawler: Crawler, config: ByteBudgetConfig) -> None:
         if not is_asyncio_available():
             raise RuntimeError("ByteBudgetMiddleware needs the asyncio reactor (TWISTED_REACTOR)")
         assert crawler.stats is not None
         self.crawler: Crawler = crawler
-        self.config: Config = config
+        self.config: ByteBudgetConfig = config
         self.stats = crawler.stats
         self._store = BudgetStore(crawler, config)  # Redis, or this worker's memory while it is down
         self._leases = Leases(crawler, config, self._store)
@@ -118,7 +118,7 @@ class ByteBudgetMiddleware:
     def from_crawler(cls, crawler: Crawler) -> Self:
         if not crawler.settings.getbool("BYTE_BUDGET_ENABLED"):
             raise NotConfigured
-        return cls(crawler, Config.from_settings(crawler.settings))
+        return cls(crawler, ByteBudgetConfig.from_settings(crawler.settings))
 
     # -- life cycle ---------------------------------------------------------
 
@@ -334,8 +334,3 @@ class ByteBudgetMiddleware:
             return None
         return await self._store.settle(grant.website, grant.member, size, [learn])
 
-
-if __name__ == "__main__":
-    from middlewares.byte_budget_cli import main
-
-    raise SystemExit(main())

@@ -18,13 +18,11 @@ given with ``--redis-url`` / ``--prefix``.
 from __future__ import annotations
 
 import argparse
-import sys
 
-import redis
-
+from crawler.redis_client import RedisClientConfig
 from crawler.website import registrable_domain
-from middlewares.byte_budget_config import UNLIMITED, parse_budget
-from middlewares.byte_budget_store import overrides_key, website_keys
+from middlewares.byte_budget.config import UNLIMITED, parse_budget
+from middlewares.byte_budget.store import overrides_key, website_keys
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,14 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     from scrapy.utils.project import get_project_settings
 
     settings = get_project_settings()
-    url = args.redis_url or settings.get("BYTE_BUDGET_REDIS_URL") or settings.get("REDIS_URL")
     prefix = args.prefix or settings.get("BYTE_BUDGET_KEY_PREFIX") or settings.get("BOT_NAME") or "crawler"
     key = overrides_key(prefix)
     website = getattr(args, "website", "").lower().rstrip(".")
     if website and website != registrable_domain(website) and settings.get("WEBSITE_KEY", "domain") == "domain":
         parser.error(f"{website!r} is not a website key: with WEBSITE_KEY='domain' use "
                      f"{registrable_domain(website)!r}")
-    with redis.Redis.from_url(url) as r:
+    client = RedisClientConfig.from_settings(settings, args.redis_url or settings.get("BYTE_BUDGET_REDIS_URL"))
+    with client.sync_client() as r:
         if args.command == "set":
             try:
                 budget = parse_budget("budget", args.budget)
@@ -75,5 +73,3 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,17 +4,17 @@ Scrapy calls a scheduler synchronously (``enqueue_request``, ``next_request``,
 ``has_pending_requests``); Redis is reached only from asyncio tasks
 (``redis.asyncio``), never on the reactor thread's critical path:
 
-* **outbox** (:mod:`crawler.outbox`): ``enqueue_request`` encodes the request
-  (:mod:`crawler.request_codec`, JSON, no pickle) and appends it to a local
+* **outbox** (:mod:`crawler.frontier.outbox`): ``enqueue_request`` encodes the request
+  (:mod:`crawler.frontier.codec`, JSON, no pickle) and appends it to a local
   outbox. A flush task sends the outbox in one Lua call (``lua/push.lua``)
   that deduplicates and stores atomically: a fingerprint is stored only with
   its request. One flush per ``FRONTIER_FLUSH_DELAY`` at most, so one round
   trip carries every link of one or several responses.
 * **prefetch**: ``next_request`` serves a local buffer, refilled
-  (:mod:`crawler.refill`) by one Lua call (``lua/pop.lua``) that pops up to
+  (:mod:`crawler.frontier.refill`) by one Lua call (``lua/pop.lua``) that pops up to
   ``FRONTIER_PREFETCH`` requests fairly across the websites that may be
   served now, and wakes the engine when they arrive.
-  The buffer (:mod:`crawler.prefetch`) is served round-robin across websites,
+  The buffer (:mod:`crawler.frontier.prefetch`) is served round-robin across websites,
   preferring websites whose download slot has room.
 * **websites**: one queue per website (``crawler.website.website_key``), a zset
   of websites by the time each may next be served, and not-before marks
@@ -24,17 +24,17 @@ Scrapy calls a scheduler synchronously (``enqueue_request``, ``next_request``,
   has processed its outcome (it leaves the engine's in-progress set). A leased
   delivery (a later issue) acknowledges the lease at that point, in
   ``_sweep_in_flight``, and pops with a lease in ``lua/pop.lua``.
-* **cluster view** (:mod:`crawler.cluster_view`): a heartbeat task records
+* **cluster view** (:mod:`crawler.frontier.cluster_view`): a heartbeat task records
   this worker as busy and, while it is idle, polls the cluster (queued
   websites, seeds, last busy worker) for
-  :class:`crawler.frontier.FrontierSpider`'s cluster-wide idle close.
+  :class:`crawler.frontier.spider.FrontierSpider`'s cluster-wide idle close.
 
 On close, prefetched requests go back to Redis and the outbox is flushed.
 
 Settings: ``REDIS_URL``, ``WEBSITE_KEY``, ``FRONTIER_KEY_PREFIX``,
 ``FRONTIER_PREFETCH``, ``FRONTIER_FLUSH_DELAY``, ``FRONTIER_FLUSH_MAX``,
 ``FRONTIER_SEEN_CACHE``, ``FRONTIER_IDLE_POLL_SECONDS``,
-``FRONTIER_IDLE_CLOSE_SECONDS`` (see README, "Frontier").
+``FRONTIER_IDLE_CLOSE_SECONDS`` (docs/frontier.md).
 """
 
 from __future__ import annotations
@@ -46,25 +46,26 @@ import socket
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.httpobj import urlparse_cached
 from scrapy.utils.request import RequestFingerprinter
 
-from crawler.cluster_view import ClusterView
-from crawler.frontier_config import FrontierConfig
-from crawler.frontier_store import MODE_DEDUPE, MODE_DONT_FILTER, MODE_REQUEUE, FrontierStore, PushEntry, split_member
-from crawler.outbox import Outbox
-from crawler.prefetch import Buffered, PrefetchBuffer
-from crawler.refill import Refill
-from crawler.request_codec import UndecodableRequestError, UnencodableRequestError, decode_request, encode_request
+from crawler.frontier.cluster_view import ClusterView
+from crawler.frontier.codec import UndecodableRequestError, UnencodableRequestError, decode_request, encode_request
+from crawler.frontier.config import FrontierConfig
+from crawler.frontier.outbox import Outbox
+from crawler.frontier.prefetch import Buffered, PrefetchBuffer
+from crawler.frontier.refill import Refill
+from crawler.frontier.store import MODE_DEDUPE, MODE_DONT_FILTER, MODE_REQUEUE, FrontierStore, PushEntry, split_member
+from crawler.scrapy_internals import downloader_slots, in_progress, new_slot_concurrency, wake_engine
 from crawler.website import website_key
 
 if TYPE_CHECKING:
     from typing import Self
 
+    from redis.asyncio import Redis
     from scrapy import Request, Spider
     from scrapy.crawler import Crawler
     from twisted.internet.defer import Deferred
@@ -128,7 +129,7 @@ class FrontierScheduler:
         self.spider = spider
         self._loop = asyncio.get_running_loop()
         prefix = self.config.key_prefix % {"spider": spider.name}
-        self.redis = Redis.from_url(self.config.redis_url)
+        self.redis = self.config.redis.async_client()
         self.store = FrontierStore(self.redis, prefix)
         self.seeds_key = getattr(spider, "redis_key", None)
         # Fails the start-up loudly when Redis is unreachable; registers this worker as busy.
@@ -255,7 +256,7 @@ class FrontierScheduler:
     # -- local buffer ------------------------------------------------------
 
     def _take(self) -> Buffered | None:
-        taken, held = self._prefetch.take(self._downloader_slots(), self._is_held, self._turn,
+        taken, held = self._prefetch.take(downloader_slots(self.crawler), self._is_held, self._turn,
                                           self._new_slot_concurrency)
         for website, items in held:
             self._requeue_held(website, items)
@@ -270,11 +271,7 @@ class FrontierScheduler:
         return item
 
     def _new_slot_concurrency(self, website: str) -> int:
-        # What Scrapy's downloader will give the slot: its rule in Downloader._get_slot,
-        # from the values it parsed (called only while a downloader runs).
-        downloader = self._engine().downloader
-        default = downloader.ip_concurrency or downloader.domain_concurrency
-        return int(downloader.per_slot_settings.get(website, {}).get("concurrency", default))
+        return new_slot_concurrency(self.crawler, website)
 
     def _is_held(self, website: str) -> bool:
         until = self._not_before.get(website)
@@ -356,8 +353,7 @@ class FrontierScheduler:
         """Forget requests whose outcome the engine has processed (a lease would be acknowledged here)."""
         if not self._in_flight:
             return
-        slot = getattr(self._engine(), "_slot", None)
-        inprogress = getattr(slot, "inprogress", None)
+        inprogress = in_progress(self.crawler)
         if inprogress is None:
             self._in_flight.clear()
             return
@@ -385,19 +381,7 @@ class FrontierScheduler:
     def _server_now(self) -> float:
         return self._cluster.server_now()
 
-    def _downloader_slots(self) -> dict[str, Any] | None:
-        downloader = getattr(self._engine(), "downloader", None)
-        return getattr(downloader, "slots", None)
-
-    def _engine(self) -> Any:
-        # None outside a running crawl (the scheduler is usable on its own, as in the tests).
-        return getattr(self.crawler, "_engine", None)
-
     def _wake_engine(self) -> None:
-        # The engine polls next_request from its nextcall loop and a 5 s
-        # heartbeat; prefetched requests or a changed cluster view should not
-        # wait for the heartbeat.
-        slot = getattr(self._engine(), "_slot", None)
-        if slot is not None and slot.closing is None:
-            slot.nextcall.schedule()
+        # Prefetched requests or a changed cluster view should not wait for the engine's 5 s heartbeat.
+        wake_engine(self.crawler)
 

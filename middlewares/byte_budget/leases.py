@@ -20,12 +20,12 @@ if TYPE_CHECKING:
     from scrapy import Request
     from scrapy.crawler import Crawler
 
-    from middlewares.byte_budget_config import Config
-    from middlewares.byte_budget_store import BudgetStore
+    from middlewares.byte_budget.config import ByteBudgetConfig
+    from middlewares.byte_budget.store import BudgetStore
 
 # The middleware's logger: its lines keep the name they had before the
 # byte_budget_*.py split, and logging set-ups aimed at it keep working.
-logger = logging.getLogger("middlewares.byte_budget")
+logger = logging.getLogger("middlewares.byte_budget.middleware")
 
 
 @dataclass(slots=True, eq=False)
@@ -78,10 +78,10 @@ class Grant:
 class Leases:
     """The open lease and the reservation in flight per website, of this worker."""
 
-    def __init__(self, crawler: Crawler, config: Config, store: BudgetStore) -> None:
+    def __init__(self, crawler: Crawler, config: ByteBudgetConfig, store: BudgetStore) -> None:
         assert crawler.stats is not None
         self.crawler: Crawler = crawler
-        self.config: Config = config
+        self.config: ByteBudgetConfig = config
         self.stats = crawler.stats
         self.store: BudgetStore = store
         self.open_leases: dict[str, _Lease] = {}  # the open lease per website

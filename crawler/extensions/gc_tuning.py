@@ -6,7 +6,7 @@ generation-0 pass every 700 net allocations and, every so often, a full pass
 over every tracked object, including the tens of thousands made at start-up
 (imported modules, the public suffix list of ``crawler.website``, settings)
 that live as long as the process. Measured with ``python -m bench frontier``
-(README, "Tuning"): about 13% of a worker's CPU went to the collector.
+(bench/RESULTS.md, "Tuning"): about 13% of a worker's CPU went to the collector.
 
 Once the engine has started, this extension:
 
@@ -18,7 +18,7 @@ Once the engine has started, this extension:
 
 Both are undone when the last crawler of the process stops.
 
-Settings (README, "GC tuning"):
+Settings (docs/settings.md, "GC tuning"):
 
 ``GC_TUNING_ENABLED`` (bool, default ``False``; ``True`` in the project settings)
 ``GC_TUNING_FREEZE`` (bool, default ``True``)
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, ClassVar
 from scrapy import signals
 from scrapy.exceptions import NotConfigured
 
-from crawler.setting_values import number_setting
+from crawler.setting_values import int_setting
 
 if TYPE_CHECKING:
     from typing import Self
@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class Config:
+class GcTuningConfig:
     """Parsed ``GC_TUNING_*`` settings."""
 
     freeze: bool
@@ -57,7 +57,7 @@ class Config:
     def from_settings(cls, settings: BaseSettings) -> Self:
         return cls(
             freeze=settings.getbool("GC_TUNING_FREEZE", True),
-            threshold=int(number_setting(settings, "GC_TUNING_THRESHOLD", 50_000, minimum=0, integer=True)),
+            threshold=int_setting(settings, "GC_TUNING_THRESHOLD", 50_000, minimum=0),
         )
 
 
@@ -69,7 +69,7 @@ class GcTuning:
     _saved_threshold: ClassVar[tuple[int, int, int] | None] = None
     _froze: ClassVar[bool] = False
 
-    def __init__(self, crawler: Crawler, config: Config) -> None:
+    def __init__(self, crawler: Crawler, config: GcTuningConfig) -> None:
         self.crawler = crawler
         self.config = config
         self._applied = False
@@ -80,7 +80,7 @@ class GcTuning:
     def from_crawler(cls, crawler: Crawler) -> Self:
         if not crawler.settings.getbool("GC_TUNING_ENABLED"):
             raise NotConfigured
-        return cls(crawler, Config.from_settings(crawler.settings))
+        return cls(crawler, GcTuningConfig.from_settings(crawler.settings))
 
     def engine_started(self) -> None:
         cls = type(self)

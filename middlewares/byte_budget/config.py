@@ -1,9 +1,9 @@
-"""Settings of the byte budget: ``Config``, parsed once at start-up.
+"""Settings of the byte budget: ``ByteBudgetConfig``, parsed once at start-up.
 
-Every ``BYTE_BUDGET_*`` setting (README, "Byte budget") is read here; a bad
+Every ``BYTE_BUDGET_*`` setting (docs/byte-budget.md) is read here; a bad
 value stops the crawl with a ``ValueError`` naming the setting and the value.
 ``parse_budget`` also checks the run-time overrides, which the command line
-(:mod:`middlewares.byte_budget_cli`) writes and the middleware reads.
+(:mod:`middlewares.byte_budget.cli`) writes and the middleware reads.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from crawler.setting_values import number_setting
+from crawler.redis_client import RedisClientConfig
+from crawler.setting_values import float_setting, int_setting
 from crawler.website import website_key_mode
 
 if TYPE_CHECKING:
@@ -36,16 +37,8 @@ def parse_budget(name: str, raw: Any) -> int | None:
     return value
 
 
-def _number(settings: BaseSettings, name: str, default: float, minimum: float, *, strict: bool) -> float:
-    return number_setting(settings, name, default, minimum=minimum, exclusive=strict)
-
-
-def _whole(settings: BaseSettings, name: str, default: int, minimum: int) -> int:
-    return int(number_setting(settings, name, default, minimum=minimum, integer=True))
-
-
 @dataclass(frozen=True, slots=True)
-class Config:
+class ByteBudgetConfig:
     """Parsed ``BYTE_BUDGET_*`` settings."""
 
     default: int | None
@@ -62,7 +55,7 @@ class Config:
     lease_downloads: int
     lease_seconds: float
     prefix: str
-    redis_url: str
+    redis: RedisClientConfig
     website_mode: str
     lease: float
 
@@ -80,28 +73,22 @@ class Config:
             str(site).lower(): parse_budget(f"BYTE_BUDGET_PER_WEBSITE[{site!r}]", value)
             for site, value in per_raw.items()
         }
-        fallback = _number(settings, "BYTE_BUDGET_FALLBACK_WORKERS", 0, 0, strict=False)
-        if fallback != int(fallback):
-            raise ValueError(f"BYTE_BUDGET_FALLBACK_WORKERS must be a whole number >= 0, got {fallback!r}")
-        redis_url = settings.get("BYTE_BUDGET_REDIS_URL") or settings.get("REDIS_URL")
-        if not redis_url:
-            raise ValueError("BYTE_BUDGET_REDIS_URL (or REDIS_URL) must be set for BYTE_BUDGET_ENABLED")
         return cls(
             default=parse_budget("BYTE_BUDGET_DEFAULT", settings.get("BYTE_BUDGET_DEFAULT")),
             per_website=per_website,
-            window=_number(settings, "BYTE_BUDGET_WINDOW_SECONDS", 60, 0, strict=True),
+            window=float_setting(settings, "BYTE_BUDGET_WINDOW_SECONDS", 60, minimum=0, exclusive=True),
             strict=settings.getbool("BYTE_BUDGET_STRICT", True),
-            default_estimate=int(_number(settings, "BYTE_BUDGET_DEFAULT_ESTIMATE", 32768, 1, strict=False)),
-            estimate_margin=_number(settings, "BYTE_BUDGET_ESTIMATE_MARGIN", 4, 0, strict=False),
-            stop_slack=int(_number(settings, "BYTE_BUDGET_STOP_SLACK", 65536, 0, strict=False)),
-            refresh=_number(settings, "BYTE_BUDGET_REFRESH_SECONDS", 2, 0, strict=True),
-            retry=_number(settings, "BYTE_BUDGET_RETRY_SECONDS", 0.25, 0, strict=True),
-            park_max=_number(settings, "BYTE_BUDGET_PARK_MAX_SECONDS", 2.5, 0, strict=True),
-            fallback_workers=int(fallback),
-            lease_downloads=_whole(settings, "BYTE_BUDGET_LEASE_DOWNLOADS", 128, 1),
-            lease_seconds=_number(settings, "BYTE_BUDGET_LEASE_SECONDS", 1.0, 0, strict=True),
+            default_estimate=int_setting(settings, "BYTE_BUDGET_DEFAULT_ESTIMATE", 32768, minimum=1),
+            estimate_margin=float_setting(settings, "BYTE_BUDGET_ESTIMATE_MARGIN", 4, minimum=0),
+            stop_slack=int_setting(settings, "BYTE_BUDGET_STOP_SLACK", 65536, minimum=0),
+            refresh=float_setting(settings, "BYTE_BUDGET_REFRESH_SECONDS", 2, minimum=0, exclusive=True),
+            retry=float_setting(settings, "BYTE_BUDGET_RETRY_SECONDS", 0.25, minimum=0, exclusive=True),
+            park_max=float_setting(settings, "BYTE_BUDGET_PARK_MAX_SECONDS", 2.5, minimum=0, exclusive=True),
+            fallback_workers=int_setting(settings, "BYTE_BUDGET_FALLBACK_WORKERS", 0, minimum=0),
+            lease_downloads=int_setting(settings, "BYTE_BUDGET_LEASE_DOWNLOADS", 128, minimum=1),
+            lease_seconds=float_setting(settings, "BYTE_BUDGET_LEASE_SECONDS", 1.0, minimum=0, exclusive=True),
             prefix=str(settings.get("BYTE_BUDGET_KEY_PREFIX") or settings.get("BOT_NAME") or "crawler"),
-            redis_url=str(redis_url),
+            redis=RedisClientConfig.from_settings(settings, settings.get("BYTE_BUDGET_REDIS_URL")),
             website_mode=website_key_mode(settings),
             # A reservation nobody settles (crashed worker) ends at the latest
             # when Scrapy would have timed the download out.

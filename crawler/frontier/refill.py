@@ -1,6 +1,6 @@
 """The frontier's refill: pops requests from Redis into the scheduler's prefetch buffer.
 
-Part of :mod:`crawler.scheduler`. One task at a time pops up to
+Part of :mod:`crawler.frontier.scheduler`. One task at a time pops up to
 ``FRONTIER_PREFETCH`` requests in one Lua call (``lua/pop.lua``), fairly across
 the websites that may be served now, and wakes the engine when they arrive;
 the scheduler asks for a refill when the buffer is half empty. When Redis has
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError
 
 if TYPE_CHECKING:
-    from crawler.scheduler import FrontierScheduler
+    from crawler.frontier.scheduler import FrontierScheduler
 
 
 class Refill:

@@ -1,6 +1,6 @@
 """The frontier's local prefetch buffer: popped requests by website, served round-robin.
 
-Part of :mod:`crawler.scheduler` (refilled by :mod:`crawler.refill`); no I/O here.
+Part of :mod:`crawler.frontier.scheduler` (refilled by :mod:`crawler.frontier.refill`); no I/O here.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The frontier's outbox: new requests on their way into Redis, stored in batches by one flush task.
 
-Part of :mod:`crawler.scheduler`. ``enqueue_request`` encodes the request
-(:mod:`crawler.request_codec`, JSON, no pickle) and appends it here. A flush
+Part of :mod:`crawler.frontier.scheduler`. ``enqueue_request`` encodes the request
+(:mod:`crawler.frontier.codec`, JSON, no pickle) and appends it here. A flush
 task sends the outbox in one Lua call (``lua/push.lua``) that deduplicates and
 stores atomically: a fingerprint is stored only with its request. One flush per
 ``FRONTIER_FLUSH_DELAY`` at most (at once from ``FRONTIER_FLUSH_MAX`` requests),
@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
-from crawler.frontier_store import MODE_REQUEUE
+from crawler.frontier.store import MODE_REQUEUE
 
 if TYPE_CHECKING:
-    from crawler.frontier_store import PushEntry
-    from crawler.scheduler import FrontierScheduler
+    from crawler.frontier.scheduler import FrontierScheduler
+    from crawler.frontier.store import PushEntry
 
 # Largest batch sent in one Lua call: a script blocks Redis while it runs.
 _PUSH_CHUNK = 500

@@ -1,0 +1,1 @@
+"""Scrapy extensions of the project: GC tuning and the stats file."""
