@@ -65,16 +65,18 @@ def test_max_bytes_in_any_window_is_the_sliding_worst_case() -> None:
 
 
 def test_max_bytes_in_any_window_over_a_timeline() -> None:
-    # 4 MB at 1 MB/s (t=0..4) and a 1 MB burst at t=5: the worst 2 s window is
-    # [4, 6): nothing of the stream after t=4 ... so it is [3, 5] = 1 MB + 1 MB burst.
+    # 2 MB at 0.5 MB/s (t=0..4) and a 1 MB burst at t=5. The worst 2 s window
+    # ends just after the burst and starts at 3 (a breakpoint minus the window):
+    # 0.5 MB of the stream plus the burst.
     mb = 1_000_000
     records = [
-        rec(0.0, 4 * mb, "/stream", t_end=4.0, timeline=[[0.0, 0], [2.0, 2 * mb], [4.0, 4 * mb]]),
+        rec(0.0, 2 * mb, "/stream", t_end=4.0, timeline=[[0.0, 0], [2.0, mb], [4.0, 2 * mb]]),
         rec(5.0, mb, "/burst"),
     ]
-    assert analysis.max_bytes_in_any_window(records, H, 2.0) == pytest.approx(2 * mb)
+    assert analysis.max_bytes_in_any_window(records, H, 2.0) == pytest.approx(1.5 * mb)
+    assert max(analysis.bytes_per_window(records, H, 2.0)) == pytest.approx(mb)
     assert analysis.max_bytes_in_any_window(records, H, 0.5) == pytest.approx(mb)
-    assert analysis.max_bytes_in_any_window(records, H, 100.0) == pytest.approx(5 * mb)
+    assert analysis.max_bytes_in_any_window(records, H, 100.0) == pytest.approx(3 * mb)
     assert analysis.largest_response(records, H)["path"] == "/stream"  # type: ignore[index]
 
 
