@@ -11,12 +11,19 @@ shared frontier hands a worker a whole batch, and ``make demo`` fetched
 Deferred of its own, relayed from the shared one (the pattern Scrapy used
 before #6802).
 
+It also announces each host's robots.txt ``Crawl-delay`` (for our user
+agent, from ``RobotParser.crawl_delay``; Protego, the default parser, reads
+it) once, with the signal :data:`robots_crawl_delay`, before the first
+request to that host leaves this middleware: politeness
+(:mod:`middlewares.politeness`) turns it into a cluster-wide gate.
+
 Enabled in place of Scrapy's (``DOWNLOADER_MIDDLEWARES``, same order 100),
 with Scrapy's settings (``ROBOTSTXT_OBEY``, ``ROBOTSTXT_PARSER``, ...).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from scrapy.downloadermiddlewares.robotstxt import RobotsTxtMiddleware as _ScrapyRobotsTxtMiddleware
@@ -28,14 +35,27 @@ from crawler.scrapy_internals import pending_robots_parser
 
 if TYPE_CHECKING:
     from scrapy import Request
+    from scrapy.crawler import Crawler
     from scrapy.robotstxt import RobotParser
+
+logger = logging.getLogger(__name__)
+
+#: Sent once per host (netloc) when its robots.txt is known, with keyword
+#: arguments ``netloc`` (str), ``url`` (a URL of that host) and ``delay``
+#: (float seconds, or None when robots.txt gives none or could not be read).
+robots_crawl_delay = object()
 
 
 class RobotsTxtMiddleware(_ScrapyRobotsTxtMiddleware):
     """Scrapy's middleware; concurrent waiters for one robots.txt all get its parser."""
 
+    def __init__(self, crawler: Crawler) -> None:
+        super().__init__(crawler)
+        self._announced: set[str] = set()  # netlocs whose Crawl-delay was announced
+
     async def robot_parser(self, request: Request) -> RobotParser | None:
-        pending = pending_robots_parser(self, urlparse_cached(request).netloc)
+        netloc = urlparse_cached(request).netloc
+        pending = pending_robots_parser(self, netloc)
         if isinstance(pending, Deferred):
             waiter: Deferred[RobotParser | None] = Deferred()
 
@@ -44,5 +64,22 @@ class RobotsTxtMiddleware(_ScrapyRobotsTxtMiddleware):
                 return result  # keep it for the next waiter
 
             pending.addCallback(relay)
-            return await maybe_deferred_to_future(waiter)
-        return await super().robot_parser(request)
+            parser = await maybe_deferred_to_future(waiter)
+        else:
+            parser = await super().robot_parser(request)
+        if netloc not in self._announced:
+            self._announced.add(netloc)
+            self._announce(netloc, request, parser)
+        return parser
+
+    def _announce(self, netloc: str, request: Request, parser: RobotParser | None) -> None:
+        delay: float | None = None
+        if parser is not None:
+            settings = self.crawler.settings
+            agent = (settings.get("ROBOTSTXT_USER_AGENT") or request.headers.get(b"User-Agent")
+                     or settings.get("USER_AGENT") or "")
+            delay = parser.crawl_delay(agent)  # None from parsers without Crawl-delay support
+        if delay is not None:
+            logger.info("robots.txt of %(netloc)s: Crawl-delay %(delay)gs", {"netloc": netloc, "delay": delay},
+                        extra={"spider": self.crawler.spider})
+        self.crawler.signals.send_catch_log(robots_crawl_delay, netloc=netloc, url=request.url, delay=delay)

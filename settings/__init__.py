@@ -98,3 +98,15 @@ IPV6_BIND_ENABLED = False
 # sets one; every BYTE_BUDGET_* setting: docs/byte-budget.md.
 BYTE_BUDGET_ENABLED = True
 DOWNLOADER_MIDDLEWARES["middlewares.byte_budget.middleware.ByteBudgetMiddleware"] = 950
+
+# Politeness under pressure, cluster-wide (middlewares/politeness/, docs/politeness.md):
+# Retry-After and backoff, circuit breaker, robots.txt Crawl-delay and request
+# rates, shared by every worker through Redis. On: a website with no signal and
+# no limit costs two dictionary lookups per request. 560: right after Scrapy's
+# RetryMiddleware (550), so its process_response / process_exception run first
+# (they are called from the downloader outwards) and take 429/503 over before
+# RetryMiddleware could spend a retry on them; and before the IPv6 bind (760)
+# and the byte budget (950), so a request held back here binds no address and
+# reserves no bytes. Every POLITENESS_* setting: docs/politeness.md.
+POLITENESS_ENABLED = True
+DOWNLOADER_MIDDLEWARES["middlewares.politeness.middleware.PolitenessMiddleware"] = 560

@@ -1,0 +1,110 @@
+-- Report what a response (or a failed download) said about its website: park, back off, count, open or close.
+--
+-- KEYS[1]  state hash <p>:pol:{W}:state (see admit.lua)
+-- ARGV[1]  kind: "rate" (429/503...: slow down), "fail" (breaker failure), "ok" (success)
+-- ARGV[2]  token of the request if it was the probe, else ""
+-- ARGV[3]  Retry-After in seconds, already capped (-1: none)
+-- ARGV[4]  backoff base seconds      ARGV[5]  backoff factor     ARGV[6]  backoff max seconds
+-- ARGV[7]  forgive: a rate signal more than this many seconds after the last one starts at level 0
+-- ARGV[8]  jitter multiplier, 1 + POLITENESS_BACKOFF_JITTER * uniform(-1, 1), drawn by the caller
+-- ARGV[9]  K: consecutive failures that open the breaker
+-- ARGV[10] cooling seconds          ARGV[11] cooling factor        ARGV[12] cooling max seconds
+--
+-- Returns {transition, until (string), now (string), level or failure count, 1 if clean else 0}.
+-- transition: "parked" (rate signal: parked until), "opened", "reopened" (probe failed), "closed"
+-- (probe succeeded, breaker was open), "recovered" (probe succeeded after a rate park), "failed"
+-- (failure counted, breaker still closed), "" (nothing changed: e.g. a request sent before the
+-- current park, whose answer belongs to the same incident).
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local st = KEYS[1]
+local kind = ARGV[1]
+local token = ARGV[2]
+local function fmt(x) return string.format('%.6f', x) end
+
+local raw = redis.call('HGETALL', st)
+local h = {}
+for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
+local parked = tonumber(h['until'] or '0')
+local fails = tonumber(h['fails'] or '0')
+local opens = tonumber(h['opens'] or '0')
+local level = tonumber(h['level'] or '0')
+local is_probe = token ~= '' and h['probe_token'] == token
+local open = h['breaker'] == 'open'
+local function clean()
+  if parked <= now and h['probe'] ~= '1' and fails == 0 and not open then return 1 end
+  return 0
+end
+-- State is kept a day after its last change: long enough for any park, and no key lives for ever.
+local function keep() redis.call('EXPIRE', st, 86400 + math.ceil(math.max(parked - now, 0))) end
+
+if kind == 'ok' then
+  if is_probe then
+    local transition = 'recovered'
+    if open then transition = 'closed' end
+    redis.call('HDEL', st, 'probe', 'probe_token', 'probe_until', 'fails', 'opens', 'breaker')
+    h['probe'] = nil; fails = 0; open = false
+    keep()
+    return {transition, fmt(parked), fmt(now), 0, clean()}
+  end
+  if fails > 0 then
+    redis.call('HDEL', st, 'fails')
+    fails = 0
+  end
+  return {'', fmt(parked), fmt(now), 0, clean()}
+end
+
+if kind == 'rate' then
+  local ra = tonumber(ARGV[3])
+  if parked > now and not is_probe then
+    -- Sent before the current park: same incident. Its Retry-After may only lengthen the park.
+    if ra >= 0 and now + ra > parked then
+      parked = now + ra
+      redis.call('HSET', st, 'until', fmt(parked))
+      keep()
+      return {'parked', fmt(parked), fmt(now), level, 0}
+    end
+    return {'', fmt(parked), fmt(now), level, 0}
+  end
+  if now - tonumber(h['last'] or '0') > tonumber(ARGV[7]) then level = 0 end
+  local wait
+  if ra >= 0 then
+    wait = ra
+  else
+    wait = math.min(tonumber(ARGV[4]) * math.pow(tonumber(ARGV[5]), math.min(level, 64)), tonumber(ARGV[6]))
+    wait = wait * tonumber(ARGV[8])
+    level = level + 1
+  end
+  parked = math.max(parked, now + wait)
+  redis.call('HSET', st, 'until', fmt(parked), 'level', level, 'last', fmt(now), 'probe', '1')
+  redis.call('HDEL', st, 'probe_token', 'probe_until')
+  keep()
+  return {'parked', fmt(parked), fmt(now), level, 0}
+end
+
+-- kind == 'fail'
+if open and not is_probe then
+  -- A download that started before the breaker opened: same incident.
+  return {'', fmt(parked), fmt(now), fails, 0}
+end
+local transition
+if is_probe then
+  opens = opens + 1
+  transition = 'reopened'
+else
+  fails = fails + 1
+  if fails < tonumber(ARGV[9]) then
+    redis.call('HSET', st, 'fails', fails)
+    keep()
+    return {'failed', fmt(parked), fmt(now), fails, 0}
+  end
+  opens = 1
+  transition = 'opened'
+end
+local cool = math.min(tonumber(ARGV[10]) * math.pow(tonumber(ARGV[11]), opens - 1), tonumber(ARGV[12]))
+parked = math.max(parked, now + cool)
+redis.call('HSET', st, 'until', fmt(parked), 'opens', opens, 'breaker', 'open', 'probe', '1', 'fails', 0)
+redis.call('HDEL', st, 'probe_token', 'probe_until')
+keep()
+return {transition, fmt(parked), fmt(now), opens, 0}

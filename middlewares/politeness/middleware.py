@@ -1,0 +1,378 @@
+"""Politeness under pressure, cluster-wide (a downloader middleware).
+
+* **Retry-After and backoff**: a response with a status in
+  ``POLITENESS_RETRY_AFTER_STATUSES`` (429, 503) parks its website for every
+  worker until its ``Retry-After`` (seconds or HTTP date, capped by
+  ``POLITENESS_RETRY_AFTER_MAX_SECONDS``), or else by exponential backoff with
+  jitter per website (``POLITENESS_BACKOFF_*``); then one probe request goes
+  first. The request itself goes back to the frontier to be fetched after the
+  park, without spending a Scrapy retry (``POLITENESS_MAX_REQUEUES`` bounds
+  the loop).
+* **Circuit breaker**: ``POLITENESS_BREAKER_FAILURES`` consecutive failures
+  (``POLITENESS_BREAKER_EXCEPTIONS`` / ``_STATUSES``) open the breaker: the
+  website is parked for ``POLITENESS_BREAKER_COOL_SECONDS``, then exactly one
+  probe goes, cluster-wide; success closes it, failure reopens it for longer.
+* **Gates**: robots.txt ``Crawl-delay`` (at most one request per *d* seconds
+  from the whole cluster) and a request rate per website
+  (``POLITENESS_RATE_*``, run-time overrides: ``python -m middlewares.politeness``).
+
+Every wait is a frontier not-before mark (the request is returned with meta
+``frontier_requeue`` / ``frontier_not_before``): no worker sleeps or holds a
+download slot. State lives in Redis (:mod:`.store`, Lua scripts on the Redis
+clock); a website with no signal and no limit costs no Redis round trip
+(:mod:`.view`). Redis unreachable: gated and watched websites fail closed
+(requests wait, retried with backoff up to ``POLITENESS_GATE_PARK_MAX_SECONDS``);
+a signal still parks its website on this worker; quiet websites flow.
+
+Settings: every ``POLITENESS_*`` (docs/politeness.md); ``WEBSITE_KEY`` picks the website.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import RedisError
+from scrapy import signals
+from scrapy.exceptions import NotConfigured
+from scrapy.utils.asyncio import is_asyncio_available
+from scrapy.utils.httpobj import urlparse_cached
+
+from crawler.website import website_key
+from middlewares.politeness.config import PolitenessConfig
+from middlewares.politeness.signals import FAIL, OK, RATE, backoff_delay, classify_status, parse_retry_after
+from middlewares.politeness.store import Event, PolitenessStore
+from middlewares.politeness.view import PolitenessView, ViewSync
+from middlewares.robotstxt import robots_crawl_delay
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from scrapy import Request
+    from scrapy.crawler import Crawler
+    from scrapy.http import Response
+
+    from middlewares.politeness.config import Rate
+
+logger = logging.getLogger(__name__)
+
+META_PROBE = "politeness_probe"
+META_REQUEUES = "politeness_requeues"
+META_EXEMPT = "politeness_exempt"
+
+
+class PolitenessMiddleware:
+    """Park, back off, break and gate per website, cluster-wide (see module docstring)."""
+
+    def __init__(self, crawler: Crawler, config: PolitenessConfig) -> None:
+        if not is_asyncio_available():
+            raise RuntimeError("PolitenessMiddleware needs the asyncio reactor (TWISTED_REACTOR)")
+        assert crawler.stats is not None
+        self.crawler: Crawler = crawler
+        self.config: PolitenessConfig = config
+        self.stats = crawler.stats
+        self.view = PolitenessView(config)
+        self.store: PolitenessStore | None = None
+        self._sync: ViewSync | None = None
+        self._websites: dict[str, str] = {}  # netloc -> website key
+        self._counts: dict[str, int] = {}  # per-request counters, added to the stats at each refresh
+        self._redis_down = False
+        self._fail_wait = 0.0  # fail-closed backoff while Redis is down
+        self._local_failures: dict[str, int] = {}  # breaker failures counted here while Redis is down
+        self._background: set[asyncio.Task[Any]] = set()
+        crawler.signals.connect(self.spider_opened, signal=signals.spider_opened)
+        crawler.signals.connect(self.spider_closed, signal=signals.spider_closed)
+        crawler.signals.connect(self.robots_crawl_delay, signal=robots_crawl_delay)
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        if not crawler.settings.getbool("POLITENESS_ENABLED"):
+            raise NotConfigured
+        return cls(crawler, PolitenessConfig.from_settings(crawler.settings))
+
+    # -- life cycle ---------------------------------------------------------
+
+    async def spider_opened(self) -> None:
+        redis = self.config.redis.async_client()
+        self.store = PolitenessStore(redis, self.config)
+        self._sync = ViewSync(self.view, self.store, redis, self._redis_error, self._refreshed)
+        await self._sync.start()
+        c = self.config
+        logger.info(
+            "Politeness: Retry-After on %(ra)s (cap %(cap)gs), backoff %(base)gs x%(factor)g up to %(max)gs; "
+            "breaker after %(k)d failures, cooling %(cool)gs; Crawl-delay %(cd)s; rate default %(rate)s, "
+            "per website %(per)s; Redis unavailable: fail closed",
+            {"ra": sorted(c.retry_after_statuses), "cap": c.retry_after_max, "base": c.backoff_base,
+             "factor": c.backoff_factor, "max": c.backoff_max, "k": c.breaker_failures, "cool": c.breaker_cool,
+             "cd": f"honoured up to {c.crawl_delay_max:g}s" if c.crawl_delay else "ignored",
+             "rate": c.rate_default or "none", "per": {k: str(v) for k, v in c.rate_per_website.items()}},
+            extra={"spider": self.crawler.spider},
+        )
+
+    async def spider_closed(self) -> None:
+        if self._sync is not None:
+            await self._sync.stop()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        self._flush_counts()
+        if self.store is not None:
+            self.stats.set_value("politeness/redis_calls", self.store.calls)
+            await self.store.redis.aclose()
+
+    def robots_crawl_delay(self, netloc: str, url: str, delay: float | None, **kwargs: Any) -> None:
+        self.view.set_delay(website_key(url, self.config.website_mode), delay)
+
+    def _refreshed(self, changed: dict[str, str]) -> None:
+        self._flush_counts()
+        if not changed:
+            return
+        logger.info("Politeness: run-time request rates changed: %(changed)s; in force: %(all)s",
+                    {"changed": changed, "all": {k: str(v) if v else "none" for k, v in self.view.overrides.items()}},
+                    extra={"spider": self.crawler.spider})
+
+    def _count(self, key: str) -> None:
+        self._counts[key] = self._counts.get(key, 0) + 1
+
+    def _flush_counts(self) -> None:
+        counts, self._counts = self._counts, {}
+        for key, n in counts.items():
+            self.stats.inc_value(key, n)
+
+    def _website(self, request: Request) -> str:
+        netloc = urlparse_cached(request).netloc
+        website = self._websites.get(netloc)
+        if website is None:
+            if len(self._websites) > 100_000:
+                self._websites.clear()
+            website = self._websites[netloc] = website_key(request.url, self.config.website_mode)
+        return website
+
+    @staticmethod
+    def _exempt(request: Request) -> bool:
+        meta = request.meta
+        # robots.txt is fetched by RobotsTxtMiddleware with engine.download_async(),
+        # not through the frontier: a returned request would loop.
+        return bool(meta.get(META_EXEMPT) or (meta.get("dont_obey_robotstxt") and request.url.endswith("/robots.txt")))
+
+    # -- requests -----------------------------------------------------------
+
+    async def process_request(self, request: Request) -> Request | None:
+        if self._exempt(request):
+            return None
+        website = self._website(request)
+        if not self.view.needs_check(website):
+            return None
+        return await self._admit(request, website)
+
+    async def _admit(self, request: Request, website: str) -> Request | None:
+        view = self.view
+        until = view.parked_until(website)
+        if until is not None:
+            return self._deny(request, until, "parked")
+        rate = view.rate_for(website)
+        delay = view.delays.get(website, 0.0)
+        watched = website in view.watched
+        leasable = rate is not None and not delay and not watched
+        if leasable and view.take_permit(website):
+            self._count("politeness/granted_from_lease")
+            return None
+        if rate is None and not delay and not watched:
+            return None  # e.g. a run-time "none" override
+        return await self._ask(request, website, rate, delay, watched)
+
+    async def _ask(self, request: Request, website: str, rate: Rate | None, delay: float,
+                   watched: bool) -> Request | None:
+        """One round trip to ``lua/admit.lua``."""
+        view, c = self.view, self.config
+        leasable = rate is not None and not delay and not watched
+        # A lease holds at most a quarter of the window's requests: near the limit, one permit at a time.
+        want = min(c.lease_permits, max(1, rate.requests // 4)) if leasable and rate is not None else 1
+        token = str(request.meta.get(META_PROBE) or uuid.uuid4().hex[:16])
+        started = time.monotonic()
+        assert self.store is not None
+        try:
+            adm = await self.store.admit(website, token, delay + c.gate_margin if delay else 0.0,
+                                         rate.requests if rate else 0, rate.window + c.gate_margin if rate else 0.0,
+                                         want)
+        except RedisError as exc:
+            self._redis_error(exc)
+            # Fail closed, like the byte budget: no request to a gated or watched website without Redis.
+            self._fail_wait = min(max(self._fail_wait * 2, 0.25), c.gate_park_max)
+            return self._deny(request, view.server_now() + self._fail_wait, "redis_unavailable")
+        self._redis_back()
+        view.clock(adm.now)
+        self._count("politeness/checked")
+        if not adm.permits:
+            if adm.reason == "parked":
+                view.park(website, adm.not_before)
+                return self._deny(request, adm.not_before, "parked")
+            # Gates and the probe: parked briefly, so a run-time change or a probe's answer applies soon.
+            return self._deny(request, min(adm.not_before, adm.now + c.gate_park_max), adm.reason)
+        if adm.permits > 1:
+            view.permits[website] = (adm.permits - 1, started + c.lease_seconds)
+        if adm.probe:
+            request.meta[META_PROBE] = token
+            self.stats.inc_value("politeness/probes")
+            logger.debug("Politeness: %(request)s is the probe for %(website)s",
+                         {"request": request, "website": website}, extra={"spider": self.crawler.spider})
+        else:
+            request.meta.pop(META_PROBE, None)
+            if adm.clean and watched and website not in view.parked:
+                view.watched.discard(website)
+                self._spawn(self._forget(website, adm.now))
+        return None
+
+    def _deny(self, request: Request, until: float, reason: str) -> Request:
+        self._count(f"politeness/denied/{reason}")
+        meta = {**request.meta, "frontier_requeue": True, "frontier_not_before": until}
+        return request.replace(meta=meta, dont_filter=True)
+
+    def _requeue(self, request: Request, until: float, reason: str) -> Request | None:
+        """Fetch again after the park, without spending a Scrapy retry; None past POLITENESS_MAX_REQUEUES."""
+        n = int(request.meta.get(META_REQUEUES, 0))
+        if n >= self.config.max_requeues:
+            self.stats.inc_value("politeness/gave_up")
+            logger.warning("Politeness: %(request)s was parked %(n)d times; handing it to RetryMiddleware",
+                           {"request": request, "n": n}, extra={"spider": self.crawler.spider})
+            return None
+        self.stats.inc_value(f"politeness/requeued/{reason}")
+        meta = {**request.meta, "frontier_requeue": True, "frontier_not_before": until, META_REQUEUES: n + 1}
+        return request.replace(meta=meta, dont_filter=True)
+
+    # -- responses ----------------------------------------------------------
+
+    async def process_response(self, request: Request, response: Response) -> Request | Response:
+        if self._exempt(request):
+            return response
+        kind = classify_status(response.status, self.config)
+        token = str(request.meta.get(META_PROBE) or "")
+        if kind is None:
+            if token or self.view.watched:
+                website = self._website(request)
+                if token or website in self.view.watched:
+                    await self._report(website, OK, token, None)
+            return response
+        website = self._website(request)
+        if kind == RATE:
+            retry_after = parse_retry_after(response.headers.get(b"Retry-After"), time.time())
+            if retry_after is not None:
+                retry_after = min(retry_after, self.config.retry_after_max)
+            self._count("politeness/retry_after" if retry_after is not None else "politeness/backoff")
+            # Hold the website here at once; Redis's answer (the cluster's level) follows.
+            guess = retry_after if retry_after is not None else backoff_delay(0, self.config, -1)
+            self.view.park(website, self.view.server_now() + guess)
+            until, _ = await self._report(website, RATE, token, retry_after)
+            return self._requeue(request, until, "rate_limited") or response
+        until, open_now = await self._report(website, FAIL, token, None)
+        if open_now:
+            return self._requeue(request, until, "breaker") or response
+        return response  # the breaker is closed: RetryMiddleware retries as usual
+
+    async def process_exception(self, request: Request, exception: Exception) -> Request | None:
+        if self._exempt(request) or not isinstance(exception, self.config.breaker_exceptions):
+            return None
+        token = str(request.meta.get(META_PROBE) or "")
+        until, open_now = await self._report(self._website(request), FAIL, token, None)
+        if open_now:
+            return self._requeue(request, until, "breaker")
+        return None
+
+    async def _report(self, website: str, kind: str, token: str, retry_after: float | None) -> tuple[float, bool]:
+        """Tell Redis; returns (parked until, whether the website is parked now)."""
+        assert self.store is not None
+        view = self.view
+        jitter = 1 + self.config.backoff_jitter * random.uniform(-1, 1)
+        try:
+            rep = await self.store.report(website, kind, token, retry_after, jitter)
+        except RedisError as exc:
+            self._redis_error(exc)
+            return self._report_locally(website, kind, retry_after, jitter)
+        self._redis_back()
+        view.clock(rep.now)
+        if rep.transition:
+            self.stats.inc_value(f"politeness/transition/{rep.transition}")
+            self._log_transition(website, rep.transition, rep.until, rep.now, rep.count, retry_after)
+        # Exactly the cluster's park (the local guess made before the call may be longer).
+        if rep.until > rep.now:
+            view.parked[website] = rep.until
+        else:
+            view.parked.pop(website, None)
+        if rep.transition:
+            view.watched.add(website)
+            try:
+                await self.store.announce(Event(website, rep.until, rep.transition), rep.now)
+            except RedisError as exc:
+                self._redis_error(exc)
+        elif rep.clean and website in view.watched and website not in view.parked:
+            view.watched.discard(website)
+            self._spawn(self._forget(website, rep.now))
+        return rep.until, rep.until > rep.now
+
+    def _report_locally(self, website: str, kind: str, retry_after: float | None, jitter: float) -> tuple[float, bool]:
+        """Redis is down: this worker still holds the website back on its own."""
+        view, c = self.view, self.config
+        now = view.server_now()
+        if kind == OK:
+            self._local_failures.pop(website, None)
+            return 0.0, False
+        if kind == RATE:
+            until = now + (retry_after if retry_after is not None else backoff_delay(0, c, jitter - 1))
+        else:
+            failures = self._local_failures[website] = self._local_failures.get(website, 0) + 1
+            if failures < c.breaker_failures:
+                return 0.0, False
+            self._local_failures.pop(website, None)
+            until = now + c.breaker_cool
+        view.park(website, until)
+        return until, True
+
+    def _log_transition(self, website: str, transition: str, until: float, now: float, count: int,
+                        retry_after: float | None) -> None:
+        spider = {"spider": self.crawler.spider}
+        args = {"website": website, "wait": until - now, "count": count}
+        if transition == "parked":
+            how = "Retry-After" if retry_after is not None else f"backoff level {count}"
+            logger.info("Politeness: %(website)s parked for %(wait).1fs (%(how)s)", {**args, "how": how},
+                        extra=spider)
+        elif transition == "opened":
+            logger.warning("Politeness: circuit breaker of %(website)s opened after %(k)d failures; "
+                           "cooling %(wait).1fs", {**args, "k": self.config.breaker_failures}, extra=spider)
+        elif transition == "reopened":
+            logger.warning("Politeness: probe of %(website)s failed; breaker open again for %(wait).1fs",
+                           args, extra=spider)
+        elif transition == "closed":
+            logger.info("Politeness: probe of %(website)s succeeded; circuit breaker closed", args, extra=spider)
+        elif transition == "recovered":
+            logger.info("Politeness: probe of %(website)s succeeded; no longer rate limited", args, extra=spider)
+
+    # -- Redis health ----------------------------------------------------------
+
+    def _redis_error(self, exc: Exception) -> None:
+        self.stats.inc_value(f"politeness/redis_error/{type(exc).__name__}")
+        if not self._redis_down:
+            self._redis_down = True
+            logger.error("Politeness: Redis unavailable (%(exc)s); gated and watched websites wait until it "
+                         "is back, signals park websites on this worker only", {"exc": exc},
+                         extra={"spider": self.crawler.spider})
+
+    def _redis_back(self) -> None:
+        if self._redis_down:
+            self._redis_down = False
+            self._fail_wait = 0.0
+            logger.info("Politeness: Redis is back", extra={"spider": self.crawler.spider})
+
+    async def _forget(self, website: str, clean_at: float) -> None:
+        assert self.store is not None
+        try:
+            await self.store.forget(website, clean_at)
+        except RedisError as exc:
+            self._redis_error(exc)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

@@ -1,0 +1,151 @@
+"""Politeness state in Redis: keys, the Lua scripts and their typed wrappers, events.
+
+Per website (hash-tagged, so one script touches one cluster slot):
+``<p>:pol:{W}:state`` (parks, backoff level, breaker, probe), ``<p>:pol:{W}:next``
+(Crawl-delay gate), ``<p>:pol:{W}:log`` (request-rate permits). For the whole
+cluster: ``<p>:pol:active`` (websites with state, so every worker checks them),
+``<p>:pol:rate`` (run-time rate overrides, written by the CLI) and the pub/sub
+channel ``<p>:pol:events`` (parks and breaker transitions, so other workers hold a
+website within milliseconds instead of at their next refresh).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from redis import asyncio as aioredis
+    from redis.commands.core import AsyncScript
+
+    from middlewares.politeness.config import PolitenessConfig
+
+
+def website_keys(prefix: str, website: str) -> list[str]:
+    """KEYS of ``admit.lua`` (``report.lua`` uses the first)."""
+    base = f"{prefix}:pol:{{{website}}}"
+    return [f"{base}:state", f"{base}:next", f"{base}:log"]
+
+
+def active_key(prefix: str) -> str:
+    return f"{prefix}:pol:active"
+
+
+def rate_overrides_key(prefix: str) -> str:
+    """Hash website -> ``"r/w"`` or ``"none"`` (no limit, whatever the settings say)."""
+    return f"{prefix}:pol:rate"
+
+
+def events_channel(prefix: str) -> str:
+    return f"{prefix}:pol:events"
+
+
+def load_script(client: aioredis.Redis | Any, name: str) -> AsyncScript:
+    source = files("middlewares.politeness").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    return client.register_script(source)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The answer of ``admit.lua``."""
+
+    permits: int  # 0: denied
+    not_before: float
+    now: float
+    probe: bool
+    reason: str  # "" when granted; "parked", "probe", "delay", "rate"
+    clean: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """The answer of ``report.lua``."""
+
+    transition: str  # "", "parked", "opened", "reopened", "closed", "recovered", "failed"
+    until: float
+    now: float
+    count: int  # backoff level, opens or failures, per transition
+    clean: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A park or breaker transition announced to every worker."""
+
+    website: str
+    until: float
+    transition: str
+
+    def encode(self) -> str:
+        return f"{self.website}\t{self.until:.6f}\t{self.transition}"
+
+    @classmethod
+    def decode(cls, data: Any) -> Event | None:
+        parts = _text(data).split("\t")
+        if len(parts) != 3:
+            return None
+        try:
+            return cls(parts[0], float(parts[1]), parts[2])
+        except ValueError:
+            return None
+
+
+class PolitenessStore:
+    """Calls to Redis for one worker (every call may raise ``RedisError``)."""
+
+    def __init__(self, redis: aioredis.Redis, config: PolitenessConfig) -> None:
+        self.redis = redis
+        self.config = config
+        self._admit = load_script(redis, "admit")
+        self._report = load_script(redis, "report")
+        self._forget = load_script(redis, "forget")
+        self.calls = 0
+
+    async def admit(self, website: str, token: str, delay: float, rate_n: int, rate_window: float,
+                    want: int) -> Admission:
+        c = self.config
+        self.calls += 1
+        r = await self._admit(keys=website_keys(c.prefix, website),
+                              args=[token, delay, rate_n, rate_window, want, c.lease_seconds, c.probe_timeout,
+                                    c.gate_park_max])
+        return Admission(int(r[0]), float(r[1]), float(r[2]), bool(int(r[3])), _text(r[4]), bool(int(r[5])))
+
+    async def report(self, website: str, kind: str, token: str, retry_after: float | None,
+                     jitter: float) -> Report:
+        c = self.config
+        self.calls += 1
+        r = await self._report(
+            keys=website_keys(c.prefix, website)[:1],
+            args=[kind, token, -1 if retry_after is None else retry_after, c.backoff_base, c.backoff_factor,
+                  c.backoff_max, c.backoff_forgive, jitter, c.breaker_failures, c.breaker_cool,
+                  c.breaker_cool_factor, c.breaker_cool_max],
+        )
+        return Report(_text(r[0]), float(r[1]), float(r[2]), int(r[3]), bool(int(r[4])))
+
+    async def announce(self, event: Event, marked_at: float) -> None:
+        """Put the website on the active list and tell every worker now (one round trip)."""
+        self.calls += 1
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(active_key(self.config.prefix), {event.website: marked_at}, gt=True)
+            pipe.publish(events_channel(self.config.prefix), event.encode())
+            await pipe.execute()
+
+    async def forget(self, website: str, clean_at: float) -> bool:
+        self.calls += 1
+        return bool(await self._forget(keys=[active_key(self.config.prefix)], args=[website, clean_at]))
+
+    async def snapshot(self) -> tuple[list[str], dict[str, str], float]:
+        """Active websites, run-time rate overrides and the Redis time, in one round trip."""
+        self.calls += 1
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrange(active_key(self.config.prefix), 0, -1)
+            pipe.hgetall(rate_overrides_key(self.config.prefix))
+            pipe.time()
+            active, overrides, now = await pipe.execute()
+        return ([_text(w) for w in active], {_text(k): _text(v) for k, v in overrides.items()},
+                float(now[0]) + float(now[1]) / 1e6)
