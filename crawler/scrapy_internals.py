@@ -15,6 +15,13 @@ names it. What is used, and why:
   ``CONCURRENT_REQUESTS`` is (Scrapy 2.12 and earlier counted the request
   before returning). Here a request counts as transferring as soon as it
   leaves the slot queue; ``_download`` adding it again is a no-op on the set.
+  And download holds (:func:`add_download_hold`): a request that leaves its
+  slot queue is first shown to each registered check, which can keep it off
+  the network (its download fails with :class:`DownloadHeld`). A downloader
+  middleware decides in ``process_request``, but the request may then wait
+  in its slot queue while the website's answers change everything:
+  politeness (:mod:`middlewares.politeness`) holds the requests of a website
+  parked meanwhile there, with a dictionary lookup.
 * :func:`wake_engine`: the engine slot's ``nextcall``, so a scheduler whose
   requests arrive asynchronously (from Redis) does not wait for the engine's
   5 s heartbeat.
@@ -38,6 +45,8 @@ from scrapy.utils.asyncio import call_later
 from scrapy.utils.defer import _schedule_coro
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from scrapy import Request
     from scrapy.core.downloader import Slot
     from scrapy.core.engine import ExecutionEngine
@@ -45,8 +54,27 @@ if TYPE_CHECKING:
     from scrapy.downloadermiddlewares.robotstxt import RobotsTxtMiddleware
 
 
+class DownloadHeld(Exception):  # noqa: N818 (a hold, not an error)
+    """A download hold kept this request off the network; ``until``: when its website may be asked again."""
+
+    def __init__(self, until: float) -> None:
+        super().__init__(f"held until {until:.3f}")
+        self.until = until
+
+
 class Downloader(ScrapyDownloader):
-    """Scrapy's downloader; a slot never has more than ``concurrency`` downloads under way."""
+    """Scrapy's downloader; a slot never has more than ``concurrency`` downloads under way; download holds."""
+
+    def __init__(self, crawler: Crawler) -> None:
+        super().__init__(crawler)
+        self.holds: list[Callable[[Request], float | None]] = []
+
+    def _held(self, request: Request) -> float | None:
+        for check in self.holds:
+            until = check(request)
+            if until is not None:
+                return until
+        return None
 
     def _process_queue(self, slot: Slot) -> None:
         # Scrapy 2.19's _process_queue, with one change (marked below).
@@ -62,6 +90,10 @@ class Downloader(ScrapyDownloader):
         while slot.queue and slot.free_transfer_slots() > 0:
             slot.lastseen = now
             request, queue_dfd = slot.queue.popleft()
+            # Download holds (the second change): fail it before any byte is sent.
+            if self.holds and (until := self._held(request)) is not None:
+                queue_dfd.errback(DownloadHeld(until))
+                continue
             # The change: count it now, not when the task below first runs.
             slot.transferring.add(request)
             _schedule_coro(self._wait_for_download(slot, request, queue_dfd))
@@ -69,6 +101,21 @@ class Downloader(ScrapyDownloader):
                 self._process_queue(slot)
                 break
 
+
+
+def add_download_hold(crawler: Crawler, check: Callable[[Request], float | None]) -> bool:
+    """Call ``check(request)`` as each request leaves its slot queue; a time keeps it off the network.
+
+    The download then fails with :class:`DownloadHeld` (``until`` = the time
+    returned), which downloader middlewares see in ``process_exception``.
+    ``check`` runs for every request: local state only. False when the
+    crawl's downloader is not :class:`Downloader` (``DOWNLOADER``).
+    """
+    downloader = getattr(_engine(crawler), "downloader", None)
+    if not isinstance(downloader, Downloader):
+        return False
+    downloader.holds.append(check)
+    return True
 
 
 def _engine(crawler: Crawler) -> ExecutionEngine | None:

@@ -122,6 +122,9 @@ class PolitenessConfig:
     gate_park_max: float
     lease_permits: int
     lease_seconds: float
+    # How long requests that find the probe out wait before they ask again: the frontier's
+    # not-before marks only ever lengthen a park, so this stays short (half the shortest park).
+    probe_wait: float
     # plumbing
     refresh: float
     prefix: str
@@ -132,13 +135,16 @@ class PolitenessConfig:
     def from_settings(cls, settings: BaseSettings) -> Self:
         per_website = {site: parse_rate(f"POLITENESS_RATE_PER_WEBSITE[{site!r}]", value)
                        for site, value in _dict_setting(settings, "POLITENESS_RATE_PER_WEBSITE").items()}
+        backoff_base = float_setting(settings, "POLITENESS_BACKOFF_BASE_SECONDS", 60, minimum=0, exclusive=True)
+        cool = float_setting(settings, "POLITENESS_BREAKER_COOL_SECONDS", 30, minimum=0, exclusive=True)
+        park_max = float_setting(settings, "POLITENESS_GATE_PARK_MAX_SECONDS", 2.5, minimum=0, exclusive=True)
         jitter = float_setting(settings, "POLITENESS_BACKOFF_JITTER", 0.1, minimum=0)
         if jitter >= 1:
             raise ValueError(f"POLITENESS_BACKOFF_JITTER must be a number >= 0 and < 1, got {jitter!r}")
         return cls(
             retry_after_statuses=_statuses(settings, "POLITENESS_RETRY_AFTER_STATUSES", [429, 503]),
             retry_after_max=float_setting(settings, "POLITENESS_RETRY_AFTER_MAX_SECONDS", 3600, minimum=0),
-            backoff_base=float_setting(settings, "POLITENESS_BACKOFF_BASE_SECONDS", 60, minimum=0, exclusive=True),
+            backoff_base=backoff_base,
             backoff_factor=float_setting(settings, "POLITENESS_BACKOFF_FACTOR", 2, minimum=1),
             backoff_max=float_setting(settings, "POLITENESS_BACKOFF_MAX_SECONDS", 86400, minimum=0, exclusive=True),
             backoff_forgive=float_setting(settings, "POLITENESS_BACKOFF_FORGIVE_SECONDS", 1800, minimum=0),
@@ -147,7 +153,7 @@ class PolitenessConfig:
             breaker_failures=int_setting(settings, "POLITENESS_BREAKER_FAILURES", 5, minimum=1),
             breaker_statuses=_statuses(settings, "POLITENESS_BREAKER_STATUSES", [500, 502, 504, 522, 524]),
             breaker_exceptions=_exceptions(settings, "POLITENESS_BREAKER_EXCEPTIONS"),
-            breaker_cool=float_setting(settings, "POLITENESS_BREAKER_COOL_SECONDS", 30, minimum=0, exclusive=True),
+            breaker_cool=cool,
             breaker_cool_factor=float_setting(settings, "POLITENESS_BREAKER_COOL_FACTOR", 2, minimum=1),
             breaker_cool_max=float_setting(settings, "POLITENESS_BREAKER_COOL_MAX_SECONDS", 3600, minimum=0,
                                            exclusive=True),
@@ -159,8 +165,8 @@ class PolitenessConfig:
             rate_default=parse_rate("POLITENESS_RATE_DEFAULT", settings.get("POLITENESS_RATE_DEFAULT")),
             rate_per_website=per_website,
             gate_margin=float_setting(settings, "POLITENESS_GATE_MARGIN_SECONDS", 0.05, minimum=0),
-            gate_park_max=float_setting(settings, "POLITENESS_GATE_PARK_MAX_SECONDS", 2.5, minimum=0,
-                                        exclusive=True),
+            gate_park_max=park_max,
+            probe_wait=min(park_max, backoff_base / 2, cool / 2),
             lease_permits=int_setting(settings, "POLITENESS_RATE_LEASE_PERMITS", 32, minimum=1),
             lease_seconds=float_setting(settings, "POLITENESS_RATE_LEASE_SECONDS", 1.0, minimum=0, exclusive=True),
             refresh=float_setting(settings, "POLITENESS_REFRESH_SECONDS", 1.0, minimum=0, exclusive=True),

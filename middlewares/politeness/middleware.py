@@ -42,6 +42,7 @@ from scrapy.exceptions import NotConfigured
 from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.httpobj import urlparse_cached
 
+from crawler.scrapy_internals import DownloadHeld, add_download_hold
 from crawler.website import website_key
 from middlewares.politeness.config import PolitenessConfig
 from middlewares.politeness.signals import FAIL, OK, RATE, backoff_delay, classify_status, parse_retry_after
@@ -63,6 +64,7 @@ logger = logging.getLogger(__name__)
 META_PROBE = "politeness_probe"
 META_REQUEUES = "politeness_requeues"
 META_EXEMPT = "politeness_exempt"
+META_SENT = "politeness_sent"
 
 
 class PolitenessMiddleware:
@@ -101,6 +103,10 @@ class PolitenessMiddleware:
         self.store = PolitenessStore(redis, self.config)
         self._sync = ViewSync(self.view, self.store, redis, self._redis_error, self._refreshed)
         await self._sync.start()
+        if not add_download_hold(self.crawler, self._hold):
+            logger.warning("Politeness: DOWNLOADER is not crawler.scrapy_internals.Downloader; requests that "
+                           "wait in a download slot while their website is parked are not held back",
+                           extra={"spider": self.crawler.spider})
         c = self.config
         logger.info(
             "Politeness: Retry-After on %(ra)s (cap %(cap)gs), backoff %(base)gs x%(factor)g up to %(max)gs; "
@@ -159,6 +165,16 @@ class PolitenessMiddleware:
         return bool(meta.get(META_EXEMPT) or (meta.get("dont_obey_robotstxt") and request.url.endswith("/robots.txt")))
 
     # -- requests -----------------------------------------------------------
+
+    def _hold(self, request: Request) -> float | None:
+        """Called as a request leaves its download slot queue: parked meanwhile? (Local state only.)"""
+        # When it left for the network (local clock): a success says something about the
+        # website only if it was sent after the failures began (lua/report.lua).
+        request.meta[META_SENT] = time.time()
+        parked = self.view.parked
+        if not parked or self._exempt(request):
+            return None
+        return self.view.parked_until(self._website(request))
 
     async def process_request(self, request: Request) -> Request | None:
         if self._exempt(request):
@@ -254,7 +270,7 @@ class PolitenessMiddleware:
             if token or self.view.watched:
                 website = self._website(request)
                 if token or website in self.view.watched:
-                    await self._report(website, OK, token, None)
+                    await self._report(website, OK, token, None, self._sent(request))
             return response
         website = self._website(request)
         if kind == RATE:
@@ -272,7 +288,18 @@ class PolitenessMiddleware:
             return self._requeue(request, until, "breaker") or response
         return response  # the breaker is closed: RetryMiddleware retries as usual
 
+    def _sent(self, request: Request) -> float:
+        """When ``request`` was sent, on the Redis clock."""
+        sent = request.meta.get(META_SENT)
+        if sent is not None:
+            return float(sent) + self.view.offset
+        # Another DOWNLOADER (no hold hook): Scrapy's download_latency ends at the response
+        # head, so this is later than the truth; a stale success may then reset the count.
+        return self.view.server_now() - float(request.meta.get("download_latency") or 0)
+
     async def process_exception(self, request: Request, exception: Exception) -> Request | None:
+        if isinstance(exception, DownloadHeld):  # from self._hold: never reached the network
+            return self._deny(request, exception.until, "held")
         if self._exempt(request) or not isinstance(exception, self.config.breaker_exceptions):
             return None
         token = str(request.meta.get(META_PROBE) or "")
@@ -281,13 +308,14 @@ class PolitenessMiddleware:
             return self._requeue(request, until, "breaker")
         return None
 
-    async def _report(self, website: str, kind: str, token: str, retry_after: float | None) -> tuple[float, bool]:
+    async def _report(self, website: str, kind: str, token: str, retry_after: float | None,
+                      sent: float = 0.0) -> tuple[float, bool]:
         """Tell Redis; returns (parked until, whether the website is parked now)."""
         assert self.store is not None
         view = self.view
         jitter = 1 + self.config.backoff_jitter * random.uniform(-1, 1)
         try:
-            rep = await self.store.report(website, kind, token, retry_after, jitter)
+            rep = await self.store.report(website, kind, token, retry_after, jitter, sent)
         except RedisError as exc:
             self._redis_error(exc)
             return self._report_locally(website, kind, retry_after, jitter)

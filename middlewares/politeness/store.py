@@ -112,18 +112,18 @@ class PolitenessStore:
         self.calls += 1
         r = await self._admit(keys=website_keys(c.prefix, website),
                               args=[token, delay, rate_n, rate_window, want, c.lease_seconds, c.probe_timeout,
-                                    c.gate_park_max])
+                                    c.probe_wait])
         return Admission(int(r[0]), float(r[1]), float(r[2]), bool(int(r[3])), _text(r[4]), bool(int(r[5])))
 
     async def report(self, website: str, kind: str, token: str, retry_after: float | None,
-                     jitter: float) -> Report:
+                     jitter: float, sent_at: float = 0.0) -> Report:
         c = self.config
         self.calls += 1
         r = await self._report(
             keys=website_keys(c.prefix, website)[:1],
             args=[kind, token, -1 if retry_after is None else retry_after, c.backoff_base, c.backoff_factor,
                   c.backoff_max, c.backoff_forgive, jitter, c.breaker_failures, c.breaker_cool,
-                  c.breaker_cool_factor, c.breaker_cool_max],
+                  c.breaker_cool_factor, c.breaker_cool_max, sent_at],
         )
         return Report(_text(r[0]), float(r[1]), float(r[2]), int(r[3]), bool(int(r[4])))
 

@@ -9,6 +9,9 @@
 -- ARGV[8]  jitter multiplier, 1 + POLITENESS_BACKOFF_JITTER * uniform(-1, 1), drawn by the caller
 -- ARGV[9]  K: consecutive failures that open the breaker
 -- ARGV[10] cooling seconds          ARGV[11] cooling factor        ARGV[12] cooling max seconds
+-- ARGV[13] "ok" only: when the request was sent (Redis clock; 0: unknown). A success resets the
+--          failure count only if it was sent after the first failure of the streak was reported:
+--          slow downloads that started while the website was healthy say nothing about it now.
 --
 -- Returns {transition, until (string), now (string), level or failure count, 1 if clean else 0}.
 -- transition: "parked" (rate signal: parked until), "opened", "reopened" (probe failed), "closed"
@@ -43,13 +46,13 @@ if kind == 'ok' then
   if is_probe then
     local transition = 'recovered'
     if open then transition = 'closed' end
-    redis.call('HDEL', st, 'probe', 'probe_token', 'probe_until', 'fails', 'opens', 'breaker')
+    redis.call('HDEL', st, 'probe', 'probe_token', 'probe_until', 'fails', 'fail_since', 'opens', 'breaker')
     h['probe'] = nil; fails = 0; open = false
     keep()
     return {transition, fmt(parked), fmt(now), 0, clean()}
   end
-  if fails > 0 then
-    redis.call('HDEL', st, 'fails')
+  if fails > 0 and tonumber(ARGV[13] or '0') >= tonumber(h['fail_since'] or '0') then
+    redis.call('HDEL', st, 'fails', 'fail_since')
     fails = 0
   end
   return {'', fmt(parked), fmt(now), 0, clean()}
@@ -94,6 +97,7 @@ if is_probe then
   transition = 'reopened'
 else
   fails = fails + 1
+  if fails == 1 then redis.call('HSET', st, 'fail_since', fmt(now)) end
   if fails < tonumber(ARGV[9]) then
     redis.call('HSET', st, 'fails', fails)
     keep()
