@@ -19,6 +19,7 @@ BENCHMARKS = {
     "ipv6": "bench.ipv6",
     "frontier": "bench.frontier",
     "budget": "bench.budget",
+    "politeness": "bench.politeness",
 }
 
 

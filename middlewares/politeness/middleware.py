@@ -86,6 +86,7 @@ class PolitenessMiddleware:
         self._fail_wait = 0.0  # fail-closed backoff while Redis is down
         self._local_failures: dict[str, int] = {}  # breaker failures counted here while Redis is down
         self._background: set[asyncio.Task[Any]] = set()
+        self._leasing: dict[str, asyncio.Future[None]] = {}  # website -> its lease call in flight
         crawler.signals.connect(self.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(self.spider_closed, signal=signals.spider_closed)
         crawler.signals.connect(self.robots_crawl_delay, signal=robots_crawl_delay)
@@ -193,9 +194,16 @@ class PolitenessMiddleware:
         delay = view.delays.get(website, 0.0)
         watched = website in view.watched
         leasable = rate is not None and not delay and not watched
-        if leasable and view.take_permit(website):
-            self._count("politeness/granted_from_lease")
-            return None
+        if leasable:
+            # Single flight: requests that arrive while a lease is being fetched wait for it.
+            while not view.take_permit(website):
+                pending = self._leasing.get(website)
+                if pending is None:
+                    break
+                await asyncio.shield(pending)
+            else:
+                self._count("politeness/granted_from_lease")
+                return None
         if rate is None and not delay and not watched:
             return None  # e.g. a run-time "none" override
         return await self._ask(request, website, rate, delay, watched)
@@ -210,15 +218,24 @@ class PolitenessMiddleware:
         token = str(request.meta.get(META_PROBE) or uuid.uuid4().hex[:16])
         started = time.monotonic()
         assert self.store is not None
+        lease: asyncio.Future[None] | None = None
+        if want > 1 and website not in self._leasing:
+            lease = self._leasing[website] = asyncio.get_running_loop().create_future()
         try:
             adm = await self.store.admit(website, token, delay + c.gate_margin if delay else 0.0,
                                          rate.requests if rate else 0, rate.window + c.gate_margin if rate else 0.0,
                                          want)
+            if adm.permits > 1:
+                view.permits[website] = (adm.permits - 1, started + c.lease_seconds)
         except RedisError as exc:
             self._redis_error(exc)
             # Fail closed, like the byte budget: no request to a gated or watched website without Redis.
             self._fail_wait = min(max(self._fail_wait * 2, 0.25), c.gate_park_max)
             return self._deny(request, view.server_now() + self._fail_wait, "redis_unavailable")
+        finally:
+            if lease is not None:
+                del self._leasing[website]
+                lease.set_result(None)
         self._redis_back()
         view.clock(adm.now)
         self._count("politeness/checked")
@@ -228,8 +245,6 @@ class PolitenessMiddleware:
                 return self._deny(request, adm.not_before, "parked")
             # Gates and the probe: parked briefly, so a run-time change or a probe's answer applies soon.
             return self._deny(request, min(adm.not_before, adm.now + c.gate_park_max), adm.reason)
-        if adm.permits > 1:
-            view.permits[website] = (adm.permits - 1, started + c.lease_seconds)
         if adm.probe:
             request.meta[META_PROBE] = token
             self.stats.inc_value("politeness/probes")

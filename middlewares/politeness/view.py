@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+_POLL = 0.25  # seconds a listen poll waits for an event
 HOLDING = frozenset({"parked", "opened", "reopened"})
 RELEASING = frozenset({"closed", "recovered"})
 
@@ -151,6 +152,7 @@ class ViewSync:
         self._on_error = on_error
         self._on_refresh = on_refresh
         self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
         self.subscribed = asyncio.Event()
 
     async def start(self) -> None:
@@ -158,11 +160,16 @@ class ViewSync:
         self._tasks = [asyncio.create_task(self._refresh_loop()), asyncio.create_task(self._listen())]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        """Ask the loops to stop and wait for them: no Redis call is cancelled half-way."""
+        self._stop.set()
+        if not self._tasks:
+            return
+        config = self._view.config
+        _, pending = await asyncio.wait(self._tasks, timeout=config.refresh + config.redis.longest_call)
+        for task in pending:  # a Redis call that did not answer in time
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
 
     async def refresh(self) -> None:
         try:
@@ -173,8 +180,10 @@ class ViewSync:
         self._on_refresh(self._view.snapshot(active, overrides, now))
 
     async def _refresh_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._view.config.refresh)
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self._view.config.refresh)
+                return
             try:
                 await self.refresh()
             except Exception:  # never die silently: log, go on
@@ -182,24 +191,28 @@ class ViewSync:
 
     async def _listen(self) -> None:
         channel = events_channel(self._view.config.prefix)
-        while True:
+        while not self._stop.is_set():
             pubsub = self._redis.pubsub()
             try:
                 await pubsub.subscribe(channel)
                 self.subscribed.set()
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                while not self._stop.is_set():
+                    # Short polls, so stop() never has to cancel a read.
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_POLL)
                     if message is not None and message.get("type") == "message":
                         event = Event.decode(message["data"])
                         if event is not None:
                             self._view.apply(event)
             except RedisError as exc:
                 self._on_error(exc)
-                await asyncio.sleep(self._view.config.refresh)
+                await self._pause()
             except Exception:
                 logger.exception("Politeness: event listener failed; restarting it")
-                await asyncio.sleep(self._view.config.refresh)
+                await self._pause()
             finally:
                 with contextlib.suppress(RedisError, OSError):
-                    await asyncio.wait_for(pubsub.aclose(),  # type: ignore[no-untyped-call]
-                                           timeout=self._view.config.redis.socket_timeout)
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _pause(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), self._view.config.refresh)
