@@ -25,7 +25,7 @@ def test_defaults_follow_stormcrawler() -> None:
     assert c.rate_default is None and c.rate_per_website == {}
     assert c.probe_timeout == 190  # DOWNLOAD_TIMEOUT + 10
     assert TxConnectionRefusedError in c.breaker_exceptions or OSError in c.breaker_exceptions
-    assert c.probe_wait == min(c.gate_park_max, c.backoff_base / 2, c.breaker_cool / 2)
+    assert c.probe_wait == 0.5 and c.max_requeues == 3
 
 
 @pytest.mark.parametrize(("raw", "rate"), [
@@ -50,7 +50,7 @@ def test_parse_rate_rejects_naming_setting_and_value(raw: Any) -> None:
     ("POLITENESS_BREAKER_EXCEPTIONS", ["builtins.int"]), ("POLITENESS_REFRESH_SECONDS", "soon"),
 ])
 def test_bad_values_stop_the_crawl_naming_the_setting(name: str, value: Any) -> None:
-    with pytest.raises(ValueError, match=name.split("[")[0]):
+    with pytest.raises(ValueError, match=name.split("[", maxsplit=1)[0]):
         config(**{name: value})
 
 

@@ -85,7 +85,11 @@ def test_retry_after_parks_and_answers_in_flight_do_not_raise_the_level(redis_ur
         longer = await store.report(SITE, RATE, "", 0.6, 1.0)
         assert longer.transition == "parked" and longer.until > rep.until
         await until_server_time(store, longer.until)
-        # After the park: exactly one probe, then the others wait for it.
+        # The website said when to come back: after a Retry-After park, no probe.
+        assert (await admit(store, "p0")).probe is False
+        # After a backoff park: exactly one probe, then the others wait for it.
+        backoff = await store.report(SITE, RATE, "", None, 1.0)
+        await until_server_time(store, backoff.until)
         probe = await admit(store, "p1")
         assert (probe.permits, probe.probe) == (1, True)
         other = await admit(store, "p2")
@@ -153,7 +157,7 @@ def test_breaker_opens_after_k_failures_one_probe_reopens_longer_and_closes(redi
 
 def test_probe_timeout_lets_another_probe_go(redis_url: str) -> None:
     async def body(store: PolitenessStore) -> None:
-        rep = await store.report(SITE, RATE, "", 0.05, 1.0)
+        rep = await store.report(SITE, RATE, "", None, 1.0)
         await until_server_time(store, rep.until)
         first = await admit(store, "lost")
         assert first.probe

@@ -153,3 +153,29 @@ def test_redis_down_fails_closed_for_gated_websites_only(redis_url: str) -> None
     stats = run(dead, {"POLITENESS_RATE_PER_WEBSITE": {"limited.test": "100/1"}}, body)
     assert stats["politeness/denied/redis_unavailable"] == 1
     assert any(key.startswith("politeness/redis_error/") for key in stats)
+
+
+def test_redis_down_a_429_still_parks_its_website_here(redis_url: str) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+
+    async def body(mw: PolitenessMiddleware) -> None:
+        request = Request("http://shop-a.test/")
+        t0 = time.time()
+        again = await mw.process_response(request, response(request, 429, {"Retry-After": "20"}))
+        assert isinstance(again, Request) and again.meta["frontier_not_before"] >= t0 + 19
+        assert isinstance(await mw.process_request(Request("http://shop-a.test/2")), Request)
+
+    run(dead, {}, body)
+
+
+def test_retries_of_one_broken_url_do_not_open_the_breaker(redis_url: str) -> None:
+    async def body(mw: PolitenessMiddleware) -> None:
+        for attempt in range(6):
+            request = Request("http://shop-a.test/broken/1", meta={"retry_times": attempt} if attempt else {})
+            resp = response(request, 500)
+            assert await mw.process_response(request, resp) is resp
+        assert await mw.process_request(Request("http://shop-a.test/item/1")) is None
+
+    stats = run(redis_url, {"POLITENESS_BREAKER_FAILURES": 3}, body)
+    assert stats.get("politeness/transition/opened") is None
+    assert stats["politeness/transition/failed"] == 1

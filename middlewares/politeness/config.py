@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
 
 NO_LIMIT = "none"
+_PROBE_WAIT = 0.5  # seconds; a probe's answer usually takes one download
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d*)?|\.\d+)\s*s?\s*$")
 
 
@@ -149,7 +150,7 @@ class PolitenessConfig:
             backoff_max=float_setting(settings, "POLITENESS_BACKOFF_MAX_SECONDS", 86400, minimum=0, exclusive=True),
             backoff_forgive=float_setting(settings, "POLITENESS_BACKOFF_FORGIVE_SECONDS", 1800, minimum=0),
             backoff_jitter=jitter,
-            max_requeues=int_setting(settings, "POLITENESS_MAX_REQUEUES", 30, minimum=0),
+            max_requeues=int_setting(settings, "POLITENESS_MAX_REQUEUES", 3, minimum=0),
             breaker_failures=int_setting(settings, "POLITENESS_BREAKER_FAILURES", 5, minimum=1),
             breaker_statuses=_statuses(settings, "POLITENESS_BREAKER_STATUSES", [500, 502, 504, 522, 524]),
             breaker_exceptions=_exceptions(settings, "POLITENESS_BREAKER_EXCEPTIONS"),
@@ -166,7 +167,7 @@ class PolitenessConfig:
             rate_per_website=per_website,
             gate_margin=float_setting(settings, "POLITENESS_GATE_MARGIN_SECONDS", 0.05, minimum=0),
             gate_park_max=park_max,
-            probe_wait=min(park_max, backoff_base / 2, cool / 2),
+            probe_wait=min(park_max, _PROBE_WAIT, backoff_base / 2, cool / 2),
             lease_permits=int_setting(settings, "POLITENESS_RATE_LEASE_PERMITS", 32, minimum=1),
             lease_seconds=float_setting(settings, "POLITENESS_RATE_LEASE_SECONDS", 1.0, minimum=0, exclusive=True),
             refresh=float_setting(settings, "POLITENESS_REFRESH_SECONDS", 1.0, minimum=0, exclusive=True),

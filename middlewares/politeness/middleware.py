@@ -84,7 +84,6 @@ class PolitenessMiddleware:
         self._counts: dict[str, int] = {}  # per-request counters, added to the stats at each refresh
         self._redis_down = False
         self._fail_wait = 0.0  # fail-closed backoff while Redis is down
-        self._local_failures: dict[str, int] = {}  # breaker failures counted here while Redis is down
         self._background: set[asyncio.Task[Any]] = set()
         self._leasing: dict[str, asyncio.Future[None]] = {}  # website -> its lease call in flight
         crawler.signals.connect(self.spider_opened, signal=signals.spider_opened)
@@ -267,7 +266,8 @@ class PolitenessMiddleware:
         n = int(request.meta.get(META_REQUEUES, 0))
         if n >= self.config.max_requeues:
             self.stats.inc_value("politeness/gave_up")
-            logger.warning("Politeness: %(request)s was parked %(n)d times; handing it to RetryMiddleware",
+            # DEBUG: per request (the stat has the count); RetryMiddleware logs what it gives up.
+            logger.debug("Politeness: %(request)s was parked %(n)d times; handing it to RetryMiddleware",
                            {"request": request, "n": n}, extra={"spider": self.crawler.spider})
             return None
         self.stats.inc_value(f"politeness/requeued/{reason}")
@@ -298,10 +298,21 @@ class PolitenessMiddleware:
             self.view.park(website, self.view.server_now() + guess)
             until, _ = await self._report(website, RATE, token, retry_after)
             return self._requeue(request, until, "rate_limited") or response
+        if self._retried(request, token):
+            return response
         until, open_now = await self._report(website, FAIL, token, None)
         if open_now:
             return self._requeue(request, until, "breaker") or response
         return response  # the breaker is closed: RetryMiddleware retries as usual
+
+    @staticmethod
+    def _retried(request: Request, token: str) -> bool:
+        """A RetryMiddleware retry (not a probe): its URL failed before and is not counted again.
+
+        Failures count per URL, so a few URLs that always fail (a broken page
+        retried by Scrapy) do not open the breaker of a website that works.
+        """
+        return not token and bool(request.meta.get("retry_times"))
 
     def _sent(self, request: Request) -> float:
         """When ``request`` was sent, on the Redis clock."""
@@ -318,6 +329,8 @@ class PolitenessMiddleware:
         if self._exempt(request) or not isinstance(exception, self.config.breaker_exceptions):
             return None
         token = str(request.meta.get(META_PROBE) or "")
+        if self._retried(request, token):
+            return None
         until, open_now = await self._report(self._website(request), FAIL, token, None)
         if open_now:
             return self._requeue(request, until, "breaker")
@@ -333,7 +346,7 @@ class PolitenessMiddleware:
             rep = await self.store.report(website, kind, token, retry_after, jitter, sent)
         except RedisError as exc:
             self._redis_error(exc)
-            return self._report_locally(website, kind, retry_after, jitter)
+            return view.report_locally(website, kind, retry_after, jitter)
         self._redis_back()
         view.clock(rep.now)
         if rep.transition:
@@ -354,24 +367,6 @@ class PolitenessMiddleware:
             view.watched.discard(website)
             self._spawn(self._forget(website, rep.now))
         return rep.until, rep.until > rep.now
-
-    def _report_locally(self, website: str, kind: str, retry_after: float | None, jitter: float) -> tuple[float, bool]:
-        """Redis is down: this worker still holds the website back on its own."""
-        view, c = self.view, self.config
-        now = view.server_now()
-        if kind == OK:
-            self._local_failures.pop(website, None)
-            return 0.0, False
-        if kind == RATE:
-            until = now + (retry_after if retry_after is not None else backoff_delay(0, c, jitter - 1))
-        else:
-            failures = self._local_failures[website] = self._local_failures.get(website, 0) + 1
-            if failures < c.breaker_failures:
-                return 0.0, False
-            self._local_failures.pop(website, None)
-            until = now + c.breaker_cool
-        view.park(website, until)
-        return until, True
 
     def _log_transition(self, website: str, transition: str, until: float, now: float, count: int,
                         retry_after: float | None) -> None:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError
 
 from middlewares.politeness.config import parse_rate
+from middlewares.politeness.signals import OK, RATE
 from middlewares.politeness.store import Event, events_channel
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ class PolitenessView:
         self.overrides: dict[str, Rate | None] = {}  # run-time rates (CLI)
         self.permits: dict[str, tuple[int, float]] = {}  # website -> (leased permits left, monotonic expiry)
         self.offset = 0.0  # Redis clock - local clock
+        self._local_failures: dict[str, int] = {}  # breaker failures counted here while Redis is down
         self.rates_everywhere = config.rate_default is not None
 
     # -- questions on the hot path ------------------------------------------
@@ -109,6 +111,26 @@ class PolitenessView:
             if event.transition in RELEASING:
                 self.parked.pop(event.website, None)
             self.watched.add(event.website)
+
+    def report_locally(self, website: str, kind: str, retry_after: float | None,
+                       jitter: float) -> tuple[float, bool]:
+        """Redis is down: this worker still holds the website back on its own; (until, parked now)."""
+        c = self.config
+        now = self.server_now()
+        if kind == OK:
+            self._local_failures.pop(website, None)
+            return 0.0, False
+        if kind == RATE:
+            # jitter is the multiplier 1 + POLITENESS_BACKOFF_JITTER * u, as lua/report.lua takes it
+            until = now + (retry_after if retry_after is not None else min(c.backoff_base, c.backoff_max) * jitter)
+        else:
+            failures = self._local_failures[website] = self._local_failures.get(website, 0) + 1
+            if failures < c.breaker_failures:
+                return 0.0, False
+            self._local_failures.pop(website, None)
+            until = now + c.breaker_cool
+        self.park(website, until)
+        return until, True
 
     def set_delay(self, website: str, delay: float | None) -> None:
         if not self.config.crawl_delay or not delay or delay <= 0:

@@ -80,7 +80,13 @@ if kind == 'rate' then
     level = level + 1
   end
   parked = math.max(parked, now + wait)
-  redis.call('HSET', st, 'until', fmt(parked), 'level', level, 'last', fmt(now), 'probe', '1')
+  if ra >= 0 then
+    -- The website said when to come back: no probe needed (one may still be wanted by the breaker).
+    redis.call('HSET', st, 'until', fmt(parked), 'level', level, 'last', fmt(now))
+  else
+    -- Backoff: one probe first after the park, so the next incident is measured from one request.
+    redis.call('HSET', st, 'until', fmt(parked), 'level', level, 'last', fmt(now), 'probe', '1')
+  end
   redis.call('HDEL', st, 'probe_token', 'probe_until')
   keep()
   return {'parked', fmt(parked), fmt(now), level, 0}
