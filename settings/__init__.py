@@ -14,6 +14,8 @@ __all__ = ["LOG_LEVEL", "MONGO_DATABASE", "MONGO_URI", "REDIS_URL", "RESOLVE_HOS
 BOT_NAME = "crawler"
 SPIDER_MODULES = ["crawler.spiders"]
 NEWSPIDER_MODULE = "crawler.spiders"
+# `scrapy crawl` that reports a crawl unable to start as one ERROR line (crawler/commands/crawl.py).
+COMMANDS_MODULE = "crawler.commands"
 
 TWISTED_REACTOR = "twisted.internet.asyncioreactor.AsyncioSelectorReactor"
 # Our resolver: RESOLVE_HOSTS entries first, then the system resolver for
