@@ -16,6 +16,8 @@ SPIDER_MODULES = ["crawler.spiders"]
 NEWSPIDER_MODULE = "crawler.spiders"
 # `scrapy crawl` that reports a crawl unable to start as one ERROR line (crawler/commands/crawl.py).
 COMMANDS_MODULE = "crawler.commands"
+# `scrapy check`'s @site_path contract: a path on the spider's site (crawler/contracts.py).
+SPIDER_CONTRACTS = {"crawler.contracts.SitePathContract": 10}
 
 TWISTED_REACTOR = "twisted.internet.asyncioreactor.AsyncioSelectorReactor"
 # Our resolver: RESOLVE_HOSTS entries first, then the system resolver for
