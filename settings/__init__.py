@@ -7,6 +7,8 @@ and overrides what it needs, selected with ``SCRAPY_SETTINGS_MODULE``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .env import LOG_LEVEL, MONGO_DATABASE, MONGO_URI, REDIS_URL, RESOLVE_HOSTS
 
 __all__ = ["LOG_LEVEL", "MONGO_DATABASE", "MONGO_URI", "REDIS_URL", "RESOLVE_HOSTS"]
@@ -18,6 +20,9 @@ NEWSPIDER_MODULE = "crawler.spiders"
 COMMANDS_MODULE = "crawler.commands"
 # `scrapy check`'s @site_path contract: a path on the spider's site (crawler/contracts.py).
 SPIDER_CONTRACTS = {"crawler.contracts.SitePathContract": 10}
+# `scrapy genspider -t site NAME DOMAIN`: the project's templates, Scrapy's own still listed
+# (crawler/commands/genspider.py, docs/spiders.md).
+TEMPLATES_DIR = str(Path(__file__).resolve().parent.parent / "crawler" / "templates")
 
 TWISTED_REACTOR = "twisted.internet.asyncioreactor.AsyncioSelectorReactor"
 # Our resolver: RESOLVE_HOSTS entries first, then the system resolver for
