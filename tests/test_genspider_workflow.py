@@ -92,3 +92,28 @@ def test_recorded_fixture_passes_offline_and_a_changed_selector_fails_with_a_dif
     assert out.returncode == 1
     assert "the output on http://example.test" in out.stdout and "changed" in out.stdout
     assert '-      "title": ' in out.stdout and '+      "title": ' in out.stdout  # the diff
+
+
+def test_the_new_spider_is_seeded_crawled_and_its_items_are_in_mongodb(
+    project: tuple[Path, int], redis_url: str, mongo_server_uri: str, mongo_db: str, tmp_path: Path
+) -> None:
+    from pymongo import MongoClient
+
+    root, _ = project
+    site = start_demosite(tmp_path, (SITE,))
+    try:
+        env = {"REDIS_URL": redis_url, "MONGO_URI": mongo_server_uri, "MONGO_DATABASE": mongo_db}
+        out = run(root, sys.executable, "-m", "crawler", "seed", "example", f"http://example.test:{site.port}/",
+                  env=env)
+        assert out.returncode == 0, out.stdout + out.stderr
+        out = run(root, str(BIN / "scrapy"), "crawl", "example", "-s", "FRONTIER_IDLE_CLOSE_SECONDS=1",
+                  "-s", f"LOG_FILE={tmp_path / 'crawl.log'}", env=env)
+        assert out.returncode == 0, (tmp_path / "crawl.log").read_text()[-3000:]
+    finally:
+        site.stop()
+    with MongoClient(mongo_server_uri) as client:
+        docs = list(client[mongo_db]["example"].find({}, {"_id": 0}))
+        dead = client[mongo_db]["dead_letter"].count_documents({})
+    item_pages = {f"http://example.test:{site.port}/item/{n}" for n in range(SITE.items)}
+    assert item_pages <= {d["url"] for d in docs}
+    assert all(d["title"] for d in docs) and dead == 0
