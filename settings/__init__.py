@@ -78,6 +78,8 @@ MONGO_WRITER_COLLECTIONS = {
 EXTENSIONS = {
     "crawler.extensions.stats_file.StatsFileExtension": 900,
     "crawler.extensions.gc_tuning.GcTuning": 0,
+    # A Prometheus endpoint per worker, off until METRICS_ENABLED (docs/metrics.md).
+    "crawler.extensions.metrics.MetricsExtension": 500,
 }
 # Freeze start-up objects and collect the young generation less often once
 # the engine runs: ~13% of a worker's CPU was the collector (docs/settings.md, "GC tuning").
