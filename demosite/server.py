@@ -21,7 +21,8 @@ lines, so tests and benchmarks can check what the *server* saw
     t_end      last byte handed to the kernel, or connection lost; null while sending
     truncated  the connection was lost before the whole response was handed over
     timeline   only for responses over 64 KB: [[t, cumulative_bytes], ...],
-               from [start of sending, 0], every 256 KB, and at the end
+               from [start of sending, 0], about every 256 KB, and always
+               ending with [t_end, bytes]
     unsent     only when truncated with data in asyncio's buffer: an unknown
                part of it (at most one 16 KB piece plus head) may still have
                reached the kernel, so the true count is in [bytes, bytes + unsent]
@@ -261,9 +262,9 @@ class _Outgoing:
         if self.timeline is None:
             return
         done = self.handed - self.buffered
-        if done >= self.next_sample or final:
-            if not self.timeline or self.timeline[-1][1] != done:
-                self.timeline.append([round(now, 6), done])
+        if final or (done >= self.next_sample and (not self.timeline or self.timeline[-1][1] != done)):
+            # The last sample is always [t_end, bytes], flat after the last byte if need be.
+            self.timeline.append([round(now, 6), done])
             self.next_sample = (done // _SAMPLE_EVERY + 1) * _SAMPLE_EVERY
 
 
