@@ -74,6 +74,7 @@ _PIECE = 16 * 1024  # write size (and chunk size) of streamed responses
 _STREAM_OVER = 64 * 1024  # responses larger than this are streamed and get a timeline
 _SAMPLE_EVERY = 256 * 1024  # timeline resolution
 _SMALL_CACHE_BODY = 256 * 1024
+_SMALL_CACHE_BYTES = 512 * 1024 * 1024
 _LARGE_CACHE_BYTES = 64 * 1024 * 1024
 
 
@@ -118,6 +119,7 @@ class DemoSiteServer:
         self.conditions = Conditions(self.sites)
         self._cache: dict[tuple[str, str, bool], tuple[Page, bytes]] = {}
         self._large: OrderedDict[tuple[str, str, bool], tuple[Page, bytes]] = OrderedDict()
+        self._cache_bytes = 0
         self._large_bytes = 0
         self._connections = 0
         self.started = time.time()
@@ -143,8 +145,9 @@ class DemoSiteServer:
     def _store(self, key: tuple[str, str, bool], hit: tuple[Page, bytes]) -> None:
         size = len(hit[0].body) + len(hit[1])
         if size <= _SMALL_CACHE_BODY:
-            if len(self._cache) < 200_000:
+            if len(self._cache) < 200_000 and self._cache_bytes + size <= _SMALL_CACHE_BYTES:
                 self._cache[key] = hit
+                self._cache_bytes += size
             return
         # Huge bodies: a small LRU, so a crawl re-fetching one costs no re-render or re-gzip.
         self._large[key] = hit
