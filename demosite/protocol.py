@@ -200,7 +200,8 @@ class HttpProtocol(asyncio.Protocol):
         split = urlsplit(target)
         path = split.path or "/"
         if path.startswith("/_demo/"):
-            status, body, ctype = self.server.admin(path, split.query)
+            assert self.transport is not None
+            status, body, ctype = self.server.admin(path, split.query, self.transport.get_extra_info("sockname")[0])
             self._send(None, status, body, ctype, (), False, close)
             return
         host = headers.get("host", "").rsplit(":", 1)[0] if not headers.get("host", "").startswith("[") else ""

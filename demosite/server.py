@@ -12,7 +12,7 @@ what the *server* saw (:mod:`demosite.analysis` judges them).
 
 Admin endpoints (not recorded): ``/_demo/log?since=N``, ``/_demo/health``,
 ``/_demo/sites``, ``/_demo/throttle``, ``/_demo/fail``, ``/_demo/clear``,
-``/_demo/conditions`` (see :meth:`DemoSiteServer.admin`).
+``/_demo/conditions``, ``/_demo/listen`` (see :meth:`DemoSiteServer.admin`).
 
 Run: ``python -m demosite --port 8080 [--bind 127.0.0.1 --bind ::1]
 [--sites-json '[...]'] [--log-file requests.jsonl]``.
@@ -32,6 +32,7 @@ from typing import IO, Any
 from urllib.parse import parse_qs
 
 from .conditions import FAIL, THROTTLE, Conditions, Span
+from .listeners import Listeners
 from .protocol import HttpProtocol
 from .sites import DEFAULT_SITES, Page, SiteConfig, render, sites_from_json, sites_to_json
 
@@ -81,6 +82,7 @@ class DemoSiteServer:
         self.sites = {s.host: s for s in sites}
         self.log = log
         self.conditions = Conditions(self.sites)
+        self.listeners: Listeners | None = None  # set by serve()
         self._cache: dict[tuple[str, str, bool], tuple[Page, bytes]] = {}
         self._large: OrderedDict[tuple[str, str, bool], tuple[Page, bytes]] = OrderedDict()
         self._cache_bytes = 0
@@ -120,7 +122,7 @@ class DemoSiteServer:
             _, (old, old_body) = self._large.popitem(last=False)
             self._large_bytes -= len(old.body) + len(old_body)
 
-    def admin(self, path: str, query: str) -> tuple[int, bytes, str]:
+    def admin(self, path: str, query: str, via: str = "") -> tuple[int, bytes, str]:
         """Answer an admin request.
 
         * ``/_demo/log?since=N``: records N.. as JSON lines.
@@ -135,18 +137,22 @@ class DemoSiteServer:
           connection right after the request head, without a response.
         * ``/_demo/clear?host=H``: end every span of H (configured ones too).
         * ``/_demo/conditions?host=H``: the spans of H as JSON.
+        * ``/_demo/listen?address=A&on=0|1``: stop or start listening on loopback
+          address A (one of the ``--bind`` addresses, not the one this call came
+          in on ``via``): connections to A are refused until it listens again.
+          Answers ``{"address": A, "listening": bool}``.
 
         The span calls answer the new span as JSON; bad parameters get 400.
         """
         params = {k: v[-1] for k, v in parse_qs(query).items()}
         try:
-            return self._admin(path, params)
+            return self._admin(path, params, via)
         except _AdminError as exc:
             return 400, f"{exc}\n".encode(), "text/plain"
         except ValueError as exc:
             return 400, f"bad parameter: {exc}\n".encode(), "text/plain"
 
-    def _admin(self, path: str, params: dict[str, str]) -> tuple[int, bytes, str]:
+    def _admin(self, path: str, params: dict[str, str], via: str) -> tuple[int, bytes, str]:
         if path == "/_demo/log":
             since = int(params.get("since", "0"))
             self.log.flush()
@@ -158,7 +164,19 @@ class DemoSiteServer:
             return 200, json.dumps({"requests": len(self.log.records)}).encode(), "application/json"
         if path in ("/_demo/throttle", "/_demo/fail", "/_demo/clear", "/_demo/conditions"):
             return self._admin_span(path, params)
+        if path == "/_demo/listen":
+            return self._admin_listen(params, via)
         return 404, b"unknown admin path\n", "text/plain"
+
+    def _admin_listen(self, params: dict[str, str], via: str) -> tuple[int, bytes, str]:
+        assert self.listeners is not None
+        address = params.get("address", "")
+        on = params.get("on", "") == "1"
+        if not on and address == via:
+            raise _AdminError(f"this call came in on {address}: it cannot stop listening there")
+        self.listeners.switch(address, on)
+        body = json.dumps({"address": address, "listening": self.listeners.listening(address)})
+        return 200, body.encode(), "application/json"
 
     def _admin_span(self, path: str, params: dict[str, str]) -> tuple[int, bytes, str]:
         host = params.get("host", "")
@@ -199,8 +217,8 @@ async def serve(
     log = RequestLog(log_file)
     server = DemoSiteServer(sites, log)
     loop = asyncio.get_running_loop()
-    servers = [await loop.create_server(lambda: HttpProtocol(server), host=b, port=port) for b in binds]
-    actual = servers[0].sockets[0].getsockname()[1]
+    server.listeners = listeners = Listeners(lambda: HttpProtocol(server))
+    actual = await listeners.open(binds, port)
     logger.info("demo site serving %s on %s port %d", ", ".join(server.sites), binds, actual)
     if ready_file:
         with open(ready_file, "w", encoding="utf-8") as f:
@@ -217,8 +235,7 @@ async def serve(
     flusher = asyncio.create_task(flush_periodically())
     await stop.wait()
     flusher.cancel()
-    for s in servers:
-        s.close()
+    listeners.close()
     log.close()
 
 

@@ -130,7 +130,8 @@ SITES = (MIXED, PLAIN_HUGE, SMALL, LIMITED, DELAY, FLAKY, SLOW, ADMIN)
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoSite]:
-    server = start_demosite(tmp_path_factory.mktemp("profiles"), SITES)
+    # 127.0.0.2 is loopback too (127/8): a second address that can stop listening.
+    server = start_demosite(tmp_path_factory.mktemp("profiles"), SITES, binds=("127.0.0.1", "::1", "127.0.0.2"))
     yield DemoSite(server)
     server.stop()
 
@@ -140,9 +141,9 @@ def request(port: int, host: str, path: str, headers: str = "", close: bool = Tr
     return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{conn}{headers}\r\n".encode()
 
 
-def get(site: DemoSite, host: str, path: str, headers: str = "") -> bytes:
+def get(site: DemoSite, host: str, path: str, headers: str = "", address: str = "127.0.0.1") -> bytes:
     """One request on a fresh connection; every byte received until the server closes."""
-    with socket.create_connection(("127.0.0.1", site.port), timeout=30) as s:
+    with socket.create_connection((address, site.port), timeout=30) as s:
         s.sendall(request(site.port, host, path, headers))
         chunks = []
         while chunk := s.recv(1 << 20):
@@ -372,3 +373,25 @@ def test_streaming_rate_cap(site: DemoSite) -> None:
     assert tl[-1][0] - tl[0][0] >= 0.29
     for (t0, c0), (t1, c1) in itertools.combinations(tl, 2):
         assert c1 - c0 <= SLOW.stream_bytes_per_s * (t1 - t0) + 2 * 16 * 1024 + 1024
+
+
+def test_a_listener_that_stops_refuses_connections(site: DemoSite) -> None:
+    assert status_of(get(site, ADMIN.host, "/item/5", address="127.0.0.2")) == 200
+    with socket.create_connection(("127.0.0.2", site.port), timeout=30) as kept:
+        assert admin(site, "listen?address=127.0.0.2&on=0") == {"address": "127.0.0.2", "listening": False}
+        with pytest.raises(ConnectionRefusedError):
+            get(site, ADMIN.host, "/item/5", address="127.0.0.2")
+        assert status_of(get(site, ADMIN.host, "/item/5")) == 200  # the other addresses still answer
+        # a connection made before keeps working
+        kept.sendall(request(site.port, ADMIN.host, "/item/6"))
+        assert kept.recv(12) == b"HTTP/1.1 200"
+    assert admin(site, "listen?address=127.0.0.2&on=1") == {"address": "127.0.0.2", "listening": True}
+    assert status_of(get(site, ADMIN.host, "/item/5", address="127.0.0.2")) == 200
+
+
+@pytest.mark.parametrize("call", ["listen?address=127.0.0.1&on=0", "listen?address=127.0.0.3&on=0"])
+def test_listen_refuses_the_admin_address_and_unknown_ones(site: DemoSite, call: str) -> None:
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(f"{site.server.url}/_demo/{call}", timeout=10)
+    assert info.value.code == 400
+    info.value.close()
