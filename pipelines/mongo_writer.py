@@ -68,12 +68,11 @@ import contextlib
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import bson
 from bson.errors import InvalidDocument
-from pymongo import AsyncMongoClient, UpdateOne
+from pymongo import AsyncMongoClient
 from pymongo.errors import BulkWriteError, PyMongoError
 from pymongo.write_concern import WriteConcern
 from scrapy.exceptions import NotConfigured
@@ -82,11 +81,13 @@ from scrapy.utils.asyncio import is_asyncio_available
 from pipelines.item_context import item_contexts
 from pipelines.journal import Journal
 from pipelines.mongo_config import MongoWriterConfig, redact_uri
+from pipelines.mongo_ops import Op, coalesce, decode, update
 from pipelines.validate import DeadLetter, item_to_dict
 
 if TYPE_CHECKING:
     from typing import Self
 
+    from pymongo import UpdateOne
     from pymongo.asynchronous.collection import AsyncCollection
     from scrapy.crawler import Crawler
 
@@ -94,17 +95,6 @@ logger = logging.getLogger(__name__)
 
 _DUPLICATE_KEY = 11000
 _DEAD_LETTER_KEY = ("dead_letter_id",)
-
-
-@dataclass(slots=True)
-class _Op:
-    """A decoded journal record: one upsert."""
-
-    seq: int
-    collection: str
-    filter: dict[str, Any]
-    doc: dict[str, Any]
-    version: Any
 
 
 class MongoWriterPipeline:
@@ -337,14 +327,19 @@ class MongoWriterPipeline:
         ops = []
         for seq, payload in records:
             try:
-                ops.append(self._decode(seq, payload))
+                ops.append(decode(seq, payload))
             except Exception:  # CRC-checked, so only a bug or a foreign file
                 self.stats.inc_value("mongo_writer/undecodable")
                 logger.error("Journal record %(seq)d of %(path)s cannot be decoded; skipped",
                              {"seq": seq, "path": self.journal.path}, exc_info=True)
         if not ops:
             return True
-        merged = self._coalesce(ops)
+        merged, stale = coalesce(ops)
+        if len(merged) < len(ops):
+            self.stats.inc_value("mongo_writer/coalesced", len(ops) - len(merged))
+        if stale:
+            # What the version guard would have refused had they come in separate batches.
+            self.stats.inc_value("mongo_writer/stale", stale)
         attempt = 0
         while True:
             try:
@@ -385,42 +380,12 @@ class MongoWriterPipeline:
         self.stats.inc_value("mongo_writer/batches")
         return True
 
-    def _decode(self, seq: int, payload: bytes) -> _Op:
-        record = bson.decode(payload)
-        return _Op(seq, record["c"], record["f"], record["d"], record.get("v"))
+    def _update(self, op: Op) -> UpdateOne:
+        return update(op, self.config.version_field)
 
-    def _coalesce(self, ops: list[_Op]) -> list[_Op]:
-        """One operation per key: later fields win, as if applied in order."""
-        merged: dict[tuple[str, bytes], _Op] = {}
-        for op in ops:
-            key = (op.collection, bson.encode(op.filter))
-            prev = merged.get(key)
-            if prev is None:
-                merged[key] = op
-            else:
-                prev.doc.update(op.doc)
-                prev.version = op.version if prev.version is None or (
-                    op.version is not None and op.version >= prev.version) else prev.version
-                prev.seq = op.seq
-        if len(merged) < len(ops):
-            self.stats.inc_value("mongo_writer/coalesced", len(ops) - len(merged))
-        return list(merged.values())
-
-    def _update(self, op: _Op, guard: bool = True) -> UpdateOne:
-        query = dict(op.filter)
-        vf = self.config.version_field
-        if guard and vf and op.version is not None:
-            # An older operation replayed late must not overwrite a newer
-            # crawl: match only documents not newer than this one (or without
-            # a version); otherwise the upsert hits the unique index. ($not
-            # $gt rather than an $or with null: same meaning, and SecantusDB
-            # answers it from the index, 10x faster.)
-            query[vf] = {"$not": {"$gt": op.version}}
-        return UpdateOne(query, {"$set": op.doc}, upsert=True)
-
-    async def _bulk(self, ops: list[_Op]) -> None:
+    async def _bulk(self, ops: list[Op]) -> None:
         assert self.client is not None
-        by_collection: dict[str, list[_Op]] = {}
+        by_collection: dict[str, list[Op]] = {}
         for op in ops:
             by_collection.setdefault(op.collection, []).append(op)
         for name, group in by_collection.items():
@@ -434,7 +399,7 @@ class MongoWriterPipeline:
             coll = coll.with_options(write_concern=WriteConcern(**self.config.write_concern))
         return coll
 
-    async def _bulk_collection(self, coll: AsyncCollection[dict[str, Any]], group: list[_Op]) -> None:
+    async def _bulk_collection(self, coll: AsyncCollection[dict[str, Any]], group: list[Op]) -> None:
         try:
             result = await coll.bulk_write([self._update(op) for op in group], ordered=False)
         except BulkWriteError as exc:
@@ -446,7 +411,7 @@ class MongoWriterPipeline:
             return
         self.stats.inc_value("mongo_writer/upserted", result.upserted_count)
 
-    async def _write_errors(self, coll: AsyncCollection[dict[str, Any]], group: list[_Op],
+    async def _write_errors(self, coll: AsyncCollection[dict[str, Any]], group: list[Op],
                             errors: list[dict[str, Any]]) -> None:
         dupes = [group[e["index"]] for e in errors if _on_key(group[e["index"]], e)]
         others = [(group[e["index"]], e) for e in errors if not _on_key(group[e["index"]], e)]
@@ -482,7 +447,7 @@ class MongoWriterPipeline:
                 self.stats.inc_value("mongo_writer/dead_letter_failed")
                 continue
             digest = hashlib.sha1(repr((coll.name, op.filter, code)).encode(), usedforsecurity=False).hexdigest()
-            letters.append(_Op(op.seq, self.config.dead_letter_collection, {"dead_letter_id": digest}, {
+            letters.append(Op(op.seq, self.config.dead_letter_collection, {"dead_letter_id": digest}, {
                 "item_type": coll.name, "errors": [{"field": "", "kind": f"write_error/{code}",
                                                     "message": str(e.get("errmsg"))}],
                 "item": {**op.filter, **op.doc}}, None))
@@ -490,7 +455,7 @@ class MongoWriterPipeline:
             await self._bulk(letters)
 
 
-def _on_key(op: _Op, error: dict[str, Any]) -> bool:
+def _on_key(op: Op, error: dict[str, Any]) -> bool:
     """A duplicate-key error on our own unique key (not on another unique index of the collection)."""
     if error.get("code") != _DUPLICATE_KEY:
         return False

@@ -317,3 +317,28 @@ def test_journal_size_cap_pauses_the_crawl_while_mongodb_is_down(tmp_path: Path,
     assert seen["journal_bytes"] < cap + 4 * 1000
     assert sorted(d["sku"] for d in found) == [f"SKU-{i:06d}" for i in range(110)]
     assert chain.stats["mongo_writer/left_in_journal"] == 0
+
+
+def test_an_older_write_journaled_after_a_newer_one_in_the_same_batch_does_not_win(
+    mongo_server_uri: str, mongo_db: str, tmp_path: Path
+) -> None:
+    newer = product(1, price=2.0, title="Newer")
+    older = product(1, price=1.0, title="Older")
+
+    async def late_older(chain: Chain) -> None:
+        response = response_for(older)
+        (item,) = list(chain.middleware.process_spider_output(response, [older]))
+        context = chain.middleware.contexts.get(item)
+        assert context is not None and context.fetched_at is not None
+        context.fetched_at -= datetime.timedelta(hours=1)
+        await chain.process(response, item)
+
+    # Batches of 2 and no flush by time: both operations go in one bulk_write.
+    crawler = chain_crawler(mongo_server_uri, mongo_db, tmp_path / "journal", MONGO_WRITER_BATCH_SIZE=2,
+                            MONGO_WRITER_FLUSH_INTERVAL=600)
+    chain = run_chain(crawler, [(response_for(newer), newer)], concurrency=1, body=late_older)
+    (doc,) = docs(mongo_server_uri, mongo_db, "product")
+    assert (doc["price"], doc["title"]) == (2.0, "Newer")
+    assert chain.stats["mongo_writer/batches"] == 1
+    assert chain.stats["mongo_writer/coalesced"] == 1
+    assert chain.stats["mongo_writer/stale"] == 1
