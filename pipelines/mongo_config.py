@@ -84,6 +84,8 @@ class MongoWriterConfig:
     retry_backoff: float
     retry_backoff_max: float
     server_timeout: float
+    connect_timeout: float
+    socket_timeout: float
     close_timeout: float
     journal_dir: Path
     journal_segment_bytes: int
@@ -146,6 +148,8 @@ class MongoWriterConfig:
             retry_backoff=_positive(settings, "MONGO_WRITER_RETRY_BACKOFF", 0.5),
             retry_backoff_max=_positive(settings, "MONGO_WRITER_RETRY_BACKOFF_MAX", 10.0),
             server_timeout=_positive(settings, "MONGO_WRITER_SERVER_TIMEOUT", 5.0),
+            connect_timeout=_positive(settings, "MONGO_WRITER_CONNECT_TIMEOUT", 5.0),
+            socket_timeout=_positive(settings, "MONGO_WRITER_SOCKET_TIMEOUT", 30.0),
             close_timeout=_positive(settings, "MONGO_WRITER_CLOSE_TIMEOUT", 60.0),
             journal_dir=Path(journal_dir),
             journal_segment_bytes=segment_bytes,

@@ -52,6 +52,11 @@ Settings (parsed by ``MongoWriterConfig`` in :mod:`pipelines.mongo_config`, with
     by ``MONGO_WRITER_RETRY_BACKOFF_MAX``, default 10)
 ``MONGO_WRITER_SERVER_TIMEOUT`` (float seconds, default 5): pymongo's
     server selection timeout, i.e. how long one attempt waits for a server.
+``MONGO_WRITER_CONNECT_TIMEOUT`` (float seconds, default 5): pymongo's
+    connect timeout, for opening one connection.
+``MONGO_WRITER_SOCKET_TIMEOUT`` (float seconds, default 30): pymongo's
+    socket timeout, how long one call waits for MongoDB's reply (a batch
+    written with ``j: true`` included); past it the batch is retried.
 ``MONGO_WRITER_CLOSE_TIMEOUT`` (float seconds, default 60): at close, how long
     to wait for MongoDB before leaving the rest in the journal.
 ``MONGO_WRITER_JOURNAL_DIR`` (str, default ``"mongo-journal"``)
@@ -133,8 +138,12 @@ class MongoWriterPipeline:
 
     async def open_spider(self) -> None:
         c = self.config
+        # Every call bounded: finding a server, opening a connection, and
+        # waiting for any one reply (pymongo's socket timeout is unset by default).
         self.client = AsyncMongoClient(c.mongo.uri, tz_aware=True,
-                                       serverSelectionTimeoutMS=int(c.server_timeout * 1000))
+                                       serverSelectionTimeoutMS=int(c.server_timeout * 1000),
+                                       connectTimeoutMS=int(c.connect_timeout * 1000),
+                                       socketTimeoutMS=int(c.socket_timeout * 1000))
         await self.journal.open()
         self.stats.set_value("mongo_writer/adopted", self.journal.adopted)
         logger.info(

@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from pymongo import MongoClient
 from scrapy.settings import Settings
+from scrapy.utils.misc import build_from_crawler
 
 from devtools.services import free_port, start_secantus
 from pipelines.mongo_config import MongoConfig, MongoWriterConfig, redact_uri
+from pipelines.mongo_writer import MongoWriterPipeline
 from tests.pipeline_chain import Chain, article, chain_crawler, product, response_for
 
 if TYPE_CHECKING:
@@ -213,6 +215,8 @@ def test_mongodb_killed_and_restarted_mid_crawl_every_item_once(tmp_path: Path, 
         ({"MONGO_WRITER_BATCH_SIZE": "ten"}, "MONGO_WRITER_BATCH_SIZE must be an integer > 0, got 'ten'"),
         ({"MONGO_WRITER_BATCH_SIZE": 100, "MONGO_WRITER_BUFFER_SIZE": 50}, "MONGO_WRITER_BUFFER_SIZE must be >="),
         ({"MONGO_WRITER_FLUSH_INTERVAL": -1}, "MONGO_WRITER_FLUSH_INTERVAL must be a number > 0, got -1"),
+        ({"MONGO_WRITER_CONNECT_TIMEOUT": 0}, "MONGO_WRITER_CONNECT_TIMEOUT must be a number > 0, got 0"),
+        ({"MONGO_WRITER_SOCKET_TIMEOUT": "x"}, "MONGO_WRITER_SOCKET_TIMEOUT must be a number > 0, got 'x'"),
         ({"MONGO_WRITER_KEYS": {"Product": []}}, r"MONGO_WRITER_KEYS\['Product'\] must be a field name"),
         ({"MONGO_WRITER_DEFAULT_KEY": "$x"}, "MONGO_WRITER_DEFAULT_KEY must be a field name"),
         ({"MONGO_WRITER_WRITE_CONCERN": {"w": -3}}, "MONGO_WRITER_WRITE_CONCERN"),
@@ -342,3 +346,24 @@ def test_an_older_write_journaled_after_a_newer_one_in_the_same_batch_does_not_w
     assert chain.stats["mongo_writer/batches"] == 1
     assert chain.stats["mongo_writer/coalesced"] == 1
     assert chain.stats["mongo_writer/stale"] == 1
+
+
+def test_the_mongodb_client_has_connect_socket_and_server_selection_timeouts(
+    mongo_server_uri: str, mongo_db: str, tmp_path: Path
+) -> None:
+    crawler = chain_crawler(mongo_server_uri, mongo_db, tmp_path / "journal", MONGO_WRITER_CONNECT_TIMEOUT=2.5,
+                            MONGO_WRITER_SOCKET_TIMEOUT=7, MONGO_WRITER_SERVER_TIMEOUT=1.5)
+
+    async def run() -> tuple[float | None, float | None, float | None]:
+        writer = build_from_crawler(MongoWriterPipeline, crawler)
+        await writer.open_spider()
+        assert writer.client is not None
+        options = writer.client.options
+        timeouts = (options.pool_options.connect_timeout, options.pool_options.socket_timeout,
+                    options.server_selection_timeout)
+        await writer.close_spider()
+        return timeouts
+
+    assert asyncio.run(run()) == (2.5, 7.0, 1.5)
+    defaults = MongoWriterConfig.from_settings(Settings({"MONGO_URI": "mongodb://h"}))
+    assert (defaults.connect_timeout, defaults.socket_timeout, defaults.server_timeout) == (5.0, 30.0, 5.0)
