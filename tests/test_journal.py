@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-from typing import TYPE_CHECKING
+import os
+import stat
+import threading
+from typing import TYPE_CHECKING, Any
 
 from pipelines.journal import Journal, parse_segment, pending_records
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
+
+    import pytest
 
 
 async def read_all(j: Journal, cursor: int) -> list[tuple[int, bytes]]:
@@ -112,3 +118,59 @@ def test_a_locked_directory_is_left_alone(tmp_path: Path) -> None:
 
         assert asyncio.run(run()) == 0
         assert busy.exists()
+
+
+class _PausingList(list[Any]):
+    """The journal's list of segments, pausing the event loop once, at the end of an iteration."""
+
+    pause: Any = None
+
+    def __iter__(self) -> Iterator[Any]:
+        yield from list.__iter__(self)
+        if self.pause is not None:
+            pause, self.pause = self.pause, None
+            pause()
+
+
+def test_a_rotation_during_a_commit_keeps_every_segment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker thread rotates to a new segment exactly while the loop's commit rebuilds its books."""
+    started, go, written = threading.Event(), threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        # The writing thread, held at its first fsync (the folder's, after
+        # creating the new segment) until the commit is under way.
+        if threading.current_thread() is not threading.main_thread() and not go.is_set():
+            started.set()
+            assert go.wait(10)
+        real_fsync(fd)
+        if stat.S_ISREG(os.fstat(fd).st_mode) and go.is_set():
+            written.set()
+
+    def let_the_thread_write() -> None:  # on the loop, inside commit
+        go.set()
+        assert written.wait(10)
+
+    async def run() -> None:
+        j = Journal(tmp_path, segment_bytes=100)
+        await j.open()
+        for i in range(8):  # 26 bytes each: records 0-3 and 4-7 fill two segments
+            await j.append(f"op-{i:06d}".encode())
+        assert j.segment_count == 2
+        monkeypatch.setattr(os, "fsync", fsync)
+        appended = j.append(b"op-000008")  # rotates to a third segment
+        await asyncio.to_thread(started.wait, 10)
+        books = _PausingList(j._segments)
+        books.pause = let_the_thread_write
+        j._segments = books
+        await j.commit(4)  # the first segment is in MongoDB
+        assert await appended == 8
+        assert go.is_set() and books.pause is None  # the interleaving happened
+        monkeypatch.undo()
+        assert j.segment_count == 2
+        assert j.size == sum(p.stat().st_size for p in tmp_path.glob("*/*.wal"))
+        j.spill()  # read back from the segments
+        assert [s for s, _ in await read_all(j, 4)] == [4, 5, 6, 7, 8]
+        await j.close(remove=True)
+
+    asyncio.run(run())
