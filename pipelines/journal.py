@@ -9,7 +9,8 @@ thread is handed a file and data, does the I/O and returns; the loop
 decides rotations and records their results.
 
 Layout: ``<directory>/<run>/`` per process (``<run>`` = start time, pid and a
-random part), holding a ``LOCK`` file the process keeps an exclusive
+random part; folders created mode 0700, files 0600: they hold scraped
+data), holding a ``LOCK`` file the process keeps an exclusive
 ``flock`` on, and segments ``<first seq>.wal`` of framed records::
 
     <u32 length> <u32 crc32 of seq+payload> <u64 seq> <payload>
@@ -77,6 +78,21 @@ def _unlink(paths: list[Path]) -> None:
         path.unlink(missing_ok=True)
 
 
+def _private_dirs(path: Path) -> None:
+    """Create ``path`` and its missing parents, readable by the owner only (they hold scraped data)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(mode=0o700)
+
+
+def _private_file(path: Path, flags: int, mode: str) -> IO[bytes]:
+    return os.fdopen(os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, 0o600), mode)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -90,7 +106,7 @@ def _write_sync(file: IO[bytes] | None, new_segment: Path | None, data: bytes) -
     if new_segment is not None:
         if file is not None:
             file.close()
-        file = open(new_segment, "ab")  # noqa: SIM115 (closed at rotation or close)
+        file = _private_file(new_segment, os.O_WRONLY | os.O_APPEND, "ab")
         _fsync_dir(new_segment.parent)
     assert file is not None
     file.write(data)
@@ -172,14 +188,14 @@ class Journal:
         # never sees an unlocked run directory that is not an orphan.
         tmp = self.directory / f".{name}"
         for attempt in range(3):
-            self.directory.mkdir(parents=True, exist_ok=True)
+            _private_dirs(self.directory)
             try:
-                tmp.mkdir()
+                tmp.mkdir(mode=0o700)
                 break
             except FileNotFoundError:  # a closing peer removed the empty parent just now
                 if attempt == 2:
                     raise
-        lock = open(tmp / "LOCK", "wb")  # noqa: SIM115 (held until close)
+        lock = _private_file(tmp / "LOCK", os.O_WRONLY | os.O_TRUNC, "wb")
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         path = self.directory / name
         tmp.rename(path)

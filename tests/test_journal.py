@@ -120,6 +120,33 @@ def test_a_locked_directory_is_left_alone(tmp_path: Path) -> None:
         assert busy.exists()
 
 
+def test_journal_folders_and_files_are_private(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        async def run() -> Path:
+            orphan = Journal(tmp_path / "journal" / "db", segment_bytes=100)
+            await orphan.open()
+            await orphan.append(b"adopted")
+            await orphan.close(remove=False)
+            j = Journal(tmp_path / "journal" / "db", segment_bytes=100)
+            await j.open()
+            for i in range(10):
+                await j.append(b"x" * 50 + bytes([i]))
+            await j.commit(3)
+            await j.close(remove=False)
+            assert j.path is not None
+            return j.path
+
+        path = asyncio.run(run())
+    finally:
+        os.umask(umask)
+    folders = [tmp_path / "journal", tmp_path / "journal" / "db", path]
+    assert [oct(stat.S_IMODE(f.stat().st_mode)) for f in folders] == [oct(0o700)] * 3
+    files = list(path.iterdir())
+    assert len(files) >= 3  # LOCK, segments, the acknowledged position
+    assert {f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in files} == {f.name: oct(0o600) for f in files}
+
+
 class _PausingList(list[Any]):
     """The journal's list of segments, pausing the event loop once, at the end of an iteration."""
 
