@@ -16,13 +16,16 @@ data), holding a ``LOCK`` file the process keeps an exclusive
     <u32 length> <u32 crc32 of seq+payload> <u64 seq> <payload>
 
 A torn record at the end of a segment (a crash mid-write) fails its length or
-CRC check and ends the segment. A record is removed, with its whole segment,
-once the writer has committed every record of the segment to MongoDB.
+CRC check and ends the segment. ``commit(upto)`` records what MongoDB has
+acknowledged in an ``ACKED`` file (``<u64 upto> <u32 crc32>``, replaced
+atomically: temp file, fsync, rename) and deletes every segment but the
+current one whose records are all below it.
 
 At open, the directories of other processes whose ``LOCK`` is free (their
-process is gone) are *adopted*: their records are copied, in order, to the
-head of the new journal and replayed first, then the old directory is
-deleted. Several workers sharing one directory each adopt different orphans.
+process is gone) are *adopted*: their records not yet acknowledged (from
+their ``ACKED`` position on) are copied, in order, to the head of the new
+journal and replayed first, then the old directory is deleted. Several
+workers sharing one directory each adopt different orphans.
 
 Records appended while the consumer keeps up stay in a memory cache, so the
 normal path never reads the disk back; ``spill()`` drops the cache (MongoDB
@@ -52,6 +55,8 @@ logger = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<IIQ")
 _SEQ = struct.Struct("<Q")
+_ACK = struct.Struct("<QI")  # seq, crc32 of the packed seq
+_ACKED = "ACKED"
 
 
 def _frame(seq: int, payload: bytes) -> bytes:
@@ -71,11 +76,6 @@ def parse_segment(data: bytes) -> tuple[list[tuple[int, bytes]], int]:
         records.append((seq, payload))
         pos = start + length
     return records, len(data) - pos
-
-
-def _unlink(paths: list[Path]) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)
 
 
 def _private_dirs(path: Path) -> None:
@@ -115,6 +115,31 @@ def _write_sync(file: IO[bytes] | None, new_segment: Path | None, data: bytes) -
     return file
 
 
+def _read_acked(run: Path) -> int:
+    """The acknowledged position of a run folder: every seq below is in MongoDB (0 if unknown)."""
+    try:
+        data = (run / _ACKED).read_bytes()
+    except FileNotFoundError:
+        return 0
+    if len(data) != _ACK.size:
+        return 0
+    seq, crc = _ACK.unpack(data)
+    return int(seq) if zlib.crc32(_SEQ.pack(seq)) == crc else 0
+
+
+def _commit_sync(run: Path, upto: int, done: list[Path]) -> None:
+    """Worker-thread side of a commit: persist the acknowledged position atomically, delete done segments."""
+    tmp = run / f"{_ACKED}.tmp"
+    with _private_file(tmp, os.O_WRONLY | os.O_TRUNC, "wb") as f:
+        f.write(_ACK.pack(upto, zlib.crc32(_SEQ.pack(upto))))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, run / _ACKED)
+    for path in done:
+        path.unlink(missing_ok=True)
+    _fsync_dir(run)
+
+
 @dataclass
 class _Segment:
     path: Path
@@ -134,6 +159,7 @@ class _Opened:
     segments: list[_Segment] = field(default_factory=list)
     next_seq: int = 0
     adopted: int = 0
+    skipped: int = 0
     torn: int = 0
 
     def write(self, data: bytes, first: int, count: int) -> None:
@@ -156,7 +182,9 @@ class Journal:
         self.path: Path | None = None
         self.next_seq = 0  # next to assign
         self.durable = 0  # every seq below is fsync'd
+        self.acked = 0  # every seq below is in MongoDB, as persisted in the ACKED file
         self.adopted = 0
+        self.skipped = 0  # records of adopted journals not replayed: MongoDB had acknowledged them
         self.torn = 0
         # The books (segments, the open file) belong to the event loop: worker
         # threads only do file I/O on what they are handed and return results.
@@ -180,6 +208,7 @@ class Journal:
         self._segments = opened.segments
         self.next_seq = self.durable = opened.next_seq
         self.adopted = opened.adopted
+        self.skipped = opened.skipped
         self.torn = opened.torn
 
     def _open_sync(self) -> _Opened:
@@ -225,7 +254,8 @@ class Journal:
     @staticmethod
     def _adopt(orphan: tuple[Path, IO[bytes]], opened: _Opened) -> None:
         path, lock = orphan
-        count = 0
+        acked = _read_acked(path)
+        count = skipped = 0
         for segment in sorted(path.glob("*.wal")):
             try:
                 data = segment.read_bytes()
@@ -233,7 +263,9 @@ class Journal:
                 continue  # its owner closed cleanly and is deleting it
             records, torn = parse_segment(data)
             opened.torn += bool(torn)
-            fresh = [p for _, p in records]
+            # Records MongoDB acknowledged before the orphan stopped are not replayed.
+            fresh = [p for seq, p in records if seq >= acked]
+            skipped += len(records) - len(fresh)
             if fresh:
                 first = opened.next_seq
                 opened.write(b"".join(_frame(first + i, p) for i, p in enumerate(fresh)), first, len(fresh))
@@ -244,8 +276,10 @@ class Journal:
         shutil.rmtree(path, ignore_errors=True)
         lock.close()
         opened.adopted += count
-        if count:
-            logger.info("Adopted %(n)d journaled operations from %(path)s", {"n": count, "path": path})
+        opened.skipped += skipped
+        if count or skipped:
+            logger.info("Adopted %(n)d journaled operations from %(path)s (%(skipped)d already in MongoDB skipped)",
+                        {"n": count, "path": path, "skipped": skipped})
 
     async def close(self, remove: bool) -> None:
         """Close; ``remove`` deletes the directory (only when every record is committed)."""
@@ -346,19 +380,25 @@ class Journal:
         return [r for r in records if cursor <= r[0] < end][:limit]
 
     async def commit(self, upto: int) -> None:
-        """Every record below ``upto`` is in MongoDB: delete the segments that hold only such records."""
+        """Every record below ``upto`` is in MongoDB: persist that, and delete the segments holding only such records.
+
+        A worker restarted after a crash then replays only what MongoDB had
+        not acknowledged. Called by the one consumer, never concurrently.
+        """
         while self._cache and self._cache[0][0] < upto:
             self._cache.popleft()
+        if upto <= self.acked or self.path is None:
+            return
         last = self._segments[-1] if self._segments else None
         keep: list[_Segment] = []
         done: list[_Segment] = []
         for segment in self._segments:
             (done if segment.end <= upto and segment is not last else keep).append(segment)
-        if done:
-            self._segments = keep
-            if self._read_segment is not None and any(s.path == self._read_segment[0] for s in done):
-                self._read_segment = None
-            await asyncio.to_thread(_unlink, [s.path for s in done])
+        self._segments = keep
+        if self._read_segment is not None and any(s.path == self._read_segment[0] for s in done):
+            self._read_segment = None
+        await asyncio.to_thread(_commit_sync, self.path, upto, [s.path for s in done])
+        self.acked = upto
 
     @property
     def size(self) -> int:

@@ -18,7 +18,9 @@ and by time) as unordered ``bulk_write`` calls through pymongo's
   memory), and the writer keeps probing; when MongoDB is back it replays the
   journal in order, then resumes normal operation. Whatever is still in the
   journal at close (or after a crash) is adopted and replayed by the next
-  worker that starts with the same ``MONGO_WRITER_JOURNAL_DIR``.
+  worker that starts with the same ``MONGO_WRITER_JOURNAL_DIR``: only the
+  operations MongoDB had not acknowledged, as the journal persists the
+  acknowledged position after every batch.
 * Replays are idempotent: the same upsert again changes nothing, and a
   version guard (``MONGO_WRITER_VERSION_FIELD``, default ``fetched_at``) keeps
   an older operation replayed late from overwriting a newer crawl.
@@ -146,6 +148,7 @@ class MongoWriterPipeline:
                                        socketTimeoutMS=int(c.socket_timeout * 1000))
         await self.journal.open()
         self.stats.set_value("mongo_writer/adopted", self.journal.adopted)
+        self.stats.set_value("mongo_writer/adopted_acknowledged", self.journal.skipped)
         logger.info(
             "Writing items to %(uri)s database %(db)s in batches of %(batch)d (every %(interval)ss), "
             "journal %(journal)s%(adopted)s",

@@ -201,3 +201,29 @@ def test_a_rotation_during_a_commit_keeps_every_segment(tmp_path: Path, monkeypa
         await j.close(remove=True)
 
     asyncio.run(run())
+
+
+def test_a_restart_replays_only_what_mongodb_has_not_acknowledged(tmp_path: Path) -> None:
+    async def run() -> None:
+        old = Journal(tmp_path, segment_bytes=100)
+        await old.open()
+        for i in range(10):
+            await old.append(f"op-{i:06d}".encode())
+        await old.commit(7)  # MongoDB has 0..6
+        await old.close(remove=False)  # a crash: the records stay, the lock goes
+
+        new = Journal(tmp_path, segment_bytes=100)
+        await new.open()
+        assert new.adopted == 3  # only the unacknowledged tail, nothing of it lost
+        assert [p for _, p in await read_all(new, 0)] == [b"op-000007", b"op-000008", b"op-000009"]
+        await new.append(b"own")
+        await new.commit(new.durable)  # MongoDB has everything
+        await new.close(remove=False)  # a second crash
+
+        again = Journal(tmp_path, segment_bytes=100)
+        await again.open()
+        assert again.adopted == 0
+        await again.close(remove=True)
+
+    asyncio.run(run())
+    assert pending_records(tmp_path) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import hashlib
 from typing import TYPE_CHECKING, Any
@@ -367,3 +368,37 @@ def test_the_mongodb_client_has_connect_socket_and_server_selection_timeouts(
     assert asyncio.run(run()) == (2.5, 7.0, 1.5)
     defaults = MongoWriterConfig.from_settings(Settings({"MONGO_URI": "mongodb://h"}))
     assert (defaults.connect_timeout, defaults.socket_timeout, defaults.server_timeout) == (5.0, 30.0, 5.0)
+
+
+def test_a_worker_restarted_after_a_crash_replays_only_what_mongodb_had_not_acknowledged(
+    mongo_server_uri: str, mongo_db: str, tmp_path: Path
+) -> None:
+    items = [product(i) for i in range(35)]
+    settings = {"MONGO_WRITER_BATCH_SIZE": 10, "MONGO_WRITER_FLUSH_INTERVAL": 600}
+
+    async def crash() -> None:
+        chain = Chain(chain_crawler(mongo_server_uri, mongo_db, tmp_path / "journal", **settings))
+        await chain.open()
+        writer = chain.writer
+        await chain.feed([(response_for(p), p) for p in items[:30]])
+        while writer.cursor < 30:  # three full batches: MongoDB acknowledges them
+            await asyncio.sleep(0.01)
+        await chain.feed([(response_for(p), p) for p in items[30:]])  # less than a batch: not written
+        # The worker dies: no close_spider, its journal stays on disk.
+        assert writer._task is not None
+        writer._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer._task
+        await writer.journal.close(remove=False)
+        assert writer.client is not None
+        await writer.client.close()
+
+    asyncio.run(crash())
+    assert len(docs(mongo_server_uri, mongo_db, "product")) == 30
+    restarted = run_chain(chain_crawler(mongo_server_uri, mongo_db, tmp_path / "journal", **settings), [])
+    assert restarted.stats["mongo_writer/adopted"] == 5  # the unacknowledged tail only
+    assert restarted.stats["mongo_writer/adopted_acknowledged"] == 30
+    assert restarted.stats["mongo_writer/written"] == 5
+    assert sorted(d["sku"] for d in docs(mongo_server_uri, mongo_db, "product")) == [
+        f"SKU-{i:06d}" for i in range(35)]
+    assert not list((tmp_path / "journal").glob("*/*/*.wal"))
