@@ -25,11 +25,13 @@ class Op:
     filter: dict[str, Any]
     doc: dict[str, Any]
     version: Any
+    dead_letter_id: str | None = None  # should MongoDB refuse it
+    item_type: str | None = None
 
 
 def decode(seq: int, payload: bytes) -> Op:
     record = bson.decode(payload)
-    return Op(seq, record["c"], record["f"], record["d"], record.get("v"))
+    return Op(seq, record["c"], record["f"], record["d"], record.get("v"), record.get("i"), record.get("t"))
 
 
 def _older(a: Any, b: Any) -> bool:

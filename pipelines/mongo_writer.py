@@ -72,7 +72,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -89,7 +88,7 @@ from pipelines.item_context import item_contexts
 from pipelines.journal import Journal
 from pipelines.mongo_config import MongoWriterConfig, redact_uri
 from pipelines.mongo_ops import Op, coalesce, decode, update
-from pipelines.validate import DeadLetter, item_to_dict
+from pipelines.validate import DeadLetter, dead_letter_id, item_to_dict, own_fields
 
 if TYPE_CHECKING:
     from typing import Self
@@ -235,6 +234,10 @@ class MongoWriterPipeline:
             "f": {k: doc.pop(k) for k in key},
             "d": doc,
         }
+        if key != _DEAD_LETTER_KEY:
+            # Journaled with the operation: should MongoDB refuse the
+            # document, its dead letter gets the same id as any other.
+            record["i"], record["t"], _ = self._letter_id(item)
         vf = self.config.version_field
         version = doc.get(vf) if vf and key != _DEAD_LETTER_KEY else None
         if version is not None:
@@ -247,16 +250,22 @@ class MongoWriterPipeline:
             self.stats.inc_value("mongo_writer/unencodable")
             return self._encode(self._dead_letter(item, {"repr": repr(item)[:20000]}, "unencodable", str(exc)))
 
-    def _dead_letter(self, item: Any, doc: dict[str, Any], kind: str, message: str) -> DeadLetter:
+    def _letter_id(self, item: Any) -> tuple[str, str, str | None]:
+        """The dead-letter id, item type and source URL of ``item`` (see :func:`dead_letter_id`)."""
+        if isinstance(item, DeadLetter):
+            return item.dead_letter_id, item.item_type, item.source_url
         context = self.contexts.get(item)
         item_type = f"{type(item).__module__}.{type(item).__qualname__}"
         source_url = context.source_url if context else None
-        digest = hashlib.sha1(repr((item_type, source_url, kind, repr(doc))).encode(), usedforsecurity=False)
+        return dead_letter_id(item_type, source_url, own_fields(item, context)), item_type, source_url
+
+    def _dead_letter(self, item: Any, doc: dict[str, Any], kind: str, message: str) -> DeadLetter:
+        letter_id, item_type, source_url = self._letter_id(item)
         logger.error("%(type)s from %(url)s stored as a dead letter: %(msg)s",
                      {"type": item_type, "url": source_url, "msg": message})
         spider = self.crawler.spider.name if self.crawler.spider else None
         errors = [{"field": "", "kind": kind, "message": message}]
-        letter = DeadLetter(digest.hexdigest(), item_type, errors, doc, source_url, spider)
+        letter = DeadLetter(letter_id, item_type, errors, doc, source_url, spider)
         self.contexts.alias(item, letter)
         return letter
 
@@ -458,10 +467,11 @@ class MongoWriterPipeline:
             if coll.name == self.config.dead_letter_collection:
                 self.stats.inc_value("mongo_writer/dead_letter_failed")
                 continue
-            digest = hashlib.sha1(repr((coll.name, op.filter, code)).encode(), usedforsecurity=False).hexdigest()
-            letters.append(Op(op.seq, self.config.dead_letter_collection, {"dead_letter_id": digest}, {
-                "item_type": coll.name, "errors": [{"field": "", "kind": f"write_error/{code}",
-                                                    "message": str(e.get("errmsg"))}],
+            # (Records journaled before the id was: derived from their key.)
+            letter_id = op.dead_letter_id or dead_letter_id(coll.name, op.doc.get("source_url"), op.filter)
+            letters.append(Op(op.seq, self.config.dead_letter_collection, {"dead_letter_id": letter_id}, {
+                "item_type": op.item_type or coll.name, "source_url": op.doc.get("source_url"),
+                "errors": [{"field": "", "kind": f"write_error/{code}", "message": str(e.get("errmsg"))}],
                 "item": {**op.filter, **op.doc}}, None))
         if letters:
             await self._bulk(letters)

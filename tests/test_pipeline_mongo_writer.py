@@ -16,6 +16,7 @@ from scrapy.utils.misc import build_from_crawler
 from devtools.services import free_port, start_secantus
 from pipelines.mongo_config import MongoConfig, MongoWriterConfig, redact_uri
 from pipelines.mongo_writer import MongoWriterPipeline
+from pipelines.validate import dead_letter_id, item_to_dict
 from tests.pipeline_chain import Chain, article, chain_crawler, product, response_for
 
 if TYPE_CHECKING:
@@ -258,6 +259,8 @@ def test_a_document_refused_by_mongodb_is_dead_lettered_not_fatal(
     (letter,) = docs(mongo_server_uri, mongo_db, "dead_letter")
     assert letter["item"]["url"] == "http://shop-a.test/item/2"
     assert letter["errors"][0]["kind"] == "write_error/11000"
+    assert letter["item_type"] == "crawler.items.Product"
+    assert letter["dead_letter_id"] == dead_letter_id("crawler.items.Product", items[1].url, item_to_dict(items[1]))
     assert "duplicate key" in letter["errors"][0]["message"]
     assert chain.stats["mongo_writer/write_error/11000"] == 1
     assert "mongo_writer/stale" not in chain.stats
@@ -402,3 +405,24 @@ def test_a_worker_restarted_after_a_crash_replays_only_what_mongodb_had_not_ackn
     assert sorted(d["sku"] for d in docs(mongo_server_uri, mongo_db, "product")) == [
         f"SKU-{i:06d}" for i in range(35)]
     assert not list((tmp_path / "journal").glob("*/*/*.wal"))
+
+
+def test_a_recrawled_bad_item_is_the_same_dead_letter(mongo_server_uri: str, mongo_db: str, tmp_path: Path) -> None:
+    keyless = {"url": "http://x.test/keyless", "title": "no sku"}
+    unencodable = {"url": "http://x.test/set", "tags": {"a", "b"}}
+    invalid = product(7, price=-1.0)
+    for run in (1, 2):
+        # Another job, another fetch time and another page body each time.
+        crawler = chain_crawler(mongo_server_uri, mongo_db, tmp_path / "journal", ENRICH_JOB_ID=f"job-{run}",
+                                VALIDATE_REQUIRE_SCHEMA=False, MONGO_WRITER_KEYS={"dict": "sku"})
+        run_chain(crawler, [(response_for(i, body=f"<html>run {run}</html>".encode()), i)
+                            for i in (dict(keyless), dict(unencodable), invalid)], concurrency=1)
+    found = docs(mongo_server_uri, mongo_db, "dead_letter")
+    letters = {d["errors"][0]["kind"]: d for d in found}
+    assert sorted(d["errors"][0]["kind"] for d in found) == ["minimum", "missing_key", "unencodable"]  # not 6
+    # One scheme for ValidatePipeline's and MongoWriterPipeline's dead letters.
+    assert letters["missing_key"]["dead_letter_id"] == dead_letter_id("builtins.dict", keyless["url"], keyless)
+    assert letters["unencodable"]["dead_letter_id"] == dead_letter_id("builtins.dict", unencodable["url"],
+                                                                      unencodable)
+    assert letters["minimum"]["dead_letter_id"] == dead_letter_id("crawler.items.Product", invalid.url,
+                                                                  item_to_dict(invalid))
