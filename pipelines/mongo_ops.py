@@ -15,6 +15,8 @@ from typing import Any
 import bson
 from pymongo import UpdateOne
 
+DEAD_LETTER_KEY = ("dead_letter_id",)  # the key of the dead-letter collection
+
 
 @dataclass(slots=True)
 class Op:

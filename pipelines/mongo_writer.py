@@ -79,28 +79,24 @@ from typing import TYPE_CHECKING, Any
 import bson
 from bson.errors import InvalidDocument
 from pymongo import AsyncMongoClient
-from pymongo.errors import BulkWriteError, PyMongoError
-from pymongo.write_concern import WriteConcern
+from pymongo.errors import PyMongoError
 from scrapy.exceptions import NotConfigured
 from scrapy.utils.asyncio import is_asyncio_available
 
 from pipelines.item_context import item_contexts
 from pipelines.journal import Journal
+from pipelines.mongo_bulk import BulkWriter
 from pipelines.mongo_config import MongoWriterConfig, redact_uri
-from pipelines.mongo_ops import Op, coalesce, decode, update
+from pipelines.mongo_ops import DEAD_LETTER_KEY, coalesce, decode
 from pipelines.validate import DeadLetter, dead_letter_id, item_to_dict, own_fields
 
 if TYPE_CHECKING:
     from typing import Self
 
-    from pymongo import UpdateOne
-    from pymongo.asynchronous.collection import AsyncCollection
     from scrapy.crawler import Crawler
 
 logger = logging.getLogger(__name__)
 
-_DUPLICATE_KEY = 11000
-_DEAD_LETTER_KEY = ("dead_letter_id",)
 
 
 class MongoWriterPipeline:
@@ -127,7 +123,7 @@ class MongoWriterPipeline:
         self._stop = False
         self._task: asyncio.Task[None] | None = None
         self._routes: dict[type, tuple[str, tuple[str, ...]]] = {}
-        self._indexed: set[str] = set()
+        self.bulk: BulkWriter | None = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -145,6 +141,7 @@ class MongoWriterPipeline:
                                        serverSelectionTimeoutMS=int(c.server_timeout * 1000),
                                        connectTimeoutMS=int(c.connect_timeout * 1000),
                                        socketTimeoutMS=int(c.socket_timeout * 1000))
+        self.bulk = BulkWriter(self.client, c, self.stats)
         await self.journal.open()
         self.stats.set_value("mongo_writer/adopted", self.journal.adopted)
         self.stats.set_value("mongo_writer/adopted_acknowledged", self.journal.skipped)
@@ -203,7 +200,7 @@ class MongoWriterPipeline:
         route = self._routes.get(cls)
         if route is None:
             if cls is DeadLetter:
-                route = (self.config.dead_letter_collection, _DEAD_LETTER_KEY)
+                route = (self.config.dead_letter_collection, DEAD_LETTER_KEY)
             else:
                 full = f"{cls.__module__}.{cls.__qualname__}"
                 c = self.config
@@ -234,12 +231,12 @@ class MongoWriterPipeline:
             "f": {k: doc.pop(k) for k in key},
             "d": doc,
         }
-        if key != _DEAD_LETTER_KEY:
+        if key != DEAD_LETTER_KEY:
             # Journaled with the operation: should MongoDB refuse the
             # document, its dead letter gets the same id as any other.
             record["i"], record["t"], _ = self._letter_id(item)
         vf = self.config.version_field
-        version = doc.get(vf) if vf and key != _DEAD_LETTER_KEY else None
+        version = doc.get(vf) if vf and key != DEAD_LETTER_KEY else None
         if version is not None:
             record["v"] = version
         try:
@@ -290,32 +287,15 @@ class MongoWriterPipeline:
 
     # -- writing ------------------------------------------------------------
 
-    async def _ensure_index(self, collection: str, key: tuple[str, ...] | None = None) -> None:
-        if collection in self._indexed:
-            return
-        assert self.client is not None
-        if key is None:
-            key = (_DEAD_LETTER_KEY if collection == self.config.dead_letter_collection
-                   else self._key_for_collection(collection))
-        await self.client[self.config.mongo.database][collection].create_index(
-            [(k, 1) for k in key], unique=True, name="_".join(key) + "_unique")
-        self._indexed.add(collection)
-
-    def _key_for_collection(self, collection: str) -> tuple[str, ...]:
-        c = self.config
-        for type_name, coll in c.collections.items():
-            if coll == collection and type_name in c.keys:
-                return c.keys[type_name]
-        return c.default_key
-
     async def _run(self) -> None:
         """Send journaled operations to MongoDB, batch after batch, in order."""
         # Unique indexes for the collections known now (others before their
         # first write), here rather than in open_spider so that a MongoDB that
         # is down does not hold up the start of the crawl.
+        assert self.bulk is not None
         try:
             for name in sorted({*self.config.collections.values(), self.config.dead_letter_collection}):
-                await self._ensure_index(name)
+                await self.bulk.ensure_index(name)
         except PyMongoError as exc:
             logger.warning("Could not create indexes yet (%(exc)s); retrying before the first write", {"exc": exc})
         while not self._stop:
@@ -355,6 +335,7 @@ class MongoWriterPipeline:
                              {"seq": seq, "path": self.journal.path}, exc_info=True)
         if not ops:
             return True
+        assert self.bulk is not None
         merged, stale = coalesce(ops)
         if len(merged) < len(ops):
             self.stats.inc_value("mongo_writer/coalesced", len(ops) - len(merged))
@@ -364,7 +345,7 @@ class MongoWriterPipeline:
         attempt = 0
         while True:
             try:
-                await self._bulk(merged)
+                await self.bulk.write(merged)
             except Exception as exc:
                 if self._stop:
                     return False
@@ -400,90 +381,3 @@ class MongoWriterPipeline:
         self.stats.inc_value("mongo_writer/written", len(records))
         self.stats.inc_value("mongo_writer/batches")
         return True
-
-    def _update(self, op: Op) -> UpdateOne:
-        return update(op, self.config.version_field)
-
-    async def _bulk(self, ops: list[Op]) -> None:
-        assert self.client is not None
-        by_collection: dict[str, list[Op]] = {}
-        for op in ops:
-            by_collection.setdefault(op.collection, []).append(op)
-        for name, group in by_collection.items():
-            await self._ensure_index(name, tuple(group[0].filter))
-            await self._bulk_collection(self._collection(name), group)
-
-    def _collection(self, name: str) -> AsyncCollection[dict[str, Any]]:
-        assert self.client is not None
-        coll = self.client[self.config.mongo.database][name]
-        if self.config.write_concern:
-            coll = coll.with_options(write_concern=WriteConcern(**self.config.write_concern))
-        return coll
-
-    async def _bulk_collection(self, coll: AsyncCollection[dict[str, Any]], group: list[Op]) -> None:
-        try:
-            result = await coll.bulk_write([self._update(op) for op in group], ordered=False)
-        except BulkWriteError as exc:
-            details = exc.details
-            if details.get("writeConcernErrors"):
-                raise _WriteConcernError(str(details["writeConcernErrors"][:1])) from None
-            self.stats.inc_value("mongo_writer/upserted", details.get("nUpserted", 0))
-            await self._write_errors(coll, group, details.get("writeErrors", []))
-            return
-        self.stats.inc_value("mongo_writer/upserted", result.upserted_count)
-
-    async def _write_errors(self, coll: AsyncCollection[dict[str, Any]], group: list[Op],
-                            errors: list[dict[str, Any]]) -> None:
-        dupes = [group[e["index"]] for e in errors if _on_key(group[e["index"]], e)]
-        others = [(group[e["index"]], e) for e in errors if not _on_key(group[e["index"]], e)]
-        if dupes:
-            # Another worker inserted the same key between our match and our
-            # insert, or the version guard refused an older write. Once more:
-            # a race now finds the document and updates it.
-            try:
-                await coll.bulk_write([self._update(op) for op in dupes], ordered=False)
-            except BulkWriteError as exc:
-                for e in exc.details.get("writeErrors", []):
-                    op = dupes[e["index"]]
-                    if _on_key(op, e) and op.version is not None:
-                        self.stats.inc_value("mongo_writer/stale")
-                        logger.debug("Skipped an older write of %(key)s in %(coll)s",
-                                     {"key": op.filter, "coll": coll.name})
-                    elif _on_key(op, e):
-                        self.stats.inc_value("mongo_writer/duplicate_key")
-                        logger.warning("Duplicate key %(key)s in %(coll)s: %(msg)s",
-                                       {"key": op.filter, "coll": coll.name, "msg": e.get("errmsg")})
-                    else:
-                        others.append((op, e))
-            self.stats.inc_value("mongo_writer/duplicate_key_retried", len(dupes))
-        if not others:
-            return
-        letters = []
-        for op, e in others:
-            code = int(e.get("code", 0))
-            self.stats.inc_value(f"mongo_writer/write_error/{code}")
-            logger.error("MongoDB refused %(key)s in %(coll)s: %(msg)s",
-                         {"key": op.filter, "coll": coll.name, "msg": e.get("errmsg")})
-            if coll.name == self.config.dead_letter_collection:
-                self.stats.inc_value("mongo_writer/dead_letter_failed")
-                continue
-            # (Records journaled before the id was: derived from their key.)
-            letter_id = op.dead_letter_id or dead_letter_id(coll.name, op.doc.get("source_url"), op.filter)
-            letters.append(Op(op.seq, self.config.dead_letter_collection, {"dead_letter_id": letter_id}, {
-                "item_type": op.item_type or coll.name, "source_url": op.doc.get("source_url"),
-                "errors": [{"field": "", "kind": f"write_error/{code}", "message": str(e.get("errmsg"))}],
-                "item": {**op.filter, **op.doc}}, None))
-        if letters:
-            await self._bulk(letters)
-
-
-def _on_key(op: Op, error: dict[str, Any]) -> bool:
-    """A duplicate-key error on our own unique key (not on another unique index of the collection)."""
-    if error.get("code") != _DUPLICATE_KEY:
-        return False
-    pattern = error.get("keyPattern")
-    return not pattern or set(pattern) == set(op.filter)
-
-
-class _WriteConcernError(PyMongoError):
-    """The write concern was not satisfied: retry the batch."""
