@@ -41,104 +41,28 @@ import logging
 import os
 import secrets
 import shutil
-import struct
 import time
-import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING
+
+from pipelines.journal_files import (
+    commit_acked,
+    frame,
+    fsync_dir,
+    parse_segment,
+    private_dirs,
+    private_file,
+    read_acked,
+    write_segment,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-_HEADER = struct.Struct("<IIQ")
-_SEQ = struct.Struct("<Q")
-_ACK = struct.Struct("<QI")  # seq, crc32 of the packed seq
-_ACKED = "ACKED"
-
-
-def _frame(seq: int, payload: bytes) -> bytes:
-    return _HEADER.pack(len(payload), zlib.crc32(payload, zlib.crc32(_SEQ.pack(seq))), seq) + payload
-
-
-def parse_segment(data: bytes) -> tuple[list[tuple[int, bytes]], int]:
-    """Records of a segment file's content, and how many bytes at its end were torn."""
-    records = []
-    pos = 0
-    while pos + _HEADER.size <= len(data):
-        length, crc, seq = _HEADER.unpack_from(data, pos)
-        start = pos + _HEADER.size
-        payload = data[start:start + length]
-        if len(payload) < length or zlib.crc32(payload, zlib.crc32(_SEQ.pack(seq))) != crc:
-            break
-        records.append((seq, payload))
-        pos = start + length
-    return records, len(data) - pos
-
-
-def _private_dirs(path: Path) -> None:
-    """Create ``path`` and its missing parents, readable by the owner only (they hold scraped data)."""
-    missing = []
-    while not path.exists():
-        missing.append(path)
-        path = path.parent
-    for folder in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            folder.mkdir(mode=0o700)
-
-
-def _private_file(path: Path, flags: int, mode: str) -> IO[bytes]:
-    return os.fdopen(os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, 0o600), mode)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_sync(file: IO[bytes] | None, new_segment: Path | None, data: bytes) -> IO[bytes]:
-    """Worker-thread side of an append: file I/O only. Returns the file now written to."""
-    if new_segment is not None:
-        if file is not None:
-            file.close()
-        file = _private_file(new_segment, os.O_WRONLY | os.O_APPEND, "ab")
-        _fsync_dir(new_segment.parent)
-    assert file is not None
-    file.write(data)
-    file.flush()
-    os.fsync(file.fileno())
-    return file
-
-
-def _read_acked(run: Path) -> int:
-    """The acknowledged position of a run folder: every seq below is in MongoDB (0 if unknown)."""
-    try:
-        data = (run / _ACKED).read_bytes()
-    except FileNotFoundError:
-        return 0
-    if len(data) != _ACK.size:
-        return 0
-    seq, crc = _ACK.unpack(data)
-    return int(seq) if zlib.crc32(_SEQ.pack(seq)) == crc else 0
-
-
-def _commit_sync(run: Path, upto: int, done: list[Path]) -> None:
-    """Worker-thread side of a commit: persist the acknowledged position atomically, delete done segments."""
-    tmp = run / f"{_ACKED}.tmp"
-    with _private_file(tmp, os.O_WRONLY | os.O_TRUNC, "wb") as f:
-        f.write(_ACK.pack(upto, zlib.crc32(_SEQ.pack(upto))))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, run / _ACKED)
-    for path in done:
-        path.unlink(missing_ok=True)
-    _fsync_dir(run)
-
+__all__ = ["Journal", "parse_segment", "pending_records"]
 
 @dataclass
 class _Segment:
@@ -167,7 +91,7 @@ class _Opened:
         if rotate:
             self.segments.append(_Segment(self.path / f"{first:016d}.wal", first, first, 0))
         segment = self.segments[-1]
-        self.file = _write_sync(self.file, segment.path if rotate else None, data)
+        self.file = write_segment(self.file, segment.path if rotate else None, data)
         segment.size += len(data)
         segment.end = first + count
 
@@ -217,18 +141,18 @@ class Journal:
         # never sees an unlocked run directory that is not an orphan.
         tmp = self.directory / f".{name}"
         for attempt in range(3):
-            _private_dirs(self.directory)
+            private_dirs(self.directory)
             try:
                 tmp.mkdir(mode=0o700)
                 break
             except FileNotFoundError:  # a closing peer removed the empty parent just now
                 if attempt == 2:
                     raise
-        lock = _private_file(tmp / "LOCK", os.O_WRONLY | os.O_TRUNC, "wb")
+        lock = private_file(tmp / "LOCK", os.O_WRONLY | os.O_TRUNC, "wb")
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         path = self.directory / name
         tmp.rename(path)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         opened = _Opened(path, lock, self.segment_bytes)
         for orphan in self._orphans(path):
             self._adopt(orphan, opened)
@@ -254,7 +178,7 @@ class Journal:
     @staticmethod
     def _adopt(orphan: tuple[Path, IO[bytes]], opened: _Opened) -> None:
         path, lock = orphan
-        acked = _read_acked(path)
+        acked = read_acked(path)
         count = skipped = 0
         for segment in sorted(path.glob("*.wal")):
             try:
@@ -268,7 +192,7 @@ class Journal:
             skipped += len(records) - len(fresh)
             if fresh:
                 first = opened.next_seq
-                opened.write(b"".join(_frame(first + i, p) for i, p in enumerate(fresh)), first, len(fresh))
+                opened.write(b"".join(frame(first + i, p) for i, p in enumerate(fresh)), first, len(fresh))
                 opened.next_seq += len(fresh)
                 count += len(fresh)
         # Only once the copy is durable: a crash before this line leaves both
@@ -316,14 +240,14 @@ class Journal:
         while self._pending:
             batch, self._pending = self._pending, []
             first = batch[0][0]
-            data = b"".join(_frame(seq, payload) for seq, payload, _ in batch)
+            data = b"".join(frame(seq, payload) for seq, payload, _ in batch)
             # Rotation is decided here, on the loop; the thread only opens the file.
             new = None
             if not self._segments or self._segments[-1].size >= self.segment_bytes:
                 assert self.path is not None
                 new = _Segment(self.path / f"{first:016d}.wal", first, first, 0)
             try:
-                self._file = await asyncio.to_thread(_write_sync, self._file, new.path if new else None, data)
+                self._file = await asyncio.to_thread(write_segment, self._file, new.path if new else None, data)
             except BaseException as exc:
                 # Disk full or gone: nothing can be acknowledged any more.
                 self.error = exc
@@ -397,7 +321,7 @@ class Journal:
         self._segments = keep
         if self._read_segment is not None and any(s.path == self._read_segment[0] for s in done):
             self._read_segment = None
-        await asyncio.to_thread(_commit_sync, self.path, upto, [s.path for s in done])
+        await asyncio.to_thread(commit_acked, self.path, upto, [s.path for s in done])
         self.acked = upto
 
     @property
