@@ -77,6 +77,15 @@ def test_generated_spider_is_built_on_the_frontier(project: tuple[Path, int]) ->
     assert {"basic", "crawl", "csvfeed", "xmlfeed", "site"} <= set(listed)  # Scrapy's own templates kept
 
 
+def test_a_new_spider_breaks_no_existing_test(project: tuple[Path, int]) -> None:
+    # The tests that once listed the demo spiders, and those that run every spider.
+    out = run(project[0], sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+              "tests/test_settings.py::test_scrapy_list_shows_one_spider_per_site",
+              "tests/test_frontier_cli.py::test_unknown_spider", "tests/test_spider_fixtures.py",
+              "tests/test_commands_dev.py::test_check_runs_the_demo_spiders_contracts")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+
+
 def test_recorded_fixture_passes_offline_and_a_changed_selector_fails_with_a_diff(project: tuple[Path, int]) -> None:
     root, _ = project
     fixture = root / "tests/fixtures/example/item-4"
