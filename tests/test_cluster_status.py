@@ -138,3 +138,22 @@ def test_a_live_two_worker_crawl(demo_site: DemoSite, redis_url: str, mongo_serv
             crawl.proc.terminate()
         for crawl in crawls:
             wait_crawl(crawl)
+
+
+def test_watch_redraws_in_place_until_interrupted(redis_url: str) -> None:
+    import signal
+
+    with subprocess.Popen([sys.executable, "-m", "crawler", "--redis-url", redis_url, "status", "shop_a",
+                           "--watch", "0.1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
+        try:
+            assert proc.stdout is not None
+            seen = b""
+            deadline = time.monotonic() + TIMEOUT
+            while seen.count(b"\x1b[H\x1b[2J== shop_a") < 2 and time.monotonic() < deadline:
+                seen += proc.stdout.read1(4096)
+            assert seen.count(b"\x1b[H\x1b[2J== shop_a") >= 2  # home, clear screen, the status: twice
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
