@@ -115,6 +115,7 @@ class MongoWriterPipeline:
         self.journal = Journal(config.journal_dir / config.mongo.database, config.journal_segment_bytes)
         self.cursor = 0  # every journal record below is in MongoDB
         self.down = False
+        self._attempts_closing = 0
         self._closing = False
         self._work = asyncio.Event()
         self._space = asyncio.Event()
@@ -351,8 +352,13 @@ class MongoWriterPipeline:
                     return False
                 attempt += 1
                 if self._closing:
-                    self._failed_while_closing = True
-                    self._space.set()
+                    # Closing gives MongoDB the configured attempts again, counted from the
+                    # close: a server that just came back (pymongo has not seen it yet) gets
+                    # its chance, one that is down does not hold the close for long.
+                    self._attempts_closing += 1
+                    if self._attempts_closing > self.config.retry_times:
+                        self._failed_while_closing = True
+                        self._space.set()
                 if not isinstance(exc, PyMongoError):
                     logger.error("Unexpected error writing to MongoDB; retrying", exc_info=True)
                 self.stats.inc_value("mongo_writer/retries")
