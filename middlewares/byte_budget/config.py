@@ -92,7 +92,7 @@ class ByteBudgetConfig:
             strict=settings.getbool("BYTE_BUDGET_STRICT", True),
             default_estimate=int_setting(settings, "BYTE_BUDGET_DEFAULT_ESTIMATE", 32768, minimum=1),
             estimate_quantile=_quantile(settings),
-            stop_slack=int_setting(settings, "BYTE_BUDGET_STOP_SLACK", 262144, minimum=0),
+            stop_slack=int_setting(settings, "BYTE_BUDGET_STOP_SLACK", 4 * 1024 * 1024, minimum=0),
             draw_bytes=int_setting(settings, "BYTE_BUDGET_DRAW_BYTES", 262144, minimum=1),
             refresh=float_setting(settings, "BYTE_BUDGET_REFRESH_SECONDS", 2, minimum=0, exclusive=True),
             retry=float_setting(settings, "BYTE_BUDGET_RETRY_SECONDS", 0.25, minimum=0, exclusive=True),

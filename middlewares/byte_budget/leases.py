@@ -163,7 +163,7 @@ class Leases:
     ) -> Grant | tuple[float, float]:
         """A grant, or (not before, now): when to try again, by the Redis server's clock."""
         c = self.config
-        holder = self.new_holder() if overdraft or known > budget else ""
+        holder = self.new_holder()
         try:
             result = await self.store.reserve(website, budget, known, holder, overdraft)
         except RedisError as exc:
@@ -178,7 +178,7 @@ class Leases:
                 self.stats.inc_value("byte_budget/overdrafts")
                 return Grant(website, result.member, granted, budget, granted, holder=holder, overdraft=True)
             if granted <= n:
-                return Grant(website, result.member, n, budget, n)
+                return Grant(website, result.member, granted, budget, granted, holder=holder)
             loop = asyncio.get_running_loop()
             lease = _Lease(website, result.member, granted, n, committed=n, inflight=1, downloads=1,
                            renew_at=loop.time() + 0.75 * c.lease_seconds)

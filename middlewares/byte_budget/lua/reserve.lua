@@ -37,7 +37,10 @@
 -- ARGV[9]  1: this download must run as the overdraft (a page known to be
 --          larger than b, or a retried stopped page of unknown size); it is
 --          granted its full size while the token is free and used <= b
--- Returns  {1, member, now, n, granted, overdraft}  granted >= n bytes reserved;
+-- Without the token a download reserves its exposure x (the largest learned
+-- size); with it, its estimate n, when x does not fit and n does.
+-- Returns  {1, member, now, per, granted, overdraft}  granted >= per bytes reserved,
+--                                                   per for each download (more: a lease);
 --                                                   overdraft = 1: holds the token
 --          {0, not_before, now, n, warn, used}      denied; warn = 1 for the first
 --                                                   denial of a window caused by the
@@ -84,14 +87,38 @@ local od_holder = redis.call('HGET', KEYS[3], 'od_holder') or ''
 local od_until = tonumber(redis.call('HGET', KEYS[3], 'od_until') or '0')
 local token_free = now >= od_until and used <= budget and budget > 0
 
-local n = tonumber(ARGV[3])
+local known = tonumber(ARGV[3])
 local holder = ARGV[8]
-if n <= 0 then
-  -- An estimate is capped at b: a page above it draws the rest (draw.lua).
-  n = math.min(tonumber(redis.call('HGET', KEYS[3], 'estimate') or ARGV[4]), math.max(budget, 1))
+local expiry = tonumber(ARGV[5])
+-- n: what a download is expected to take (the learned q-quantile, or its
+-- known size); x: its exposure, what it may take without the token: the
+-- largest size learned on the website (a server pushes a started response into
+-- its socket buffers, megabytes of it, before a worker could stop it), or the
+-- whole budget until 32 sizes are known. Twice the largest: a page a little
+-- larger than any seen so far stays within it.
+local n, x
+if known > 0 then
+  n, x = known, known
+else
+  n = tonumber(redis.call('HGET', KEYS[3], 'estimate') or ARGV[4])
+  if tonumber(redis.call('HGET', KEYS[3], 'learned') or '0') < 32 then
+    -- Too little known of the website's sizes: one download at a time (the
+    -- token's), unless the budget is far above any page (>= 1024 default
+    -- estimates, 32 MiB): then a quarter of it.
+    if budget >= 1024 * tonumber(ARGV[4]) then
+      x = math.floor(budget / 4)
+    else
+      x = budget + 1
+    end
+  else
+    x = math.max(n, 2 * tonumber(redis.call('HGET', KEYS[3], 'exposure') or '0'))
+  end
+  -- Capped at b / 4: a first guess never takes the whole window; a page above
+  -- its reservation draws the rest (draw.lua) or runs as the overdraft.
+  n = math.min(n, math.max(math.floor(budget / 4), 1))
 end
 n = math.max(math.floor(n), 1)
-local expiry = tonumber(ARGV[5])
+x = math.max(math.floor(x), n)
 
 -- Keys live for two windows plus an expiry past the last activity.
 local ttl = math.ceil((2 * window + expiry) * 1000)
@@ -100,44 +127,51 @@ local function touch()
     redis.call('PEXPIRE', KEYS[i], ttl)
   end
 end
-local function grant(amount, overdraft)
+local function grant(amount, per, overdraft)
   local seq = redis.call('HINCRBY', KEYS[3], 'seq', 1)
   local member = seq .. ':' .. amount
   redis.call('ZADD', KEYS[2], now + expiry, member)
   redis.call('HSET', KEYS[3], 'used', used + amount)
   if overdraft == 1 then
-    redis.call('HSET', KEYS[3], 'od_holder', holder, 'od_until', now + expiry)
+    -- od_room: what it reserved beyond its estimate (not a sign of exhaustion)
+    redis.call('HSET', KEYS[3], 'od_holder', holder, 'od_until', now + expiry, 'od_room', amount - n)
   end
   touch()
-  return {1, member, tostring(now), n, amount, overdraft}
+  return {1, member, tostring(now), per, amount, overdraft}
 end
 
-if budget > 0 and (n > budget or ARGV[9] == '1') then
-  if token_free and holder ~= '' then
-    return grant(n, 1)
-  end
-  local not_before = now + tonumber(ARGV[6])
-  if od_holder == '' and od_until > not_before then
-    not_before = od_until
-  end
-  touch()
-  return {0, tostring(not_before), tostring(now), n, 0, tostring(used)}
-end
-
-if budget > 0 and used + n <= budget then
-  local granted = n
-  local wish = n * (tonumber(ARGV[7] or '1') or 1)
-  if wish > n and budget - used - n >= 4 * (wish - n) then
+local as_overdraft = budget > 0 and (n > budget or ARGV[9] == '1')
+if not as_overdraft and budget > 0 and used + x <= budget then
+  local granted = x
+  local wish = x * (tonumber(ARGV[7] or '1') or 1)
+  if wish > x and budget - used - x >= 4 * (wish - x) then
     granted = wish
   end
-  return grant(granted, 0)
+  return grant(granted, x, 0)
 end
+-- The token: one download at a time that may run past what it reserved.
+-- It reserves what room there is, up to x: a page that fits in it did not run
+-- past the budget, and the token is free again as soon as it is settled.
+if token_free and holder ~= '' and (as_overdraft or used + n <= budget) then
+  local amount = n
+  if not as_overdraft then
+    amount = math.max(n, math.min(x, budget - used))
+  end
+  return grant(amount, amount, 1)
+end
+-- Exhausted: no room for n even without the room a token holder took beyond
+-- its estimate (then the wait is for the token, not for the budget).
+local od_room = 0
+if od_holder ~= '' and now < od_until then
+  od_room = tonumber(redis.call('HGET', KEYS[3], 'od_room') or '0')
+end
+local exhausted = budget <= 0 or used - od_room + n > budget
 
 -- Denied: the earliest time enough settled bytes will have left the window.
 local not_before = now + tonumber(ARGV[6])
 if budget <= 0 then
   not_before = now + window
-else
+elseif exhausted then
   local need = used + n - budget
   local freed = 0
   local entries = redis.call('ZRANGE', KEYS[1], 0, 999, 'WITHSCORES')
@@ -149,9 +183,12 @@ else
     end
   end
 end
+if not exhausted and od_holder == '' and od_until > not_before then
+  not_before = od_until  -- room for it, but only as the overdraft: when the token is free
+end
 local warn = 0
 local warned_until = tonumber(redis.call('HGET', KEYS[3], 'warned_until') or '0')
-if now >= warned_until then
+if exhausted and now >= warned_until then
   redis.call('HSET', KEYS[3], 'warned_until', now + window)
   warn = 1
 end

@@ -9,8 +9,9 @@
 --
 -- Sizes are learned per website from the last 32 settled downloads (robots.txt
 -- and stopped downloads are not sent): the estimate is their q-quantile, so a
--- few huge pages among small ones do not inflate it (metering draws the rest
--- of a page above its estimate), and one big page is forgotten after 32 more.
+-- few huge pages among small ones do not inflate it, and the exposure their
+-- maximum (what a download may take without the overdraft token, see
+-- reserve.lua); a big page is forgotten 32 downloads later.
 --
 -- KEYS[1]  <prefix>:bb:{<website>}:log       sorted set, settled entries
 -- KEYS[2]  <prefix>:bb:{<website>}:inflight  sorted set, granted, not settled
@@ -31,8 +32,10 @@ local bytes = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
 
 local used = tonumber(redis.call('HGET', KEYS[3], 'used') or '0')
+local covered = 0
 for member in string.gmatch(ARGV[1], '[^,]+') do
   local reserved = tonumber(string.match(member, ':(%d+)$'))
+  covered = covered + reserved
   -- Still in flight, or moved to the log when it expired: either way it is
   -- still counted in `used` and is replaced by the true size. Already gone
   -- from the window: nothing to take back.
@@ -50,8 +53,14 @@ if used < 0 then
 end
 redis.call('HSET', KEYS[3], 'used', used)
 
+-- The token's holder is done: if it ran past what it reserved, no other
+-- download may do so until its bytes have left the window; if not, at once.
 if ARGV[5] ~= '' and redis.call('HGET', KEYS[3], 'od_holder') == ARGV[5] then
-  redis.call('HSET', KEYS[3], 'od_holder', '', 'od_until', now + window)
+  local busy = now
+  if bytes > covered then
+    busy = now + window
+  end
+  redis.call('HSET', KEYS[3], 'od_holder', '', 'od_until', busy, 'od_room', 0)
 end
 
 local sizes = {}
@@ -76,7 +85,8 @@ if learned then
   end
   table.sort(sorted)
   local k = math.max(math.ceil(tonumber(ARGV[6]) * #sorted), 1)
-  redis.call('HSET', KEYS[3], 'sizes', table.concat(sizes, ','), 'estimate', sorted[k])
+  redis.call('HSET', KEYS[3], 'sizes', table.concat(sizes, ','), 'estimate', sorted[k],
+             'exposure', sorted[#sorted], 'learned', #sorted)
 end
 
 local ttl = math.ceil((2 * window + tonumber(ARGV[4])) * 1000)
