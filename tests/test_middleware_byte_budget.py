@@ -162,7 +162,7 @@ def test_a_page_above_its_grant_draws_the_rest_and_is_not_stopped(redis_url: str
     out: dict[str, Any] = {}
 
     async def body(mw: ByteBudgetMiddleware) -> None:
-        request = Request("http://shop-a.test/big")
+        request = Request("http://shop-a.test/big", meta={"byte_budget_size": 4000})
         assert await mw.process_request(request) is None
         headers = Headers({"Content-Type": "text/html", "Content-Length": "50000"})
         mw.headers_received(headers=headers, body_length=50000, request=request, spider=None)  # no stop
@@ -187,7 +187,7 @@ async def _hold_the_overdraft(mw: ByteBudgetMiddleware, others: list[Request]) -
     """Grant ``others``, then a chunked download draws past b = 20000: it holds the overdraft token."""
     for request in others:
         assert await mw.process_request(request) is None  # 4000 each
-    big = Request("http://shop-a.test/huge")
+    big = Request("http://shop-a.test/huge", meta={"byte_budget_size": 4000})
     assert await mw.process_request(big) is None
     mw.headers_received(headers=Headers({"Content-Type": "text/html"}), body_length="UNKNOWN", request=big,
                         spider=None)
@@ -206,7 +206,7 @@ def test_a_chunked_download_that_cannot_draw_is_stopped_and_counts_the_servers_b
     out: dict[str, Any] = {}
 
     async def body(mw: ByteBudgetMiddleware) -> None:
-        request = Request("http://shop-a.test/chunked")
+        request = Request("http://shop-a.test/chunked", meta={"byte_budget_size": 4000})
         big = await _hold_the_overdraft(mw, [request])
         headers = Headers({"Content-Type": "text/html"})
         mw.headers_received(headers=headers, body_length="UNKNOWN", request=request, spider=None)
@@ -238,7 +238,7 @@ def test_a_page_whose_rest_is_on_the_wire_is_not_stopped(redis_url: str) -> None
     """Content-Length above the grant, draw denied, but the rest is within the socket buffers: keep it."""
 
     async def body(mw: ByteBudgetMiddleware) -> None:
-        request = Request("http://shop-a.test/page")
+        request = Request("http://shop-a.test/page", meta={"byte_budget_size": 4000})
         big = await _hold_the_overdraft(mw, [request])
         headers = Headers({"Content-Type": "text/html", "Content-Length": "30000"})
         mw.headers_received(headers=headers, body_length=30000, request=request, spider=None)
@@ -463,7 +463,7 @@ def test_lease_serves_many_downloads_with_one_reservation(redis_url: str) -> Non
 
     # Leases last an hour: they end by being used up (4 downloads) or at close,
     # never by the clock, so the count does not depend on the machine's speed.
-    stats = run(redis_url, {"BYTE_BUDGET_DEFAULT": 1_000_000, "BYTE_BUDGET_LEASE_DOWNLOADS": 4,
+    stats = run(redis_url, {"BYTE_BUDGET_DEFAULT": 10**9, "BYTE_BUDGET_LEASE_DOWNLOADS": 4,
                             "BYTE_BUDGET_LEASE_SECONDS": 3600}, body)
     assert stats["byte_budget/granted"] == 10
     # The next lease is reserved once 3 of 4 downloads are handed out, and
@@ -497,7 +497,7 @@ def test_lease_spare_room_takes_a_page_above_the_estimate(redis_url: str) -> Non
     out: dict[str, Any] = {}
 
     async def body(mw: ByteBudgetMiddleware) -> None:
-        requests = [Request(f"http://shop-a.test/{n}") for n in range(4)]
+        requests = [Request(f"http://shop-a.test/{n}", meta={"byte_budget_size": 1000}) for n in range(4)]
         for request in requests:  # 4 x 1000 bytes handed out of a 5000-byte lease
             assert await mw.process_request(request) is None
         with redis.Redis.from_url(redis_url) as r:
@@ -534,7 +534,7 @@ def test_next_lease_is_reserved_in_the_background(redis_url: str) -> None:
             await mw.process_response(request, resp)
             out["size"] = out.get("size", 0) + wire_size(resp)
 
-    stats = run(redis_url, {"BYTE_BUDGET_DEFAULT": 1_000_000, "BYTE_BUDGET_LEASE_DOWNLOADS": 4}, body)
+    stats = run(redis_url, {"BYTE_BUDGET_DEFAULT": 10**9, "BYTE_BUDGET_LEASE_DOWNLOADS": 4}, body)
     assert out["inflight"] == 2  # the first lease and the one reserved ahead
     assert stats["byte_budget/leases"] == 2
     assert stats["byte_budget/granted"] == 4

@@ -104,9 +104,9 @@ else
   if tonumber(redis.call('HGET', KEYS[3], 'learned') or '0') < 32 then
     -- Too little known of the website's sizes: one download at a time (the
     -- token's), unless the budget is far above any page (>= 1024 default
-    -- estimates, 32 MiB): then a quarter of it.
+    -- estimates, 32 MiB): then 32 default estimates (1 MiB) each.
     if budget >= 1024 * tonumber(ARGV[4]) then
-      x = math.floor(budget / 4)
+      x = 32 * tonumber(ARGV[4])
     else
       x = budget + 1
     end
