@@ -11,7 +11,7 @@ import pytest
 import redis
 from redis import asyncio as aioredis
 
-from middlewares.byte_budget.middleware import load_script, website_keys
+from middlewares.byte_budget.store import load_script, website_keys
 
 PREFIX = "t"
 SITE = "shop-a.test"

@@ -18,7 +18,9 @@ from scrapy.utils.test import get_crawler
 
 from devtools.services import free_port
 from middlewares.byte_budget.cli import main as cli
-from middlewares.byte_budget.middleware import ByteBudgetConfig, ByteBudgetMiddleware, website_keys
+from middlewares.byte_budget.config import ByteBudgetConfig
+from middlewares.byte_budget.middleware import ByteBudgetMiddleware
+from middlewares.byte_budget.store import website_keys
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

@@ -1,7 +1,10 @@
 """Cluster-wide per-website byte budgets (a downloader middleware).
 
 All workers together download at most *b* bytes from one website in any
-sliding window of ``BYTE_BUDGET_WINDOW_SECONDS`` (60 s). Before each download
+sliding window of ``BYTE_BUDGET_WINDOW_SECONDS`` (60 s), plus the one download
+that holds the website's overdraft token (docs/byte-budget.md, "The
+contract"). Downloads are metered: past its grant a download draws more
+(``lua/draw.lua``) and is stopped when it may not. Before each download
 the middleware reserves bytes in Redis (``lua/reserve.lua``: a reservation log
 timed by the Redis server's clock); after it, the reservation is settled to the
 bytes that really arrived (``lua/settle.lua``): status line, headers and body
@@ -14,10 +17,11 @@ A request that may not be downloaded yet goes back to the frontier with
 
 Settings (docs/byte-budget.md): ``BYTE_BUDGET_ENABLED``, ``BYTE_BUDGET_DEFAULT``,
 ``BYTE_BUDGET_PER_WEBSITE``, ``BYTE_BUDGET_WINDOW_SECONDS``, ``BYTE_BUDGET_STRICT``,
-``BYTE_BUDGET_DEFAULT_ESTIMATE``, ``BYTE_BUDGET_ESTIMATE_MARGIN``, ``BYTE_BUDGET_STOP_SLACK``,
-``BYTE_BUDGET_REFRESH_SECONDS``, ``BYTE_BUDGET_RETRY_SECONDS``, ``BYTE_BUDGET_PARK_MAX_SECONDS``,
-``BYTE_BUDGET_LEASE_DOWNLOADS``, ``BYTE_BUDGET_LEASE_SECONDS``, ``BYTE_BUDGET_FALLBACK_WORKERS``,
-``BYTE_BUDGET_KEY_PREFIX``, ``BYTE_BUDGET_REDIS_URL``; ``WEBSITE_KEY`` picks the website.
+``BYTE_BUDGET_DEFAULT_ESTIMATE``, ``BYTE_BUDGET_ESTIMATE_QUANTILE``, ``BYTE_BUDGET_STOP_SLACK``,
+``BYTE_BUDGET_DRAW_BYTES``, ``BYTE_BUDGET_REFRESH_SECONDS``, ``BYTE_BUDGET_RETRY_SECONDS``,
+``BYTE_BUDGET_PARK_MAX_SECONDS``, ``BYTE_BUDGET_LEASE_DOWNLOADS``, ``BYTE_BUDGET_LEASE_SECONDS``,
+``BYTE_BUDGET_FALLBACK_WORKERS``, ``BYTE_BUDGET_KEY_PREFIX``, ``BYTE_BUDGET_REDIS_URL``;
+``WEBSITE_KEY`` picks the website.
 
 Run-time overrides: ``python -m middlewares.byte_budget set shop-a.test 200000``
 (see :mod:`middlewares.byte_budget.cli`).
@@ -44,9 +48,9 @@ from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.httpobj import urlparse_cached
 
 from crawler.website import website_key
-from middlewares.byte_budget.config import UNLIMITED, ByteBudgetConfig, parse_budget
+from middlewares.byte_budget.config import ByteBudgetConfig, parse_budget
 from middlewares.byte_budget.leases import Grant, Leases
-from middlewares.byte_budget.store import BudgetStore, load_script, overrides_key, website_keys
+from middlewares.byte_budget.store import BudgetStore, overrides_key
 
 if TYPE_CHECKING:
     from typing import Self
@@ -54,18 +58,6 @@ if TYPE_CHECKING:
     from scrapy import Request
     from scrapy.crawler import Crawler
     from scrapy.http import Response
-
-# Importers of these names (the command line, tests, bench) predate the split
-# into byte_budget_*.py modules: they stay importable from here.
-__all__ = [
-    "UNLIMITED",
-    "ByteBudgetConfig",
-    "ByteBudgetMiddleware",
-    "load_script",
-    "overrides_key",
-    "parse_budget",
-    "website_keys",
-]
 
 logger = logging.getLogger(__name__)
 
