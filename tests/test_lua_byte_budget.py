@@ -42,7 +42,7 @@ class Budget:
                 "warn": int(res[4])}
 
     def draw(self, amount: int, holder: str) -> dict[str, Any]:
-        res = self._draw(keys=self.keys, args=[self.budget, self.window, amount, LEASE, holder])
+        res = self._draw(keys=self.keys, args=[self.budget, self.window, amount, LEASE, holder, 0])
         if int(res[0]):
             return {"granted": True, "member": res[1].decode(), "now": float(res[2]), "overdraft": int(res[3])}
         return {"granted": False, "now": float(res[2])}
@@ -193,7 +193,7 @@ def test_50_concurrent_drawers_get_one_overdraft(redis_url: str) -> None:
         draw = load_script(client, "draw")
         keys = website_keys(PREFIX, SITE)
         results = await asyncio.gather(*[
-            draw(keys=keys, args=[5000, 60, 1000, LEASE, f"h{i}"]) for i in range(50)
+            draw(keys=keys, args=[5000, 60, 1000, LEASE, f"h{i}", 0]) for i in range(50)
         ])
         await client.aclose()
         return results
@@ -260,7 +260,7 @@ def test_without_learned_sizes_a_tight_budget_serves_one_download_at_a_time(r: r
 
 
 def test_one_big_page_does_not_inflate_the_estimate(r: redis.Redis) -> None:
-    """800 B pages and one of 24 KB: the estimate stays at the small pages' size."""
+    """800 B pages and one of 24 KB: the estimate stays at the small pages' size, the exposure at the big one's."""
     b = Budget(r, budget=10**9, window=60)
     for size in [800] * 20 + [24_000] + [800] * 3:
         g = b.reserve(0)
@@ -269,9 +269,12 @@ def test_one_big_page_does_not_inflate_the_estimate(r: redis.Redis) -> None:
     g = b.reserve(0)
     b.settle(g["member"], 50, learn=-1)  # robots.txt and stopped downloads teach nothing
     assert learned(b) == (800, 24_000)
-    for _ in range(32):  # forgotten after 32 more
+    for _ in range(252):  # remembered for 256 downloads (3 + 252 + 1), then forgotten
         g = b.reserve(0)
         b.settle(g["member"], 800, learn=800)
+    assert learned(b) == (800, 24_000)
+    g = b.reserve(0)
+    b.settle(g["member"], 800, learn=800)
     assert learned(b) == (800, 800)
 
 

@@ -316,7 +316,8 @@ class ByteBudgetMiddleware:
         if not grant.holder:
             grant.holder = self._leases.new_holder()
         try:
-            drawn = await self._store.draw(grant.website, grant.budget, amount, grant.holder)
+            drawn = await self._store.draw(grant.website, grant.budget, amount, grant.holder,
+                                           grant.reserved + amount)
         except RedisError as exc:
             self._store.redis_error(exc)
             drawn = None  # fail closed, as a reservation would

@@ -162,12 +162,12 @@ class BudgetStore:
         return Denied(float(result[1]), float(result[2]), int(result[3]), bool(int(result[4])),
                       int(float(result[5])))
 
-    async def draw(self, website: str, budget: int, amount: int, holder: str) -> Drawn | None:
+    async def draw(self, website: str, budget: int, amount: int, holder: str, covered: int) -> Drawn | None:
         """More bytes for a download past its grant (``lua/draw.lua``); None: denied. Raises ``RedisError``."""
         c = self.config
         assert self._draw is not None
         result: list[Any] = await self._draw(keys=website_keys(c.prefix, website),
-                                             args=[budget, c.window, amount, c.reservation_expiry, holder])
+                                             args=[budget, c.window, amount, c.reservation_expiry, holder, covered])
         self._answered()
         if int(result[0]) == 1:
             return Drawn(result[1].decode(), amount, bool(int(result[3])))

@@ -16,6 +16,9 @@
 -- ARGV[3]  bytes to draw (integer >= 1)
 -- ARGV[4]  reservation expiry in seconds
 -- ARGV[5]  holder: id of the download (for the overdraft token)
+-- ARGV[6]  bytes the download has been covered for with this draw: a page
+--          larger than the website's exposure raises it at once, so later
+--          downloads reserve for it (or take turns with the token)
 -- Returns  {1, member, now, overdraft}   drawn; overdraft = 1: the download holds the token
 --          {0, "", now, used}            denied: stop the download
 --          floats are returned as strings.
@@ -61,6 +64,10 @@ local od_until = tonumber(redis.call('HGET', KEYS[3], 'od_until') or '0')
 local token_free = now >= od_until and used <= budget and budget > 0
 
 local amount = math.max(math.floor(tonumber(ARGV[3])), 1)
+local covered = tonumber(ARGV[6] or '0')
+if covered > tonumber(redis.call('HGET', KEYS[3], 'exposure') or '0') then
+  redis.call('HSET', KEYS[3], 'exposure', covered, 'exposure_age', 0)
+end
 local expiry = tonumber(ARGV[4])
 local holder = ARGV[5]
 local overdraft = 0

@@ -9,9 +9,9 @@
 --
 -- Sizes are learned per website from the last 32 settled downloads (robots.txt
 -- and stopped downloads are not sent): the estimate is their q-quantile, so a
--- few huge pages among small ones do not inflate it, and the exposure their
--- maximum (what a download may take without the overdraft token, see
--- reserve.lua); a big page is forgotten 32 downloads later.
+-- few huge pages among small ones do not inflate it; the exposure (what a
+-- download may take without the overdraft token, see reserve.lua) is the
+-- largest of the last 256 downloads, forgotten 256 downloads later.
 --
 -- KEYS[1]  <prefix>:bb:{<website>}:log       sorted set, settled entries
 -- KEYS[2]  <prefix>:bb:{<website>}:inflight  sorted set, granted, not settled
@@ -68,11 +68,13 @@ for x in string.gmatch(redis.call('HGET', KEYS[3], 'sizes') or '', '[^,]+') do
   sizes[#sizes + 1] = tonumber(x)
 end
 local learned = false
+local new = 0
 for i = 7, #ARGV do
   local x = tonumber(ARGV[i])
   if x >= 0 then
     sizes[#sizes + 1] = math.floor(x)
     learned = true
+    new = new + 1
   end
 end
 if learned then
@@ -85,8 +87,27 @@ if learned then
   end
   table.sort(sorted)
   local k = math.max(math.ceil(tonumber(ARGV[6]) * #sorted), 1)
+  -- The exposure: the largest size of the last 256 downloads (kept as the
+  -- record and its age, since the list holds 32), so a website whose big
+  -- pages are rare still counts with them.
+  local xmax = tonumber(redis.call('HGET', KEYS[3], 'exposure') or '0')
+  local xage = tonumber(redis.call('HGET', KEYS[3], 'exposure_age') or '0')
+  for i = 7, #ARGV do
+    local x = tonumber(ARGV[i])
+    if x >= 0 then
+      if x >= xmax then
+        xmax, xage = x, 0
+      else
+        xage = xage + 1
+      end
+    end
+  end
+  if xage >= 256 then
+    xmax, xage = sorted[#sorted], 0
+  end
+  local count = tonumber(redis.call('HGET', KEYS[3], 'learned') or '0')
   redis.call('HSET', KEYS[3], 'sizes', table.concat(sizes, ','), 'estimate', sorted[k],
-             'exposure', sorted[#sorted], 'learned', #sorted)
+             'exposure', xmax, 'exposure_age', xage, 'learned', count + new)
 end
 
 local ttl = math.ceil((2 * window + tonumber(ARGV[4])) * 1000)
