@@ -103,9 +103,11 @@ IPV6_BIND_ENABLED = False
 # Cluster-wide per-website byte budgets (middlewares/byte_budget/, docs/byte-budget.md).
 # On, so run-time budgets (`python -m middlewares.byte_budget
 # set ...`) reach running workers; with no budget configured it costs one
-# dictionary lookup per request. 950: next to the downloader, so it counts the
-# response before HttpCompressionMiddleware decompresses it.
+# dictionary lookup per request. 840: after HttpCompressionMiddleware (590) on
+# the way in, so it counts the response before it is decompressed, and before
+# DownloaderStats (850), so a request it sends back to the frontier is not
+# counted as a downloader request.
 # No budget anywhere until BYTE_BUDGET_DEFAULT / BYTE_BUDGET_PER_WEBSITE or the CLI
 # sets one; every BYTE_BUDGET_* setting: docs/byte-budget.md.
 BYTE_BUDGET_ENABLED = True
-DOWNLOADER_MIDDLEWARES["middlewares.byte_budget.middleware.ByteBudgetMiddleware"] = 950
+DOWNLOADER_MIDDLEWARES["middlewares.byte_budget.middleware.ByteBudgetMiddleware"] = 840
