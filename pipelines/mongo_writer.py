@@ -324,6 +324,15 @@ class MongoWriterPipeline:
                 continue
             self._space.set()
 
+    def _failed_attempt_while_closing(self) -> None:
+        # Closing gives MongoDB the configured attempts again, counted from the
+        # close: a server that just came back (pymongo has not seen it yet) gets
+        # its chance, one that is down does not hold the close for long.
+        self._attempts_closing += 1
+        if self._attempts_closing > self.config.retry_times:
+            self._failed_while_closing = True
+            self._space.set()
+
     async def _write_batch(self, records: list[tuple[int, bytes]]) -> bool:
         """Write one batch: True once MongoDB has it (or its failures are accounted for), False if stopped."""
         ops = []
@@ -352,13 +361,7 @@ class MongoWriterPipeline:
                     return False
                 attempt += 1
                 if self._closing:
-                    # Closing gives MongoDB the configured attempts again, counted from the
-                    # close: a server that just came back (pymongo has not seen it yet) gets
-                    # its chance, one that is down does not hold the close for long.
-                    self._attempts_closing += 1
-                    if self._attempts_closing > self.config.retry_times:
-                        self._failed_while_closing = True
-                        self._space.set()
+                    self._failed_attempt_while_closing()
                 if not isinstance(exc, PyMongoError):
                     logger.error("Unexpected error writing to MongoDB; retrying", exc_info=True)
                 self.stats.inc_value("mongo_writer/retries")
