@@ -19,15 +19,22 @@ def mixed_sizes(
     huge_every: int = 25,
     huge_bytes: tuple[int, int] = (1_000_000, 5_000_000),
     chunked_every: int = 7,
+    stream_bytes_per_s: int = 8_000_000,
     **overrides: Any,
 ) -> SiteConfig:
     """Most item pages 2-20 KB (Content-Length, gzip when asked; every ``chunked_every``-th
     chunked), and every ``huge_every``-th one 1-5 MB, chunked without Content-Length and
-    never gzipped."""
+    never gzipped.
+
+    Responses over 64 KB are sent at ``stream_bytes_per_s`` (0: as fast as the client
+    reads), as over a real link: on loopback a client reads so fast that most of a 5 MB
+    page is in its receive buffer before it can decide to stop.
+    """
     return SiteConfig(**{
         "host": host, "items": items, "page_bytes": page_bytes[0], "page_bytes_max": page_bytes[1],
         "huge_every": huge_every, "huge_bytes_min": huge_bytes[0], "huge_bytes_max": huge_bytes[1],
-        "huge_chunked": True, "chunked_every": chunked_every, **overrides,
+        "huge_chunked": True, "chunked_every": chunked_every, "stream_bytes_per_s": stream_bytes_per_s,
+        **overrides,
     })
 
 

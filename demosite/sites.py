@@ -88,7 +88,7 @@ class SiteConfig:
     # Slow responses: item pages n with n % slow_every == 0 wait slow_ms before the head.
     slow_ms: int = 0
     slow_every: int = 1
-    stream_bytes_per_s: int = 0  # > 0: cap on the sending rate of streamed (> 64 KB) responses
+    stream_bytes_per_s: int = 0  # > 0: each response over 16 KB is sent in 16 KB pieces at this rate
 
     def __post_init__(self) -> None:
         if self.kind not in ("shop", "news"):

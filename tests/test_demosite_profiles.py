@@ -114,7 +114,8 @@ def test_fetch_counts_and_refetched_after_complete() -> None:
 
 MB = 1_000_000
 HUGE = 5 * MB
-MIXED = profiles.mixed_sizes("mixed.test", items=30, huge_every=10, huge_bytes=(HUGE, HUGE))
+# No rate cap: the flow-control tests need the server to send as fast as the client reads.
+MIXED = profiles.mixed_sizes("mixed.test", items=30, huge_every=10, huge_bytes=(HUGE, HUGE), stream_bytes_per_s=0)
 PLAIN_HUGE = SiteConfig(host="cl.test", items=10, huge_every=5, huge_bytes_min=300_000, huge_bytes_max=300_000,
                         huge_chunked=False, chunked_every=100)
 SMALL = profiles.small_with_one_big("small.test", items=10)
@@ -129,7 +130,8 @@ SITES = (MIXED, PLAIN_HUGE, SMALL, LIMITED, DELAY, FLAKY, SLOW, ADMIN)
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoSite]:
-    server = start_demosite(tmp_path_factory.mktemp("profiles"), SITES)
+    # 127.0.0.2 is loopback too (127/8): a second address that can stop listening.
+    server = start_demosite(tmp_path_factory.mktemp("profiles"), SITES, binds=("127.0.0.1", "::1", "127.0.0.2"))
     yield DemoSite(server)
     server.stop()
 
@@ -139,9 +141,9 @@ def request(port: int, host: str, path: str, headers: str = "", close: bool = Tr
     return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{conn}{headers}\r\n".encode()
 
 
-def get(site: DemoSite, host: str, path: str, headers: str = "") -> bytes:
+def get(site: DemoSite, host: str, path: str, headers: str = "", address: str = "127.0.0.1") -> bytes:
     """One request on a fresh connection; every byte received until the server closes."""
-    with socket.create_connection(("127.0.0.1", site.port), timeout=30) as s:
+    with socket.create_connection((address, site.port), timeout=30) as s:
         s.sendall(request(site.port, host, path, headers))
         chunks = []
         while chunk := s.recv(1 << 20):
@@ -168,7 +170,8 @@ def finished(site: DemoSite, mark: int, host: str, path: str, count: int = 1) ->
 def check_timeline(rec: dict[str, Any]) -> None:
     tl = rec["timeline"]
     assert tl[0][1] == 0 and tl[-1] == [rec["t_end"], rec["bytes"]]
-    assert all(a[0] <= b[0] and a[1] < b[1] for a, b in itertools.pairwise(tl))
+    assert all(a[0] <= b[0] and a[1] < b[1] for a, b in itertools.pairwise(tl[:-1]))
+    assert tl[-2][1] <= tl[-1][1]  # the final [t_end, bytes] may add no bytes
     assert all(b[1] - a[1] >= 256 * 1024 for a, b in itertools.pairwise(tl[:-1]))
 
 
@@ -285,7 +288,7 @@ def status_of(raw: bytes) -> int:
 def test_throttle_admin_call_then_200_once_the_span_ends(site: DemoSite) -> None:
     mark = site.mark()
     span = admin(site, f"throttle?host={ADMIN.host}&seconds=0.5&status=429&retry_after=3")
-    seen = []
+    seen: list[int] = []
     deadline = time.monotonic() + 30
     while not seen or seen[-1] != 200:
         raw = get(site, ADMIN.host, "/item/2")
@@ -306,10 +309,13 @@ def test_throttle_without_retry_after_and_with_an_http_date(site: DemoSite) -> N
     assert status_of(head) == 503 and b"Retry-After" not in head
     assert status_of(get(site, ADMIN.host, "/robots.txt")) == 200
     admin(site, f"clear?host={ADMIN.host}")
-    admin(site, f"throttle?host={ADMIN.host}&seconds=600&retry_after=120&date=1")
-    head = get(site, ADMIN.host, "/item/3").partition(b"\r\n\r\n")[0].decode()
-    when = email.utils.parsedate_to_datetime(re.search(r"Retry-After: (.*)\r", head)[1])  # type: ignore[index]
-    assert when.tzinfo is not None and status_of(head.encode()) == 429
+    span = admin(site, f"throttle?host={ADMIN.host}&seconds=600&retry_after=120&date=1")
+    raw = get(site, ADMIN.host, "/item/3")
+    found = re.search(rb"\r\nRetry-After: ([^\r]*)\r\n", raw)
+    assert status_of(raw) == 429 and found is not None
+    when = email.utils.parsedate_to_datetime(found[1].decode())
+    # An HTTP-date (whole seconds) 120 s after the answer was made, which is after the span began.
+    assert when.tzinfo is not None and when.timestamp() >= int(span["start"]) + 120
     admin(site, f"clear?host={ADMIN.host}")
     assert status_of(get(site, ADMIN.host, "/item/3")) == 200
     assert admin(site, f"conditions?host={ADMIN.host}") == []
@@ -364,5 +370,31 @@ def test_streaming_rate_cap(site: DemoSite) -> None:
     (rec,) = finished(site, mark, SLOW.host, "/item/9")
     assert rec["bytes"] == len(raw) > 600_000
     check_timeline(rec)
-    # 600 KB at 2 MB/s: the last piece leaves no earlier than 0.29 s after the first.
-    assert rec["timeline"][-1][0] - rec["timeline"][0][0] >= 0.29
+    # 600 KB at 2 MB/s: the last piece leaves no earlier than 0.29 s after the first,
+    # and no stretch of the timeline carries more than the rate allows plus two pieces.
+    tl = rec["timeline"]
+    assert tl[-1][0] - tl[0][0] >= 0.29
+    for (t0, c0), (t1, c1) in itertools.combinations(tl, 2):
+        assert c1 - c0 <= SLOW.stream_bytes_per_s * (t1 - t0) + 2 * 16 * 1024 + 1024
+
+
+def test_a_listener_that_stops_refuses_connections(site: DemoSite) -> None:
+    assert status_of(get(site, ADMIN.host, "/item/5", address="127.0.0.2")) == 200
+    with socket.create_connection(("127.0.0.2", site.port), timeout=30) as kept:
+        assert admin(site, "listen?address=127.0.0.2&on=0") == {"address": "127.0.0.2", "listening": False}
+        with pytest.raises(ConnectionRefusedError):
+            get(site, ADMIN.host, "/item/5", address="127.0.0.2")
+        assert status_of(get(site, ADMIN.host, "/item/5")) == 200  # the other addresses still answer
+        # a connection made before keeps working
+        kept.sendall(request(site.port, ADMIN.host, "/item/6"))
+        assert kept.recv(12) == b"HTTP/1.1 200"
+    assert admin(site, "listen?address=127.0.0.2&on=1") == {"address": "127.0.0.2", "listening": True}
+    assert status_of(get(site, ADMIN.host, "/item/5", address="127.0.0.2")) == 200
+
+
+@pytest.mark.parametrize("call", ["listen?address=127.0.0.1&on=0", "listen?address=127.0.0.3&on=0"])
+def test_listen_refuses_the_admin_address_and_unknown_ones(site: DemoSite, call: str) -> None:
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(f"{site.server.url}/_demo/{call}", timeout=10)
+    assert info.value.code == 400
+    info.value.close()
