@@ -258,8 +258,10 @@ class PolitenessMiddleware:
 
     def _deny(self, request: Request, until: float, reason: str) -> Request:
         self._count(f"politeness/denied/{reason}")
+        # No dont_filter: the frontier requeues without its dupefilter anyway, and a
+        # dont_filter=True would be copied by RedirectMiddleware to the redirect's target.
         meta = {**request.meta, "frontier_requeue": True, "frontier_not_before": until}
-        return request.replace(meta=meta, dont_filter=True)
+        return request.replace(meta=meta)
 
     def _requeue(self, request: Request, until: float, reason: str) -> Request | None:
         """Fetch again after the park, without spending a Scrapy retry; None past POLITENESS_MAX_REQUEUES."""
@@ -272,7 +274,7 @@ class PolitenessMiddleware:
             return None
         self.stats.inc_value(f"politeness/requeued/{reason}")
         meta = {**request.meta, "frontier_requeue": True, "frontier_not_before": until, META_REQUEUES: n + 1}
-        return request.replace(meta=meta, dont_filter=True)
+        return request.replace(meta=meta)
 
     # -- responses ----------------------------------------------------------
 
