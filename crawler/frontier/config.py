@@ -27,6 +27,7 @@ class FrontierConfig:
     seen_cache: int
     idle_poll: float
     idle_close: float
+    close_timeout: float
     website_mode: str
 
     @classmethod
@@ -47,5 +48,6 @@ class FrontierConfig:
             seen_cache=int_setting(settings, "FRONTIER_SEEN_CACHE", 100_000, minimum=0),
             idle_poll=float_setting(settings, "FRONTIER_IDLE_POLL_SECONDS", 0.25, minimum=0.01),
             idle_close=float_setting(settings, "FRONTIER_IDLE_CLOSE_SECONDS", 0, minimum=0),
+            close_timeout=float_setting(settings, "FRONTIER_CLOSE_TIMEOUT", 30, minimum=0, exclusive=True),
             website_mode=website_key_mode(settings),
         )

@@ -44,9 +44,10 @@ import logging
 import os
 import socket
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.exceptions import RedisError
+from scrapy.exceptions import CloseSpider
 from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.httpobj import urlparse_cached
@@ -57,12 +58,15 @@ from crawler.frontier.codec import UndecodableRequestError, UnencodableRequestEr
 from crawler.frontier.config import FrontierConfig
 from crawler.frontier.outbox import Outbox
 from crawler.frontier.prefetch import Buffered, PrefetchBuffer
+from crawler.frontier.redis_health import RedisHealth, safe_url
 from crawler.frontier.refill import Refill
 from crawler.frontier.store import MODE_DEDUPE, MODE_DONT_FILTER, MODE_REQUEUE, FrontierStore, PushEntry, split_member
+from crawler.frontier.tasks import Tasks
 from crawler.scrapy_internals import downloader_slots, in_progress, new_slot_concurrency, wake_engine
 from crawler.website import website_key
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Coroutine
     from typing import Self
 
     from redis.asyncio import Redis
@@ -70,22 +74,31 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
     from twisted.internet.defer import Deferred
 
+    from crawler.frontier.store import PopResult, Status
+
 logger = logging.getLogger(__name__)
 
 META_REQUEUE = "frontier_requeue"
 META_NOT_BEFORE = "frontier_not_before"
 # No more seeds are read while this many requests wait in the outbox.
 _SEED_BACKLOG = 5000
+# The reason a worker closes with when the frontier cannot start (the cause is logged once, as an ERROR).
+STARTUP_FAILED = "frontier_startup_failed"
+T = TypeVar("T")
 
 
 class FrontierScheduler:
     """Scrapy scheduler over the shared Redis frontier (see module docstring)."""
 
-    def __init__(self, crawler: Crawler, config: FrontierConfig) -> None:
+    def __init__(self, crawler: Crawler, config: FrontierConfig | None, startup_error: str | None = None) -> None:
+        """``config`` is None when the settings are invalid: ``startup_error`` says why, and ``open`` closes
+        the worker with that one message (a ValueError here would end in a cascade of Scrapy errors)."""
         if not is_asyncio_available():
             raise RuntimeError("FrontierScheduler needs the asyncio reactor (TWISTED_REACTOR)")
         self.crawler = crawler
-        self.config = config
+        self._startup_error = startup_error
+        self.config = config or _placeholder_config()
+        config = self.config
         assert crawler.stats is not None
         self.stats = crawler.stats
         self.spider: Spider | None = None
@@ -94,8 +107,11 @@ class FrontierScheduler:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.seeds_key: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._opened = False
         self._closing = False
-        self._outbox = Outbox(self)
+        self._health = RedisHealth(self.stats, config.redis.url)
+        self._tasks: Tasks | None = None
+        self._outbox = Outbox(config, self.stats, self._push_batch, self._pushed, self._start_task)
         # The outbox's caches of what Redis has seen, read on enqueue_request's hot path.
         self._seen = self._outbox.seen
         self._seen_urls = self._outbox.seen_urls
@@ -109,16 +125,19 @@ class FrontierScheduler:
         # Cleared on the next turn, when they have reached their download slot (a
         # downloader middleware that awaits first delays that: not counted meanwhile).
         self._turn: dict[str, int] = {}
-        self._refill = Refill(self)
+        self._refill = Refill(config, self._pop_batch, self._prefetch.__len__, self._popped, self._start_task)
         self._not_before: dict[str, float] = {}  # website -> Unix time (Redis clock)
         # requests handed to the engine, until their outcome is processed
         self._in_flight: dict[Request, str] = {}
-        self._cluster = ClusterView(self)
-        self._background: set[asyncio.Task[Any]] = set()
+        self._cluster = ClusterView(config)
+        self._heartbeat: asyncio.Task[None] | None = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
-        return cls(crawler, FrontierConfig.from_settings(crawler.settings))
+        try:
+            return cls(crawler, FrontierConfig.from_settings(crawler.settings))
+        except ValueError as exc:
+            return cls(crawler, None, str(exc))
 
     # -- lifecycle -----------------------------------------------------
 
@@ -127,14 +146,25 @@ class FrontierScheduler:
 
     async def _open(self, spider: Spider) -> None:
         self.spider = spider
-        self._loop = asyncio.get_running_loop()
+        problem = self._startup_error or getattr(spider, "frontier_startup_error", None)
+        if problem:
+            self._fail_startup(problem)
         prefix = self.config.key_prefix % {"spider": spider.name}
         self.redis = self.config.redis.async_client()
         self.store = FrontierStore(self.redis, prefix)
         self.seeds_key = getattr(spider, "redis_key", None)
-        # Fails the start-up loudly when Redis is unreachable; registers this worker as busy.
-        self._cluster.apply(await self._call(self.store.status(self.worker_id, True, self.seeds_key)))
-        self._cluster.start(self._loop)
+        try:
+            # Registers this worker as busy.
+            status = await self.store.status(self.worker_id, True, self.seeds_key)
+        except RedisError as exc:
+            self.stats.inc_value(f"frontier/redis_error/{type(exc).__name__}")
+            await self.redis.aclose()
+            self._fail_startup(f"cannot reach Redis at REDIS_URL={safe_url(self.config.redis.url)}: {exc}")
+        self._cluster.apply(status)
+        self._opened = True
+        self._loop = asyncio.get_running_loop()
+        self._tasks = Tasks(self._loop, self.stats, self._give_up)
+        self._heartbeat = self._tasks.start_loop("heartbeat", lambda: self._cluster.heartbeat(self))
         logger.info(
             "Frontier open: worker %(worker)s, keys %(prefix)s:*, website key %(mode)s, prefetch %(prefetch)d, "
             "flush delay %(delay).3fs, idle close %(close)ss; %(sites)d websites queued",
@@ -144,18 +174,29 @@ class FrontierScheduler:
             extra={"spider": spider},
         )
 
+    def _fail_startup(self, problem: str) -> None:
+        """Log the cause once and have Scrapy close the worker cleanly (see crawler.commands.crawl)."""
+        logger.error("Frontier cannot start: %(problem)s", {"problem": problem}, extra={"spider": self.spider})
+        self.stats.set_value("frontier/startup_error", problem)
+        raise CloseSpider(STARTUP_FAILED)
+
     def close(self, reason: str) -> Deferred[None]:
         return deferred_from_coro(self._close(reason))
 
     async def _close(self, reason: str) -> None:
+        """Return what this worker holds to Redis, within FRONTIER_CLOSE_TIMEOUT (a silent Redis cannot hold us)."""
+        if not self._opened:
+            return
         self._closing = True
-        self._outbox.cancel_timer()
-        await self._cluster.stop()
-        await self._refill.stop()
-        if self._background:  # seed reading (stops at its next batch), dead letters
-            await asyncio.gather(*self._background, return_exceptions=True)
-        self._return_buffer()
-        lost = await self._outbox.close()
+        try:
+            async with asyncio.timeout(self.config.close_timeout):
+                await self._close_parts()
+        except TimeoutError:
+            self.stats.inc_value("frontier/close_timeout")
+            logger.error("Frontier closing (%(reason)s): Redis did not answer within FRONTIER_CLOSE_TIMEOUT "
+                         "(%(t).1fs)", {"reason": reason, "t": self.config.close_timeout},
+                         extra={"spider": self.spider})
+        lost = len(self._outbox) + len(self._prefetch)
         if lost:
             logger.error("Frontier closing (%(reason)s): %(n)d requests could not be stored in Redis and are lost",
                          {"reason": reason, "n": lost}, extra={"spider": self.spider})
@@ -163,7 +204,24 @@ class FrontierScheduler:
         if self.store is not None:
             self.stats.set_value("frontier/redis_calls", self.store.calls)
         if self.redis is not None:
+            # Closing the connection pool does not wait for Redis.
             await self.redis.aclose()
+
+    async def _close_parts(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()  # a cancelled Redis call is not waited for
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+        await self._refill.stop()
+        assert self._tasks is not None
+        background = [t for t in self._tasks.running if t is not self._outbox.task]
+        if background:  # seed reading (stops at its next batch), dead letters
+            await asyncio.gather(*background, return_exceptions=True)
+        self._return_buffer()
+        await self._outbox.close()
+
+    def _give_up(self, reason: str) -> None:
+        engine = self.crawler.engine
+        self.spawn(engine.close_spider_async(reason=reason))
 
     def _return_buffer(self) -> None:
         """Prefetched requests go back to Redis (without the dupefilter) when this worker stops."""
@@ -178,8 +236,7 @@ class FrontierScheduler:
     # -- Scrapy's scheduler interface ----------------------------------
 
     def has_pending_requests(self) -> bool:
-        return bool(len(self._prefetch) or self._outbox.entries or self._outbox.task or self._refill.task
-                    or self._cluster.sites_with_work)
+        return bool(len(self._prefetch) or self._outbox.busy or self._refill.task or self._cluster.sites_with_work)
 
     def enqueue_request(self, request: Request) -> bool:
         meta = request.meta
@@ -244,14 +301,45 @@ class FrontierScheduler:
         """No worker serves ``website`` before ``until`` (Unix time, Redis clock); returns the mark in force."""
         assert self.store is not None
         self._hold_website(website, until)
-        mark = float(await self._call(self.store.mark_not_before(website, until)))
+        mark = float(await self._health.call(self.store.mark_not_before(website, until)))
         self._not_before[website] = max(self._not_before.get(website, 0.0), mark)
         self.stats.inc_value("frontier/not_before_marked")
         return mark
 
     def cluster_idle_seconds(self) -> float:
         """How long the whole cluster has had nothing queued, no seeds and no busy worker (0: busy now)."""
-        return self._cluster.idle_seconds(self._locally_busy())
+        return self._cluster.idle_seconds(self.locally_busy())
+
+    @property
+    def prefetched(self) -> int:
+        """Requests popped from Redis and not handed to the engine yet."""
+        return len(self._prefetch)
+
+    async def settled(self) -> None:
+        """Wait until no push and no pop is under way (everything enqueued so far is in Redis)."""
+        while True:
+            if self._outbox.task is not None:
+                await asyncio.gather(self._outbox.task, return_exceptions=True)
+            elif self._refill.task is not None:
+                await asyncio.gather(self._refill.task, return_exceptions=True)
+            elif self._outbox.entries and not self._health.down:
+                self._outbox.schedule()
+                await asyncio.sleep(0.001)  # the flush timer
+            else:
+                return
+
+    def wants_seeds(self) -> bool:
+        """Whether seeds should be read now (not closing, not too many requests waiting to be stored)."""
+        return not self._closing and len(self._outbox) < _SEED_BACKLOG
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the scheduler waits for when it closes (before its last flush)."""
+        assert self._tasks is not None, "spawn needs an open scheduler"
+        return self._tasks.start("background", coro)
+
+    async def redis_call(self, awaitable: Awaitable[T]) -> T:
+        """Await a call on :attr:`store`: failures counted and logged as the frontier's own."""
+        return await self._health.call(awaitable)
 
     # -- local buffer ------------------------------------------------------
 
@@ -305,12 +393,16 @@ class FrontierScheduler:
                          extra={"spider": self.spider})
             self.stats.inc_value("frontier/undecodable")
             if self.store is not None:
-                self.spawn(self._call(self.store.dead_letter(self.store.dead_key, [member])))
+                self.spawn(self._health.call(self.store.dead_letter(self.store.dead_key, [member])))
             return False
         self._prefetch.add(website, Buffered(request, fp, -request.priority, payload))
         return True
 
     # -- enqueue -------------------------------------------------------
+
+    async def _push_batch(self, batch: list[PushEntry]) -> tuple[list[bool], int]:
+        assert self.store is not None
+        return await self._health.call(self.store.push(batch, self.worker_id))
 
     def _pushed(self, sites_with_work: int, stored: int) -> None:
         """The outbox stored a batch: new work is worth popping now."""
@@ -339,15 +431,38 @@ class FrontierScheduler:
             key = self._websites[netloc] = website_key(request.url, self.config.website_mode)
         return key
 
-    # -- in flight, seeds (called by the cluster view's heartbeat) --------
+    # -- popping -----------------------------------------------------------
 
-    def _locally_busy(self) -> bool:
-        return bool(len(self._prefetch) or self._outbox.entries or self._outbox.task or self._in_flight)
+    async def _pop_batch(self, n: int) -> PopResult:
+        assert self.store is not None
+        return await self._health.call(self.store.pop(n, self.worker_id))
 
-    def _seeds_waiting(self, count: int) -> None:
+    def _popped(self, result: PopResult) -> None:
+        self._cluster.popped(result)
+        added = sum(self._add_popped(site, member) for site, member in result.items)
+        if added:
+            self._wake_engine()
+
+    # -- the heartbeat's host (crawler.frontier.cluster_view.HeartbeatHost) ----
+
+    def locally_busy(self) -> bool:
+        self._sweep_in_flight()
+        return bool(len(self._prefetch) or self._outbox.busy or self._in_flight)
+
+    async def cluster_status(self, busy: bool, with_seeds: bool) -> Status:
+        assert self.store is not None
+        return await self._health.call(self.store.status(self.worker_id, busy, self.seeds_key if with_seeds else None))
+
+    def seeds_waiting(self, count: int) -> None:
         hook = getattr(self.spider, "frontier_seeds_waiting", None)
-        if hook is not None and len(self._outbox) < _SEED_BACKLOG:
+        if hook is not None and self.wants_seeds():
             hook(count)
+
+    def work_ready(self) -> None:
+        self._refill.pop_now()
+
+    def idle_tick(self) -> None:
+        self._wake_engine()  # lets FrontierSpider.spider_idle look at the cluster view
 
     def _sweep_in_flight(self) -> None:
         """Forget requests whose outcome the engine has processed (a lease would be acknowledged here)."""
@@ -362,21 +477,9 @@ class FrontierScheduler:
 
     # -- helpers -------------------------------------------------------
 
-    async def _call(self, coro: Any) -> Any:
-        try:
-            return await coro
-        except RedisError as exc:
-            self.stats.inc_value(f"frontier/redis_error/{type(exc).__name__}")
-            logger.error("Frontier Redis call failed: %(exc)r", {"exc": exc}, extra={"spider": self.spider})
-            raise
-
-    def spawn(self, coro: Any) -> asyncio.Task[Any]:
-        """Run ``coro`` as a task the scheduler waits for when it closes (before its last flush)."""
-        assert self._loop is not None
-        task = self._loop.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
+    def _start_task(self, name: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        assert self._tasks is not None, "the frontier's tasks start after open"
+        return self._tasks.start(name, coro)
 
     def _server_now(self) -> float:
         return self._cluster.server_now()
@@ -385,3 +488,9 @@ class FrontierScheduler:
         # Prefetched requests or a changed cluster view should not wait for the engine's 5 s heartbeat.
         wake_engine(self.crawler)
 
+
+def _placeholder_config() -> FrontierConfig:
+    """A config for a scheduler that will not open (its settings were invalid)."""
+    from scrapy.settings import Settings
+
+    return FrontierConfig.from_settings(Settings({"REDIS_URL": "redis://invalid"}))

@@ -40,7 +40,7 @@ from scrapy_redis.spiders import RedisSpider
 from w3lib.url import parse_url
 
 from crawler.frontier.config import FrontierConfig
-from crawler.frontier.scheduler import _SEED_BACKLOG, FrontierScheduler
+from crawler.frontier.scheduler import FrontierScheduler
 
 if TYPE_CHECKING:
     import asyncio
@@ -115,7 +115,7 @@ class FrontierSpider(RedisSpider):  # type: ignore[misc]  # scrapy-redis ships n
         assert store is not None and self.redis_key is not None and self.redis_batch_size is not None
         stats = self.crawler.stats
         assert stats is not None
-        while len(scheduler._outbox) < _SEED_BACKLOG and not scheduler._closing:
+        while scheduler.wants_seeds():
             try:
                 datas = await store.pop_seeds(self.redis_key, self.redis_batch_size)
             except RedisError as exc:
