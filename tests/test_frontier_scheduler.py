@@ -75,6 +75,19 @@ async def test_fair_across_websites(store: FrontierStore) -> None:
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize(("n", "sites"), [(1, 3), (5, 3), (7, 4), (8, 3), (2, 5)])
+async def test_pop_never_returns_more_than_asked(store: FrontierStore, n: int, sites: int) -> None:
+    """ceil(n / websites) per website would return up to n + websites - 1 (FRONTIER_PREFETCH exceeded)."""
+    await store.push([PushEntry(f"s{k}.test", f"{k}-{i}", MODE_DEDUPE, 0, 0, b"{}")
+                      for k in range(sites) for i in range(10)], "w")
+    popped = (await store.pop(n, "w")).items
+    assert len(popped) == n
+    # Still fair: no website got two more than another.
+    counts = Counter(site for site, _ in popped)
+    assert max(counts.values()) - min(counts.values()) <= 1
+
+
+@pytest.mark.asyncio
 async def test_local_buffer_is_served_round_robin(schedulers: Schedulers) -> None:
     s = await schedulers.open(FRONTIER_PREFETCH=6)
     for i in range(3):

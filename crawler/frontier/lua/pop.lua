@@ -1,5 +1,6 @@
 -- Pop up to N requests from the websites that may be served now, fairly:
--- websites waiting longest come first, each gets an equal share, and a
+-- websites waiting longest come first, each gets an equal share (the first
+-- N mod #websites of them one more, so never more than N in all), and a
 -- website served here goes to the back of the line.
 --
 -- KEYS[1]  sites zset: website -> time it may next be served
@@ -19,10 +20,11 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local sites = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, n)
 local out = {}
 if #sites > 0 then
-  local share = math.ceil(n / #sites)
-  for _, site in ipairs(sites) do
+  local share = math.floor(n / #sites)
+  local extra = n % #sites
+  for i, site in ipairs(sites) do
     local qkey = ARGV[1] .. site
-    local got = redis.call('ZPOPMIN', qkey, share)
+    local got = redis.call('ZPOPMIN', qkey, share + (i <= extra and 1 or 0))
     for j = 1, #got, 2 do
       out[#out + 1] = site
       out[#out + 1] = got[j]
