@@ -33,6 +33,18 @@ def test_seed_from_arguments_and_file(redis_url: str, tmp_path: Path) -> None:
             b"http://shop-a.test/c", b"http://shop-a.test/a", b'{"url": "https://shop-a.test/b", "priority": 4}']
 
 
+def test_redis_url_after_the_command(redis_url: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "crawler", "seed", "shop_a", "http://shop-a.test/after",
+                          "--redis-url", redis_url], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    with redis.Redis.from_url(redis_url) as r:
+        assert r.lrange("shop_a:start_urls", 0, -1) == [b"http://shop-a.test/after"]
+    out = subprocess.run([sys.executable, "-m", "crawler", "queues", "shop_a", "--redis-url", redis_url],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+
+
 def test_bad_seeds_push_nothing(redis_url: str) -> None:
     out = cli(redis_url, "seed", "shop_a", "http://ok.test/", "ftp://x/", '{"url": "http://x/", "meta": 3}', "{bad")
     assert out.returncode == 2
