@@ -47,6 +47,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.exceptions import RedisError
+from scrapy import signals
 from scrapy.exceptions import CloseSpider
 from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.defer import deferred_from_coro
@@ -131,6 +132,7 @@ class FrontierScheduler:
         self._in_flight: dict[Request, str] = {}
         self._cluster = ClusterView(config)
         self._heartbeat: asyncio.Task[None] | None = None
+        crawler.signals.connect(self._startup_result, signal=signals.spider_opened)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -149,6 +151,7 @@ class FrontierScheduler:
         problem = self._startup_error or getattr(spider, "frontier_startup_error", None)
         if problem:
             self._fail_startup(problem)
+            return
         prefix = self.config.key_prefix % {"spider": spider.name}
         self.redis = self.config.redis.async_client()
         self.store = FrontierStore(self.redis, prefix)
@@ -159,7 +162,8 @@ class FrontierScheduler:
         except RedisError as exc:
             self.stats.inc_value(f"frontier/redis_error/{type(exc).__name__}")
             await self.redis.aclose()
-            self._fail_startup(f"cannot reach Redis at REDIS_URL={safe_url(self.config.redis.url)}: {exc}")
+            self._fail_startup(f"cannot use Redis at REDIS_URL={safe_url(self.config.redis.url)}: {exc}")
+            return
         self._cluster.apply(status)
         self._opened = True
         self._loop = asyncio.get_running_loop()
@@ -175,10 +179,18 @@ class FrontierScheduler:
         )
 
     def _fail_startup(self, problem: str) -> None:
-        """Log the cause once and have Scrapy close the worker cleanly (see crawler.commands.crawl)."""
+        """Log the cause once; the worker closes once Scrapy has opened everything (``_startup_result``)."""
         logger.error("Frontier cannot start: %(problem)s", {"problem": problem}, extra={"spider": self.spider})
-        self.stats.set_value("frontier/startup_error", problem)
-        raise CloseSpider(STARTUP_FAILED)
+        self._startup_error = problem
+
+    def _startup_result(self) -> None:
+        """spider_opened: a frontier that could not start closes the worker (crawler.commands.crawl: exit 1).
+
+        Raising CloseSpider from ``open`` instead would skip the scraper's start, and
+        Scrapy would bury the cause under "Scraper slot not assigned" tracebacks.
+        """
+        if self._startup_error is not None:
+            raise CloseSpider(STARTUP_FAILED)
 
     def close(self, reason: str) -> Deferred[None]:
         return deferred_from_coro(self._close(reason))
