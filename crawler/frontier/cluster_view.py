@@ -96,9 +96,14 @@ class ClusterView:
                     self.apply(status)
                     if status.seeds:
                         host.seeds_waiting(status.seeds)
+                    if status.sites_ready:
+                        host.work_ready()
                 elif busy and now - self.last_busy_report >= self._interval:
-                    self.apply(await host.cluster_status(True, False))
+                    status = await host.cluster_status(True, False)
+                    self.apply(status)
                     self.last_busy_report = now
+                    if status.sites_ready:
+                        host.work_ready()
                 elif not busy:
                     # was_busy: record the end of this worker's busy spell exactly.
                     status = await host.cluster_status(was_busy, True)

@@ -6,12 +6,14 @@ the websites that may be served now, and wakes the engine when they arrive;
 the scheduler asks for a refill when the buffer is half empty. When Redis has
 nothing more that is ready, popping is pointless until the earliest not-before
 time or the ``FRONTIER_IDLE_POLL_SECONDS`` interval, or until new work is
-pushed (:meth:`Refill.pop_now`).
+pushed (:meth:`Refill.pop_now`); when nothing is queued anywhere, only
+then.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from typing import TYPE_CHECKING
@@ -88,15 +90,19 @@ class Refill:
                 self._failures = 0
                 self._deliver(result)
                 if len(result.items) < want:
-                    # Nothing more is ready: ask again at the earliest not-before time
-                    # or after the idle poll interval, or as soon as we push new work.
-                    wait = self._config.idle_poll
-                    if result.next_ready is not None:
-                        wait = min(wait, max(0.0, result.next_ready - result.now))
                     if result.sites_with_work:
+                        # Nothing more is ready: ask again at the earliest not-before time
+                        # or after the idle poll interval, or as soon as we push new work.
+                        wait = self._config.idle_poll
+                        if result.next_ready is not None:
+                            wait = min(wait, max(0.0, result.next_ready - result.now))
                         self._later(wait)
                     else:
-                        self.pop_after = time.monotonic() + wait
+                        # Nothing queued anywhere: pop again only when work arrives (pop_now:
+                        # pushed here, or seen ready by the heartbeat). Popping on every
+                        # next_request would keep a refill under way, and the engine would
+                        # never find the worker idle (the idle close waited for Scrapy's 5 s tick).
+                        self.pop_after = math.inf
                     break
         finally:
             self.task = None
