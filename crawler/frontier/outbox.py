@@ -122,11 +122,8 @@ class Outbox:
             if not ok:
                 self._stats.inc_value("dupefilter/filtered")  # seen by another worker (or earlier)
 
-    async def close(self, attempts: int = 20) -> int:
-        """Flush everything left, trying up to ``attempts`` times; returns how many are left.
-
-        The caller bounds the time (each attempt waits at most one Redis call).
-        """
+    async def close(self, retry_pause: float = 0.5) -> None:
+        """Flush everything left, retrying until Redis takes it: the caller bounds the time."""
         self.closing = True
         if self.timer is not None:
             self.timer.cancel()
@@ -134,8 +131,7 @@ class Outbox:
         if self.task is not None:
             await asyncio.gather(self.task, return_exceptions=True)
             self.task = None
-        for _ in range(attempts):
-            if not self.entries:
-                break
+        while self.entries:
             await self.flush()
-        return len(self.entries)
+            if self.entries:
+                await asyncio.sleep(retry_pause)

@@ -61,7 +61,15 @@ from crawler.frontier.outbox import Outbox
 from crawler.frontier.prefetch import Buffered, PrefetchBuffer
 from crawler.frontier.redis_health import RedisHealth, safe_url
 from crawler.frontier.refill import Refill
-from crawler.frontier.store import MODE_DEDUPE, MODE_DONT_FILTER, MODE_REQUEUE, FrontierStore, PushEntry, split_member
+from crawler.frontier.store import (
+    MODE_DEDUPE,
+    MODE_DONT_FILTER,
+    MODE_REQUEUE,
+    FrontierStore,
+    PopReceipts,
+    PushEntry,
+    split_member,
+)
 from crawler.frontier.tasks import Tasks
 from crawler.scrapy_internals import downloader_slots, in_progress, new_slot_concurrency, wake_engine
 from crawler.website import website_key
@@ -83,6 +91,8 @@ META_REQUEUE = "frontier_requeue"
 META_NOT_BEFORE = "frontier_not_before"
 # No more seeds are read while this many requests wait in the outbox.
 _SEED_BACKLOG = 5000
+# Pause between attempts to store what a closing worker holds (bounded by FRONTIER_CLOSE_TIMEOUT).
+_CLOSE_RETRY = 0.5
 # The reason a worker closes with when the frontier cannot start (the cause is logged once, as an ERROR).
 STARTUP_FAILED = "frontier_startup_failed"
 T = TypeVar("T")
@@ -126,6 +136,7 @@ class FrontierScheduler:
         # Cleared on the next turn, when they have reached their download slot (a
         # downloader middleware that awaits first delays that: not counted meanwhile).
         self._turn: dict[str, int] = {}
+        self._receipts = PopReceipts()
         self._refill = Refill(config, self._pop_batch, self._prefetch.__len__, self._popped, self._start_task)
         self._not_before: dict[str, float] = {}  # website -> Unix time (Redis clock)
         # requests handed to the engine, until their outcome is processed
@@ -230,6 +241,17 @@ class FrontierScheduler:
             await asyncio.gather(*background, return_exceptions=True)
         self._return_buffer()
         await self._outbox.close()
+        # Pops whose reply never came (Redis timed out) go back to their queues.
+        assert self.store is not None
+        while True:
+            try:
+                returned = await self._health.call(self.store.release(self.worker_id, self._receipts))
+            except RedisError:
+                await asyncio.sleep(_CLOSE_RETRY)
+                continue
+            if returned:
+                self.stats.inc_value("frontier/returned_unanswered", returned)
+            return
 
     def _give_up(self, reason: str) -> None:
         engine = self.crawler.engine
@@ -328,13 +350,14 @@ class FrontierScheduler:
         return len(self._prefetch)
 
     async def settled(self) -> None:
-        """Wait until no push and no pop is under way (everything enqueued so far is in Redis)."""
-        while True:
+        """Wait until no push and no pop is under way (everything enqueued so far is in Redis);
+        returns at once while Redis is away."""
+        while not self._health.down:
             if self._outbox.task is not None:
                 await asyncio.gather(self._outbox.task, return_exceptions=True)
             elif self._refill.task is not None:
                 await asyncio.gather(self._refill.task, return_exceptions=True)
-            elif self._outbox.entries and not self._health.down:
+            elif self._outbox.entries:
                 self._outbox.schedule()
                 await asyncio.sleep(0.001)  # the flush timer
             else:
@@ -447,7 +470,7 @@ class FrontierScheduler:
 
     async def _pop_batch(self, n: int) -> PopResult:
         assert self.store is not None
-        return await self._health.call(self.store.pop(n, self.worker_id))
+        return await self._health.call(self.store.pop(n, self.worker_id, self._receipts))
 
     def _popped(self, result: PopResult) -> None:
         self._cluster.popped(result)
