@@ -3,7 +3,7 @@
 A worker whose frontier cannot start (an invalid setting, Redis unreachable
 or refusing its credentials) logs the cause once, as an ERROR naming the
 setting, and closes cleanly with reason ``frontier_startup_failed``
-(:mod:`crawler.frontier.scheduler`). Scrapy's own command would exit with
+(:mod:`crawler.frontier.startup`). Scrapy's own command would exit with
 status 0 then; this one exits with 1, so scrapyd, systemd or a shell loop
 sees the failure.
 """
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from scrapy.commands.crawl import Command as ScrapyCrawlCommand
 from scrapy.exceptions import UsageError
 
-from crawler.frontier.scheduler import STARTUP_FAILED
+from crawler.frontier.startup import STARTUP_FAILED
 
 if TYPE_CHECKING:
     import argparse

@@ -16,6 +16,7 @@ duplicates without a round trip.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine
     from typing import Any
 
+    from scrapy import Request
     from scrapy.statscollectors import StatsCollector
 
     from crawler.frontier.config import FrontierConfig
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
 
     PushBatch = Callable[[list[PushEntry]], Awaitable[tuple[list[bool], int]]]
     StartTask = Callable[[str, Coroutine[Any, Any, None]], asyncio.Task[None]]
+
+logger = logging.getLogger(__name__)
 
 # Largest batch sent in one Lua call: a script blocks Redis while it runs.
 _PUSH_CHUNK = 500
@@ -43,9 +47,9 @@ class Outbox:
     """Requests waiting to be stored in Redis, sent by one flush task at a time."""
 
     def __init__(self, config: FrontierConfig, stats: StatsCollector, push: PushBatch,
-                 stored: Callable[[int, int], None], start: StartTask) -> None:
+                 stored: Callable[[int, int], None], start: StartTask, debug_duplicates: bool = False) -> None:
         """``push`` stores a batch (flag per entry, websites with work); ``stored(websites_with_work, n)``
-        is told after each stored batch; ``start`` runs the flush task."""
+        is told after each stored batch; ``start`` runs the flush task; ``debug_duplicates``: DUPEFILTER_DEBUG."""
         self._config = config
         self._stats = stats
         self._push = push
@@ -56,6 +60,8 @@ class Outbox:
         self.timer: asyncio.TimerHandle | None = None
         self.closing = False
         self._failures = 0
+        self._debug_duplicates = debug_duplicates
+        self._log_duplicates = True
         self.seen: set[str] = set()
         # URLs of GET requests without a body that Redis has seen: with Scrapy's
         # default fingerprinter (URL, method and body only), the same URL string
@@ -69,6 +75,16 @@ class Outbox:
     def busy(self) -> bool:
         """Requests wait here or are on their way to Redis."""
         return bool(self.entries or self.task)
+
+    def filtered(self, request: Request) -> None:
+        """``request`` is a known duplicate (found in this worker's caches): counted, the first one logged."""
+        self._stats.inc_value("dupefilter/filtered")
+        # As Scrapy's RFPDupeFilter: the first duplicate only, unless DUPEFILTER_DEBUG.
+        if self._log_duplicates:
+            logger.debug("Filtered duplicate request %(request)s%(more)s",
+                         {"request": request, "more": "" if self._debug_duplicates else
+                          " - no more duplicates will be shown (see DUPEFILTER_DEBUG to show all duplicates)"})
+            self._log_duplicates = self._debug_duplicates
 
     def append(self, entry: PushEntry) -> None:
         self.entries.append(entry)

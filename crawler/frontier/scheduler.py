@@ -1,40 +1,16 @@
 """The shared frontier: a Scrapy scheduler on scrapy-redis's data model, website-aware and non-blocking.
 
-Scrapy calls a scheduler synchronously (``enqueue_request``, ``next_request``,
-``has_pending_requests``); Redis is reached only from asyncio tasks
-(``redis.asyncio``), never on the reactor thread's critical path:
-
-* **outbox** (:mod:`crawler.frontier.outbox`): ``enqueue_request`` encodes the request
-  (:mod:`crawler.frontier.codec`, JSON, no pickle) and appends it to a local
-  outbox. A flush task sends the outbox in one Lua call (``lua/push.lua``)
-  that deduplicates and stores atomically: a fingerprint is stored only with
-  its request. One flush per ``FRONTIER_FLUSH_DELAY`` at most, so one round
-  trip carries every link of one or several responses.
-* **prefetch**: ``next_request`` serves a local buffer, refilled
-  (:mod:`crawler.frontier.refill`) by one Lua call (``lua/pop.lua``) that pops up to
-  ``FRONTIER_PREFETCH`` requests fairly across the websites that may be
-  served now, and wakes the engine when they arrive.
-  The buffer (:mod:`crawler.frontier.prefetch`) is served round-robin across websites,
-  preferring websites whose download slot has room.
-* **websites**: one queue per website (``crawler.website.website_key``), a zset
-  of websites by the time each may next be served, and not-before marks
-  (:meth:`FrontierScheduler.mark_not_before`, or a downloader middleware
-  returning a request with meta ``frontier_requeue`` / ``frontier_not_before``).
-* **in flight**: every request handed to the engine is tracked until the engine
-  has processed its outcome (it leaves the engine's in-progress set). A leased
-  delivery (a later issue) acknowledges the lease at that point, in
-  ``_sweep_in_flight``, and pops with a lease in ``lua/pop.lua``.
-* **cluster view** (:mod:`crawler.frontier.cluster_view`): a heartbeat task records
-  this worker as busy and, while it is idle, polls the cluster (queued
-  websites, seeds, last busy worker) for
-  :class:`crawler.frontier.spider.FrontierSpider`'s cluster-wide idle close.
-
-On close, prefetched requests go back to Redis and the outbox is flushed.
-
-Settings: ``REDIS_URL``, ``WEBSITE_KEY``, ``FRONTIER_KEY_PREFIX``,
-``FRONTIER_PREFETCH``, ``FRONTIER_FLUSH_DELAY``, ``FRONTIER_FLUSH_MAX``,
-``FRONTIER_SEEN_CACHE``, ``FRONTIER_IDLE_POLL_SECONDS``,
-``FRONTIER_IDLE_CLOSE_SECONDS`` (docs/frontier.md).
+Scrapy calls a scheduler synchronously; Redis is reached only from asyncio
+tasks, never on the reactor thread's critical path. ``enqueue_request``
+encodes a request (:mod:`.codec`) into the :mod:`.outbox`, stored in batches
+(``lua/push.lua``); ``next_request`` serves the :mod:`.prefetch` buffer,
+refilled (:mod:`.refill`, ``lua/pop.lua``) fairly across the websites that
+may be served now; the :mod:`.cluster_view` heartbeat keeps the cluster idle
+close informed. Redis failures go through :mod:`.redis_health` (one WARNING,
+one INFO per outage), tasks through :mod:`.tasks` (none dies silently),
+start-up problems through :mod:`.startup`. On close, what the worker holds
+goes back to Redis within ``FRONTIER_CLOSE_TIMEOUT``. docs/frontier.md
+describes the design and every ``FRONTIER_*`` setting.
 """
 
 from __future__ import annotations
@@ -47,13 +23,12 @@ import uuid
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.exceptions import RedisError
-from scrapy import signals
-from scrapy.exceptions import CloseSpider
 from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.httpobj import urlparse_cached
 from scrapy.utils.request import RequestFingerprinter
 
+from crawler.frontier.closing import hand_back, stop_tasks
 from crawler.frontier.cluster_view import ClusterView
 from crawler.frontier.codec import UndecodableRequestError, UnencodableRequestError, decode_request, encode_request
 from crawler.frontier.config import FrontierConfig
@@ -61,6 +36,7 @@ from crawler.frontier.outbox import Outbox
 from crawler.frontier.prefetch import Buffered, PrefetchBuffer
 from crawler.frontier.redis_health import RedisHealth, safe_url
 from crawler.frontier.refill import Refill
+from crawler.frontier.startup import StartupCheck
 from crawler.frontier.store import (
     MODE_DEDUPE,
     MODE_DONT_FILTER,
@@ -91,10 +67,6 @@ META_REQUEUE = "frontier_requeue"
 META_NOT_BEFORE = "frontier_not_before"
 # No more seeds are read while this many requests wait in the outbox.
 _SEED_BACKLOG = 5000
-# Pause between attempts to store what a closing worker holds (bounded by FRONTIER_CLOSE_TIMEOUT).
-_CLOSE_RETRY = 0.5
-# The reason a worker closes with when the frontier cannot start (the cause is logged once, as an ERROR).
-STARTUP_FAILED = "frontier_startup_failed"
 T = TypeVar("T")
 
 
@@ -107,7 +79,7 @@ class FrontierScheduler:
         if not is_asyncio_available():
             raise RuntimeError("FrontierScheduler needs the asyncio reactor (TWISTED_REACTOR)")
         self.crawler = crawler
-        self._startup_error = startup_error
+        self._startup = StartupCheck(crawler, startup_error)
         self.config = config or _placeholder_config()
         config = self.config
         assert crawler.stats is not None
@@ -122,14 +94,13 @@ class FrontierScheduler:
         self._closing = False
         self._health = RedisHealth(self.stats, config.redis.url)
         self._tasks: Tasks | None = None
-        self._outbox = Outbox(config, self.stats, self._push_batch, self._pushed, self._start_task)
+        self._outbox = Outbox(config, self.stats, self._push_batch, self._pushed, self._start_task,
+                             crawler.settings.getbool("DUPEFILTER_DEBUG"))
         # The outbox's caches of what Redis has seen, read on enqueue_request's hot path.
         self._seen = self._outbox.seen
         self._seen_urls = self._outbox.seen_urls
         self._url_cache = type(crawler.request_fingerprinter) is RequestFingerprinter and bool(config.seen_cache)
         self._websites: dict[str, str] = {}  # netloc -> website key
-        self._debug_duplicates = crawler.settings.getbool("DUPEFILTER_DEBUG")
-        self._log_duplicates = True
         # prefetch buffer: website -> requests, served round-robin
         self._prefetch = PrefetchBuffer()
         # Requests handed out in this event-loop turn, by website (see PrefetchBuffer.take).
@@ -138,12 +109,10 @@ class FrontierScheduler:
         self._turn: dict[str, int] = {}
         self._receipts = PopReceipts()
         self._refill = Refill(config, self._pop_batch, self._prefetch.__len__, self._popped, self._start_task)
-        self._not_before: dict[str, float] = {}  # website -> Unix time (Redis clock)
         # requests handed to the engine, until their outcome is processed
         self._in_flight: dict[Request, str] = {}
         self._cluster = ClusterView(config)
         self._heartbeat: asyncio.Task[None] | None = None
-        crawler.signals.connect(self._startup_result, signal=signals.spider_opened)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -159,9 +128,10 @@ class FrontierScheduler:
 
     async def _open(self, spider: Spider) -> None:
         self.spider = spider
-        problem = self._startup_error or getattr(spider, "frontier_startup_error", None)
+        problem = getattr(spider, "frontier_startup_error", None)
         if problem:
-            self._fail_startup(problem)
+            self._startup.fail(problem, spider)
+        if self._startup.problem:
             return
         prefix = self.config.key_prefix % {"spider": spider.name}
         self.redis = self.config.redis.async_client()
@@ -173,7 +143,7 @@ class FrontierScheduler:
         except RedisError as exc:
             self.stats.inc_value(f"frontier/redis_error/{type(exc).__name__}")
             await self.redis.aclose()
-            self._fail_startup(f"cannot use Redis at REDIS_URL={safe_url(self.config.redis.url)}: {exc}")
+            self._startup.fail(f"cannot use Redis at REDIS_URL={safe_url(self.config.redis.url)}: {exc}", spider)
             return
         self._cluster.apply(status)
         self._opened = True
@@ -188,20 +158,6 @@ class FrontierScheduler:
              "close": self.config.idle_close or "never", "sites": self._cluster.sites_with_work},
             extra={"spider": spider},
         )
-
-    def _fail_startup(self, problem: str) -> None:
-        """Log the cause once; the worker closes once Scrapy has opened everything (``_startup_result``)."""
-        logger.error("Frontier cannot start: %(problem)s", {"problem": problem}, extra={"spider": self.spider})
-        self._startup_error = problem
-
-    def _startup_result(self) -> None:
-        """spider_opened: a frontier that could not start closes the worker (crawler.commands.crawl: exit 1).
-
-        Raising CloseSpider from ``open`` instead would skip the scraper's start, and
-        Scrapy would bury the cause under "Scraper slot not assigned" tracebacks.
-        """
-        if self._startup_error is not None:
-            raise CloseSpider(STARTUP_FAILED)
 
     def close(self, reason: str) -> Deferred[None]:
         return deferred_from_coro(self._close(reason))
@@ -231,27 +187,14 @@ class FrontierScheduler:
             await self.redis.aclose()
 
     async def _close_parts(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()  # a cancelled Redis call is not waited for
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
-        await self._refill.stop()
-        assert self._tasks is not None
-        background = [t for t in self._tasks.running if t is not self._outbox.task]
-        if background:  # seed reading (stops at its next batch), dead letters
-            await asyncio.gather(*background, return_exceptions=True)
+        assert self._tasks is not None and self.store is not None
+        store = self.store
+        await stop_tasks(self._heartbeat, self._refill, [t for t in self._tasks.running if t is not self._outbox.task])
         self._return_buffer()
-        await self._outbox.close()
-        # Pops whose reply never came (Redis timed out) go back to their queues.
-        assert self.store is not None
-        while True:
-            try:
-                returned = await self._health.call(self.store.release(self.worker_id, self._receipts))
-            except RedisError:
-                await asyncio.sleep(_CLOSE_RETRY)
-                continue
-            if returned:
-                self.stats.inc_value("frontier/returned_unanswered", returned)
-            return
+        returned = await hand_back(self._outbox, lambda: self._health.call(store.release(self.worker_id,
+                                                                                          self._receipts)))
+        if returned:
+            self.stats.inc_value("frontier/returned_unanswered", returned)
 
     def _give_up(self, reason: str) -> None:
         engine = self.crawler.engine
@@ -262,7 +205,7 @@ class FrontierScheduler:
         returned = 0
         for website, item in self._prefetch.drain():
             self._outbox.append(PushEntry(website, item.fingerprint, MODE_REQUEUE, item.score,
-                                          self._not_before.get(website, 0.0), item.payload))
+                                          self._prefetch.not_before(website), item.payload))
             returned += 1
         if returned:
             self.stats.inc_value("frontier/returned_on_close", returned)
@@ -286,7 +229,7 @@ class FrontierScheduler:
         url_key = (request.url if self._url_cache and request.method == "GET" and not request.body
                    and not requeue else None)
         if url_key is not None and not request.dont_filter and url_key in self._seen_urls:
-            self._filtered(request)
+            self._outbox.filtered(request)
             return False
         fp = self.crawler.request_fingerprinter.fingerprint(request).hex()
         if requeue:
@@ -296,7 +239,7 @@ class FrontierScheduler:
         else:
             mode = MODE_DEDUPE
             if fp in self._seen:
-                self._filtered(request)
+                self._outbox.filtered(request)
                 return False
         website = self._website(request)
         meta.setdefault("download_slot", website)
@@ -336,7 +279,7 @@ class FrontierScheduler:
         assert self.store is not None
         self._hold_website(website, until)
         mark = float(await self._health.call(self.store.mark_not_before(website, until)))
-        self._not_before[website] = max(self._not_before.get(website, 0.0), mark)
+        self._hold_website(website, mark)
         self.stats.inc_value("frontier/not_before_marked")
         return mark
 
@@ -397,22 +340,16 @@ class FrontierScheduler:
         return new_slot_concurrency(self.crawler, website)
 
     def _is_held(self, website: str) -> bool:
-        until = self._not_before.get(website)
-        if until is None:
-            return False
-        if until > self._server_now():
-            return True
-        del self._not_before[website]
-        return False
+        return self._prefetch.held(website, self._server_now())
 
     def _hold_website(self, website: str, until: float) -> None:
-        self._not_before[website] = max(self._not_before.get(website, 0.0), until)
-        if website in self._prefetch:
-            self._requeue_held(website, self._prefetch.remove(website))
+        self._requeue_held(website, self._prefetch.hold(website, until))
 
     def _requeue_held(self, website: str, items: list[Buffered]) -> None:
         """Send a held website's prefetched requests back to Redis, so no worker keeps them."""
-        until = self._not_before.get(website, 0.0)
+        if not items:
+            return
+        until = self._prefetch.not_before(website)
         for item in items:
             self._outbox.append(PushEntry(website, item.fingerprint, MODE_REQUEUE, item.score, until, item.payload))
         self.stats.inc_value("frontier/returned_held", len(items))
@@ -444,16 +381,6 @@ class FrontierScheduler:
         self._cluster.pushed(sites_with_work)
         if stored:
             self._refill.pop_now()
-
-    def _filtered(self, request: Request) -> None:
-        self.stats.inc_value("dupefilter/filtered")
-        # As Scrapy's RFPDupeFilter: the first duplicate only, unless DUPEFILTER_DEBUG.
-        if self._log_duplicates:
-            logger.debug("Filtered duplicate request %(request)s%(more)s",
-                         {"request": request, "more": "" if self._debug_duplicates else
-                          " - no more duplicates will be shown (see DUPEFILTER_DEBUG to show all duplicates)"},
-                         extra={"spider": self.spider})
-            self._log_duplicates = self._debug_duplicates
 
     def _website(self, request: Request) -> str:
         # website_key() is a pure function of the host: cache it per netloc
