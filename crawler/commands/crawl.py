@@ -28,7 +28,8 @@ class Command(ScrapyCrawlCommand):
         if len(args) != 1:
             raise UsageError("running 'scrapy crawl' needs exactly one spider name")
         assert self.crawler_process
-        crawler = self._create_crawler(args[0])
+        # The public create_crawler (Scrapy's command adds only a warning about unused FEEDS).
+        crawler = self.crawler_process.create_crawler(args[0])
         self.crawler_process.crawl(crawler, **opts.spargs)
         self.crawler_process.start()
         startup_failed = crawler.stats is not None and crawler.stats.get_value("finish_reason") == STARTUP_FAILED

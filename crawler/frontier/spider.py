@@ -129,11 +129,9 @@ class FrontierSpider(RedisSpider):  # type: ignore[misc]  # scrapy-redis ships n
         assert stats is not None
         while scheduler.wants_seeds():
             try:
-                datas = await store.pop_seeds(self.redis_key, self.redis_batch_size)
-            except RedisError as exc:
-                logger.error("Cannot read seeds from %(key)s: %(exc)r", {"key": self.redis_key, "exc": exc},
-                             extra={"spider": self})
-                return
+                datas = await scheduler.redis_call(store.pop_seeds(self.redis_key, self.redis_batch_size))
+            except RedisError:
+                return  # counted and logged (once per outage) by the frontier; read again when seen waiting
             requests: list[Request] = []
             dead: list[bytes] = []
             for data in datas:
