@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 from typing import TYPE_CHECKING
 
+import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
@@ -61,19 +61,17 @@ def test_unknown_spider(redis_url: str) -> None:
     assert out.returncode != 0 and "unknown spider 'nope'; known: news, shop_a, shop_b" in out.stderr
 
 
-def test_queues_and_clear(redis_url: str) -> None:
-    async def fill() -> None:
-        client = AsyncRedis.from_url(redis_url)
-        store = FrontierStore(client, "{shop_a}")
-        entries = [PushEntry("shop-a.test", f"a{i}", MODE_DEDUPE, 0, 0, b"{}") for i in range(5)]
-        entries += [PushEntry("slow.test", f"s{i}", MODE_DEDUPE, 0, 0, b"{}") for i in range(2)]
-        await store.push(entries, "worker-1")
-        now = float((await client.time())[0])
-        await store.mark_not_before("slow.test", now + 600)
-        await store.mark_not_before("empty.test", now + 300)
-        await client.aclose()
-
-    asyncio.run(fill())
+@pytest.mark.asyncio
+async def test_queues_and_clear(redis_url: str) -> None:
+    client = AsyncRedis.from_url(redis_url)
+    store = FrontierStore(client, "{shop_a}")
+    entries = [PushEntry("shop-a.test", f"a{i}", MODE_DEDUPE, 0, 0, b"{}") for i in range(5)]
+    entries += [PushEntry("slow.test", f"s{i}", MODE_DEDUPE, 0, 0, b"{}") for i in range(2)]
+    await store.push(entries, "worker-1")
+    now = float((await client.time())[0])
+    await store.mark_not_before("slow.test", now + 600)
+    await store.mark_not_before("empty.test", now + 300)
+    await client.aclose()
     out = cli(redis_url, "queues", "shop_a")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
