@@ -9,7 +9,21 @@
    * ``utilization``: the bytes served in the first ``--windows`` whole windows
      from the first request, divided by that many *b* (goal >= 0.95).
 
-2. Non-binding budget: one worker crawls the whole shop with a budget far above
+2. Mixed sizes (``demosite.profiles.mixed_sizes`` on the shop's host: item
+   pages of 2-20 KB, every 25th of 1-5 MB sent chunked without
+   Content-Length): 1, 2 and 4 workers crawl the whole site under
+   ``--mixed-budget`` bytes per ``--window``, every figure from the server's log:
+
+   * ``max_window_over_b_plus_page``: the most bytes in any sliding window
+     (long responses spread along their timeline) divided by *b* plus the
+     largest single response (goal <= 1.0);
+   * ``utilization_mixed``: the bytes of every whole window from the first
+     request but the last (when the site ran out) over that many *b* (goal >= 0.90);
+   * ``wasted_bytes_ratio``: bytes the server sent for downloads that were
+     stopped (truncated) or fetched again after they had been sent whole,
+     robots.txt and redirect targets apart, over all bytes (goal <= 0.05).
+
+3. Non-binding budget: one worker crawls the whole shop with a budget far above
    what it uses (``with``), and with the middleware off (``without``), in
    ``--nb-repeats`` back-to-back pairs; ``non_binding_ratio`` = the median over
    pairs of pages/s with / without (goal >= 0.95, i.e. <= 5% overhead). The
@@ -19,6 +33,7 @@
    ratio of the two labels' medians, and the CPU time per page, without / with.
 
 Last line: ``{"max_window_over_b": {"1": .., "2": .., "4": ..}, "utilization": {...},
+"max_window_over_b_plus_page": {...}, "utilization_mixed": {...}, "wasted_bytes_ratio": ..,
 "non_binding_ratio": .., ...}``.
 """
 
@@ -32,6 +47,7 @@ import time
 from typing import Any
 
 from bench.harness import SCRAPY, BenchServers, RunResult, bench_site, emit, median, seed, stack_cmd, table
+from demosite import analysis, profiles
 from devtools.services import ROOT
 
 
@@ -45,8 +61,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the binding runs (default 3)")
     parser.add_argument("--nb-repeats", type=int, default=10,
                         help="back-to-back pairs of non-binding runs (default 10)")
+    parser.add_argument("--mixed-budget", type=int, default=8_000_000,
+                        help="b of the mixed-size runs, bytes per window (default 8000000)")
+    parser.add_argument("--mixed-items", type=int, default=200, help="item pages of the mixed site (default 200)")
+    parser.add_argument("--mixed-repeats", type=int, default=1, help="repeats of the mixed runs (default 1)")
     args = parser.parse_args(argv)
     counts = [int(n) for n in args.workers.split(",")]
+
+    mixed = _mixed_section(args, counts)
 
     site = bench_site(args.items)
     binding: dict[int, list[dict[str, float]]] = {n: [] for n in counts}
@@ -99,6 +121,7 @@ def main(argv: list[str]) -> int:
           f"{1000 * cpu['with']:.3f} vs {1000 * cpu['without']:.3f} ms (without / with "
           f"{cpu['without'] / cpu['with']:.3f}; start-up included)")
     emit({
+        **mixed,
         "max_window_over_b": max_over,
         "max_window_over_b_median": max_med,
         "utilization": util,
@@ -112,6 +135,37 @@ def main(argv: list[str]) -> int:
         "nb_repeats": args.nb_repeats,
     })
     return 0
+
+
+def _mixed_section(args: argparse.Namespace, counts: list[int]) -> dict[str, Any]:
+    """The mixed-size runs: printed, and their figures for the JSON line."""
+    mixed: dict[int, list[dict[str, float]]] = {n: [] for n in counts}
+    site = profiles.mixed_sizes("shop-a.test", items=args.mixed_items, errors=0, redirect_every=10**9)
+    with BenchServers(site) as servers:
+        for i in range(args.mixed_repeats):
+            for n in counts:
+                res = _mixed_run(servers, n, args.mixed_budget, args.window)
+                mixed[n].append(res)
+                print(f"  repeat {i + 1}/{args.mixed_repeats} mixed sizes, {n} worker(s): max window "
+                      f"{res['max']:.3f} (b + largest page), utilization {res['util']:.3f}, wasted "
+                      f"{res['wasted']:.4f}, largest page {res['page']} B", flush=True)
+
+    mixed_max = {str(n): round(max(r["max"] for r in rs), 4) for n, rs in mixed.items()}
+    mixed_util = {str(n): round(median([r["util"] for r in rs]), 4) for n, rs in mixed.items()}
+    wasted = round(max(r["wasted"] for rs in mixed.values() for r in rs), 4)
+    print(f"\nMixed sizes: b = {args.mixed_budget} B per {args.window:g} s window, {args.mixed_items} items, "
+          f"{args.mixed_repeats} repeat(s)")
+    print(table([[f"{n} worker(s)", mixed_max[str(n)], mixed_util[str(n)],
+                  round(max(r["wasted"] for r in mixed[n]), 4)] for n in counts],
+                ["workers", "max window / (b + largest page)", "utilization (median)", "wasted bytes (worst)"]))
+    return {
+        "max_window_over_b_plus_page": mixed_max,
+        "utilization_mixed": mixed_util,
+        "wasted_bytes_ratio": wasted,
+        "mixed_budget": args.mixed_budget,
+        "mixed_items": args.mixed_items,
+        "mixed_repeats": args.mixed_repeats,
+    }
 
 
 def _binding_run(servers: BenchServers, workers: int, budget: int, window: float, windows: int) -> dict[str, Any]:
@@ -153,7 +207,7 @@ def _binding_run(servers: BenchServers, workers: int, budget: int, window: float
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    records = [(float(r["t"]), int(r["bytes"])) for r in servers.log(mark)]
+    entries = [(float(r["t"]), int(r["bytes"])) for r in servers.log(mark)]
     denied = settled = 0
     for path in paths:
         if path.exists():
@@ -161,14 +215,64 @@ def _binding_run(servers: BenchServers, workers: int, budget: int, window: float
             denied += int(stats.get("byte_budget/denied", 0))
             settled += int(stats.get("byte_budget/settled", 0))
     worst, start, running = 0, 0, 0
-    for t, size in records:
+    for t, size in entries:
         running += size
-        while records[start][0] <= t - window:
-            running -= records[start][1]
+        while entries[start][0] <= t - window:
+            running -= entries[start][1]
             start += 1
         worst = max(worst, running)
-    used = sum(size for t, size in records if t < t0 + windows * window)
+    used = sum(size for t, size in entries if t < t0 + windows * window)
     # Responses the server sent that no worker saw (so could not count).
-    unseen = max(0, len(records) - settled)
-    return {"max": worst / budget, "util": used / (windows * budget), "page": max(s for _, s in records),
+    unseen = max(0, len(entries) - settled)
+    return {"max": worst / budget, "util": used / (windows * budget), "page": max(s for _, s in entries),
             "denied": denied, "unseen": unseen}
+
+
+def _mixed_run(servers: BenchServers, workers: int, budget: int, window: float) -> dict[str, Any]:
+    """``workers`` workers crawl the whole mixed-size site under ``budget``; judged by the server's log."""
+    servers.flush_redis()
+    mark = servers.mark()
+    host = servers.site.host
+    settings = {
+        "ITEM_PIPELINES": "{}",
+        "BYTE_BUDGET_PER_WEBSITE": json.dumps({host: budget}),
+        "BYTE_BUDGET_WINDOW_SECONDS": str(window),
+    }
+    procs = []
+    for w in range(workers):
+        stats_path = servers.workdir / f"mixed-{workers}-{w}-{time.monotonic_ns()}.json"
+        cmd = [*stack_cmd("shop_a", settings), "-s", f"STATS_FILE_PATH={stats_path}",
+               "-s", f"LOG_FILE={stats_path.with_suffix('.log')}"]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=servers.env(), stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    try:
+        time.sleep(3)  # workers start up
+        seed(servers)
+        for proc in procs:
+            proc.wait(600)  # FRONTIER_IDLE_CLOSE_SECONDS=1: they exit once the site is crawled
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    log = servers.log(mark)
+    largest = analysis.largest_response(log, host)
+    if largest is None:
+        raise RuntimeError("no request reached the demo site")
+    page = int(largest["bytes"])
+    worst = analysis.max_bytes_in_any_window(log, host, window)
+    windows = analysis.bytes_per_window(log, host, window)[:-1]  # the last: the site ran out
+    util = sum(windows) / (len(windows) * budget) if windows else 0.0
+    # Wasted: truncated responses, and whole ones fetched again (robots.txt is
+    # fetched once per worker, redirect targets are also linked directly).
+    records = analysis.host_records(log, host)
+    again = set(analysis.refetched_after_complete(log, host)) - {"/robots.txt"}
+    wasted = 0
+    seen: set[str] = set()
+    for r in reversed(records):  # every fetch of a path but its last
+        path = str(r["path"])
+        if path in seen and (r.get("truncated") or path in again):
+            wasted += int(r["bytes"])
+        seen.add(path)
+    total = analysis.total_bytes(log, host)
+    return {"max": worst / (budget + page), "util": util, "wasted": wasted / total if total else 0.0, "page": page}

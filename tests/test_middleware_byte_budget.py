@@ -18,7 +18,9 @@ from scrapy.utils.test import get_crawler
 
 from devtools.services import free_port
 from middlewares.byte_budget.cli import main as cli
-from middlewares.byte_budget.middleware import ByteBudgetConfig, ByteBudgetMiddleware, website_keys
+from middlewares.byte_budget.config import ByteBudgetConfig
+from middlewares.byte_budget.middleware import ByteBudgetMiddleware
+from middlewares.byte_budget.store import website_keys
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -64,6 +66,10 @@ def server_time(redis_url: str) -> float:
 @pytest.mark.parametrize(("name", "value"), [
     ("BYTE_BUDGET_DEFAULT", "lots"),
     ("BYTE_BUDGET_DEFAULT", -1),
+    ("BYTE_BUDGET_DEFAULT", 1.5),
+    ("BYTE_BUDGET_DEFAULT", "2.5e0"),
+    ("BYTE_BUDGET_DEFAULT", True),
+    ("BYTE_BUDGET_ESTIMATE_QUANTILE", 1.5),
     ("BYTE_BUDGET_PER_WEBSITE", "[1, 2]"),
     ("BYTE_BUDGET_PER_WEBSITE", {"shop-a.test": "x"}),
     ("BYTE_BUDGET_WINDOW_SECONDS", 0),
@@ -89,8 +95,23 @@ def test_config_reads_settings() -> None:
     assert config.default == 100_000
     assert config.per_website == {"shop-a.test": 5000, "news.test": None}
     assert config.window == 10
-    assert config.lease == 30
+    assert config.reservation_expiry == 30
     assert config.strict
+
+
+@pytest.mark.parametrize(("raw", "budget"), [
+    ("1e6", 1_000_000), (1e6, 1_000_000), ("2000000", 2_000_000), (2.0e6, 2_000_000), (" 0 ", 0), (0, 0),
+    (None, None), ("unlimited", None), ("None", None),
+])
+def test_budget_values(raw: Any, budget: int | None) -> None:
+    """Whole numbers in any spelling; 0 blocks the website; ``unlimited`` (None) is no budget."""
+    config = ByteBudgetConfig.from_settings(Settings({"REDIS_URL": "redis://h:1", "BYTE_BUDGET_DEFAULT": raw}))
+    assert config.default == budget
+
+
+def test_budget_error_uses_the_same_word_as_the_cli() -> None:
+    with pytest.raises(ValueError, match=r"0 blocks the website\) or 'unlimited' \(None\), got 'lots'"):
+        ByteBudgetConfig.from_settings(Settings({"REDIS_URL": "redis://h:1", "BYTE_BUDGET_DEFAULT": "lots"}))
 
 
 def test_unbudgeted_website_is_not_touched(redis_url: str) -> None:
@@ -139,40 +160,112 @@ def test_grant_settle_and_requeue(redis_url: str) -> None:
         assert float(r.hget(state, "used")) == out["size"]
 
 
-def test_strict_mode_stops_a_page_above_its_grant_and_retries_with_its_size(redis_url: str) -> None:
+def test_a_page_above_its_grant_draws_the_rest_and_is_not_stopped(redis_url: str) -> None:
     out: dict[str, Any] = {}
 
     async def body(mw: ByteBudgetMiddleware) -> None:
-        request = Request("http://shop-a.test/big")
+        request = Request("http://shop-a.test/big", meta={"byte_budget_size": 4000})
         assert await mw.process_request(request) is None
         headers = Headers({"Content-Type": "text/html", "Content-Length": "50000"})
-        with pytest.raises(StopDownload):
-            mw.headers_received(headers=headers, body_length=50000, request=request, spider=None)
-        stopped = HtmlResponse(request.url, headers=headers, body=b"", request=request, flags=["download_stopped"])
-        retry = await mw.process_response(request, stopped)
-        assert isinstance(retry, Request)
-        out["retry"] = retry
-        # The retry reserves the true size and is never stopped again.
-        assert await mw.process_request(retry) is None
-        mw.headers_received(headers=headers, body_length=50000, request=retry, spider=None)
-        full = response(retry, b"y" * 50000)
-        assert await mw.process_response(retry, full) is full
+        mw.headers_received(headers=headers, body_length=50000, request=request, spider=None)  # no stop
+        await mw.metered(request)
+        mw.bytes_received(data=b"y" * 50000, request=request, spider=None)
+        full = response(request, b"y" * 50000)
+        assert await mw.process_response(request, full) is full
         out["full"] = wire_size(full)
-        out["head"] = wire_size(stopped)
 
-    stats = run(redis_url, {"BYTE_BUDGET_DEFAULT": 1_000_000, "BYTE_BUDGET_DEFAULT_ESTIMATE": 4000,
-                            "BYTE_BUDGET_STOP_SLACK": 1000}, body)
+    stats = run(redis_url, {"BYTE_BUDGET_DEFAULT": 1_000_000, "BYTE_BUDGET_DEFAULT_ESTIMATE": 4000}, body)
+    assert "byte_budget/stopped" not in stats
+    assert stats["byte_budget/draws"] == 1
+    assert stats["byte_budget/bytes_drawn"] == out["full"] - 4000
+    assert stats["byte_budget/bytes_settled"] == out["full"]
+    with redis.Redis.from_url(redis_url) as r:
+        keys = website_keys("t", "shop-a.test")
+        assert r.zcard(keys[1]) == 0  # the reservation and the draw, both settled
+        assert float(r.hget(keys[2], "used")) == out["full"]
+
+
+async def _hold_the_overdraft(mw: ByteBudgetMiddleware, others: list[Request]) -> Request:
+    """Grant ``others``, then a chunked download draws past b = 20000: it holds the overdraft token."""
+    for request in others:
+        assert await mw.process_request(request) is None  # 4000 each
+    big = Request("http://shop-a.test/huge", meta={"byte_budget_size": 4000})
+    assert await mw.process_request(big) is None
+    mw.headers_received(headers=Headers({"Content-Type": "text/html"}), body_length="UNKNOWN", request=big,
+                        spider=None)
+    mw.bytes_received(data=b"h" * 5000, request=big, spider=None)
+    await mw.metered(big)  # drew 1000 + 10000: room left
+    mw.bytes_received(data=b"h" * 10000, request=big, spider=None)
+    await mw.metered(big)  # no room: the overdraft
+    assert mw.crawler.stats.get_value("byte_budget/overdrafts") == 1
+    return big
+
+
+OVERDRAFT = {"BYTE_BUDGET_DEFAULT": 20_000, "BYTE_BUDGET_DEFAULT_ESTIMATE": 4000, "BYTE_BUDGET_DRAW_BYTES": 10_000}
+
+
+def test_a_chunked_download_that_cannot_draw_is_stopped_and_counts_the_servers_bytes(redis_url: str) -> None:
+    out: dict[str, Any] = {}
+
+    async def body(mw: ByteBudgetMiddleware) -> None:
+        request = Request("http://shop-a.test/chunked", meta={"byte_budget_size": 4000})
+        big = await _hold_the_overdraft(mw, [request])
+        headers = Headers({"Content-Type": "text/html"})
+        mw.headers_received(headers=headers, body_length="UNKNOWN", request=request, spider=None)
+        mw.bytes_received(data=b"z" * 3000, request=request, spider=None)
+        mw.bytes_received(data=b"z" * 5000, request=request, spider=None)  # past its grant: draws
+        await mw.metered(request)  # denied: no room, and the token is taken
+        with pytest.raises(StopDownload):
+            mw.bytes_received(data=b"z" * 100, request=request, spider=None)
+        stopped = HtmlResponse(request.url, headers=headers, body=b"z" * 8100, request=request,
+                               flags=["download_stopped"])
+        out["retry"] = await mw.process_response(request, stopped)
+        out["size"] = wire_size(stopped) - len(b"Content-Length: 8100\r\n") + len(b"Transfer-Encoding: chunked\r\n")
+        await mw.process_exception(big, TimeoutError())
+
+    stats = run(redis_url, {**OVERDRAFT, "BYTE_BUDGET_STOP_SLACK": 1000}, body)
     retry = out["retry"]
-    assert retry.meta["byte_budget_size"] > 50000
-    assert retry.meta["frontier_requeue"] is True
-    # Not a denial: its website is not parked (a not-before would make the
-    # frontier hand every buffered request of the website back to Redis).
+    assert isinstance(retry, Request)
+    # Retried as the website's one overdraft, reserving what it cost: never stopped again.
+    assert retry.meta["byte_budget_overdraft"] is True
+    assert retry.meta["byte_budget_size"] >= 8100 + 1000
     assert "frontier_not_before" not in retry.meta
-    assert retry.dont_filter
     assert stats["byte_budget/stopped"] == 1
-    assert stats["byte_budget/granted"] == 2
-    # The stopped attempt counts its headers plus the slack the server may have sent.
-    assert stats["byte_budget/bytes_settled"] == out["head"] + 1000 + out["full"]
+    assert stats["byte_budget/draws_denied"] == 1
+    # What the server may have pushed beyond what we read is counted: the slack.
+    assert stats["byte_budget/bytes_stopped"] >= 8100 + 1000
+
+
+def test_a_page_whose_rest_is_on_the_wire_is_not_stopped(redis_url: str) -> None:
+    """Content-Length above the grant, draw denied, but the rest is within the socket buffers: keep it."""
+
+    async def body(mw: ByteBudgetMiddleware) -> None:
+        request = Request("http://shop-a.test/page", meta={"byte_budget_size": 4000})
+        big = await _hold_the_overdraft(mw, [request])
+        headers = Headers({"Content-Type": "text/html", "Content-Length": "30000"})
+        mw.headers_received(headers=headers, body_length=30000, request=request, spider=None)
+        await mw.metered(request)  # denied
+        mw.bytes_received(data=b"z" * 30000, request=request, spider=None)  # no stop: it was all sent
+        full = response(request, b"z" * 30000)
+        assert await mw.process_response(request, full) is full
+        await mw.process_exception(big, TimeoutError())
+
+    stats = run(redis_url, {**OVERDRAFT, "BYTE_BUDGET_STOP_SLACK": 65536}, body)
+    assert stats["byte_budget/draws_denied"] == 1
+    assert "byte_budget/stopped" not in stats
+
+
+def test_a_known_page_larger_than_the_budget_runs_as_the_overdraft(redis_url: str) -> None:
+    async def body(mw: ByteBudgetMiddleware) -> None:
+        big = Request("http://shop-a.test/huge", meta={"byte_budget_size": 200_000})
+        assert await mw.process_request(big) is None
+        second = await mw.process_request(Request("http://shop-a.test/huge2", meta={"byte_budget_size": 90_000}))
+        assert isinstance(second, Request)  # one overdraft at a time
+        await mw.process_response(big, response(big, b"x" * 150_000))
+
+    stats = run(redis_url, {"BYTE_BUDGET_DEFAULT": 20_000}, body)
+    assert stats["byte_budget/overdrafts"] == 1
+    assert stats["byte_budget/denied"] == 1
 
 
 def test_a_failed_download_counts_what_was_received(redis_url: str) -> None:
@@ -284,18 +377,26 @@ def test_runtime_override_via_cli(redis_url: str, capsys: pytest.CaptureFixture[
         assert mw.budget_for("shop-a.test") == 1000
         assert mw.budget_for("news.test") is None
         assert cli(["--redis-url", redis_url, "--prefix", "t", "set", "shop-a.test", "250000"]) == 0
-        assert cli(["--redis-url", redis_url, "--prefix", "t", "set", "news.test", "5000"]) == 0
-        await asyncio.sleep(0.3)  # BYTE_BUDGET_REFRESH_SECONDS=0.1
+        assert cli(["set", "news.test", "5000", "--redis-url", redis_url, "--prefix", "t"]) == 0  # options after
+        await mw.refresh_overrides()  # what the refresh task does every BYTE_BUDGET_REFRESH_SECONDS
         assert mw.budget_for("shop-a.test") == 250_000
         assert mw.budget_for("news.test") == 5000
         assert cli(["--redis-url", redis_url, "--prefix", "t", "set", "news.test", "unlimited"]) == 0
         assert cli(["--redis-url", redis_url, "--prefix", "t", "unset", "shop-a.test"]) == 0
-        await asyncio.sleep(0.3)
+        await mw.refresh_overrides()
         assert mw.budget_for("shop-a.test") == 1000
         assert mw.budget_for("news.test") is None
 
-    run(redis_url, {"BYTE_BUDGET_PER_WEBSITE": {"shop-a.test": 1000}, "BYTE_BUDGET_REFRESH_SECONDS": 0.1}, body)
+    run(redis_url, {"BYTE_BUDGET_PER_WEBSITE": {"shop-a.test": 1000}, "BYTE_BUDGET_REFRESH_SECONDS": 3600}, body)
     assert "news.test" in capsys.readouterr().out
+
+
+def test_cli_show_says_when_a_website_is_unknown(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(["show", "nowhere.test", "--redis-url", redis_url, "--prefix", "t"]) == 1
+    assert "nowhere.test: unknown website" in capsys.readouterr().out
+    assert cli(["set", "shop-a.test", "5000", "--redis-url", redis_url, "--prefix", "t"]) == 0
+    assert cli(["show", "shop-a.test", "--redis-url", redis_url, "--prefix", "t"]) == 0
+    assert "shop-a.test: budget 5000; counted 0 bytes" in capsys.readouterr().out
 
 
 def test_cli_rejects_bad_input(redis_url: str) -> None:
@@ -359,23 +460,24 @@ def test_lease_serves_many_downloads_with_one_reservation(redis_url: str) -> Non
             resp = response(request, b"x" * 500)
             await mw.process_response(request, resp)
             sizes.append(wire_size(resp))
-        with redis.Redis.from_url(redis_url) as r:
-            out["inflight"] = r.zcard(website_keys("t", "shop-a.test")[1])
-        await asyncio.sleep(0.3)  # BYTE_BUDGET_LEASE_SECONDS: the lease closes and is settled
+            await mw.idle()  # a renewal, when one was started, is in place before the next request
         out["sizes"] = sizes
 
-    stats = run(redis_url, {"BYTE_BUDGET_DEFAULT": 1_000_000, "BYTE_BUDGET_LEASE_DOWNLOADS": 4,
-                            "BYTE_BUDGET_LEASE_SECONDS": 0.2}, body)
+    # Leases last an hour: they end by being used up (4 downloads) or at close,
+    # never by the clock, so the count does not depend on the machine's speed.
+    stats = run(redis_url, {"BYTE_BUDGET_DEFAULT": 10**9, "BYTE_BUDGET_LEASE_DOWNLOADS": 4,
+                            "BYTE_BUDGET_LEASE_SECONDS": 3600}, body)
     assert stats["byte_budget/granted"] == 10
-    assert stats["byte_budget/leases"] == 3  # 4 + 4 + 2 downloads
-    assert out["inflight"] == 1  # the last lease, still open
+    # The next lease is reserved once 3 of 4 downloads are handed out, and
+    # replaces the open one: 3 + 3 + 3 + 1 downloads.
+    assert stats["byte_budget/leases"] == 4
     with redis.Redis.from_url(redis_url) as r:
         keys = website_keys("t", "shop-a.test")
         assert r.zcard(keys[1]) == 0
-        assert r.zcard(keys[0]) == 3
+        assert r.zcard(keys[0]) == 4
         assert float(r.hget(keys[2], "used")) == sum(out["sizes"])
-        # All ten sizes were learned, from three settles.
-        assert float(r.hget(keys[2], "max")) == max(out["sizes"])
+        # All ten sizes were learned, from four settles.
+        assert r.hget(keys[2], "sizes").decode().split(",") == [str(size) for size in out["sizes"]]
 
 
 def test_lease_shrinks_to_one_download_when_the_budget_binds(redis_url: str) -> None:
@@ -397,7 +499,7 @@ def test_lease_spare_room_takes_a_page_above_the_estimate(redis_url: str) -> Non
     out: dict[str, Any] = {}
 
     async def body(mw: ByteBudgetMiddleware) -> None:
-        requests = [Request(f"http://shop-a.test/{n}") for n in range(4)]
+        requests = [Request(f"http://shop-a.test/{n}", meta={"byte_budget_size": 1000}) for n in range(4)]
         for request in requests:  # 4 x 1000 bytes handed out of a 5000-byte lease
             assert await mw.process_request(request) is None
         with redis.Redis.from_url(redis_url) as r:
@@ -424,7 +526,7 @@ def test_next_lease_is_reserved_in_the_background(redis_url: str) -> None:
         requests = [Request(f"http://shop-a.test/{n}", meta={"byte_budget_size": 1000}) for n in range(4)]
         for request in requests[:3]:
             assert await mw.process_request(request) is None
-        await asyncio.gather(*mw._leases.tasks)  # the renewal, done while the first lease still serves
+        await mw.idle()  # the renewal, done while the first lease still serves
         with redis.Redis.from_url(redis_url) as r:
             out["inflight"] = r.zcard(website_keys("t", "shop-a.test")[1])
         # The 4th download comes from the renewed lease, without a reservation of its own.
@@ -434,7 +536,7 @@ def test_next_lease_is_reserved_in_the_background(redis_url: str) -> None:
             await mw.process_response(request, resp)
             out["size"] = out.get("size", 0) + wire_size(resp)
 
-    stats = run(redis_url, {"BYTE_BUDGET_DEFAULT": 1_000_000, "BYTE_BUDGET_LEASE_DOWNLOADS": 4}, body)
+    stats = run(redis_url, {"BYTE_BUDGET_DEFAULT": 10**9, "BYTE_BUDGET_LEASE_DOWNLOADS": 4}, body)
     assert out["inflight"] == 2  # the first lease and the one reserved ahead
     assert stats["byte_budget/leases"] == 2
     assert stats["byte_budget/granted"] == 4

@@ -3,7 +3,7 @@
 ::
 
     python -m middlewares.byte_budget set shop-a.test 200000   # bytes per window
-    python -m middlewares.byte_budget set shop-b.test unlimited
+    python -m middlewares.byte_budget set shop-b.test unlimited  # no budget (0 would block it)
     python -m middlewares.byte_budget unset shop-a.test        # back to the settings
     python -m middlewares.byte_budget list
     python -m middlewares.byte_budget show shop-a.test         # the window right now
@@ -18,37 +18,49 @@ given with ``--redis-url`` / ``--prefix``.
 from __future__ import annotations
 
 import argparse
+import json
+from typing import TYPE_CHECKING, Any
 
 from crawler.redis_client import RedisClientConfig
 from crawler.website import registrable_domain
 from middlewares.byte_budget.config import UNLIMITED, parse_budget
 from middlewares.byte_budget.store import overrides_key, website_keys
 
+if TYPE_CHECKING:
+    from scrapy.settings import BaseSettings
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m middlewares.byte_budget",
+    # --redis-url and --prefix go before or after the subcommand.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--redis-url", default=argparse.SUPPRESS,
+                        help="default: the project's BYTE_BUDGET_REDIS_URL or REDIS_URL")
+    common.add_argument("--prefix", default=argparse.SUPPRESS,
+                        help="Redis key prefix; default: BYTE_BUDGET_KEY_PREFIX or BOT_NAME")
+    parser = argparse.ArgumentParser(prog="python -m middlewares.byte_budget", parents=[common],
                                      description="Run-time per-website byte budgets, shared by all workers.")
-    parser.add_argument("--redis-url", help="default: the project's BYTE_BUDGET_REDIS_URL or REDIS_URL")
-    parser.add_argument("--prefix", help="Redis key prefix; default: BYTE_BUDGET_KEY_PREFIX or BOT_NAME")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_set = sub.add_parser("set", help="set a website's budget (bytes per window, or 'unlimited')")
+    p_set = sub.add_parser("set", parents=[common],
+                           help=f"set a website's budget (bytes per window; 0 blocks it; or {UNLIMITED!r})")
     p_set.add_argument("website")
     p_set.add_argument("budget")
-    sub.add_parser("unset", help="drop a website's run-time override").add_argument("website")
-    sub.add_parser("list", help="list run-time overrides")
-    sub.add_parser("show", help="bytes counted in the current window").add_argument("website")
+    sub.add_parser("unset", parents=[common], help="drop a website's run-time override").add_argument("website")
+    sub.add_parser("list", parents=[common], help="list run-time overrides")
+    sub.add_parser("show", parents=[common], help="bytes counted in the current window").add_argument("website")
     args = parser.parse_args(argv)
+    redis_url = getattr(args, "redis_url", None)
 
     from scrapy.utils.project import get_project_settings
 
     settings = get_project_settings()
-    prefix = args.prefix or settings.get("BYTE_BUDGET_KEY_PREFIX") or settings.get("BOT_NAME") or "crawler"
+    prefix = getattr(args, "prefix", None) or settings.get("BYTE_BUDGET_KEY_PREFIX") or settings.get("BOT_NAME") \
+        or "crawler"
     key = overrides_key(prefix)
     website = getattr(args, "website", "").lower().rstrip(".")
     if website and website != registrable_domain(website) and settings.get("WEBSITE_KEY", "domain") == "domain":
         parser.error(f"{website!r} is not a website key: with WEBSITE_KEY='domain' use "
                      f"{registrable_domain(website)!r}")
-    client = RedisClientConfig.from_settings(settings, args.redis_url or settings.get("BYTE_BUDGET_REDIS_URL"))
+    client = RedisClientConfig.from_settings(settings, redis_url or settings.get("BYTE_BUDGET_REDIS_URL"))
     with client.sync_client() as r:
         if args.command == "set":
             try:
@@ -64,12 +76,33 @@ def main(argv: list[str] | None = None) -> int:
             for site, value in sorted(r.hgetall(key).items()):
                 print(f"{site.decode()}\t{value.decode()}")
         else:
-            log, inflight, state = website_keys(prefix, website)
-            used = r.hget(state, "used")
-            mean = r.hget(state, "mean")
-            print(f"{website}: counted {int(float(used or 0))} bytes in the window "
-                  f"({r.zcard(log)} settled, {r.zcard(inflight)} in flight), "
-                  f"learned mean size {float(mean or 0):.0f}")
+            return _show(r, prefix, website, settings)
     return 0
+
+
+def _show(r: Any, prefix: str, website: str, settings: BaseSettings) -> int:
+    log, inflight, state = website_keys(prefix, website)
+    override = r.hget(overrides_key(prefix), website)
+    per_website = {str(k).lower() for k in (_per_website(settings))}
+    if not r.exists(log, inflight, state) and override is None and website not in per_website:
+        default = settings.get("BYTE_BUDGET_DEFAULT")
+        print(f"{website}: unknown website: no run-time override, not in BYTE_BUDGET_PER_WEBSITE and nothing "
+              f"counted in the window (BYTE_BUDGET_DEFAULT applies: "
+              f"{UNLIMITED if parse_budget('BYTE_BUDGET_DEFAULT', default) is None else default})")
+        return 1
+    used = r.hget(state, "used")
+    estimate = r.hget(state, "estimate")
+    budget = override.decode() if override is not None else "from the settings"
+    print(f"{website}: budget {budget}; counted {int(float(used or 0))} bytes in the window "
+          f"({r.zcard(log)} settled, {r.zcard(inflight)} in flight), "
+          f"learned size estimate {'none yet' if estimate is None else int(float(estimate))}")
+    return 0
+
+
+def _per_website(settings: BaseSettings) -> dict[str, Any]:
+    raw = settings.get("BYTE_BUDGET_PER_WEBSITE") or {}
+    if isinstance(raw, str):
+        raw = json.loads(raw)
+    return raw if isinstance(raw, dict) else {}
 
 

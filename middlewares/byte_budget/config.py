@@ -9,6 +9,7 @@ value stops the crawl with a ``ValueError`` naming the setting and the value.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,20 +22,30 @@ if TYPE_CHECKING:
 
     from scrapy.settings import BaseSettings
 
+# The one word for "no budget" (``None`` in Python settings); a budget of 0
+# is a budget: nothing may be downloaded from the website.
 UNLIMITED = "unlimited"
 
 
 def parse_budget(name: str, raw: Any) -> int | None:
-    """Bytes per window (int >= 0) or None (no budget) from a setting value."""
-    if raw is None or raw == "" or (isinstance(raw, str) and raw.lower() in ("none", UNLIMITED)):
+    """Bytes per window (a whole number >= 0; 0 blocks the website) or None for ``unlimited``.
+
+    Accepts ints, whole-number floats and strings such as ``"1e6"``; ``None``,
+    ``""``, ``"none"`` and ``"unlimited"`` mean unlimited.
+    """
+    if raw is None or raw == "" or (isinstance(raw, str) and raw.strip().lower() in ("none", UNLIMITED)):
         return None
+    error = ValueError(f"{name} must be a whole number of bytes >= 0 (0 blocks the website) or "
+                       f"{UNLIMITED!r} (None), got {raw!r}")
+    if isinstance(raw, bool):
+        raise error
     try:
-        value = int(raw)
+        value = float(raw)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number of bytes >= 0 or None, got {raw!r}") from None
-    if value < 0 or (isinstance(raw, float) and raw != value):
-        raise ValueError(f"{name} must be a number of bytes >= 0 or None, got {raw!r}")
-    return value
+        raise error from None
+    if math.isnan(value) or math.isinf(value) or value < 0 or not value.is_integer():
+        raise error
+    return int(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +57,9 @@ class ByteBudgetConfig:
     window: float
     strict: bool
     default_estimate: int
-    estimate_margin: float
+    estimate_quantile: float
     stop_slack: int
+    draw_bytes: int
     refresh: float
     retry: float
     park_max: float
@@ -57,7 +69,7 @@ class ByteBudgetConfig:
     prefix: str
     redis: RedisClientConfig
     website_mode: str
-    lease: float
+    reservation_expiry: float  # seconds after which an unsettled reservation counts as ended
 
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> Self:
@@ -79,8 +91,9 @@ class ByteBudgetConfig:
             window=float_setting(settings, "BYTE_BUDGET_WINDOW_SECONDS", 60, minimum=0, exclusive=True),
             strict=settings.getbool("BYTE_BUDGET_STRICT", True),
             default_estimate=int_setting(settings, "BYTE_BUDGET_DEFAULT_ESTIMATE", 32768, minimum=1),
-            estimate_margin=float_setting(settings, "BYTE_BUDGET_ESTIMATE_MARGIN", 4, minimum=0),
-            stop_slack=int_setting(settings, "BYTE_BUDGET_STOP_SLACK", 65536, minimum=0),
+            estimate_quantile=_quantile(settings),
+            stop_slack=int_setting(settings, "BYTE_BUDGET_STOP_SLACK", 4 * 1024 * 1024, minimum=0),
+            draw_bytes=int_setting(settings, "BYTE_BUDGET_DRAW_BYTES", 262144, minimum=1),
             refresh=float_setting(settings, "BYTE_BUDGET_REFRESH_SECONDS", 2, minimum=0, exclusive=True),
             retry=float_setting(settings, "BYTE_BUDGET_RETRY_SECONDS", 0.25, minimum=0, exclusive=True),
             park_max=float_setting(settings, "BYTE_BUDGET_PARK_MAX_SECONDS", 2.5, minimum=0, exclusive=True),
@@ -92,5 +105,13 @@ class ByteBudgetConfig:
             website_mode=website_key_mode(settings),
             # A reservation nobody settles (crashed worker) ends at the latest
             # when Scrapy would have timed the download out.
-            lease=float(settings.getfloat("DOWNLOAD_TIMEOUT", 180)) + 10,
+            reservation_expiry=float(settings.getfloat("DOWNLOAD_TIMEOUT", 180)) + 10,
         )
+
+
+def _quantile(settings: BaseSettings) -> float:
+    value = float_setting(settings, "BYTE_BUDGET_ESTIMATE_QUANTILE", 0.9, minimum=0)
+    if value > 1:
+        raise ValueError(f"BYTE_BUDGET_ESTIMATE_QUANTILE must be a number in [0, 1], got "
+                         f"{settings.get('BYTE_BUDGET_ESTIMATE_QUANTILE')!r}")
+    return value

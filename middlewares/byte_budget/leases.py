@@ -10,11 +10,15 @@ background, and settles a lease once it is closed and its downloads are done.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
+
+from middlewares.byte_budget.store import Reserved
 
 if TYPE_CHECKING:
     from scrapy import Request
@@ -39,8 +43,8 @@ class _Lease:
     and each stays within its share of it.
 
     A lease reserves a quarter more estimates than it serves downloads: the
-    spare room absorbs pages whose ``Content-Length`` is above the estimate,
-    which strict mode would otherwise stop and fetch again. The next lease is
+    spare room covers downloads that run past their estimate before they draw
+    from Redis (``Leases.take_spare``). The next lease is
     reserved in the background once three quarters of this one are handed out
     (or of its time has passed), so downloads do not wait for Redis.
     """
@@ -61,18 +65,30 @@ class _Lease:
 
 @dataclass(slots=True)
 class Grant:
-    """A granted download in progress (local state read by the byte signals)."""
+    """A granted download in progress (local state read by the byte signals).
+
+    Metered: ``reserved`` is what it may receive, its grant plus what it drew
+    since (``draws``); bytes beyond it draw more, and a download whose draw is
+    ``denied`` is stopped unless its remaining bytes are already on the wire.
+    """
 
     website: str
-    member: str  # "" for a grant from the local fallback budget
-    reserved: int
+    member: str  # "" for a lease's download or a grant from the local fallback budget
+    reserved: int  # bytes covered: the grant plus the draws
+    budget: int = 0  # b of the website when granted
+    base: int = 0  # the grant alone (a lease's download: its share of the lease)
     head: int = 0
     body: int = 0
-    sized: bool = False  # reserved at a size learned from an earlier stop: never stop again
     expected: int = -1  # total size announced by Content-Length, when known
     chunked: bool = False  # no Content-Length: HTTP/1.1 chunked (or read to close)
     stopped: bool = False
     lease: _Lease | None = None
+    local: bool = False  # from the local fallback budget (Redis down): not metered
+    holder: str = ""  # id of the download for the overdraft token ("" until needed)
+    overdraft: bool = False  # holds the website's overdraft token: never stopped, draws nothing
+    draws: list[str] = field(default_factory=list)  # draw.lua members, settled with the download
+    drawing: asyncio.Task[None] | None = None  # the draw in flight (one at a time)
+    denied: bool = False  # a draw was denied: stop unless the rest is already on the wire
 
 
 class Leases:
@@ -87,10 +103,37 @@ class Leases:
         self.open_leases: dict[str, _Lease] = {}  # the open lease per website
         self.pending: dict[str, asyncio.Future[None]] = {}  # reservation in flight per website
         self.tasks: set[asyncio.Task[Any]] = set()  # lease renewals and settles
-        self.closing = False  # the spider is closing: no more renewals
+        self._closing = False  # the spider is closing: no more renewals
+        self._worker = uuid.uuid4().hex[:12]
+        self._holders = itertools.count()
 
-    async def grant(self, request: Request, website: str, budget: int, known: int) -> Grant | tuple[float, float]:
-        """A grant for ``request``, or (not before, now): when to try again, by the Redis server's clock."""
+    def new_holder(self) -> str:
+        """A cluster-unique id of one download (for the overdraft token)."""
+        return f"{self._worker}:{next(self._holders)}"
+
+    def stop_renewing(self) -> None:
+        """The spider is closing: no more leases are reserved in the background."""
+        self._closing = True
+
+    def take_spare(self, grant: Grant, amount: int) -> bool:
+        """Cover ``amount`` more bytes of ``grant`` from its lease's spare room, if it has that much."""
+        lease = grant.lease
+        if lease is None or lease.amount - lease.committed < amount:
+            return False
+        lease.committed += amount
+        grant.reserved += amount
+        grant.base += amount
+        return True
+
+    async def grant(self, request: Request, website: str, budget: int, known: int,
+                    overdraft: bool = False) -> Grant | tuple[float, float]:
+        """A grant for ``request``, or (not before, now): when to try again, by the Redis server's clock.
+
+        ``overdraft``: the download must run as the website's one overdraft
+        (a retried page of unknown size that was stopped once).
+        """
+        if overdraft or (known > budget > 0):
+            return await self.reserve(request, website, budget, known, overdraft=True)
         grant = await self._grant_from_lease(website, budget, known)
         # One reservation in flight per website: with leases, the requests
         # that arrive meanwhile are served from the lease it brings.
@@ -116,22 +159,28 @@ class Leases:
             done.set_result(None)
 
     async def reserve(
-        self, request: Request | str, website: str, budget: int, known: int
+        self, request: Request | str, website: str, budget: int, known: int, overdraft: bool = False
     ) -> Grant | tuple[float, float]:
         """A grant, or (not before, now): when to try again, by the Redis server's clock."""
         c = self.config
+        holder = self.new_holder()
         try:
-            result = await self.store.reserve(website, budget, known)
+            result = await self.store.reserve(website, budget, known, holder, overdraft)
         except RedisError as exc:
             self.store.redis_error(exc)
             local = self.store.reserve_locally(website, budget, known)
-            return local if isinstance(local, tuple) else Grant(website, "", local, sized=known > 0)
-        if int(result[0]) == 1:
-            n, granted = int(result[3]), int(result[4])
+            if isinstance(local, tuple):
+                return local
+            return Grant(website, "", local, budget, local, local=True)
+        if isinstance(result, Reserved):
+            n, granted = result.n, result.granted
+            if result.overdraft:
+                self.stats.inc_value("byte_budget/overdrafts")
+                return Grant(website, result.member, granted, budget, granted, holder=holder, overdraft=True)
             if granted <= n:
-                return Grant(website, result[1].decode(), n, sized=known > 0)
+                return Grant(website, result.member, granted, budget, granted, holder=holder)
             loop = asyncio.get_running_loop()
-            lease = _Lease(website, result[1].decode(), granted, n, committed=n, inflight=1, downloads=1,
+            lease = _Lease(website, result.member, granted, n, committed=n, inflight=1, downloads=1,
                            renew_at=loop.time() + 0.75 * c.lease_seconds)
             old = self.open_leases.get(website)
             if old is not None:
@@ -139,20 +188,19 @@ class Leases:
             self.open_leases[website] = lease
             loop.call_later(c.lease_seconds, self.close, lease)
             self.stats.inc_value("byte_budget/leases")
-            return Grant(website, "", n, sized=known > 0, lease=lease)
-        not_before = float(result[1])
-        if int(result[4]):
+            return Grant(website, "", n, budget, n, lease=lease)
+        if result.warn:
             self.stats.inc_value("byte_budget/exhausted")
             logger.warning(
-                "Byte budget of %(website)s exhausted: %(budget)d bytes per %(window)gs; "
-                "its requests wait until %(nb).3f (in %(wait).1fs)",
-                {"website": website, "budget": budget, "window": c.window, "nb": not_before,
-                 "wait": not_before - float(result[2])},
+                "Byte budget of %(website)s exhausted: %(used)d of %(budget)d bytes per %(window)gs counted "
+                "at %(now).3f, a download needs %(n)d; its requests wait until %(nb).3f (in %(wait).1fs)",
+                {"website": website, "used": result.used, "budget": budget, "window": c.window,
+                 "now": result.now, "n": result.n, "nb": result.not_before, "wait": result.not_before - result.now},
                 extra={"spider": self.crawler.spider},
             )
-        logger.debug("Byte budget: %(request)s waits until %(nb).3f", {"request": request, "nb": not_before},
+        logger.debug("Byte budget: %(request)s waits until %(nb).3f", {"request": request, "nb": result.not_before},
                      extra={"spider": self.crawler.spider})
-        return not_before, float(result[2])
+        return result.not_before, result.now
 
     async def _grant_from_lease(self, website: str, budget: int, known: int) -> Grant | None:
         lease = self.open_leases.get(website)
@@ -168,12 +216,12 @@ class Leases:
         lease.committed += n
         lease.inflight += 1
         lease.downloads += 1
-        if (not lease.renewing and not self.closing and website not in self.pending
+        if (not lease.renewing and not self._closing and website not in self.pending
                 and (4 * lease.downloads >= 3 * self.config.lease_downloads
                      or asyncio.get_running_loop().time() >= lease.renew_at)):
             lease.renewing = True
             self._renew(website, budget)
-        return Grant(website, "", n, sized=known > 0, lease=lease)
+        return Grant(website, "", n, budget, n, lease=lease)
 
     def _renew(self, website: str, budget: int) -> None:
         """Reserve the next lease in the background; it replaces the open one when granted."""
@@ -195,7 +243,7 @@ class Leases:
                 return
             # Near the limit the script granted one download's bytes, which no download uses.
             if grant.member:
-                await self.store.settle(website, grant.member, 0, [-1])
+                await self.store.settle(website, [grant.member], 0, [-1], grant.holder)
             else:
                 self.store.settle_locally(website, grant.reserved, 0)
 
@@ -223,7 +271,7 @@ class Leases:
         return False
 
     async def _settle_lease(self, lease: _Lease) -> None:
-        await self.store.settle(lease.website, lease.member, lease.counted, lease.learn)
+        await self.store.settle(lease.website, [lease.member], lease.counted, lease.learn)
 
     def close_all(self) -> None:
         for lease in list(self.open_leases.values()):

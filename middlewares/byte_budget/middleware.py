@@ -1,7 +1,10 @@
 """Cluster-wide per-website byte budgets (a downloader middleware).
 
 All workers together download at most *b* bytes from one website in any
-sliding window of ``BYTE_BUDGET_WINDOW_SECONDS`` (60 s). Before each download
+sliding window of ``BYTE_BUDGET_WINDOW_SECONDS`` (60 s), plus the one download
+that holds the website's overdraft token (docs/byte-budget.md, "The
+contract"). Downloads are metered: past its grant a download draws more
+(``lua/draw.lua``) and is stopped when it may not. Before each download
 the middleware reserves bytes in Redis (``lua/reserve.lua``: a reservation log
 timed by the Redis server's clock); after it, the reservation is settled to the
 bytes that really arrived (``lua/settle.lua``): status line, headers and body
@@ -14,10 +17,11 @@ A request that may not be downloaded yet goes back to the frontier with
 
 Settings (docs/byte-budget.md): ``BYTE_BUDGET_ENABLED``, ``BYTE_BUDGET_DEFAULT``,
 ``BYTE_BUDGET_PER_WEBSITE``, ``BYTE_BUDGET_WINDOW_SECONDS``, ``BYTE_BUDGET_STRICT``,
-``BYTE_BUDGET_DEFAULT_ESTIMATE``, ``BYTE_BUDGET_ESTIMATE_MARGIN``, ``BYTE_BUDGET_STOP_SLACK``,
-``BYTE_BUDGET_REFRESH_SECONDS``, ``BYTE_BUDGET_RETRY_SECONDS``, ``BYTE_BUDGET_PARK_MAX_SECONDS``,
-``BYTE_BUDGET_LEASE_DOWNLOADS``, ``BYTE_BUDGET_LEASE_SECONDS``, ``BYTE_BUDGET_FALLBACK_WORKERS``,
-``BYTE_BUDGET_KEY_PREFIX``, ``BYTE_BUDGET_REDIS_URL``; ``WEBSITE_KEY`` picks the website.
+``BYTE_BUDGET_DEFAULT_ESTIMATE``, ``BYTE_BUDGET_ESTIMATE_QUANTILE``, ``BYTE_BUDGET_STOP_SLACK``,
+``BYTE_BUDGET_DRAW_BYTES``, ``BYTE_BUDGET_REFRESH_SECONDS``, ``BYTE_BUDGET_RETRY_SECONDS``,
+``BYTE_BUDGET_PARK_MAX_SECONDS``, ``BYTE_BUDGET_LEASE_DOWNLOADS``, ``BYTE_BUDGET_LEASE_SECONDS``,
+``BYTE_BUDGET_FALLBACK_WORKERS``, ``BYTE_BUDGET_KEY_PREFIX``, ``BYTE_BUDGET_REDIS_URL``;
+``WEBSITE_KEY`` picks the website.
 
 Run-time overrides: ``python -m middlewares.byte_budget set shop-a.test 200000``
 (see :mod:`middlewares.byte_budget.cli`).
@@ -44,9 +48,9 @@ from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.httpobj import urlparse_cached
 
 from crawler.website import website_key
-from middlewares.byte_budget.config import UNLIMITED, ByteBudgetConfig, parse_budget
+from middlewares.byte_budget.config import ByteBudgetConfig, parse_budget
 from middlewares.byte_budget.leases import Grant, Leases
-from middlewares.byte_budget.store import BudgetStore, load_script, overrides_key, website_keys
+from middlewares.byte_budget.store import BudgetStore, overrides_key
 
 if TYPE_CHECKING:
     from typing import Self
@@ -54,18 +58,6 @@ if TYPE_CHECKING:
     from scrapy import Request
     from scrapy.crawler import Crawler
     from scrapy.http import Response
-
-# Importers of these names (the command line, tests, bench) predate the split
-# into byte_budget_*.py modules: they stay importable from here.
-__all__ = [
-    "UNLIMITED",
-    "ByteBudgetConfig",
-    "ByteBudgetMiddleware",
-    "load_script",
-    "overrides_key",
-    "parse_budget",
-    "website_keys",
-]
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +73,12 @@ def _chunked_overhead(body: int) -> int:
     return len(b"Transfer-Encoding: chunked\r\n") + len(b"%x\r\n\r\n" % body) + len(b"0\r\n\r\n")
 
 
+def _is_robots(request: Request) -> bool:
+    return request.url.endswith("/robots.txt")
+
+
 def _waits_in_place(request: Request) -> bool:
-    return bool(request.meta.get("dont_obey_robotstxt")) and request.url.endswith("/robots.txt")
+    return bool(request.meta.get("dont_obey_robotstxt")) and _is_robots(request)
 
 
 class ByteBudgetMiddleware:
@@ -124,7 +120,7 @@ class ByteBudgetMiddleware:
 
     async def spider_opened(self) -> None:
         self._store.open()
-        await self._refresh_overrides()
+        await self.refresh_overrides()
         self._refresher = asyncio.create_task(self._refresh_loop())
         c = self.config
         logger.info(
@@ -137,7 +133,7 @@ class ByteBudgetMiddleware:
         )
 
     async def spider_closed(self) -> None:
-        self._leases.closing = True
+        self._leases.stop_renewing()
         self._flush_counts()
         for handler, signal in ((self.headers_received, signals.headers_received),
                                 (self.bytes_received, signals.bytes_received)):
@@ -151,6 +147,8 @@ class ByteBudgetMiddleware:
         # Downloads cut short by the shutdown count what they received.
         for request, grant in list(self._grants.items()):
             del self._grants[request]
+            if grant.drawing is not None:
+                await grant.drawing
             size = grant.head + grant.body + (_chunked_overhead(grant.body) if grant.chunked else 0)
             await self._settle_grant(grant, size, learn=-1)
         self._leases.close_all()
@@ -163,7 +161,7 @@ class ByteBudgetMiddleware:
         while True:
             await asyncio.sleep(self.config.refresh)
             self._flush_counts()
-            await self._refresh_overrides()
+            await self.refresh_overrides()
 
     def _count(self, key: str, n: int = 1) -> None:
         counts = self._counts
@@ -180,7 +178,7 @@ class ByteBudgetMiddleware:
             size = self._status_sizes[status] = get_status_size(status)
         return size
 
-    async def _refresh_overrides(self) -> None:
+    async def refresh_overrides(self) -> None:
         """Run-time overrides from Redis (``python -m middlewares.byte_budget set ...``)."""
         redis = self._store.redis
         assert redis is not None
@@ -226,7 +224,8 @@ class ByteBudgetMiddleware:
             self._count("byte_budget/unlimited")
             return None
         known = int(request.meta.get("byte_budget_size", 0))
-        grant = await self._leases.grant(request, website, budget, known)
+        overdraft = bool(request.meta.get("byte_budget_overdraft"))
+        grant = await self._leases.grant(request, website, budget, known, overdraft)
         while not isinstance(grant, Grant) and _waits_in_place(request):
             # Fetched with engine.download_async() (robots.txt), not through the
             # frontier: a returned request would be retried at once, in a loop.
@@ -235,7 +234,7 @@ class ByteBudgetMiddleware:
             budget = self.budget_for(website)
             if budget is None:
                 return None
-            grant = await self._leases.reserve(request, website, budget, known)
+            grant = await self._leases.reserve(request, website, budget, known, overdraft or known > budget)
         if isinstance(grant, Grant):
             self._grants[request] = grant
             self._count("byte_budget/granted")
@@ -266,20 +265,74 @@ class ByteBudgetMiddleware:
         grant.chunked = not isinstance(body_length, int)  # Twisted's UNKNOWN_LENGTH is a str
         if isinstance(body_length, int) and body_length >= 0:
             grant.expected = grant.head + body_length
-            if self.config.strict and not grant.sized and grant.expected > grant.reserved:
-                lease = grant.lease
-                if lease is not None and lease.amount - lease.committed >= grant.expected - grant.reserved:
-                    # Room left in the lease: take the difference from it.
-                    lease.committed += grant.expected - grant.reserved
-                    grant.reserved = grant.expected
-                    return
-                grant.stopped = True
-                raise StopDownload(fail=False)
+        self._meter(grant)
 
     def bytes_received(self, data: bytes, request: Request, **kwargs: Any) -> None:
         grant = self._grants.get(request)
         if grant is not None:
             grant.body += len(data)
+            if grant.head + grant.body > grant.reserved - self._ahead(grant) or grant.denied:
+                self._meter(grant)
+
+    def _ahead(self, grant: Grant) -> int:
+        """How far ahead of the bytes a download draws: from its first draw on, half an increment."""
+        return self.config.draw_bytes // 2 if grant.draws else 0
+
+    def _meter(self, grant: Grant) -> None:
+        """Keep the bytes of a download covered: draw more, or stop it when it may not have more."""
+        if grant.overdraft or grant.local or not self.config.strict:
+            return
+        received = grant.head + grant.body
+        if grant.denied:
+            # Stop it, unless what is left is already on the wire (the server
+            # has written it to its socket; stopping would throw it away).
+            if grant.expected < 0 or grant.expected - received > self.config.stop_slack:
+                grant.stopped = True
+                raise StopDownload(fail=False)
+            return
+        if grant.drawing is not None:
+            return
+        if grant.expected >= 0:
+            amount = grant.expected - grant.reserved  # Content-Length: all of it at once
+        elif received > grant.reserved - self._ahead(grant):
+            amount = received - grant.reserved + self.config.draw_bytes
+        else:
+            return
+        if amount <= 0 or self._leases.take_spare(grant, amount):
+            return
+        grant.drawing = asyncio.get_running_loop().create_task(self._draw(grant, amount))
+
+    async def idle(self) -> None:
+        """Wait for the lease renewals and settles running in the background (for tests and tools)."""
+        await self._leases.drain()
+
+    async def metered(self, request: Request) -> None:
+        """Wait for the draw in flight of ``request``'s download, if any (for tests and tools)."""
+        grant = self._grants.get(request)
+        if grant is not None and grant.drawing is not None:
+            await grant.drawing
+
+    async def _draw(self, grant: Grant, amount: int) -> None:
+        if not grant.holder:
+            grant.holder = self._leases.new_holder()
+        try:
+            drawn = await self._store.draw(grant.website, grant.budget, amount, grant.holder,
+                                           grant.reserved + amount)
+        except RedisError as exc:
+            self._store.redis_error(exc)
+            drawn = None  # fail closed, as a reservation would
+        grant.drawing = None
+        if drawn is None:
+            grant.denied = True
+            self._count("byte_budget/draws_denied")
+            return
+        self._count("byte_budget/draws")
+        self._count("byte_budget/bytes_drawn", amount)
+        grant.draws.append(drawn.member)
+        grant.reserved += amount
+        if drawn.overdraft and not grant.overdraft:
+            grant.overdraft = True
+            self.stats.inc_value("byte_budget/overdrafts")
 
     # -- responses ----------------------------------------------------------
 
@@ -287,35 +340,46 @@ class ByteBudgetMiddleware:
         grant = self._grants.pop(request, None)
         if grant is None:
             return response
+        if grant.drawing is not None:
+            await grant.drawing  # its member is settled with the download
         size = len(response.body) + get_header_size(response.headers) + self._status_size(response.status) + 4
         if grant.chunked:
             size += _chunked_overhead(len(response.body))
         if grant.stopped and "download_stopped" in response.flags:
-            # Stopped after the headers: its Content-Length is above the grant.
-            # The server may have sent part of the body before our close
-            # reached it: count up to BYTE_BUDGET_STOP_SLACK of it.
-            body_length = grant.expected - grant.head
-            counted = size + min(body_length, self.config.stop_slack)
-            self.stats.inc_value("byte_budget/stopped")
+            # Its draw was denied. The server may have pushed more than we read
+            # (socket buffers, ours and its own): count up to
+            # BYTE_BUDGET_STOP_SLACK of it, never more than the page.
+            counted = size + self.config.stop_slack
+            if grant.expected >= 0:
+                counted = min(counted, grant.expected)
+            self._count("byte_budget/stopped")
+            self._count("byte_budget/bytes_stopped", counted)
             logger.debug("Byte budget: %(response)s stopped at %(size)d bytes, counted %(counted)d",
                          {"response": response, "size": size, "counted": counted},
                          extra={"spider": self.crawler.spider})
-            await self._settle_grant(grant, counted, learn=grant.expected)
-            meta = {**request.meta, "byte_budget_size": grant.expected}
+            await self._settle_grant(grant, counted, learn=-1)
+            meta = dict(request.meta)
+            if grant.expected >= 0:
+                meta["byte_budget_size"] = grant.expected  # reserved in full: never stopped again
+            else:
+                # Size unknown (chunked): retried as the website's one overdraft,
+                # which is never stopped, reserving at least what it cost.
+                meta["byte_budget_size"] = counted
+                meta["byte_budget_overdraft"] = True
             # Not parked: its website is not out of budget, this request only
             # needs a larger reservation (if that is denied, it is parked then).
-            # A not-before here made the frontier hand back every buffered
-            # request of the website to Redis.
             return self._requeue(request.replace(meta=meta), None)
         # No per-response log line: with Scrapy's logging set-up a DEBUG record
         # is built even at LOG_LEVEL=INFO, ~1% of a worker's CPU (py-spy).
         # byte_budget/bytes_settled has the total.
-        await self._settle_grant(grant, size, learn=size)
+        await self._settle_grant(grant, size, learn=-1 if _is_robots(request) else size)
         return response
 
     async def process_exception(self, request: Request, exception: Exception) -> None:
         grant = self._grants.pop(request, None)
         if grant is not None:
+            if grant.drawing is not None:
+                await grant.drawing
             logger.debug("Byte budget: %(request)s failed (%(exc)r) after %(size)d bytes",
                          {"request": request, "exc": exception, "size": grant.head + grant.body},
                          extra={"spider": self.crawler.spider})
@@ -326,11 +390,16 @@ class ByteBudgetMiddleware:
         """Settle in Redis (or locally); the server time, when Redis answered."""
         self._count("byte_budget/settled")
         self._count("byte_budget/bytes_settled", size)
-        if grant.lease is not None:
-            await self._leases.release(grant.lease, size, learn)
-            return None
-        if not grant.member:
+        if grant.local:
             self._store.settle_locally(grant.website, grant.reserved, size)
             return None
-        return await self._store.settle(grant.website, grant.member, size, [learn])
-
+        if grant.lease is not None:
+            if not grant.draws and not grant.overdraft:
+                await self._leases.release(grant.lease, size, learn)
+                return None
+            # Its share of the lease goes back with the lease; what it took
+            # beyond that is settled now, with its draws (and the token).
+            await self._leases.release(grant.lease, min(size, grant.base), learn)
+            return await self._store.settle(grant.website, grant.draws, max(size - grant.base, 0), [-1],
+                                            grant.holder)
+        return await self._store.settle(grant.website, [grant.member, *grant.draws], size, [learn], grant.holder)

@@ -1,7 +1,7 @@
 """Where the byte budget's reservations are kept: Redis, or memory while it is down.
 
 Redis: the keys (``website_keys``, ``overrides_key``), the Lua scripts
-(``lua/reserve.lua``, ``lua/settle.lua``, loaded by ``load_script``) and the
+(``lua/reserve.lua``, ``lua/draw.lua``, ``lua/settle.lua``, loaded by ``load_script``) and the
 calls to them. Settles that fail are kept and sent again once Redis answers.
 While Redis is down a worker fails closed (requests wait with a back-off) or,
 with ``BYTE_BUDGET_FALLBACK_WORKERS``, keeps the same reservation log in
@@ -47,6 +47,48 @@ def load_script(client: aioredis.Redis | Any, name: str) -> AsyncScript:
     return client.register_script(source)
 
 
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """``lua/reserve.lua`` granted ``granted`` >= ``n`` bytes (more: a lease)."""
+
+    member: str  # for settle.lua
+    now: float  # Redis server time
+    n: int  # bytes per download
+    granted: int
+    overdraft: bool  # the download holds the website's overdraft token
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:
+    """``lua/reserve.lua`` denied: try again at ``not_before`` (Redis server time)."""
+
+    not_before: float
+    now: float
+    n: int
+    warn: bool  # first denial of a window by the budget: log "exhausted" once
+    used: int  # bytes counted in the window
+
+
+@dataclass(frozen=True, slots=True)
+class Drawn:
+    """``lua/draw.lua`` added ``amount`` bytes to a download's reservation."""
+
+    member: str
+    amount: int
+    overdraft: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """One call of ``lua/settle.lua``, kept while Redis is down."""
+
+    website: str
+    members: list[str]
+    size: int
+    learn: list[int]
+    holder: str = ""
+
+
 @dataclass(slots=True)
 class _LocalBudget:
     """The same reservation log, in memory, for one worker while Redis is down."""
@@ -86,8 +128,9 @@ class BudgetStore:
         self.stats = crawler.stats
         self.redis: aioredis.Redis | None = None
         self._reserve: AsyncScript | None = None
+        self._draw: AsyncScript | None = None
         self._settle: AsyncScript | None = None
-        self._unsettled: list[tuple[str, str, int, list[int]]] = []  # settles that failed: retried later
+        self._unsettled: list[Settle] = []  # settles that failed: retried later
         self._redis_down_since: float | None = None
         self._backoff = config.retry
         self._local: dict[str, _LocalBudget] = {}
@@ -95,26 +138,46 @@ class BudgetStore:
     def open(self) -> None:
         self.redis = self.config.redis.async_client()
         self._reserve = load_script(self.redis, "reserve")
+        self._draw = load_script(self.redis, "draw")
         self._settle = load_script(self.redis, "settle")
 
     async def aclose(self) -> None:
         if self.redis is not None:
             await self.redis.aclose()
 
-    async def reserve(self, website: str, budget: int, known: int) -> list[Any]:
+    async def reserve(self, website: str, budget: int, known: int, holder: str = "",
+                      overdraft: bool = False) -> Reserved | Denied:
         """The answer of ``lua/reserve.lua`` (raises ``RedisError``)."""
         c = self.config
         assert self._reserve is not None
         result: list[Any] = await self._reserve(
             keys=website_keys(c.prefix, website),
-            args=[budget, c.window, known, c.default_estimate, c.lease, c.retry, c.estimate_margin,
-                  c.lease_downloads + c.lease_downloads // 4],
+            args=[budget, c.window, known, c.default_estimate, c.reservation_expiry, c.retry,
+                  c.lease_downloads + c.lease_downloads // 4, holder, 1 if overdraft else 0],
         )
+        self._answered()
+        if int(result[0]) == 1:
+            return Reserved(result[1].decode(), float(result[2]), int(result[3]), int(result[4]),
+                            bool(int(result[5])))
+        return Denied(float(result[1]), float(result[2]), int(result[3]), bool(int(result[4])),
+                      int(float(result[5])))
+
+    async def draw(self, website: str, budget: int, amount: int, holder: str, covered: int) -> Drawn | None:
+        """More bytes for a download past its grant (``lua/draw.lua``); None: denied. Raises ``RedisError``."""
+        c = self.config
+        assert self._draw is not None
+        result: list[Any] = await self._draw(keys=website_keys(c.prefix, website),
+                                             args=[budget, c.window, amount, c.reservation_expiry, holder, covered])
+        self._answered()
+        if int(result[0]) == 1:
+            return Drawn(result[1].decode(), amount, bool(int(result[3])))
+        return None
+
+    def _answered(self) -> None:
         if self._redis_down_since is not None:
             logger.info("Byte budget: Redis is back", extra={"spider": self.crawler.spider})
             self._redis_down_since = None
-            self._backoff = c.retry
-        return result
+            self._backoff = self.config.retry
 
     def reserve_locally(self, website: str, budget: int, known: int) -> int | tuple[float, float]:
         """Bytes granted while Redis is down, or (not before, now): when to try again."""
@@ -132,32 +195,34 @@ class BudgetStore:
             return max(min(n, budget // c.fallback_workers), 1)
         return when, now
 
-    async def settle(self, website: str, member: str, size: int, learn: list[int]) -> float | None:
-        """Settle a reservation in Redis; the server time, or None if Redis failed (kept, sent later)."""
+    async def settle(self, website: str, members: list[str], size: int, learn: list[int],
+                     holder: str = "") -> float | None:
+        """Settle reservations in Redis; the server time, or None if Redis failed (kept, sent later)."""
+        entry = Settle(website, members, size, learn, holder)
         try:
-            return await self._settle_in_redis(website, member, size, learn)
+            return await self._settle_in_redis(entry)
         except RedisError as exc:
             self.redis_error(exc)
-            self._unsettled.append((website, member, size, learn))
+            self._unsettled.append(entry)
             return None
 
     def settle_locally(self, website: str, reserved: int, size: int) -> None:
         """Settle a grant of the local budget."""
         self._local.setdefault(website, _LocalBudget()).settle(reserved, size)
 
-    async def _settle_in_redis(self, website: str, member: str, size: int, learn: list[int]) -> float:
+    async def _settle_in_redis(self, e: Settle) -> float:
         c = self.config
         assert self._settle is not None
-        result = await self._settle(keys=website_keys(c.prefix, website),
-                                    args=[member, size, c.window, c.lease, *learn])
+        result = await self._settle(keys=website_keys(c.prefix, e.website),
+                                    args=[",".join(e.members), e.size, c.window, c.reservation_expiry, e.holder,
+                                          c.estimate_quantile, *e.learn])
         return float(result[0])
 
     async def flush_unsettled(self) -> None:
         """Send the settles kept while Redis was down, oldest first, until one fails."""
         while self._unsettled:
-            website, member, size, learn = self._unsettled[0]
             try:
-                await self._settle_in_redis(website, member, size, learn)
+                await self._settle_in_redis(self._unsettled[0])
             except RedisError:
                 return
             self._unsettled.pop(0)

@@ -14,10 +14,10 @@ if TYPE_CHECKING:
 
 
 class BudgetProbeSpider(FrontierSpider):
-    """Follows listings, items and related links on shop-a.test and shop-b.test."""
+    """Follows listings, items and related links on the demo websites it is seeded with."""
 
     name = "budget_probe"
-    allowed_domains = ["shop-a.test", "shop-b.test", "news.test"]
+    allowed_domains = ["shop-a.test", "shop-b.test", "news.test", "mixed.test", "tiny.test"]
 
     def parse(self, response: Response) -> Iterator[Request]:
         yield from response.follow_all(css="a.listing, a.next, a.item, a.related")

@@ -1,52 +1,56 @@
--- Byte budget: reserve bytes for one download from one website.
+-- Byte budget: reserve bytes for one download (or a lease of several) from one website.
 --
--- A sliding-window reservation log. Every download is one entry whose member is
--- "<seq>:<bytes>" and whose score is the time it *ended*:
---   KEYS[2] (in flight): score = lease end (grant time + lease), an upper bound
---           on when the download ends; settle.lua moves it to KEYS[1].
+-- A sliding-window reservation log. Every reservation is one entry whose member
+-- is "<seq>:<bytes>" and whose score is the time it *ended*:
+--   KEYS[2] (in flight): score = grant time + expiry, an upper bound on when
+--           the download ends; settle.lua moves it to KEYS[1].
 --   KEYS[1] (settled):   score = settle time, i.e. after the last byte arrived.
 -- An entry counts against the window while score > now - window, so a download
 -- counts from its grant until one window after its last byte. All times are the
 -- Redis server's TIME (worker clocks may differ).
 --
--- Why this bounds every sliding window (proof, also in the README): take any
--- window [s, s + W) of wire time and the downloads whose bytes arrived in it.
--- Let D be the one granted last, at g <= (its wire time) < s + W. Every other
--- such download X was granted before g and ended at e_X >= (its wire time) >= s
--- > g - W, so at g it was still counted: settled at its true size, or in flight
--- at its reservation. The grant of D checked used + n_D <= b, so the bytes of
--- the window are <= b plus whatever in-flight downloads received beyond their
--- reservation (the strict mode stops those with a known Content-Length; only a
--- response whose size was unknowable can overrun).
+-- Why this bounds every sliding window (proof, also in docs/byte-budget.md):
+-- take any window [s, s + W) of wire time and the bytes that arrived in it.
+-- Each byte was covered, before it arrived, by a reservation (this script) or
+-- a draw (draw.lua) that was checked against used <= b; let g be the last such
+-- check. Every download with bytes in the window ended at e >= s > g - W, so
+-- at g it was still counted (settled at its true size, or in flight at what it
+-- had reserved and drawn). Hence the window holds at most b bytes, plus the
+-- bytes of the one download that holds the overdraft token (granted only while
+-- used <= b, held until one window after that download ended): b + one response.
 --
 -- KEYS[1]  <prefix>:bb:{<website>}:log       sorted set, settled entries
 -- KEYS[2]  <prefix>:bb:{<website>}:inflight  sorted set, granted, not settled
--- KEYS[3]  <prefix>:bb:{<website>}:state     hash: used, seq, mean, dev, max, warned_until
+-- KEYS[3]  <prefix>:bb:{<website>}:state     hash: used, seq, sizes, estimate,
+--                                            warned_until, od_holder, od_until
 -- ARGV[1]  budget b in bytes per window (integer >= 0)
 -- ARGV[2]  window length in seconds (float > 0)
 -- ARGV[3]  bytes to reserve; 0 = use the learned estimate
 -- ARGV[4]  default estimate in bytes (used until sizes have been learned)
--- ARGV[5]  lease in seconds: an unsettled reservation counts as ended at
---          grant + lease (a crashed worker cannot hold the budget for ever)
+-- ARGV[5]  reservation expiry in seconds: an unsettled reservation counts as
+--          ended at grant + expiry (a crashed worker cannot hold the budget for ever)
 -- ARGV[6]  retry delay in seconds when only in-flight downloads block
--- ARGV[7]  estimate margin k: estimate = max(mean + k * mean deviation,
---          decaying maximum), see settle.lua
--- ARGV[8]  lease size in downloads L (optional, default 1): reserve L * n
---          bytes for several downloads of one worker, but only while that is
---          at most a quarter of the room the budget has left; near the limit
---          every download reserves for itself
--- Returns  {1, member, now, n, granted}                granted >= n bytes are reserved
---          (member for settle.lua)
---          {0, not_before, now, n, warn}            denied; warn = 1 for the first
---                                                   denial of a window (log it once)
+-- ARGV[7]  lease size in downloads L (1: no lease): reserve L * n bytes for
+--          several downloads of one worker, but only while that is at most a
+--          quarter of the room the budget has left
+-- ARGV[8]  holder: id of the download, for the overdraft token ("" = none)
+-- ARGV[9]  1: this download must run as the overdraft (a page known to be
+--          larger than b, or a retried stopped page of unknown size); it is
+--          granted its full size while the token is free and used <= b
+-- Without the token a download reserves its exposure x (the largest learned
+-- size); with it, its estimate n, when x does not fit and n does.
+-- Returns  {1, member, now, per, granted, overdraft}  granted >= per bytes reserved,
+--                                                   per for each download (more: a lease);
+--                                                   overdraft = 1: holds the token
+--          {0, not_before, now, n, warn, used}      denied; warn = 1 for the first
+--                                                   denial of a window caused by the
+--                                                   budget (log it once)
 --          floats are returned as strings (Lua numbers would be truncated).
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local budget = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
-local n = tonumber(ARGV[3])
-local lease = tonumber(ARGV[5])
 
 local function size_of(member)
   return tonumber(string.match(member, ':(%d+)$'))
@@ -54,7 +58,7 @@ end
 
 local used = tonumber(redis.call('HGET', KEYS[3], 'used') or '0')
 
--- Leases that ran out without a settle: the download ended at the latest then.
+-- Reservations that expired without a settle: the download ended at the latest then.
 local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'WITHSCORES')
 for i = 1, #stale, 2 do
   redis.call('ZADD', KEYS[1], stale[i + 1], stale[i])
@@ -76,46 +80,98 @@ if used < 0 or (redis.call('ZCARD', KEYS[1]) == 0 and redis.call('ZCARD', KEYS[2
 end
 redis.call('HSET', KEYS[3], 'used', used)
 
-if n <= 0 then
-  local mean = tonumber(redis.call('HGET', KEYS[3], 'mean') or '')
-  if mean then
-    local dev = tonumber(redis.call('HGET', KEYS[3], 'dev') or '0')
-    local max = tonumber(redis.call('HGET', KEYS[3], 'max') or '0')
-    n = math.ceil(math.max(mean + tonumber(ARGV[7]) * dev, max))
+-- The overdraft token: at most one download of the website may run past the
+-- budget. Held while it downloads (od_holder, od_until = its reservation's
+-- expiry), then busy until one window after it ended (its bytes left the window).
+local od_holder = redis.call('HGET', KEYS[3], 'od_holder') or ''
+local od_until = tonumber(redis.call('HGET', KEYS[3], 'od_until') or '0')
+local token_free = now >= od_until and used <= budget and budget > 0
+
+local known = tonumber(ARGV[3])
+local holder = ARGV[8]
+local expiry = tonumber(ARGV[5])
+-- n: what a download is expected to take (the learned q-quantile, or its
+-- known size); x: its exposure, what it may take without the token: the
+-- largest size learned on the website (a server pushes a started response into
+-- its socket buffers, megabytes of it, before a worker could stop it), or the
+-- whole budget until 32 sizes are known. Twice the largest: a page a little
+-- larger than any seen so far stays within it.
+local n, x
+if known > 0 then
+  n, x = known, known
+else
+  n = tonumber(redis.call('HGET', KEYS[3], 'estimate') or ARGV[4])
+  if tonumber(redis.call('HGET', KEYS[3], 'learned') or '0') < 32 then
+    -- Too little known of the website's sizes: one download at a time (the
+    -- token's), unless the budget is far above any page (>= 1024 default
+    -- estimates, 32 MiB): then 32 default estimates (1 MiB) each.
+    if budget >= 1024 * tonumber(ARGV[4]) then
+      x = 32 * tonumber(ARGV[4])
+    else
+      x = budget + 1
+    end
   else
-    n = tonumber(ARGV[4])
+    x = math.max(n, 2 * tonumber(redis.call('HGET', KEYS[3], 'exposure') or '0'))
   end
-end
--- A download larger than the whole budget waits for an empty window.
-if n > budget then
-  n = budget
+  -- Capped at b / 4: a first guess never takes the whole window; a page above
+  -- its reservation draws the rest (draw.lua) or runs as the overdraft.
+  n = math.min(n, math.max(math.floor(budget / 4), 1))
 end
 n = math.max(math.floor(n), 1)
+x = math.max(math.floor(x), n)
 
--- Keys live for two windows plus a lease past the last activity.
-local ttl = math.ceil((2 * window + lease) * 1000)
-
-if budget > 0 and used + n <= budget then
-  local granted = n
-  local wish = n * (tonumber(ARGV[8] or '1') or 1)
-  if wish > n and budget - used - n >= 4 * (wish - n) then
-    granted = wish
-  end
-  local seq = redis.call('HINCRBY', KEYS[3], 'seq', 1)
-  local member = seq .. ':' .. granted
-  redis.call('ZADD', KEYS[2], now + lease, member)
-  redis.call('HSET', KEYS[3], 'used', used + granted)
+-- Keys live for two windows plus an expiry past the last activity.
+local ttl = math.ceil((2 * window + expiry) * 1000)
+local function touch()
   for i = 1, 3 do
     redis.call('PEXPIRE', KEYS[i], ttl)
   end
-  return {1, member, tostring(now), n, granted}
 end
+local function grant(amount, per, overdraft)
+  local seq = redis.call('HINCRBY', KEYS[3], 'seq', 1)
+  local member = seq .. ':' .. amount
+  redis.call('ZADD', KEYS[2], now + expiry, member)
+  redis.call('HSET', KEYS[3], 'used', used + amount)
+  if overdraft == 1 then
+    -- od_room: what it reserved beyond its estimate (not a sign of exhaustion)
+    redis.call('HSET', KEYS[3], 'od_holder', holder, 'od_until', now + expiry, 'od_room', amount - n)
+  end
+  touch()
+  return {1, member, tostring(now), per, amount, overdraft}
+end
+
+local as_overdraft = budget > 0 and (n > budget or ARGV[9] == '1')
+if not as_overdraft and budget > 0 and used + x <= budget then
+  local granted = x
+  local wish = x * (tonumber(ARGV[7] or '1') or 1)
+  if wish > x and budget - used - x >= 4 * (wish - x) then
+    granted = wish
+  end
+  return grant(granted, x, 0)
+end
+-- The token: one download at a time that may run past what it reserved.
+-- It reserves what room there is, up to x: a page that fits in it did not run
+-- past the budget, and the token is free again as soon as it is settled.
+if token_free and holder ~= '' and (as_overdraft or used + n <= budget) then
+  local amount = n
+  if not as_overdraft then
+    amount = math.max(n, math.min(x, budget - used))
+  end
+  return grant(amount, amount, 1)
+end
+-- Exhausted: no room for n even without the room a token holder took beyond
+-- its estimate (then the wait is for the token, not for the budget).
+local od_room = 0
+if od_holder ~= '' and now < od_until then
+  od_room = tonumber(redis.call('HGET', KEYS[3], 'od_room') or '0')
+end
+local exhausted = budget <= 0 or used - od_room + n > budget
 
 -- Denied: the earliest time enough settled bytes will have left the window.
 local not_before = now + tonumber(ARGV[6])
 if budget <= 0 then
   not_before = now + window
-else
+elseif exhausted then
   local need = used + n - budget
   local freed = 0
   local entries = redis.call('ZRANGE', KEYS[1], 0, 999, 'WITHSCORES')
@@ -127,13 +183,14 @@ else
     end
   end
 end
+if not exhausted and od_holder == '' and od_until > not_before then
+  not_before = od_until  -- room for it, but only as the overdraft: when the token is free
+end
 local warn = 0
 local warned_until = tonumber(redis.call('HGET', KEYS[3], 'warned_until') or '0')
-if now >= warned_until then
+if exhausted and now >= warned_until then
   redis.call('HSET', KEYS[3], 'warned_until', now + window)
   warn = 1
 end
-for i = 1, 3 do
-  redis.call('PEXPIRE', KEYS[i], ttl)
-end
-return {0, tostring(not_before), tostring(now), n, warn}
+touch()
+return {0, tostring(not_before), tostring(now), n, warn, tostring(used)}

@@ -1,38 +1,43 @@
--- Byte budget: settle a reservation to the bytes the download really took.
+-- Byte budget: settle a download's reservations to the bytes it really took.
 --
--- The reserved entry leaves the in-flight set and the true size enters the
--- settled log, scored with the settle time (after the last byte arrived), so it
--- counts for one window from now. A size above the reservation is debt that
--- later reservations wait for; below it, the difference is free at once.
--- Also folds the size into the website's learned estimate (Jacobson/Karels
--- smoothing, as TCP does for round-trip times: mean += (x - mean) / 8,
--- dev += (|x - mean| - dev) / 4) and a slowly decaying maximum (x 0.995 per
--- settle), so that a website whose pages come in a few sizes (small listings,
--- larger articles) is estimated at its larger pages: an estimate below the true
--- size is an overrun when the size is unknowable (chunked, no Content-Length).
+-- The reserved entries (its reservation and its draws, or a lease's) leave the
+-- in-flight set and the true size enters the settled log, scored with the
+-- settle time (after the last byte arrived), so it counts for one window from
+-- now. A size above the reservations is debt that later reservations wait
+-- for; below them, the difference is free at once. If the download held the
+-- overdraft token, the token stays busy until one window from now.
+--
+-- Sizes are learned per website from the last 32 settled downloads (robots.txt
+-- and stopped downloads are not sent): the estimate is their q-quantile, so a
+-- few huge pages among small ones do not inflate it; the exposure (what a
+-- download may take without the overdraft token, see reserve.lua) is the
+-- largest of the last 256 downloads, forgotten 256 downloads later.
 --
 -- KEYS[1]  <prefix>:bb:{<website>}:log       sorted set, settled entries
 -- KEYS[2]  <prefix>:bb:{<website>}:inflight  sorted set, granted, not settled
--- KEYS[3]  <prefix>:bb:{<website>}:state     hash: used, seq, mean, dev, max, warned_until
--- ARGV[1]  member returned by reserve.lua ("" when there was no reservation)
+-- KEYS[3]  <prefix>:bb:{<website>}:state     hash (see reserve.lua)
+-- ARGV[1]  members returned by reserve.lua / draw.lua, comma-separated ("" = none)
 -- ARGV[2]  bytes to count now (integer >= 0)
 -- ARGV[3]  window length in seconds
--- ARGV[4]  lease in seconds (for the key TTL)
--- ARGV[5..] sizes to learn from (integers; < 0 = learn nothing); a lease
+-- ARGV[4]  reservation expiry in seconds (for the key TTL)
+-- ARGV[5]  holder: id of the download ("" = none); releases the token it holds
+-- ARGV[6]  estimate quantile q in [0, 1]
+-- ARGV[7..] sizes to learn from (integers; < 0 = learn nothing); a lease
 --          settles the sizes of all its downloads at once
 -- Returns  {now, used}  as strings
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local member = ARGV[1]
 local bytes = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
 
 local used = tonumber(redis.call('HGET', KEYS[3], 'used') or '0')
-if member ~= '' then
+local covered = 0
+for member in string.gmatch(ARGV[1], '[^,]+') do
   local reserved = tonumber(string.match(member, ':(%d+)$'))
-  -- Still in flight, or moved to the log when its lease ran out: either way it
-  -- is still counted in `used` and is replaced by the true size. Already gone
+  covered = covered + reserved
+  -- Still in flight, or moved to the log when it expired: either way it is
+  -- still counted in `used` and is replaced by the true size. Already gone
   -- from the window: nothing to take back.
   if redis.call('ZREM', KEYS[2], member) == 1 or redis.call('ZREM', KEYS[1], member) == 1 then
     used = used - reserved
@@ -48,26 +53,61 @@ if used < 0 then
 end
 redis.call('HSET', KEYS[3], 'used', used)
 
-local mean = tonumber(redis.call('HGET', KEYS[3], 'mean') or '')
-local dev = tonumber(redis.call('HGET', KEYS[3], 'dev') or '0')
-local max = tonumber(redis.call('HGET', KEYS[3], 'max') or '0')
+-- The token's holder is done: if it ran past what it reserved, no other
+-- download may do so until its bytes have left the window; if not, at once.
+if ARGV[5] ~= '' and redis.call('HGET', KEYS[3], 'od_holder') == ARGV[5] then
+  local busy = now
+  if bytes > covered then
+    busy = now + window
+  end
+  redis.call('HSET', KEYS[3], 'od_holder', '', 'od_until', busy, 'od_room', 0)
+end
+
+local sizes = {}
+for x in string.gmatch(redis.call('HGET', KEYS[3], 'sizes') or '', '[^,]+') do
+  sizes[#sizes + 1] = tonumber(x)
+end
 local learned = false
-for i = 5, #ARGV do
+local new = 0
+for i = 7, #ARGV do
   local x = tonumber(ARGV[i])
   if x >= 0 then
-    if mean then
-      local err = x - mean
-      mean = mean + err / 8
-      dev = dev + (math.abs(err) - dev) / 4
-      max = math.max(x, max * 0.995)
-    else
-      mean, dev, max = x, x / 2, x
-    end
+    sizes[#sizes + 1] = math.floor(x)
     learned = true
+    new = new + 1
   end
 end
 if learned then
-  redis.call('HSET', KEYS[3], 'mean', mean, 'dev', dev, 'max', max)
+  while #sizes > 32 do
+    table.remove(sizes, 1)
+  end
+  local sorted = {}
+  for i = 1, #sizes do
+    sorted[i] = sizes[i]
+  end
+  table.sort(sorted)
+  local k = math.max(math.ceil(tonumber(ARGV[6]) * #sorted), 1)
+  -- The exposure: the largest size of the last 256 downloads (kept as the
+  -- record and its age, since the list holds 32), so a website whose big
+  -- pages are rare still counts with them.
+  local xmax = tonumber(redis.call('HGET', KEYS[3], 'exposure') or '0')
+  local xage = tonumber(redis.call('HGET', KEYS[3], 'exposure_age') or '0')
+  for i = 7, #ARGV do
+    local x = tonumber(ARGV[i])
+    if x >= 0 then
+      if x >= xmax then
+        xmax, xage = x, 0
+      else
+        xage = xage + 1
+      end
+    end
+  end
+  if xage >= 256 then
+    xmax, xage = sorted[#sorted], 0
+  end
+  local count = tonumber(redis.call('HGET', KEYS[3], 'learned') or '0')
+  redis.call('HSET', KEYS[3], 'sizes', table.concat(sizes, ','), 'estimate', sorted[k],
+             'exposure', xmax, 'exposure_age', xage, 'learned', count + new)
 end
 
 local ttl = math.ceil((2 * window + tonumber(ARGV[4])) * 1000)

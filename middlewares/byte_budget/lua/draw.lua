@@ -1,0 +1,94 @@
+-- Byte budget: draw more bytes for a download that runs past what it reserved.
+--
+-- A metered download draws from the website's budget as its bytes arrive
+-- beyond its grant. A draw is one more in-flight entry (settled with the
+-- download's reservation by settle.lua). When the budget has no room for it,
+-- the download may go on as the website's one overdraft if the token is free
+-- (no other download runs past the budget, none did within the last window and
+-- used <= b); otherwise the draw is denied and the worker stops the download.
+-- The holder of the token is never denied. See reserve.lua for the proof.
+--
+-- KEYS[1]  <prefix>:bb:{<website>}:log       sorted set, settled entries
+-- KEYS[2]  <prefix>:bb:{<website>}:inflight  sorted set, granted, not settled
+-- KEYS[3]  <prefix>:bb:{<website>}:state     hash (see reserve.lua)
+-- ARGV[1]  budget b in bytes per window (integer >= 0)
+-- ARGV[2]  window length in seconds (float > 0)
+-- ARGV[3]  bytes to draw (integer >= 1)
+-- ARGV[4]  reservation expiry in seconds
+-- ARGV[5]  holder: id of the download (for the overdraft token)
+-- ARGV[6]  bytes the download has been covered for with this draw: a page
+--          larger than the website's exposure raises it at once, so later
+--          downloads reserve for it (or take turns with the token)
+-- Returns  {1, member, now, overdraft}   drawn; overdraft = 1: the download holds the token
+--          {0, "", now, used}            denied: stop the download
+--          floats are returned as strings.
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local budget = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+
+local function size_of(member)
+  return tonumber(string.match(member, ':(%d+)$'))
+end
+
+local used = tonumber(redis.call('HGET', KEYS[3], 'used') or '0')
+
+-- Reservations that expired without a settle: the download ended at the latest then.
+local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'WITHSCORES')
+for i = 1, #stale, 2 do
+  redis.call('ZADD', KEYS[1], stale[i + 1], stale[i])
+end
+if #stale > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+end
+
+-- Entries that left the window.
+local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - window)
+for i = 1, #old do
+  used = used - size_of(old[i])
+end
+if #old > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+end
+if used < 0 or (redis.call('ZCARD', KEYS[1]) == 0 and redis.call('ZCARD', KEYS[2]) == 0) then
+  used = 0
+end
+redis.call('HSET', KEYS[3], 'used', used)
+
+-- The overdraft token: at most one download of the website may run past the
+-- budget. Held while it downloads (od_holder, od_until = its reservation's
+-- expiry), then busy until one window after it ended (its bytes left the window).
+local od_holder = redis.call('HGET', KEYS[3], 'od_holder') or ''
+local od_until = tonumber(redis.call('HGET', KEYS[3], 'od_until') or '0')
+local token_free = now >= od_until and used <= budget and budget > 0
+
+local amount = math.max(math.floor(tonumber(ARGV[3])), 1)
+local covered = tonumber(ARGV[6] or '0')
+if covered > tonumber(redis.call('HGET', KEYS[3], 'exposure') or '0') then
+  redis.call('HSET', KEYS[3], 'exposure', covered, 'exposure_age', 0)
+end
+local expiry = tonumber(ARGV[4])
+local holder = ARGV[5]
+local overdraft = 0
+if holder ~= '' and od_holder == holder and now < od_until then
+  overdraft = 1
+elseif budget > 0 and used + amount <= budget then
+  overdraft = 0
+elseif token_free and holder ~= '' then
+  overdraft = 1
+else
+  return {0, '', tostring(now), tostring(used)}
+end
+if overdraft == 1 then
+  redis.call('HSET', KEYS[3], 'od_holder', holder, 'od_until', now + expiry)
+end
+local seq = redis.call('HINCRBY', KEYS[3], 'seq', 1)
+local member = seq .. ':' .. amount
+redis.call('ZADD', KEYS[2], now + expiry, member)
+redis.call('HSET', KEYS[3], 'used', used + amount)
+local ttl = math.ceil((2 * window + expiry) * 1000)
+for i = 1, 3 do
+  redis.call('PEXPIRE', KEYS[i], ttl)
+end
+return {1, member, tostring(now), overdraft}
