@@ -52,8 +52,6 @@ DOWNLOADER = "crawler.scrapy_internals.Downloader"
 
 # Shared frontier: our scheduler on scrapy-redis's data model (crawler/frontier/scheduler.py).
 SCHEDULER = "crawler.frontier.scheduler.FrontierScheduler"
-# `scrapy crawl` exits with status 1 when the frontier cannot start (crawler/commands/crawl.py).
-COMMANDS_MODULE = "crawler.commands"
 
 # FRONTIER_* settings and their defaults (workers run as services that wait for
 # seeds until FRONTIER_IDLE_CLOSE_SECONDS is set): docs/frontier.md.
