@@ -77,3 +77,34 @@ def test_worker_closes_while_redis_is_stopped_and_loses_nothing(demo_site: DemoS
     assert len(paths) == sum(site.expected_pages().values()) + 1  # + robots.txt: nothing lost
     with redis.Redis.from_url(private_redis.url) as r:
         assert not r.keys("{shop_a}:pops:*")  # nothing left unacknowledged
+
+
+def test_sigterm_hands_back_at_once_and_the_other_worker_finishes(demo_site: DemoSite, private_redis: Server,
+                                                                   tmp_path: Path) -> None:
+    """SIGTERM (a deploy, scrapyd's cancel) mid-crawl: the worker returns what it holds and exits within
+    FRONTIER_CLOSE_TIMEOUT + margin; the other worker fetches every page, no lease time to wait for."""
+    settings = {"ITEM_PIPELINES": "{}", "BYTE_BUDGET_ENABLED": "False", "FRONTIER_IDLE_CLOSE_SECONDS": "1",
+                "FRONTIER_CLOSE_TIMEOUT": str(CLOSE_TIMEOUT), "DOWNLOAD_DELAY": "0.02",
+                "CONCURRENT_REQUESTS_PER_DOMAIN": "2", "FRONTIER_PREFETCH": "16"}
+    env = {**ENV, "REDIS_URL": private_redis.url}
+    with redis.Redis.from_url(private_redis.url) as r:
+        r.lpush("shop_a:start_urls", demo_site.url("shop-a.test", "/"))
+    mark = demo_site.mark()
+    w1 = start_crawl(tmp_path, "shop_a", settings, env, name="w1")
+    w2 = start_crawl(tmp_path, "shop_a", settings, env, name="w2")
+    deadline = time.monotonic() + 60
+    while len(_fetched(demo_site, mark)) < 60:
+        assert w1.proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    w1.proc.send_signal(signal.SIGTERM)
+    asked = time.monotonic()
+    r1 = wait_crawl(w1, timeout=CLOSE_TIMEOUT + MARGIN)
+    assert time.monotonic() - asked < CLOSE_TIMEOUT + MARGIN
+    assert r1.stats["finish_reason"] == "shutdown"
+    assert not r1.stats.get("frontier/lost_on_close")
+    r2 = wait_crawl(w2, timeout=120)
+    assert r2.returncode == 0 and r2.stats["finish_reason"] == "finished", r2.log[-3000:]
+    paths = {rec["path"] for rec in _fetched(demo_site, mark)}
+    assert len(paths) == sum(TEST_SITES[0].expected_pages().values()) + 1  # + robots.txt: nothing lost
+    with redis.Redis.from_url(private_redis.url) as r:
+        assert not r.keys("{shop_a}:pops:*") and not r.keys("{shop_a}:q:*")
