@@ -112,7 +112,7 @@ async def test_not_before_holds_one_website_while_others_flow(schedulers: Schedu
     assert await s.mark_not_before("held.test", now + 0.1) == pytest.approx(until)
     got = await drain(s)
     assert [r.meta["download_slot"] for r in got] == ["free.test"] * 6
-    assert s.prefetched == 0
+    assert len(s) == 0
     while await server_now(s) <= until:
         await asyncio.sleep(0.05)
     later = await drain(s)
@@ -187,7 +187,7 @@ async def test_prefetched_requests_go_back_on_close(schedulers: Schedulers) -> N
     for i in range(5):
         a.enqueue_request(req("a.test", f"{i}"))
     first = await drain(a, limit=1)
-    assert a.prefetched == 4
+    assert len(a) == 4
     await schedulers.close(a, "shutdown")
     assert a.crawler.stats.get_value("frontier/returned_on_close") == 4
     b = await schedulers.open()
@@ -266,7 +266,7 @@ async def test_cluster_idle_needs_every_worker_idle(schedulers: Schedulers) -> N
     a.enqueue_request(req("a.test", "1"))
     a.enqueue_request(req("a.test", "2"))
     await drain(a, limit=1)
-    assert a.prefetched == 1
+    assert len(a) == 1
     start = time.monotonic()
     while time.monotonic() - start < 1.6:  # b keeps seeing a busy worker (a's heartbeat)
         await asyncio.sleep(0.1)
@@ -304,13 +304,13 @@ async def test_busy_worker_is_told_about_seeds(schedulers: Schedulers) -> None:
     s = await schedulers.open(FRONTIER_IDLE_CLOSE_SECONDS=0.4, FRONTIER_PREFETCH=4)
     s.enqueue_request(req("a.test", "held"))
     await drain(s, limit=0)
-    assert s.prefetched == 1  # busy: it holds a request
+    assert len(s) == 1  # busy: it holds a request
     assert s.redis is not None and s.spider is not None
     await s.redis.rpush("frontier_test:start_urls", "http://a.test/1", "http://a.test/2")
     while not s.spider.seeds_told:  # type: ignore[attr-defined]
         await asyncio.sleep(0.05)
     assert s.spider.seeds_told[0] == 2  # type: ignore[attr-defined]
-    assert s.prefetched == 1
+    assert len(s) == 1
 
 
 @pytest.mark.asyncio
@@ -350,7 +350,7 @@ async def test_one_turn_hands_out_no_more_than_the_download_slots_take(scheduler
         # A spider's own download slot: not the website's, not limited here (as before).
         s.enqueue_request(req("own.test", f"{i}", meta={"download_slot": "mine"}))
     await s.settled()
-    assert s.prefetched == 16
+    assert len(s) == 16
 
     def one_turn() -> Counter[str]:  # as ExecutionEngine._start_scheduled_requests
         out: Counter[str] = Counter()

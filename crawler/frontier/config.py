@@ -31,6 +31,13 @@ class FrontierConfig:
     website_mode: str
 
     @classmethod
+    def placeholder(cls) -> Self:
+        """The defaults, for a scheduler that will not open (its settings were invalid)."""
+        from scrapy.settings import Settings
+
+        return cls.from_settings(Settings({"REDIS_URL": "redis://invalid"}))
+
+    @classmethod
     def from_settings(cls, settings: BaseSettings) -> Self:
         prefix = settings.get("FRONTIER_KEY_PREFIX", "{%(spider)s}")
         try:

@@ -32,6 +32,7 @@ from crawler.frontier.closing import hand_back, stop_tasks
 from crawler.frontier.cluster_view import ClusterView
 from crawler.frontier.codec import UndecodableRequestError, UnencodableRequestError, decode_request, encode_request
 from crawler.frontier.config import FrontierConfig
+from crawler.frontier.in_flight import InFlight
 from crawler.frontier.outbox import Outbox
 from crawler.frontier.prefetch import Buffered, PrefetchBuffer
 from crawler.frontier.redis_health import RedisHealth, safe_url
@@ -47,7 +48,7 @@ from crawler.frontier.store import (
     split_member,
 )
 from crawler.frontier.tasks import Tasks
-from crawler.scrapy_internals import downloader_slots, in_progress, new_slot_concurrency, wake_engine
+from crawler.scrapy_internals import downloader_slots, new_slot_concurrency, wake_engine
 from crawler.website import website_key
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ class FrontierScheduler:
             raise RuntimeError("FrontierScheduler needs the asyncio reactor (TWISTED_REACTOR)")
         self.crawler = crawler
         self._startup = StartupCheck(crawler, startup_error)
-        self.config = config or _placeholder_config()
+        self.config = config or FrontierConfig.placeholder()
         config = self.config
         assert crawler.stats is not None
         self.stats = crawler.stats
@@ -109,8 +110,7 @@ class FrontierScheduler:
         self._turn: dict[str, int] = {}
         self._receipts = PopReceipts()
         self._refill = Refill(config, self._pop_batch, self._prefetch.__len__, self._popped, self._start_task)
-        # requests handed to the engine, until their outcome is processed
-        self._in_flight: dict[Request, str] = {}
+        self._in_flight = InFlight(crawler)
         self._cluster = ClusterView(config)
         self._heartbeat: asyncio.Task[None] | None = None
 
@@ -202,13 +202,7 @@ class FrontierScheduler:
 
     def _return_buffer(self) -> None:
         """Prefetched requests go back to Redis (without the dupefilter) when this worker stops."""
-        returned = 0
-        for website, item in self._prefetch.drain():
-            self._outbox.append(PushEntry(website, item.fingerprint, MODE_REQUEUE, item.score,
-                                          self._prefetch.not_before(website), item.payload))
-            returned += 1
-        if returned:
-            self.stats.inc_value("frontier/returned_on_close", returned)
+        self._hand_back(self._prefetch.drain(), "frontier/returned_on_close")
 
     # -- Scrapy's scheduler interface ----------------------------------
 
@@ -272,7 +266,7 @@ class FrontierScheduler:
                 # a sign FRONTIER_PREFETCH is too small for this crawl's speed.
                 self.stats.inc_value("frontier/prefetch_empty")
             return None
-        self._in_flight[item.request] = item.fingerprint
+        self._in_flight.add(item.request, item.fingerprint)
         self.stats.inc_value("scheduler/dequeued/redis")
         return item.request
 
@@ -290,11 +284,6 @@ class FrontierScheduler:
     def cluster_idle_seconds(self) -> float:
         """How long the whole cluster has had nothing queued, no seeds and no busy worker (0: busy now)."""
         return self._cluster.idle_seconds(self.locally_busy())
-
-    @property
-    def prefetched(self) -> int:
-        """Requests popped from Redis and not handed to the engine yet."""
-        return len(self._prefetch)
 
     async def settled(self) -> None:
         """Wait until no push and no pop is under way (everything enqueued so far is in Redis);
@@ -351,13 +340,15 @@ class FrontierScheduler:
 
     def _requeue_held(self, website: str, items: list[Buffered]) -> None:
         """Send a held website's prefetched requests back to Redis, so no worker keeps them."""
-        if not items:
-            return
-        until = self._prefetch.not_before(website)
-        for item in items:
-            self._outbox.append(PushEntry(website, item.fingerprint, MODE_REQUEUE, item.score, until, item.payload))
-        self.stats.inc_value("frontier/returned_held", len(items))
+        self._hand_back([(website, item) for item in items], "frontier/returned_held")
         self._outbox.schedule()
+
+    def _hand_back(self, items: list[tuple[str, Buffered]], stat: str) -> None:
+        for website, item in items:
+            self._outbox.append(PushEntry(website, item.fingerprint, MODE_REQUEUE, item.score,
+                                          self._prefetch.not_before(website), item.payload))
+        if items:
+            self.stats.inc_value(stat, len(items))
 
     def _add_popped(self, website: str, member: bytes) -> bool:
         fp, payload = split_member(member)
@@ -412,8 +403,8 @@ class FrontierScheduler:
     # -- the heartbeat's host (crawler.frontier.cluster_view.HeartbeatHost) ----
 
     def locally_busy(self) -> bool:
-        self._sweep_in_flight()
-        return bool(len(self._prefetch) or self._outbox.busy or self._in_flight)
+        self._in_flight.sweep()
+        return bool(len(self._prefetch) or self._outbox.busy or len(self._in_flight))
 
     async def cluster_status(self, busy: bool, with_seeds: bool) -> Status:
         assert self.store is not None
@@ -430,17 +421,6 @@ class FrontierScheduler:
     def idle_tick(self) -> None:
         self._wake_engine()  # lets FrontierSpider.spider_idle look at the cluster view
 
-    def _sweep_in_flight(self) -> None:
-        """Forget requests whose outcome the engine has processed (a lease would be acknowledged here)."""
-        if not self._in_flight:
-            return
-        inprogress = in_progress(self.crawler)
-        if inprogress is None:
-            self._in_flight.clear()
-            return
-        for request in [r for r in self._in_flight if r not in inprogress]:
-            del self._in_flight[request]
-
     # -- helpers -------------------------------------------------------
 
     def _start_task(self, name: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -453,10 +433,3 @@ class FrontierScheduler:
     def _wake_engine(self) -> None:
         # Prefetched requests or a changed cluster view should not wait for the engine's 5 s heartbeat.
         wake_engine(self.crawler)
-
-
-def _placeholder_config() -> FrontierConfig:
-    """A config for a scheduler that will not open (its settings were invalid)."""
-    from scrapy.settings import Settings
-
-    return FrontierConfig.from_settings(Settings({"REDIS_URL": "redis://invalid"}))
