@@ -189,8 +189,8 @@ def test_requeue_contract_in_a_real_crawl(demo_site: DemoSite, redis_url: str,
 def test_idle_close_follows_the_documented_poll(demo_site: DemoSite, redis_url: str,
                                                 run_crawl: Callable[..., CrawlResult]) -> None:
     """A worker closes FRONTIER_IDLE_CLOSE_SECONDS after the cluster went idle, give or take one poll,
-    not on Scrapy's 5 s idle tick. Bound: idle close + poll + 2 s of margin for a busy machine
-    (the 5 s tick would make it 5-10 s)."""
+    not on Scrapy's 5 s idle tick. Bound: idle close + poll + 2.5 s of margin for a busy machine
+    (3.75 s; the 5 s tick made it 5-10 s)."""
     idle_close, poll = 1.0, 0.25
     with redis.Redis.from_url(redis_url) as r:
         r.lpush("shop_a:start_urls", demo_site.url("shop-a.test", "/robots.txt"))
@@ -204,4 +204,4 @@ def test_idle_close_follows_the_documented_poll(demo_site: DemoSite, redis_url: 
     assert len(fetched) == 1
     idle_for = _finish(result) - fetched[0]
     assert idle_close <= idle_for + 0.05
-    assert idle_for < idle_close + poll + 2.0, f"closed {idle_for:.2f}s after the last fetch"
+    assert idle_for < idle_close + poll + 2.5, f"closed {idle_for:.2f}s after the last fetch"
