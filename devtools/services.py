@@ -97,7 +97,9 @@ def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subp
         )
 
 
-def start_redis(state: Path, port: int | None = None) -> Server:
+def start_redis(state: Path, port: int | None = None, persistent: bool = False) -> Server:
+    """A redis-server in ``state/redis-<port>``; ``persistent``: with AOF ``everysec`` (docs/frontier.md,
+    "Persistence"), as the demo runs it; without persistence for tests and benchmarks (flushed at will)."""
     exe = shutil.which("redis-server")
     if exe is None:
         raise RuntimeError("redis-server not found: run `make deps` (apt-get install redis-server)")
@@ -105,7 +107,8 @@ def start_redis(state: Path, port: int | None = None) -> Server:
     workdir = state / f"redis-{port}"
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "redis.log"
-    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+    persistence = ["--appendonly", "yes", "--appendfsync", "everysec"] if persistent else ["--appendonly", "no"]
+    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *persistence,
            "--dir", str(workdir), "--daemonize", "no", "--protected-mode", "yes"]
     proc = _spawn(cmd, log)
     server = Server("redis", proc, port, f"redis://127.0.0.1:{port}/0", log)
@@ -187,7 +190,7 @@ class LocalServices:
     def start(self, need_mongo: bool = True) -> LocalServices:
         self.redis_url = os.environ.get("REDIS_URL", "")
         if not self.redis_url:
-            server = start_redis(self.state)
+            server = start_redis(self.state, persistent=True)  # the frontier is state: AOF everysec
             self.servers.append(server)
             self.redis_url = server.url
         if need_mongo:

@@ -1,11 +1,11 @@
-"""Helpers for the frontier tests: a real scheduler on a real Redis, driven from asyncio."""
+"""Helpers for the frontier tests: real schedulers on a real Redis, driven through their public interface."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
 from scrapy import Spider
+from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.misc import build_from_crawler
 from scrapy.utils.test import get_crawler
 
@@ -17,6 +17,11 @@ if TYPE_CHECKING:
 
 class CodecSpider(Spider):
     name = "frontier_test"
+    redis_key = "frontier_test:start_urls"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.seeds_told: list[int] = []
 
     def parse(self, response: Any) -> None:
         pass
@@ -27,36 +32,50 @@ class CodecSpider(Spider):
     def on_error(self, failure: Any) -> None:
         pass
 
-
-async def open_scheduler(redis_url: str, **settings: Any) -> FrontierScheduler:
-    crawler = get_crawler(CodecSpider, {"REDIS_URL": redis_url, "FRONTIER_FLUSH_DELAY": 0, **settings})
-    spider = CodecSpider.from_crawler(crawler)
-    crawler.spider = spider
-    scheduler = build_from_crawler(FrontierScheduler, crawler)
-    await scheduler._open(spider)
-    return scheduler
+    def frontier_seeds_waiting(self, count: int) -> None:
+        """The frontier's hook (as FrontierSpider's): seeds wait in ``redis_key``."""
+        self.seeds_told.append(count)
 
 
-async def settle(scheduler: FrontierScheduler) -> None:
-    """Wait until every enqueued request has been sent to Redis."""
-    outbox = scheduler._outbox
-    while outbox.entries or outbox.task or outbox.timer:
-        if outbox.task is not None:
-            await outbox.task
-        else:
-            await asyncio.sleep(0.001)
+class Schedulers:
+    """Opens schedulers (each with its own crawler) and closes those still open at the end of a test."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.redis_url = redis_url
+        self._open: list[FrontierScheduler] = []
+
+    async def open(self, redis_url: str | None = None, **settings: Any) -> FrontierScheduler:
+        crawler = get_crawler(CodecSpider, {"REDIS_URL": redis_url or self.redis_url, "FRONTIER_FLUSH_DELAY": 0,
+                                            **settings})
+        spider = CodecSpider.from_crawler(crawler)
+        crawler.spider = spider
+        scheduler = build_from_crawler(FrontierScheduler, crawler)
+        await maybe_deferred_to_future(scheduler.open(spider))
+        self._open.append(scheduler)
+        return scheduler
+
+    async def close(self, scheduler: FrontierScheduler, reason: str = "finished") -> None:
+        self._open.remove(scheduler)
+        await maybe_deferred_to_future(scheduler.close(reason))
+
+    async def close_all(self) -> None:
+        for scheduler in list(self._open):
+            await self.close(scheduler)
 
 
 async def drain(scheduler: FrontierScheduler, limit: int = 10_000) -> list[Request]:
     """Every request the scheduler hands out now (popping from Redis as needed)."""
     out: list[Request] = []
-    scheduler._refill.pop_after = 0.0
+    await scheduler.settled()
     while len(out) < limit:
         request = scheduler.next_request()
         if request is not None:
             out.append(request)
-        elif scheduler._refill.task is not None:
-            await scheduler._refill.task
-        else:
+            continue
+        scheduler.work_ready()  # pop now, not after the idle poll
+        await scheduler.settled()
+        request = scheduler.next_request()
+        if request is None:
             break
+        out.append(request)
     return out

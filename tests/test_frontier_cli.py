@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 from typing import TYPE_CHECKING
 
+import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
 from scrapy.spiderloader import get_spider_loader
@@ -35,6 +35,18 @@ def test_seed_from_arguments_and_file(redis_url: str, tmp_path: Path) -> None:
             b"http://shop-a.test/c", b"http://shop-a.test/a", b'{"url": "https://shop-a.test/b", "priority": 4}']
 
 
+def test_redis_url_after_the_command(redis_url: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "crawler", "seed", "shop_a", "http://shop-a.test/after",
+                          "--redis-url", redis_url], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    with redis.Redis.from_url(redis_url) as r:
+        assert r.lrange("shop_a:start_urls", 0, -1) == [b"http://shop-a.test/after"]
+    out = subprocess.run([sys.executable, "-m", "crawler", "queues", "shop_a", "--redis-url", redis_url],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+
+
 def test_bad_seeds_push_nothing(redis_url: str) -> None:
     out = cli(redis_url, "seed", "shop_a", "http://ok.test/", "ftp://x/", '{"url": "http://x/", "meta": 3}', "{bad")
     assert out.returncode == 2
@@ -52,19 +64,17 @@ def test_unknown_spider(redis_url: str) -> None:
     assert out.returncode != 0 and f"unknown spider 'nope'; known: {known}" in out.stderr
 
 
-def test_queues_and_clear(redis_url: str) -> None:
-    async def fill() -> None:
-        client = AsyncRedis.from_url(redis_url)
-        store = FrontierStore(client, "{shop_a}")
-        entries = [PushEntry("shop-a.test", f"a{i}", MODE_DEDUPE, 0, 0, b"{}") for i in range(5)]
-        entries += [PushEntry("slow.test", f"s{i}", MODE_DEDUPE, 0, 0, b"{}") for i in range(2)]
-        await store.push(entries, "worker-1")
-        now = float((await client.time())[0])
-        await store.mark_not_before("slow.test", now + 600)
-        await store.mark_not_before("empty.test", now + 300)
-        await client.aclose()
-
-    asyncio.run(fill())
+@pytest.mark.asyncio
+async def test_queues_and_clear(redis_url: str) -> None:
+    client = AsyncRedis.from_url(redis_url)
+    store = FrontierStore(client, "{shop_a}")
+    entries = [PushEntry("shop-a.test", f"a{i}", MODE_DEDUPE, 0, 0, b"{}") for i in range(5)]
+    entries += [PushEntry("slow.test", f"s{i}", MODE_DEDUPE, 0, 0, b"{}") for i in range(2)]
+    await store.push(entries, "worker-1")
+    now = float((await client.time())[0])
+    await store.mark_not_before("slow.test", now + 600)
+    await store.mark_not_before("empty.test", now + 300)
+    await client.aclose()
     out = cli(redis_url, "queues", "shop_a")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()

@@ -184,3 +184,24 @@ def test_requeue_contract_in_a_real_crawl(demo_site: DemoSite, redis_url: str,
     assert result.stats["frontier/requeued"] == 1
     # (Prefetched requests of a held website going back to Redis: test_frontier_scheduler.py,
     # deterministically; here it depends on what was prefetched at that moment.)
+
+
+def test_idle_close_follows_the_documented_poll(demo_site: DemoSite, redis_url: str,
+                                                run_crawl: Callable[..., CrawlResult]) -> None:
+    """A worker closes FRONTIER_IDLE_CLOSE_SECONDS after the cluster went idle, give or take one poll,
+    not on Scrapy's 5 s idle tick. Bound: idle close + poll + 2.5 s of margin for a busy machine
+    (3.75 s; the 5 s tick made it 5-10 s)."""
+    idle_close, poll = 1.0, 0.25
+    with redis.Redis.from_url(redis_url) as r:
+        r.lpush("shop_a:start_urls", demo_site.url("shop-a.test", "/robots.txt"))
+    mark = demo_site.mark()
+    result = run_crawl("shop_a", {"FRONTIER_IDLE_CLOSE_SECONDS": str(idle_close), "ITEM_PIPELINES": "{}",
+                                  "ROBOTSTXT_OBEY": "False", "FRONTIER_IDLE_POLL_SECONDS": str(poll)},
+                       env={**ENV, "REDIS_URL": redis_url})
+    assert result.returncode == 0, result.log[-3000:]
+    assert_clean_log(result.log)
+    fetched = [rec["t"] for rec in demo_site.log(mark) if rec["host"] == "shop-a.test"]
+    assert len(fetched) == 1
+    idle_for = _finish(result) - fetched[0]
+    assert idle_close <= idle_for + 0.05
+    assert idle_for < idle_close + poll + 2.5, f"closed {idle_for:.2f}s after the last fetch"

@@ -8,6 +8,11 @@ the exception is retrieved and logged once: a configuration error (the project's
 checked settings raise ``ValueError``; :class:`StartupError` subclasses for the
 rest) as its message alone, with the traceback at DEBUG; anything else with its
 traceback. The exit code stays 1, as Scrapy sets it.
+
+A worker whose frontier cannot start (an invalid setting, Redis unreachable
+or refusing its credentials) logs the cause once itself and closes cleanly
+with reason ``frontier_startup_failed`` (:mod:`crawler.frontier.startup`);
+Scrapy would exit with status 0 then, this command exits with 1.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from scrapy.commands.crawl import Command as ScrapyCrawlCommand
 from scrapy.exceptions import UsageError
 from twisted.internet.defer import Deferred
 
+from crawler.frontier.startup import STARTUP_FAILED
 from crawler.startup import StartupError
 
 if TYPE_CHECKING:
@@ -57,11 +63,13 @@ class Command(ScrapyCrawlCommand):
         if len(args) != 1:
             raise UsageError("running 'scrapy crawl' needs exactly one spider" if args else None)
         assert self.crawler_process
-        started = self.crawler_process.crawl(self._create_crawler(args[0]), **opts.spargs)
+        crawler = self._create_crawler(args[0])
+        started = self.crawler_process.crawl(crawler, **opts.spargs)
         if isinstance(started, asyncio.Task):
             started.add_done_callback(_retrieve)
         elif isinstance(started, Deferred):  # CrawlerProcess rather than AsyncCrawlerProcess
             started.addErrback(_report_failure)
         self.crawler_process.start()
-        if self.crawler_process.bootstrap_failed:
+        startup_failed = crawler.stats is not None and crawler.stats.get_value("finish_reason") == STARTUP_FAILED
+        if self.crawler_process.bootstrap_failed or startup_failed:
             self.exitcode = 1

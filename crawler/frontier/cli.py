@@ -163,15 +163,19 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m crawler", description=__doc__.splitlines()[0])
     parser.add_argument("--redis-url", help="overrides the REDIS_URL setting")
+    # --redis-url is accepted after the command too (SUPPRESS: an absent one does not undo the first).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--redis-url", default=argparse.SUPPRESS, help="overrides the REDIS_URL setting")
     sub = parser.add_subparsers(dest="command", required=True)
-    seed = sub.add_parser("seed", help="push seeds (URLs or JSON objects) to a spider's redis_key")
+    seed = sub.add_parser("seed", parents=[common],
+                          help="push seeds (URLs or JSON objects) to a spider's redis_key")
     seed.add_argument("spider")
     seed.add_argument("seeds", nargs="*", help="URLs or JSON seeds")
     seed.add_argument("--file", help="one seed per line ('-' for stdin; '#' comments)")
-    queues = sub.add_parser("queues", help="per-website queue depths and not-before times")
+    queues = sub.add_parser("queues", parents=[common], help="per-website queue depths and not-before times")
     queues.add_argument("spider")
     queues.add_argument("--limit", type=int, default=50, help="websites to list (deepest first)")
-    clear = sub.add_parser("clear", help="delete a spider's frontier (queues, seen set, marks)")
+    clear = sub.add_parser("clear", parents=[common], help="delete a spider's frontier (queues, seen set, marks)")
     clear.add_argument("spider")
     clear.add_argument("--seeds", action="store_true", help="also delete its seed and dead-letter lists")
     clear.add_argument("--yes", action="store_true", help="really delete")

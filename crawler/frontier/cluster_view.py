@@ -5,47 +5,54 @@ Part of :mod:`crawler.frontier.scheduler`. A heartbeat task records this worker 
 pops report it too) and, while it is idle, polls the cluster (queued websites,
 seeds, last busy worker) every ``FRONTIER_IDLE_POLL_SECONDS`` for
 :class:`crawler.frontier.spider.FrontierSpider`'s cluster-wide idle close. A busy
-worker takes new seeds too (scrapy-redis reads them only when idle). Each tick
-also sweeps the scheduler's in-flight requests.
+worker takes new seeds too (scrapy-redis reads them only when idle). What the
+heartbeat learns goes to its :class:`HeartbeatHost` (the scheduler).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from redis.exceptions import RedisError
 
 if TYPE_CHECKING:
-    from crawler.frontier.scheduler import FrontierScheduler
+    from crawler.frontier.config import FrontierConfig
     from crawler.frontier.store import PopResult, Status
+
+
+class HeartbeatHost(Protocol):
+    """What the heartbeat needs from the worker it beats for."""
+
+    def locally_busy(self) -> bool:
+        """This worker holds or handles requests (checked once per tick)."""
+
+    async def cluster_status(self, busy: bool, with_seeds: bool) -> Status:
+        """The cluster view from Redis; records this worker as busy when ``busy``."""
+
+    def seeds_waiting(self, count: int) -> None:
+        """Seeds wait in the spider's seed list."""
+
+    def work_ready(self) -> None:
+        """Some website may be served now."""
+
+    def idle_tick(self) -> None:
+        """This worker is idle and the cluster view is fresh (time to look at the idle close)."""
 
 
 class ClusterView:
     """The cluster as this worker last saw it, kept fresh by a heartbeat task."""
 
-    def __init__(self, scheduler: FrontierScheduler) -> None:
-        self._scheduler = scheduler
-        config = scheduler.config
+    def __init__(self, config: FrontierConfig) -> None:
         self.sites_with_work = 0  # websites with queued requests, cluster-wide
         self.clock_offset = 0.0  # Redis clock - local clock
         self._status: Status | None = None
         self._status_at = 0.0
-        self.last_busy_report = 0.0
+        self.last_busy_report = time.monotonic()
         self._last_seed_check = 0.0
         self._interval = min(1.0, config.idle_close / 4) if config.idle_close else 1.0
-        self._tick = min(self._interval, config.idle_poll)
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.last_busy_report = time.monotonic()
-        self._task = loop.create_task(self._heartbeat_loop())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        self.tick = min(self._interval, config.idle_poll)
 
     def apply(self, status: Status) -> None:
         self._status = status
@@ -74,36 +81,38 @@ class ClusterView:
         last = st.last_busy if st.last_busy is not None else st.now
         return max(0.0, st.now - last) + (time.monotonic() - self._status_at)
 
-    async def _heartbeat_loop(self) -> None:
-        scheduler = self._scheduler
-        store = scheduler.store
-        assert store is not None
+    async def heartbeat(self, host: HeartbeatHost) -> None:
+        """Beat for ``host`` until cancelled; a failed Redis call is retried at the next tick."""
         was_busy = True
         while True:
-            await asyncio.sleep(self._tick)
-            scheduler._sweep_in_flight()
-            busy = scheduler._locally_busy()
+            await asyncio.sleep(self.tick)
+            busy = host.locally_busy()
             try:
                 now = time.monotonic()
                 if busy and now - self._last_seed_check >= self._interval:
                     # A busy worker takes new seeds too (scrapy-redis reads them only when idle).
                     self._last_seed_check = self.last_busy_report = now
-                    status = await scheduler._call(store.status(scheduler.worker_id, True, scheduler.seeds_key))
+                    status = await host.cluster_status(True, True)
                     self.apply(status)
                     if status.seeds:
-                        scheduler._seeds_waiting(status.seeds)
+                        host.seeds_waiting(status.seeds)
+                    if status.sites_ready:
+                        host.work_ready()
                 elif busy and now - self.last_busy_report >= self._interval:
-                    self.apply(await scheduler._call(store.status(scheduler.worker_id, True, None)))
+                    status = await host.cluster_status(True, False)
+                    self.apply(status)
                     self.last_busy_report = now
+                    if status.sites_ready:
+                        host.work_ready()
                 elif not busy:
                     # was_busy: record the end of this worker's busy spell exactly.
-                    status = await scheduler._call(store.status(scheduler.worker_id, was_busy, scheduler.seeds_key))
+                    status = await host.cluster_status(was_busy, True)
                     self.apply(status)
                     if status.sites_ready:
-                        scheduler._refill.pop_now()
+                        host.work_ready()
                     if status.seeds:
-                        scheduler._seeds_waiting(status.seeds)
-                    scheduler._wake_engine()  # lets FrontierSpider.spider_idle look at the cluster view
+                        host.seeds_waiting(status.seeds)
+                    host.idle_tick()
             except RedisError:
-                pass  # counted and logged in FrontierScheduler._call; the next tick retries
+                pass  # counted and logged by the caller's RedisHealth; the next tick retries
             was_busy = busy

@@ -27,7 +27,15 @@ class FrontierConfig:
     seen_cache: int
     idle_poll: float
     idle_close: float
+    close_timeout: float
     website_mode: str
+
+    @classmethod
+    def placeholder(cls) -> Self:
+        """The defaults, for a scheduler that will not open (its settings were invalid)."""
+        from scrapy.settings import Settings
+
+        return cls.from_settings(Settings({"REDIS_URL": "redis://invalid"}))
 
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> Self:
@@ -47,5 +55,6 @@ class FrontierConfig:
             seen_cache=int_setting(settings, "FRONTIER_SEEN_CACHE", 100_000, minimum=0),
             idle_poll=float_setting(settings, "FRONTIER_IDLE_POLL_SECONDS", 0.25, minimum=0.01),
             idle_close=float_setting(settings, "FRONTIER_IDLE_CLOSE_SECONDS", 0, minimum=0),
+            close_timeout=float_setting(settings, "FRONTIER_CLOSE_TIMEOUT", 30, minimum=0, exclusive=True),
             website_mode=website_key_mode(settings),
         )

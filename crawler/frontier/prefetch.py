@@ -32,6 +32,7 @@ class PrefetchBuffer:
         self._by_site: dict[str, deque[Buffered]] = {}
         self._ring: deque[str] = deque()  # websites with requests, next to serve first
         self.size = 0
+        self._not_before: dict[str, float] = {}  # website -> Unix time (Redis clock) it is held until
 
     def __len__(self) -> int:
         return self.size
@@ -89,6 +90,25 @@ class PrefetchBuffer:
                     continue
             return (website, self._pop(website)), removed
         return ((fallback, self._pop(fallback)) if fallback is not None else None), removed
+
+    def held(self, website: str, now: float) -> bool:
+        """Whether ``website`` is held (not to be served) at ``now``; forgets expired holds."""
+        until = self._not_before.get(website)
+        if until is None:
+            return False
+        if until > now:
+            return True
+        del self._not_before[website]
+        return False
+
+    def hold(self, website: str, until: float) -> list[Buffered]:
+        """Hold ``website`` until ``until`` (the later hold wins); returns its buffered requests (removed)."""
+        self._not_before[website] = max(self._not_before.get(website, 0.0), until)
+        return self.remove(website)
+
+    def not_before(self, website: str) -> float:
+        """The time ``website`` is held until (0: not held)."""
+        return self._not_before.get(website, 0.0)
 
     def remove(self, website: str) -> list[Buffered]:
         """Every buffered request of ``website``."""

@@ -1,40 +1,16 @@
 """The shared frontier: a Scrapy scheduler on scrapy-redis's data model, website-aware and non-blocking.
 
-Scrapy calls a scheduler synchronously (``enqueue_request``, ``next_request``,
-``has_pending_requests``); Redis is reached only from asyncio tasks
-(``redis.asyncio``), never on the reactor thread's critical path:
-
-* **outbox** (:mod:`crawler.frontier.outbox`): ``enqueue_request`` encodes the request
-  (:mod:`crawler.frontier.codec`, JSON, no pickle) and appends it to a local
-  outbox. A flush task sends the outbox in one Lua call (``lua/push.lua``)
-  that deduplicates and stores atomically: a fingerprint is stored only with
-  its request. One flush per ``FRONTIER_FLUSH_DELAY`` at most, so one round
-  trip carries every link of one or several responses.
-* **prefetch**: ``next_request`` serves a local buffer, refilled
-  (:mod:`crawler.frontier.refill`) by one Lua call (``lua/pop.lua``) that pops up to
-  ``FRONTIER_PREFETCH`` requests fairly across the websites that may be
-  served now, and wakes the engine when they arrive.
-  The buffer (:mod:`crawler.frontier.prefetch`) is served round-robin across websites,
-  preferring websites whose download slot has room.
-* **websites**: one queue per website (``crawler.website.website_key``), a zset
-  of websites by the time each may next be served, and not-before marks
-  (:meth:`FrontierScheduler.mark_not_before`, or a downloader middleware
-  returning a request with meta ``frontier_requeue`` / ``frontier_not_before``).
-* **in flight**: every request handed to the engine is tracked until the engine
-  has processed its outcome (it leaves the engine's in-progress set). A leased
-  delivery (a later issue) acknowledges the lease at that point, in
-  ``_sweep_in_flight``, and pops with a lease in ``lua/pop.lua``.
-* **cluster view** (:mod:`crawler.frontier.cluster_view`): a heartbeat task records
-  this worker as busy and, while it is idle, polls the cluster (queued
-  websites, seeds, last busy worker) for
-  :class:`crawler.frontier.spider.FrontierSpider`'s cluster-wide idle close.
-
-On close, prefetched requests go back to Redis and the outbox is flushed.
-
-Settings: ``REDIS_URL``, ``WEBSITE_KEY``, ``FRONTIER_KEY_PREFIX``,
-``FRONTIER_PREFETCH``, ``FRONTIER_FLUSH_DELAY``, ``FRONTIER_FLUSH_MAX``,
-``FRONTIER_SEEN_CACHE``, ``FRONTIER_IDLE_POLL_SECONDS``,
-``FRONTIER_IDLE_CLOSE_SECONDS`` (docs/frontier.md).
+Scrapy calls a scheduler synchronously; Redis is reached only from asyncio
+tasks, never on the reactor thread's critical path. ``enqueue_request``
+encodes a request (:mod:`.codec`) into the :mod:`.outbox`, stored in batches
+(``lua/push.lua``); ``next_request`` serves the :mod:`.prefetch` buffer,
+refilled (:mod:`.refill`, ``lua/pop.lua``) fairly across the websites that
+may be served now; the :mod:`.cluster_view` heartbeat keeps the cluster idle
+close informed. Redis failures go through :mod:`.redis_health` (one WARNING,
+one INFO per outage), tasks through :mod:`.tasks` (none dies silently),
+start-up problems through :mod:`.startup`. On close, what the worker holds
+goes back to Redis within ``FRONTIER_CLOSE_TIMEOUT``. docs/frontier.md
+describes the design and every ``FRONTIER_*`` setting.
 """
 
 from __future__ import annotations
@@ -44,7 +20,7 @@ import logging
 import os
 import socket
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.exceptions import RedisError
 from scrapy.utils.asyncio import is_asyncio_available
@@ -52,17 +28,31 @@ from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.httpobj import urlparse_cached
 from scrapy.utils.request import RequestFingerprinter
 
+from crawler.frontier.closing import hand_back, stop_tasks
 from crawler.frontier.cluster_view import ClusterView
 from crawler.frontier.codec import UndecodableRequestError, UnencodableRequestError, decode_request, encode_request
 from crawler.frontier.config import FrontierConfig
+from crawler.frontier.in_flight import InFlight
 from crawler.frontier.outbox import Outbox
 from crawler.frontier.prefetch import Buffered, PrefetchBuffer
+from crawler.frontier.redis_health import RedisHealth, safe_url
 from crawler.frontier.refill import Refill
-from crawler.frontier.store import MODE_DEDUPE, MODE_DONT_FILTER, MODE_REQUEUE, FrontierStore, PushEntry, split_member
-from crawler.scrapy_internals import downloader_slots, in_progress, new_slot_concurrency, wake_engine
+from crawler.frontier.startup import StartupCheck
+from crawler.frontier.store import (
+    MODE_DEDUPE,
+    MODE_DONT_FILTER,
+    MODE_REQUEUE,
+    FrontierStore,
+    PopReceipts,
+    PushEntry,
+    split_member,
+)
+from crawler.frontier.tasks import Tasks
+from crawler.scrapy_internals import downloader_slots, new_slot_concurrency, wake_engine
 from crawler.website import website_key
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Coroutine
     from typing import Self
 
     from redis.asyncio import Redis
@@ -70,22 +60,29 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
     from twisted.internet.defer import Deferred
 
+    from crawler.frontier.store import PopResult, Status
+
 logger = logging.getLogger(__name__)
 
 META_REQUEUE = "frontier_requeue"
 META_NOT_BEFORE = "frontier_not_before"
 # No more seeds are read while this many requests wait in the outbox.
 _SEED_BACKLOG = 5000
+T = TypeVar("T")
 
 
 class FrontierScheduler:
     """Scrapy scheduler over the shared Redis frontier (see module docstring)."""
 
-    def __init__(self, crawler: Crawler, config: FrontierConfig) -> None:
+    def __init__(self, crawler: Crawler, config: FrontierConfig | None, startup_error: str | None = None) -> None:
+        """``config`` is None when the settings are invalid: ``startup_error`` says why, and ``open`` closes
+        the worker with that one message (a ValueError here would end in a cascade of Scrapy errors)."""
         if not is_asyncio_available():
             raise RuntimeError("FrontierScheduler needs the asyncio reactor (TWISTED_REACTOR)")
         self.crawler = crawler
-        self.config = config
+        self._startup = StartupCheck(crawler, startup_error)
+        self.config = config or FrontierConfig.placeholder()
+        config = self.config
         assert crawler.stats is not None
         self.stats = crawler.stats
         self.spider: Spider | None = None
@@ -94,31 +91,35 @@ class FrontierScheduler:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.seeds_key: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._opened = False
         self._closing = False
-        self._outbox = Outbox(self)
+        self._health = RedisHealth(self.stats, config.redis.url)
+        self._tasks: Tasks | None = None
+        self._outbox = Outbox(config, self.stats, self._push_batch, self._pushed, self._start_task,
+                             crawler.settings.getbool("DUPEFILTER_DEBUG"))
         # The outbox's caches of what Redis has seen, read on enqueue_request's hot path.
         self._seen = self._outbox.seen
         self._seen_urls = self._outbox.seen_urls
         self._url_cache = type(crawler.request_fingerprinter) is RequestFingerprinter and bool(config.seen_cache)
         self._websites: dict[str, str] = {}  # netloc -> website key
-        self._debug_duplicates = crawler.settings.getbool("DUPEFILTER_DEBUG")
-        self._log_duplicates = True
         # prefetch buffer: website -> requests, served round-robin
         self._prefetch = PrefetchBuffer()
         # Requests handed out in this event-loop turn, by website (see PrefetchBuffer.take).
         # Cleared on the next turn, when they have reached their download slot (a
         # downloader middleware that awaits first delays that: not counted meanwhile).
         self._turn: dict[str, int] = {}
-        self._refill = Refill(self)
-        self._not_before: dict[str, float] = {}  # website -> Unix time (Redis clock)
-        # requests handed to the engine, until their outcome is processed
-        self._in_flight: dict[Request, str] = {}
-        self._cluster = ClusterView(self)
-        self._background: set[asyncio.Task[Any]] = set()
+        self._receipts = PopReceipts()
+        self._refill = Refill(config, self._pop_batch, self._prefetch.__len__, self._popped, self._start_task)
+        self._in_flight = InFlight(crawler)
+        self._cluster = ClusterView(config)
+        self._heartbeat: asyncio.Task[None] | None = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
-        return cls(crawler, FrontierConfig.from_settings(crawler.settings))
+        try:
+            return cls(crawler, FrontierConfig.from_settings(crawler.settings))
+        except ValueError as exc:
+            return cls(crawler, None, str(exc))
 
     # -- lifecycle -----------------------------------------------------
 
@@ -127,14 +128,28 @@ class FrontierScheduler:
 
     async def _open(self, spider: Spider) -> None:
         self.spider = spider
-        self._loop = asyncio.get_running_loop()
+        problem = getattr(spider, "frontier_startup_error", None)
+        if problem:
+            self._startup.fail(problem, spider)
+        if self._startup.problem:
+            return
         prefix = self.config.key_prefix % {"spider": spider.name}
         self.redis = self.config.redis.async_client()
         self.store = FrontierStore(self.redis, prefix)
         self.seeds_key = getattr(spider, "redis_key", None)
-        # Fails the start-up loudly when Redis is unreachable; registers this worker as busy.
-        self._cluster.apply(await self._call(self.store.status(self.worker_id, True, self.seeds_key)))
-        self._cluster.start(self._loop)
+        try:
+            # Registers this worker as busy.
+            status = await self.store.status(self.worker_id, True, self.seeds_key)
+        except RedisError as exc:
+            self.stats.inc_value(f"frontier/redis_error/{type(exc).__name__}")
+            await self.redis.aclose()
+            self._startup.fail(f"cannot use Redis at REDIS_URL={safe_url(self.config.redis.url)}: {exc}", spider)
+            return
+        self._cluster.apply(status)
+        self._opened = True
+        self._loop = asyncio.get_running_loop()
+        self._tasks = Tasks(self._loop, self.stats, self._give_up)
+        self._heartbeat = self._tasks.start_loop("heartbeat", lambda: self._cluster.heartbeat(self))
         logger.info(
             "Frontier open: worker %(worker)s, keys %(prefix)s:*, website key %(mode)s, prefetch %(prefetch)d, "
             "flush delay %(delay).3fs, idle close %(close)ss; %(sites)d websites queued",
@@ -148,14 +163,19 @@ class FrontierScheduler:
         return deferred_from_coro(self._close(reason))
 
     async def _close(self, reason: str) -> None:
+        """Return what this worker holds to Redis, within FRONTIER_CLOSE_TIMEOUT (a silent Redis cannot hold us)."""
+        if not self._opened:
+            return
         self._closing = True
-        self._outbox.cancel_timer()
-        await self._cluster.stop()
-        await self._refill.stop()
-        if self._background:  # seed reading (stops at its next batch), dead letters
-            await asyncio.gather(*self._background, return_exceptions=True)
-        self._return_buffer()
-        lost = await self._outbox.close()
+        try:
+            async with asyncio.timeout(self.config.close_timeout):
+                await self._close_parts()
+        except TimeoutError:
+            self.stats.inc_value("frontier/close_timeout")
+            logger.error("Frontier closing (%(reason)s): Redis did not answer within FRONTIER_CLOSE_TIMEOUT "
+                         "(%(t).1fs)", {"reason": reason, "t": self.config.close_timeout},
+                         extra={"spider": self.spider})
+        lost = len(self._outbox) + len(self._prefetch)
         if lost:
             logger.error("Frontier closing (%(reason)s): %(n)d requests could not be stored in Redis and are lost",
                          {"reason": reason, "n": lost}, extra={"spider": self.spider})
@@ -163,17 +183,26 @@ class FrontierScheduler:
         if self.store is not None:
             self.stats.set_value("frontier/redis_calls", self.store.calls)
         if self.redis is not None:
+            # Closing the connection pool does not wait for Redis.
             await self.redis.aclose()
+
+    async def _close_parts(self) -> None:
+        assert self._tasks is not None and self.store is not None
+        store = self.store
+        await stop_tasks(self._heartbeat, self._refill, [t for t in self._tasks.running if t is not self._outbox.task])
+        self._return_buffer()
+        returned = await hand_back(self._outbox, lambda: self._health.call(store.release(self.worker_id,
+                                                                                          self._receipts)))
+        if returned:
+            self.stats.inc_value("frontier/returned_unanswered", returned)
+
+    def _give_up(self, reason: str) -> None:
+        engine = self.crawler.engine
+        self.spawn(engine.close_spider_async(reason=reason))
 
     def _return_buffer(self) -> None:
         """Prefetched requests go back to Redis (without the dupefilter) when this worker stops."""
-        returned = 0
-        for website, item in self._prefetch.drain():
-            self._outbox.append(PushEntry(website, item.fingerprint, MODE_REQUEUE, item.score,
-                                          self._not_before.get(website, 0.0), item.payload))
-            returned += 1
-        if returned:
-            self.stats.inc_value("frontier/returned_on_close", returned)
+        self._hand_back(self._prefetch.drain(), "frontier/returned_on_close")
 
     # -- Scrapy's scheduler interface ----------------------------------
 
@@ -182,8 +211,7 @@ class FrontierScheduler:
         return len(self._prefetch)
 
     def has_pending_requests(self) -> bool:
-        return bool(len(self._prefetch) or self._outbox.entries or self._outbox.task or self._refill.task
-                    or self._cluster.sites_with_work)
+        return bool(len(self._prefetch) or self._outbox.busy or self._refill.task or self._cluster.sites_with_work)
 
     def enqueue_request(self, request: Request) -> bool:
         meta = request.meta
@@ -199,7 +227,7 @@ class FrontierScheduler:
         url_key = (request.url if self._url_cache and request.method == "GET" and not request.body
                    and not requeue else None)
         if url_key is not None and not request.dont_filter and url_key in self._seen_urls:
-            self._filtered(request)
+            self._outbox.filtered(request)
             return False
         fp = self.crawler.request_fingerprinter.fingerprint(request).hex()
         if requeue:
@@ -209,7 +237,7 @@ class FrontierScheduler:
         else:
             mode = MODE_DEDUPE
             if fp in self._seen:
-                self._filtered(request)
+                self._outbox.filtered(request)
                 return False
         website = self._website(request)
         meta.setdefault("download_slot", website)
@@ -238,7 +266,7 @@ class FrontierScheduler:
                 # a sign FRONTIER_PREFETCH is too small for this crawl's speed.
                 self.stats.inc_value("frontier/prefetch_empty")
             return None
-        self._in_flight[item.request] = item.fingerprint
+        self._in_flight.add(item.request, item.fingerprint)
         self.stats.inc_value("scheduler/dequeued/redis")
         return item.request
 
@@ -248,14 +276,41 @@ class FrontierScheduler:
         """No worker serves ``website`` before ``until`` (Unix time, Redis clock); returns the mark in force."""
         assert self.store is not None
         self._hold_website(website, until)
-        mark = float(await self._call(self.store.mark_not_before(website, until)))
-        self._not_before[website] = max(self._not_before.get(website, 0.0), mark)
+        mark = float(await self._health.call(self.store.mark_not_before(website, until)))
+        self._hold_website(website, mark)
         self.stats.inc_value("frontier/not_before_marked")
         return mark
 
     def cluster_idle_seconds(self) -> float:
         """How long the whole cluster has had nothing queued, no seeds and no busy worker (0: busy now)."""
-        return self._cluster.idle_seconds(self._locally_busy())
+        return self._cluster.idle_seconds(self.locally_busy())
+
+    async def settled(self) -> None:
+        """Wait until no push and no pop is under way (everything enqueued so far is in Redis);
+        returns at once while Redis is away."""
+        while not self._health.down:
+            if self._outbox.task is not None:
+                await asyncio.gather(self._outbox.task, return_exceptions=True)
+            elif self._refill.task is not None:
+                await asyncio.gather(self._refill.task, return_exceptions=True)
+            elif self._outbox.entries:
+                self._outbox.schedule()
+                await asyncio.sleep(0.001)  # the flush timer
+            else:
+                return
+
+    def wants_seeds(self) -> bool:
+        """Whether seeds should be read now (not closing, not too many requests waiting to be stored)."""
+        return not self._closing and len(self._outbox) < _SEED_BACKLOG
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the scheduler waits for when it closes (before its last flush)."""
+        assert self._tasks is not None, "spawn needs an open scheduler"
+        return self._tasks.start("background", coro)
+
+    async def redis_call(self, awaitable: Awaitable[T]) -> T:
+        """Await a call on :attr:`store`: failures counted and logged as the frontier's own."""
+        return await self._health.call(awaitable)
 
     # -- local buffer ------------------------------------------------------
 
@@ -278,26 +333,22 @@ class FrontierScheduler:
         return new_slot_concurrency(self.crawler, website)
 
     def _is_held(self, website: str) -> bool:
-        until = self._not_before.get(website)
-        if until is None:
-            return False
-        if until > self._server_now():
-            return True
-        del self._not_before[website]
-        return False
+        return self._prefetch.held(website, self._server_now())
 
     def _hold_website(self, website: str, until: float) -> None:
-        self._not_before[website] = max(self._not_before.get(website, 0.0), until)
-        if website in self._prefetch:
-            self._requeue_held(website, self._prefetch.remove(website))
+        self._requeue_held(website, self._prefetch.hold(website, until))
 
     def _requeue_held(self, website: str, items: list[Buffered]) -> None:
         """Send a held website's prefetched requests back to Redis, so no worker keeps them."""
-        until = self._not_before.get(website, 0.0)
-        for item in items:
-            self._outbox.append(PushEntry(website, item.fingerprint, MODE_REQUEUE, item.score, until, item.payload))
-        self.stats.inc_value("frontier/returned_held", len(items))
+        self._hand_back([(website, item) for item in items], "frontier/returned_held")
         self._outbox.schedule()
+
+    def _hand_back(self, items: list[tuple[str, Buffered]], stat: str) -> None:
+        for website, item in items:
+            self._outbox.append(PushEntry(website, item.fingerprint, MODE_REQUEUE, item.score,
+                                          self._prefetch.not_before(website), item.payload))
+        if items:
+            self.stats.inc_value(stat, len(items))
 
     def _add_popped(self, website: str, member: bytes) -> bool:
         fp, payload = split_member(member)
@@ -309,28 +360,22 @@ class FrontierScheduler:
                          extra={"spider": self.spider})
             self.stats.inc_value("frontier/undecodable")
             if self.store is not None:
-                self.spawn(self._call(self.store.dead_letter(self.store.dead_key, [member])))
+                self.spawn(self._health.call(self.store.dead_letter(self.store.dead_key, [member])))
             return False
         self._prefetch.add(website, Buffered(request, fp, -request.priority, payload))
         return True
 
     # -- enqueue -------------------------------------------------------
 
+    async def _push_batch(self, batch: list[PushEntry]) -> tuple[list[bool], int]:
+        assert self.store is not None
+        return await self._health.call(self.store.push(batch, self.worker_id))
+
     def _pushed(self, sites_with_work: int, stored: int) -> None:
         """The outbox stored a batch: new work is worth popping now."""
         self._cluster.pushed(sites_with_work)
         if stored:
             self._refill.pop_now()
-
-    def _filtered(self, request: Request) -> None:
-        self.stats.inc_value("dupefilter/filtered")
-        # As Scrapy's RFPDupeFilter: the first duplicate only, unless DUPEFILTER_DEBUG.
-        if self._log_duplicates:
-            logger.debug("Filtered duplicate request %(request)s%(more)s",
-                         {"request": request, "more": "" if self._debug_duplicates else
-                          " - no more duplicates will be shown (see DUPEFILTER_DEBUG to show all duplicates)"},
-                         extra={"spider": self.spider})
-            self._log_duplicates = self._debug_duplicates
 
     def _website(self, request: Request) -> str:
         # website_key() is a pure function of the host: cache it per netloc
@@ -343,44 +388,44 @@ class FrontierScheduler:
             key = self._websites[netloc] = website_key(request.url, self.config.website_mode)
         return key
 
-    # -- in flight, seeds (called by the cluster view's heartbeat) --------
+    # -- popping -----------------------------------------------------------
 
-    def _locally_busy(self) -> bool:
-        return bool(len(self._prefetch) or self._outbox.entries or self._outbox.task or self._in_flight)
+    async def _pop_batch(self, n: int) -> PopResult:
+        assert self.store is not None
+        return await self._health.call(self.store.pop(n, self.worker_id, self._receipts))
 
-    def _seeds_waiting(self, count: int) -> None:
+    def _popped(self, result: PopResult) -> None:
+        self._cluster.popped(result)
+        added = sum(self._add_popped(site, member) for site, member in result.items)
+        if added:
+            self._wake_engine()
+
+    # -- the heartbeat's host (crawler.frontier.cluster_view.HeartbeatHost) ----
+
+    def locally_busy(self) -> bool:
+        self._in_flight.sweep()
+        return bool(len(self._prefetch) or self._outbox.busy or len(self._in_flight))
+
+    async def cluster_status(self, busy: bool, with_seeds: bool) -> Status:
+        assert self.store is not None
+        return await self._health.call(self.store.status(self.worker_id, busy, self.seeds_key if with_seeds else None))
+
+    def seeds_waiting(self, count: int) -> None:
         hook = getattr(self.spider, "frontier_seeds_waiting", None)
-        if hook is not None and len(self._outbox) < _SEED_BACKLOG:
+        if hook is not None and self.wants_seeds():
             hook(count)
 
-    def _sweep_in_flight(self) -> None:
-        """Forget requests whose outcome the engine has processed (a lease would be acknowledged here)."""
-        if not self._in_flight:
-            return
-        inprogress = in_progress(self.crawler)
-        if inprogress is None:
-            self._in_flight.clear()
-            return
-        for request in [r for r in self._in_flight if r not in inprogress]:
-            del self._in_flight[request]
+    def work_ready(self) -> None:
+        self._refill.pop_now()
+
+    def idle_tick(self) -> None:
+        self._wake_engine()  # lets FrontierSpider.spider_idle look at the cluster view
 
     # -- helpers -------------------------------------------------------
 
-    async def _call(self, coro: Any) -> Any:
-        try:
-            return await coro
-        except RedisError as exc:
-            self.stats.inc_value(f"frontier/redis_error/{type(exc).__name__}")
-            logger.error("Frontier Redis call failed: %(exc)r", {"exc": exc}, extra={"spider": self.spider})
-            raise
-
-    def spawn(self, coro: Any) -> asyncio.Task[Any]:
-        """Run ``coro`` as a task the scheduler waits for when it closes (before its last flush)."""
-        assert self._loop is not None
-        task = self._loop.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
+    def _start_task(self, name: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        assert self._tasks is not None, "the frontier's tasks start after open"
+        return self._tasks.start(name, coro)
 
     def _server_now(self) -> float:
         return self._cluster.server_now()
@@ -388,4 +433,3 @@ class FrontierScheduler:
     def _wake_engine(self) -> None:
         # Prefetched requests or a changed cluster view should not wait for the engine's 5 s heartbeat.
         wake_engine(self.crawler)
-

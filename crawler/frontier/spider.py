@@ -40,13 +40,15 @@ from scrapy_redis.spiders import RedisSpider
 from w3lib.url import parse_url
 
 from crawler.frontier.config import FrontierConfig
-from crawler.frontier.scheduler import _SEED_BACKLOG, FrontierScheduler
+from crawler.frontier.scheduler import FrontierScheduler
+from crawler.setting_values import int_setting
 
 if TYPE_CHECKING:
     import asyncio
     from collections.abc import AsyncIterator
 
     from scrapy.crawler import Crawler
+    from scrapy.settings import BaseSettings
 
 logger = logging.getLogger(__name__)
 
@@ -72,26 +74,36 @@ class FrontierSpider(RedisSpider):  # type: ignore[misc]  # scrapy-redis ships n
     dead_letter_key: str
 
     def setup_redis(self, crawler: Crawler | None = None) -> None:
-        """scrapy-redis's settings, without its blocking client."""
+        """scrapy-redis's settings, without its blocking client.
+
+        An invalid setting does not raise here (Scrapy would bury it under a
+        cascade of follow-on errors): it is kept in ``frontier_startup_error``
+        and the frontier's scheduler closes the worker with it, logged once.
+        """
         crawler = crawler or self.crawler
         settings = crawler.settings
+        self.frontier_startup_error: str | None = None
+        self.idle_close_seconds = 0.0
+        self._seeding: asyncio.Task[None] | None = None
+        try:
+            self._parse_settings(settings)
+        except ValueError as exc:
+            self.frontier_startup_error = str(exc)
+        self.dead_letter_key = f"{self.redis_key}:dead"
+        crawler.signals.connect(self.spider_idle, signal=signals.spider_idle)
+
+    def _parse_settings(self, settings: BaseSettings) -> None:
         key = self.redis_key or settings.get("REDIS_START_URLS_KEY", "%(name)s:start_urls")
         self.redis_key = str(key) % {"name": self.name}
         if not self.redis_key.strip():
             raise ValueError(f"REDIS_START_URLS_KEY must not be empty, got {key!r}")
-        batch = self.redis_batch_size or settings.get("REDIS_START_URLS_BATCH_SIZE") \
-            or settings.getint("CONCURRENT_REQUESTS", 16)
-        try:
-            self.redis_batch_size = int(batch)
-        except (TypeError, ValueError):
-            self.redis_batch_size = 0
-        if self.redis_batch_size < 1:
-            raise ValueError(f"REDIS_START_URLS_BATCH_SIZE must be an integer >= 1, got {batch!r}")
+        if not self.redis_batch_size:
+            # Defaults to CONCURRENT_REQUESTS: name the setting the user actually set.
+            name = "REDIS_START_URLS_BATCH_SIZE" if settings.get("REDIS_START_URLS_BATCH_SIZE") else \
+                "CONCURRENT_REQUESTS"
+            self.redis_batch_size = int_setting(settings, name, 16, minimum=1)
         self.redis_encoding = self.redis_encoding or settings.get("REDIS_ENCODING", "utf-8")
         self.idle_close_seconds = FrontierConfig.from_settings(settings).idle_close
-        self.dead_letter_key = f"{self.redis_key}:dead"
-        self._seeding: asyncio.Task[None] | None = None
-        crawler.signals.connect(self.spider_idle, signal=signals.spider_idle)
 
     # -- seeds -------------------------------------------------------------
 
@@ -119,13 +131,11 @@ class FrontierSpider(RedisSpider):  # type: ignore[misc]  # scrapy-redis ships n
         assert store is not None and self.redis_key is not None and self.redis_batch_size is not None
         stats = self.crawler.stats
         assert stats is not None
-        while len(scheduler._outbox) < _SEED_BACKLOG and not scheduler._closing:
+        while scheduler.wants_seeds():
             try:
-                datas = await store.pop_seeds(self.redis_key, self.redis_batch_size)
-            except RedisError as exc:
-                logger.error("Cannot read seeds from %(key)s: %(exc)r", {"key": self.redis_key, "exc": exc},
-                             extra={"spider": self})
-                return
+                datas = await scheduler.redis_call(store.pop_seeds(self.redis_key, self.redis_batch_size))
+            except RedisError:
+                return  # counted and logged (once per outage) by the frontier; read again when seen waiting
             requests: list[Request] = []
             dead: list[bytes] = []
             for data in datas:

@@ -19,6 +19,9 @@ key                        type    content
 ``<p>:seen``               set     fingerprints of every request ever stored
 ``<p>:seq``                string  sequence counter
 ``<p>:workers``            zset    worker id -> last time it was busy
+``<p>:pops:<worker>``      hash    pop id -> the requests that pop returned
+                                   (JSON), until the worker acknowledges them
+                                   (``lua/pop.lua``, ``lua/release.lua``)
 ``<p>:dead``               list    stored payloads no worker could decode
 ``<redis_key>``            list    seeds (scrapy-redis compatible), not hash-tagged
 ``<redis_key>:dead``       list    rejected seeds, unchanged
@@ -29,7 +32,7 @@ Every hot-path method (push, pop, mark_not_before) is one Redis round trip.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +67,30 @@ class PopResult:
     sites_with_work: int
     next_ready: float | None
     items: list[tuple[str, bytes]]  # (website, member)
+    found: list[str] = field(default_factory=list)  # the unanswered pop ids delivered again
+
+
+class PopReceipts:
+    """Which of a worker's pops got their reply (see ``lua/pop.lua``): none is lost to a timeout."""
+
+    _MAX_LOST = 50
+
+    def __init__(self) -> None:
+        self.received: list[str] = []  # replied since the last successful pop: acknowledged by the next
+        self.lost: list[str] = []  # no reply: asked for again by the next pop
+        self._seq = 0
+
+    def next_id(self) -> str:
+        self._seq += 1
+        return str(self._seq)
+
+    def failed(self, pop_id: str) -> None:
+        self.lost = [*self.lost, pop_id][-self._MAX_LOST:]
+
+    def succeeded(self, pop_id: str, result: PopResult) -> None:
+        self.received = [pop_id]
+        # A lost pop not found yet may still run (its connection was closed with the command sent).
+        self.lost = [x for x in self.lost if x not in result.found]
 
 
 @dataclass(slots=True)
@@ -107,9 +134,13 @@ class FrontierStore:
         self._pop = redis.register_script(_script("pop.lua"))
         self._not_before = redis.register_script(_script("not_before.lua"))
         self._status = redis.register_script(_script("status.lua"))
+        self._release = redis.register_script(_script("release.lua"))
 
     def queue_key(self, website: str) -> str:
         return self.queue_prefix + website
+
+    def pops_key(self, worker: str) -> str:
+        return f"{self.prefix}:pops:{worker}"
 
     async def push(self, entries: list[PushEntry], worker: str) -> tuple[list[bool], int]:
         """Store ``entries`` atomically; returns (stored flag per entry, websites with work)."""
@@ -124,14 +155,38 @@ class FrontierStore:
         out = await self._push(keys=keys, args=args)
         return [bool(x) for x in out[:-1]], int(out[-1])
 
-    async def pop(self, n: int, worker: str) -> PopResult:
-        """Up to ``n`` requests from websites that may be served now."""
+    async def pop(self, n: int, worker: str, receipts: PopReceipts | None = None) -> PopResult:
+        """Up to ``n`` requests from websites that may be served now (and those of ``receipts.lost``).
+
+        With ``receipts``, the pop is recorded until acknowledged, and ``receipts`` is updated.
+        """
         self.calls += 1
-        out = await self._pop(keys=[self.sites_key, self.not_before_key, self.workers_key],
-                              args=[self.queue_prefix, n, worker])
+        pop_id = receipts.next_id() if receipts is not None else ""
+        acks = receipts.received if receipts is not None else []
+        lost = receipts.lost if receipts is not None else []
+        try:
+            out = await self._pop(keys=[self.sites_key, self.not_before_key, self.workers_key, self.pops_key(worker)],
+                                  args=[self.queue_prefix, n, worker, pop_id, len(acks), *acks, len(lost), *lost])
+        except BaseException:  # a timeout, or cancelled: the reply may never come
+            if receipts is not None:
+                receipts.failed(pop_id)
+            raise
         nxt = float(out[2])
-        items = [(out[i].decode("utf-8"), out[i + 1]) for i in range(3, len(out), 2)]
-        return PopResult(float(out[0]), int(out[1]), None if nxt < 0 else nxt, items)
+        items = [(out[i].decode("utf-8"), out[i + 1]) for i in range(4, len(out), 2)]
+        result = PopResult(float(out[0]), int(out[1]), None if nxt < 0 else nxt, items,
+                           out[3].decode().split(",") if out[3] else [])
+        if receipts is not None:
+            receipts.succeeded(pop_id, result)
+        return result
+
+    async def release(self, worker: str, receipts: PopReceipts) -> int:
+        """A closing worker: its pops without a reply go back to their queues; returns how many requests."""
+        self.calls += 1
+        out = await self._release(keys=[self.sites_key, self.not_before_key, self.pops_key(worker)],
+                                  args=[self.queue_prefix, *receipts.received])
+        receipts.received = []
+        receipts.lost = []
+        return int(out)
 
     async def mark_not_before(self, website: str, until: float) -> float:
         """No worker pops from ``website`` before ``until`` (Unix time, Redis clock); the later mark wins."""

@@ -1,0 +1,48 @@
+"""A closing worker hands back what it holds: its tasks stop, its requests go back to Redis.
+
+Part of :mod:`crawler.frontier.scheduler`, which bounds the whole of it with
+``FRONTIER_CLOSE_TIMEOUT``: a Redis that stops answering cannot keep a
+worker from exiting (every call here is also bounded by the client's socket
+timeout, and a cancelled call is not waited for). Until then, a failed call
+is retried: nothing the worker holds is dropped while Redis may come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import RedisError
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterable
+
+    from crawler.frontier.outbox import Outbox
+    from crawler.frontier.refill import Refill
+
+# Pause between attempts while Redis does not take what the worker holds.
+RETRY_PAUSE = 0.5
+
+
+async def stop_tasks(heartbeat: asyncio.Task[Any] | None, refill: Refill, others: Iterable[asyncio.Task[Any]]) -> None:
+    """The heartbeat is cancelled; the pop under way and the other tasks (seed reading) are waited for."""
+    if heartbeat is not None:
+        heartbeat.cancel()
+        await asyncio.gather(heartbeat, return_exceptions=True)
+    await refill.stop()
+    others = list(others)
+    if others:
+        await asyncio.gather(*others, return_exceptions=True)
+
+
+async def hand_back(outbox: Outbox, release: Callable[[], Awaitable[int]]) -> int:
+    """Flush the outbox (prefetched requests already in it), then return the pops whose reply never came.
+
+    Returns how many requests ``release`` put back in their queues.
+    """
+    await outbox.close(RETRY_PAUSE)
+    while True:
+        try:
+            return await release()
+        except RedisError:
+            await asyncio.sleep(RETRY_PAUSE)
