@@ -108,13 +108,15 @@ def analyse(records: list[dict[str, Any]], hosts: dict[str, str]) -> dict[str, d
             statuses[r["path"]].add(r["status"])
         dup = {"robots": 0, "retries": 0, "unexplained": 0}
         unexplained = []
+        refetched: dict[str, int] = {}
         for path, n in counts.items():
             if n == 1:
                 continue
             if path == "/robots.txt":
                 dup["robots"] += n - 1  # every worker reads robots.txt once itself
             elif statuses[path] & {429, 500, 502, 503, 504, 522, 524, 408}:
-                dup["retries"] += n - 1  # RetryMiddleware re-fetches failed pages
+                dup["retries"] += n - 1  # RetryMiddleware / politeness re-fetch failed pages
+                refetched[path] = n
             else:
                 dup["unexplained"] += n - 1
                 unexplained.append(path)
@@ -124,6 +126,7 @@ def analyse(records: list[dict[str, Any]], hosts: dict[str, str]) -> dict[str, d
             "bytes": sum(r["bytes"] for r in recs),
             "duplicates": dup,
             "unexplained": unexplained[:10],
+            "error_fetches": refetched,
         }
     return out
 

@@ -46,7 +46,7 @@ def test_two_workers_share_the_crawl(
     # 429, Retry-After: 1) is fetched once, again after each of politeness's
     # 3 parks (POLITENESS_MAX_REQUEUES), then twice more by RetryMiddleware.
     errors = min(site.errors, site.pages)
-    assert summary["duplicates"] == {"robots": 1, "retries": 2 * errors + 5 * errors, "unexplained": 0}
+    assert summary["duplicates"] == {"robots": 1, "retries": 2 * errors + 5 * errors, "unexplained": 0}, summary
 
     pages = [res.stats["downloader/response_count"] for res in results]
     assert sum(pages) == summary["requests"]  # the server's log agrees with the crawlers' stats

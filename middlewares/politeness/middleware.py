@@ -41,6 +41,8 @@ from scrapy import signals
 from scrapy.exceptions import NotConfigured
 from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.httpobj import urlparse_cached
+from scrapy.utils.python import global_object_name
+from scrapy.utils.request import request_httprepr
 
 from crawler.scrapy_internals import DownloadHeld, add_download_hold
 from crawler.website import website_key
@@ -256,6 +258,16 @@ class PolitenessMiddleware:
                 self._spawn(self._forget(website, adm.now))
         return None
 
+    def _uncount(self, request: Request, exception: Exception) -> None:
+        # Scrapy's DownloaderStats (850) counted the request as sent, and its hold as an
+        # exception, before the hold stopped it at its slot: downloader/request_count
+        # stays the number of requests the websites saw.
+        self.stats.inc_value("downloader/request_count", -1)
+        self.stats.inc_value(f"downloader/request_method_count/{request.method}", -1)
+        self.stats.inc_value("downloader/request_bytes", -len(request_httprepr(request)))
+        self.stats.inc_value("downloader/exception_count", -1)
+        self.stats.inc_value(f"downloader/exception_type_count/{global_object_name(type(exception))}", -1)
+
     def _deny(self, request: Request, until: float, reason: str) -> Request:
         self._count(f"politeness/denied/{reason}")
         # No dont_filter: the frontier requeues without its dupefilter anyway, and a
@@ -327,6 +339,7 @@ class PolitenessMiddleware:
 
     async def process_exception(self, request: Request, exception: Exception) -> Request | None:
         if isinstance(exception, DownloadHeld):  # from self._hold: never reached the network
+            self._uncount(request, exception)
             return self._deny(request, exception.until, "held")
         if self._exempt(request) or not isinstance(exception, self.config.breaker_exceptions):
             return None
