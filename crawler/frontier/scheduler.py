@@ -55,6 +55,7 @@ from scrapy.utils.request import RequestFingerprinter
 from crawler.frontier.cluster_view import ClusterView
 from crawler.frontier.codec import UndecodableRequestError, UnencodableRequestError, decode_request, encode_request
 from crawler.frontier.config import FrontierConfig
+from crawler.frontier.gate import GateConfig, MetaWarnings, filter_entry_meta
 from crawler.frontier.outbox import Outbox
 from crawler.frontier.prefetch import Buffered, PrefetchBuffer
 from crawler.frontier.refill import Refill
@@ -115,6 +116,9 @@ class FrontierScheduler:
         self._in_flight: dict[Request, str] = {}
         self._cluster = ClusterView(self)
         self._background: set[asyncio.Task[Any]] = set()
+        # Entries read from Redis are untrusted input (crawler/frontier/gate.py).
+        self._gate = GateConfig.from_settings(crawler.settings)
+        self._meta_warnings = MetaWarnings(crawler, None)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -127,6 +131,7 @@ class FrontierScheduler:
 
     async def _open(self, spider: Spider) -> None:
         self.spider = spider
+        self._meta_warnings.spider = spider
         self._loop = asyncio.get_running_loop()
         prefix = self.config.key_prefix % {"spider": spider.name}
         self.redis = self.config.redis.async_client()
@@ -192,6 +197,8 @@ class FrontierScheduler:
                          {"key": META_NOT_BEFORE, "request": request, "value": raw_until},
                          extra={"spider": self.spider})
             not_before = 0.0
+        if not_before:
+            not_before = self._cap_not_before(request, not_before)
         url_key = (request.url if self._url_cache and request.method == "GET" and not request.body
                    and not requeue else None)
         if url_key is not None and not request.dont_filter and url_key in self._seen_urls:
@@ -210,7 +217,7 @@ class FrontierScheduler:
         website = self._website(request)
         meta.setdefault("download_slot", website)
         try:
-            payload = encode_request(request, self.spider)
+            payload = encode_request(request, self.spider, self._gate)
         except UnencodableRequestError as exc:
             logger.error("Cannot store %(request)s in the frontier, dropped (no fingerprint kept): %(reason)s",
                          {"request": request, "reason": exc}, extra={"spider": self.spider})
@@ -243,11 +250,23 @@ class FrontierScheduler:
     async def mark_not_before(self, website: str, until: float) -> float:
         """No worker serves ``website`` before ``until`` (Unix time, Redis clock); returns the mark in force."""
         assert self.store is not None
+        until = self._cap_not_before(website, until)
         self._hold_website(website, until)
         mark = float(await self._call(self.store.mark_not_before(website, until)))
         self._not_before[website] = max(self._not_before.get(website, 0.0), mark)
         self.stats.inc_value("frontier/not_before_marked")
         return mark
+
+    def _cap_not_before(self, what: object, until: float) -> float:
+        """A not-before mark at most FRONTIER_MAX_NOT_BEFORE_SECONDS ahead (a far-future mark parks a website)."""
+        capped = self._gate.cap_not_before(until, self._server_now())
+        if capped < until:
+            logger.warning("Not-before mark for %(what)s capped: %(until).0f is more than "
+                           "FRONTIER_MAX_NOT_BEFORE_SECONDS (%(max).0f s) ahead",
+                           {"what": what, "until": until, "max": self._gate.max_not_before},
+                           extra={"spider": self.spider})
+            self.stats.inc_value("frontier/not_before_capped")
+        return capped
 
     def cluster_idle_seconds(self) -> float:
         """How long the whole cluster has had nothing queued, no seeds and no busy worker (0: busy now)."""
@@ -298,8 +317,9 @@ class FrontierScheduler:
     def _add_popped(self, website: str, member: bytes) -> bool:
         fp, payload = split_member(member)
         try:
-            request = decode_request(payload, self.spider)
+            request = decode_request(payload, self.spider, self._gate)
         except UndecodableRequestError as exc:
+            self.stats.inc_value(f"frontier/gate/refused/{exc.reason}")
             logger.error("Undecodable request in the frontier (%(website)s), moved to %(key)s: %(reason)s",
                          {"website": website, "key": self.store.dead_key if self.store else "?", "reason": exc},
                          extra={"spider": self.spider})
@@ -307,6 +327,8 @@ class FrontierScheduler:
             if self.store is not None:
                 self.spawn(self._call(self.store.dead_letter(self.store.dead_key, [member])))
             return False
+        dropped = filter_entry_meta(request.meta, website, self._gate)
+        self._meta_warnings.dropped("frontier entry", dropped, "FRONTIER_ENTRY_META_ALLOW")
         self._prefetch.add(website, Buffered(request, fp, -request.priority, payload))
         return True
 

@@ -139,6 +139,16 @@ class FrontierStore:
         out = await self._not_before(keys=[self.sites_key, self.not_before_key], args=[website, until])
         return float(out)
 
+    async def release_not_before(self, website: str) -> bool:
+        """Remove ``website``'s not-before mark (it may be served now); False if it had none."""
+        self.calls += 1
+        seconds, micros = await self.redis.time()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.not_before_key, website)
+            pipe.zadd(self.sites_key, {website: seconds + micros / 1e6}, xx=True, lt=True)
+            removed, _ = await pipe.execute()
+        return bool(removed)
+
     async def status(self, worker: str, busy: bool, seeds_key: str | None) -> Status:
         """Cluster view (and a heartbeat when ``busy``); seeds waiting at ``seeds_key``."""
         # Two calls when seeds are asked for: the seed list is not under the
