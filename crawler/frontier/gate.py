@@ -127,7 +127,7 @@ def check_url(url: Any) -> str:
     parsed = parse_url(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise GateError("scheme", f"url must be an absolute http(s) URL, got {url!r:.100}")
-    return url
+    return str(url)
 
 
 def check_callback(spider_cls: type, name: Any, allow: frozenset[str] = frozenset(), what: str = "callback") -> str:
