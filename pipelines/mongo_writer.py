@@ -79,9 +79,11 @@ from pymongo.write_concern import WriteConcern
 from scrapy.exceptions import NotConfigured
 from scrapy.utils.asyncio import is_asyncio_available
 
+from crawler.redact import redact_uri
 from pipelines.item_context import item_contexts
 from pipelines.journal import Journal
-from pipelines.mongo_config import MongoWriterConfig, redact_uri
+from pipelines.mongo_access import MongoAuthError, check_access
+from pipelines.mongo_config import MongoWriterConfig
 from pipelines.validate import DeadLetter, item_to_dict
 
 if TYPE_CHECKING:
@@ -145,6 +147,11 @@ class MongoWriterPipeline:
         c = self.config
         self.client = AsyncMongoClient(c.mongo.uri, tz_aware=True,
                                        serverSelectionTimeoutMS=int(c.server_timeout * 1000))
+        try:
+            await check_access(self.client, c.mongo.database, c.mongo.uri)  # wrong credentials: stop now
+        except MongoAuthError:
+            await self.client.close()
+            raise
         await self.journal.open()
         self.stats.set_value("mongo_writer/adopted", self.journal.adopted)
         logger.info(

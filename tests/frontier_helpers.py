@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from scrapy import Spider
+from scrapy import Spider, signals
 from scrapy.utils.misc import build_from_crawler
 from scrapy.utils.test import get_crawler
 
@@ -34,6 +34,8 @@ async def open_scheduler(redis_url: str, **settings: Any) -> FrontierScheduler:
     crawler.spider = spider
     scheduler = build_from_crawler(FrontierScheduler, crawler)
     await scheduler._open(spider)
+    # As the engine does once every component has opened: the heartbeat starts.
+    await crawler.signals.send_catch_log_async(signals.spider_opened, spider=spider)
     return scheduler
 
 

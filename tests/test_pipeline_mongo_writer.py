@@ -11,8 +11,9 @@ import pytest
 from pymongo import MongoClient
 from scrapy.settings import Settings
 
+from crawler.redact import redact_uri
 from devtools.services import free_port, start_secantus
-from pipelines.mongo_config import MongoConfig, MongoWriterConfig, redact_uri
+from pipelines.mongo_config import MongoConfig, MongoWriterConfig
 from tests.pipeline_chain import Chain, article, chain_crawler, product, response_for
 
 if TYPE_CHECKING:
@@ -317,3 +318,14 @@ def test_journal_size_cap_pauses_the_crawl_while_mongodb_is_down(tmp_path: Path,
     assert seen["journal_bytes"] < cap + 4 * 1000
     assert sorted(d["sku"] for d in found) == [f"SKU-{i:06d}" for i in range(110)]
     assert chain.stats["mongo_writer/left_in_journal"] == 0
+
+
+@pytest.mark.parametrize(("text", "clean"), [
+    ("redis://:hunter2@127.0.0.1:6379/0", "redis://***@127.0.0.1:6379/0"),
+    ("rediss://default:hunter2@r.example:6380", "rediss://***@r.example:6380"),
+    ("redis://r.example:6379/0?password=hunter2&db=1", "redis://r.example:6379/0?password=***&db=1"),
+    ("setting=MONGO_URI=mongodb://u:hunter2@h/x and REDIS_URL=redis://:hunter2@h",
+     "setting=MONGO_URI=mongodb://***@h/x and REDIS_URL=redis://***@h"),
+])
+def test_redaction_of_any_url_in_text(text: str, clean: str) -> None:
+    assert redact_uri(text) == clean and "hunter2" not in redact_uri(text)

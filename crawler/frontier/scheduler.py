@@ -47,6 +47,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
+from scrapy import signals
 from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.httpobj import urlparse_cached
@@ -60,6 +61,7 @@ from crawler.frontier.outbox import Outbox
 from crawler.frontier.prefetch import Buffered, PrefetchBuffer
 from crawler.frontier.refill import Refill
 from crawler.frontier.store import MODE_DEDUPE, MODE_DONT_FILTER, MODE_REQUEUE, FrontierStore, PushEntry, split_member
+from crawler.redis_client import check_auth
 from crawler.scrapy_internals import downloader_slots, in_progress, new_slot_concurrency, wake_engine
 from crawler.website import website_key
 
@@ -138,8 +140,11 @@ class FrontierScheduler:
         self.store = FrontierStore(self.redis, prefix)
         self.seeds_key = getattr(spider, "redis_key", None)
         # Fails the start-up loudly when Redis is unreachable; registers this worker as busy.
-        self._cluster.apply(await self._call(self.store.status(self.worker_id, True, self.seeds_key)))
-        self._cluster.start(self._loop)
+        self._cluster.apply(await check_auth(self._call(self.store.status(self.worker_id, True, self.seeds_key)),
+                                             self.config.redis.url))
+        # The heartbeat (which takes seeds and pops) starts once every component
+        # has opened: a worker whose pipelines refuse to start consumes nothing.
+        self.crawler.signals.connect(self._start_heartbeat, signal=signals.spider_opened)
         logger.info(
             "Frontier open: worker %(worker)s, keys %(prefix)s:*, website key %(mode)s, prefetch %(prefetch)d, "
             "flush delay %(delay).3fs, idle close %(close)ss; %(sites)d websites queued",
@@ -148,6 +153,10 @@ class FrontierScheduler:
              "close": self.config.idle_close or "never", "sites": self._cluster.sites_with_work},
             extra={"spider": spider},
         )
+
+    def _start_heartbeat(self) -> None:
+        if self._loop is not None and not self._closing:
+            self._cluster.start(self._loop)
 
     def close(self, reason: str) -> Deferred[None]:
         return deferred_from_coro(self._close(reason))
