@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -155,6 +155,7 @@ def start_secantus(state: Path, port: int | None = None, storage: Path | None = 
         return server
     from pymongo import MongoClient
 
+    client: MongoClient[dict[str, Any]]
     with MongoClient(url, serverSelectionTimeoutMS=5000) as client:
         client.admin.command("createUser", user[0], pwd=user[1], roles=["root"])
     server.stop()
@@ -167,6 +168,7 @@ def start_secantus(state: Path, port: int | None = None, storage: Path | None = 
 def _mongo_ping(url: str) -> bool:
     from pymongo import MongoClient
 
+    client: MongoClient[dict[str, Any]]
     with MongoClient(url, serverSelectionTimeoutMS=500, connectTimeoutMS=500) as client:
         client.admin.command("ping")
     return True
