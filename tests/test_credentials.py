@@ -135,7 +135,8 @@ def test_wrong_mongodb_credentials_stop_the_worker_at_start_up(flushed: Secured,
     assert result.returncode != 0
     reason = "AuthenticationFailed" if credentials == "wrong password" else "Unauthorized"
     lines = [line for line in result.log.splitlines() if line.startswith("pipelines.mongo_access.MongoAuthError")]
-    assert lines and all(line.startswith("pipelines.mongo_access.MongoAuthError: MONGO_URI mongodb://") for line in lines)
+    assert lines
+    assert all(line.startswith("pipelines.mongo_access.MongoAuthError: MONGO_URI mongodb://") for line in lines)
     assert reason in lines[0] and "check the user, password and authSource in MONGO_URI" in lines[0]
     assert "MongoDB unreachable" not in result.log
     with redis.Redis.from_url(s.redis_url) as r:  # nothing consumed: the seeds are where they were
@@ -152,3 +153,12 @@ def test_wrong_redis_password_stops_the_worker_naming_redis_url(flushed: Secured
     assert result.returncode != 0
     assert ("RedisAuthError: REDIS_URL redis://***@127.0.0.1:" in result.log
             and "check the user and password in REDIS_URL" in result.log), result.log[-3000:]
+
+
+@pytest.mark.parametrize("env", [{"REDIS_URL": "redis://:pw@redis.example.net:6379/0"},
+                                 {"MONGO_URI": "mongodb://u:pw@127.0.0.1:27017,db2.example.net:27017/"}])
+def test_the_demo_refuses_servers_on_other_machines(env: dict[str, str], tmp_path: Path) -> None:
+    out = _run(["-m", "devtools.demo", "--state", str(tmp_path)], env, ROOT)
+    assert "-> 2\n" in out and "name another machine" in out and "add --allow-remote" in out
+    assert "{shop_a}:*" in out and "the MongoDB database crawler_demo" in out  # what it would delete
+    assert "Starting services" not in out and "pw@" not in out
