@@ -155,3 +155,22 @@ def test_a_forged_entry_is_refused_by_the_scheduler(redis_url: str) -> None:
     got, stats, dead = asyncio.run(run())
     assert [(r.url, r.meta) for r in got] == [("http://shop-a.test/ok", {"download_slot": "shop-a.test"})]
     assert stats == (1, 1) and dead == 1
+
+
+def test_pop_seeds_never_returns_an_oversized_seed_whole(redis_url: str) -> None:
+    from redis.asyncio import Redis as AsyncRedis
+
+    from crawler.frontier.store import FrontierStore
+
+    async def run() -> list[tuple[list[tuple[int, bytes]], int]]:
+        client = AsyncRedis.from_url(redis_url)
+        await client.rpush("s", b"a" * 10, b"b" * 11, b"c" * 500, b"d", b"e")
+        store = FrontierStore(client, "{x}")
+        out = [await store.pop_seeds("s", 10, 10) for _ in range(3)]
+        await client.aclose()
+        return out
+
+    first, second, third = asyncio.run(run())
+    assert first == ([(10, b"a" * 10), (11, b"b" * 11)], 3)  # an oversized seed ends the batch
+    assert second == ([(500, b"c" * 200)], 2)  # cut to 200 bytes, with its true size
+    assert third == ([(1, b"d"), (1, b"e")], 0)

@@ -193,11 +193,15 @@ class Seed:
         return Request(self.url, body=self.body, **kwargs)
 
 
+def check_seed_size(size: int, config: GateConfig) -> None:
+    """:class:`GateError` if a seed of ``size`` bytes is over ``FRONTIER_MAX_SEED_BYTES``."""
+    if size > config.max_seed_bytes:
+        raise GateError("size", f"seed of {size} bytes is over FRONTIER_MAX_SEED_BYTES ({config.max_seed_bytes})")
+
+
 def parse_seed(data: bytes, spider_cls: type, config: GateConfig, encoding: str = "utf-8") -> Seed:
     """Check one seed (a plain URL or a JSON object, docs/frontier.md); :class:`GateError` when refused."""
-    if len(data) > config.max_seed_bytes:
-        raise GateError("size", f"seed of {len(data)} bytes is over FRONTIER_MAX_SEED_BYTES "
-                                f"({config.max_seed_bytes})")
+    check_seed_size(len(data), config)
     try:
         text = data.decode(encoding).strip()
     except UnicodeDecodeError as exc:

@@ -40,7 +40,7 @@ from scrapy.exceptions import DontCloseSpider
 from scrapy_redis.spiders import RedisSpider
 
 from crawler.frontier.config import FrontierConfig
-from crawler.frontier.gate import GateConfig, GateError, MetaWarnings, parse_seed
+from crawler.frontier.gate import GateConfig, GateError, MetaWarnings, check_seed_size, parse_seed
 from crawler.frontier.scheduler import _SEED_BACKLOG, FrontierScheduler
 
 if TYPE_CHECKING:
@@ -109,15 +109,17 @@ class FrontierSpider(RedisSpider):  # type: ignore[misc]  # scrapy-redis ships n
         assert stats is not None
         while len(scheduler._outbox) < _SEED_BACKLOG and not scheduler._closing:
             try:
-                datas = await store.pop_seeds(self.redis_key, self.redis_batch_size)
+                popped, left = await store.pop_seeds(self.redis_key, self.redis_batch_size,
+                                                     self.gate.max_seed_bytes)
             except RedisError as exc:
                 logger.error("Cannot read seeds from %(key)s: %(exc)r", {"key": self.redis_key, "exc": exc},
                              extra={"spider": self})
                 return
             requests: list[Request] = []
             dead: list[bytes] = []
-            for data in datas:
+            for size, data in popped:
                 try:
+                    check_seed_size(size, self.gate)
                     made = self.make_request_from_data(data)
                     requests += [made] if isinstance(made, Request) else list(made)
                 except (ValueError, TypeError) as exc:
@@ -145,7 +147,7 @@ class FrontierSpider(RedisSpider):  # type: ignore[misc]  # scrapy-redis ships n
                              extra={"spider": self})
             for request in requests:
                 yield request
-            if len(datas) < self.redis_batch_size:
+            if not left:
                 return
 
     def make_request_from_data(self, data: bytes) -> Request:

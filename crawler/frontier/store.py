@@ -107,6 +107,7 @@ class FrontierStore:
         self._pop = redis.register_script(_script("pop.lua"))
         self._not_before = redis.register_script(_script("not_before.lua"))
         self._status = redis.register_script(_script("status.lua"))
+        self._pop_seeds = redis.register_script(_script("pop_seeds.lua"))
 
     def queue_key(self, website: str) -> str:
         return self.queue_prefix + website
@@ -159,14 +160,15 @@ class FrontierStore:
         last = float(out[3])
         return Status(float(out[0]), int(out[1]), int(out[2]), None if last < 0 else last, seeds)
 
-    async def pop_seeds(self, key: str, n: int) -> list[bytes]:
-        """Up to ``n`` seeds from the head of list ``key``, atomically (MULTI)."""
+    async def pop_seeds(self, key: str, n: int, max_bytes: int) -> tuple[list[tuple[int, bytes]], int]:
+        """Up to ``n`` seeds from the head of list ``key``, atomically, as (size, seed); and how many are left.
+
+        A seed over ``max_bytes`` comes back cut to its first 200 bytes and ends
+        the batch (``lua/pop_seeds.lua``).
+        """
         self.calls += 1
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.lrange(key, 0, n - 1)
-            pipe.ltrim(key, n, -1)
-            datas, _ = await pipe.execute()
-        return list(datas)
+        out = await self._pop_seeds(keys=[key], args=[n, max_bytes])
+        return [(int(out[i]), out[i + 1]) for i in range(1, len(out), 2)], int(out[0])
 
     async def dead_letter(self, key: str, payloads: list[bytes]) -> None:
         if payloads:
