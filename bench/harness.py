@@ -29,7 +29,7 @@ SCRAPY = str(Path(sys.executable).parent / "scrapy")
 
 
 def bench_site(items: int, page_bytes: int = 2000) -> SiteConfig:
-    """A shop like the one in ANCHORS.md's figures: ~2 KB pages, 4 links each, no failures."""
+    """A shop of ~2 KB pages with 4 links each and no failures: the shape scrapy-redis is usually measured on."""
     return SiteConfig(host="shop-a.test", kind="shop", items=items, page_bytes=page_bytes, related=3,
                       errors=0, redirect_every=10**9)
 

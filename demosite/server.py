@@ -2,13 +2,17 @@
 
 One process, one asyncio event loop, listening on loopback (IPv4 and ``::1``).
 Sites are told apart by the ``Host`` header. Rendered pages are cached (raw and
-gzip), so a request costs a dictionary lookup and one ``transport.write``.
+gzip; bodies over 256 KB in a separate cache bounded to 64 MB), so a small
+request costs a dictionary lookup and one ``transport.write``. Bodies over
+64 KB are streamed (:mod:`demosite.protocol`).
 
-Every request is recorded (time, Host, path, status, client address and port,
-connection number, bytes written to the socket) and exposed at
+Every request is recorded (format in :mod:`demosite.protocol`) and exposed at
 ``GET /_demo/log?since=N`` as JSON lines, so tests and benchmarks can check
-what the *server* saw. ``GET /_demo/sites`` returns the site configuration.
-Requests under ``/_demo/`` are not recorded.
+what the *server* saw (:mod:`demosite.analysis` judges them).
+
+Admin endpoints (not recorded): ``/_demo/log?since=N``, ``/_demo/health``,
+``/_demo/sites``, ``/_demo/throttle``, ``/_demo/fail``, ``/_demo/clear``,
+``/_demo/conditions``, ``/_demo/listen`` (see :meth:`DemoSiteServer.admin`).
 
 Run: ``python -m demosite --port 8080 [--bind 127.0.0.1 --bind ::1]
 [--sites-json '[...]'] [--log-file requests.jsonl]``.
@@ -23,27 +27,28 @@ import json
 import logging
 import signal
 import time
+from collections import OrderedDict
 from typing import IO, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
+from .conditions import FAIL, THROTTLE, Conditions, Span
+from .listeners import Listeners
+from .protocol import HttpProtocol
 from .sites import DEFAULT_SITES, Page, SiteConfig, render, sites_from_json, sites_to_json
 
 logger = logging.getLogger(__name__)
 
-_REASONS = {
-    200: b"OK",
-    301: b"Moved Permanently",
-    400: b"Bad Request",
-    404: b"Not Found",
-    429: b"Too Many Requests",
-    500: b"Internal Server Error",
-}
-_MAX_HEAD = 64 * 1024
-_CHUNK = 4096
+_SMALL_CACHE_BODY = 256 * 1024
+_SMALL_CACHE_BYTES = 512 * 1024 * 1024
+_LARGE_CACHE_BYTES = 64 * 1024 * 1024
 
 
 class RequestLog:
-    """Append-only in-memory log of served requests, optionally mirrored to a JSONL file."""
+    """Append-only in-memory log of served requests, optionally mirrored to a JSONL file.
+
+    A record is listed when its request arrives and updated while its response
+    is sent; the file gets it once finished, so file order is completion order.
+    """
 
     def __init__(self, path: str | None = None) -> None:
         self.records: list[dict[str, Any]] = []
@@ -51,6 +56,8 @@ class RequestLog:
 
     def add(self, record: dict[str, Any]) -> None:
         self.records.append(record)
+
+    def finished(self, record: dict[str, Any]) -> None:
         if self._file is not None:
             self._file.write(json.dumps(record) + "\n")
 
@@ -64,13 +71,22 @@ class RequestLog:
             self._file = None
 
 
+class _AdminError(Exception):
+    pass
+
+
 class DemoSiteServer:
-    """Page cache and request log shared by all connections."""
+    """Page caches, site conditions and request log shared by all connections."""
 
     def __init__(self, sites: tuple[SiteConfig, ...], log: RequestLog) -> None:
         self.sites = {s.host: s for s in sites}
         self.log = log
+        self.conditions = Conditions(self.sites)
+        self.listeners: Listeners | None = None  # set by serve()
         self._cache: dict[tuple[str, str, bool], tuple[Page, bytes]] = {}
+        self._large: OrderedDict[tuple[str, str, bool], tuple[Page, bytes]] = OrderedDict()
+        self._cache_bytes = 0
+        self._large_bytes = 0
         self._connections = 0
         self.started = time.time()
 
@@ -80,20 +96,65 @@ class DemoSiteServer:
 
     def page(self, host: str, path: str, use_gzip: bool) -> tuple[Page, bytes]:
         key = (host, path, use_gzip)
-        hit = self._cache.get(key)
+        hit = self._cache.get(key) or self._large.get(key)
         if hit is None:
             page = render(self.sites[host], path)
             body = page.body
-            if use_gzip and body:
+            if use_gzip and body and page.compress:
                 body = gzip.compress(body, compresslevel=6, mtime=0)
             hit = (page, body)
-            if len(self._cache) < 200_000:
-                self._cache[key] = hit
+            self._store(key, hit)
+        elif key in self._large:
+            self._large.move_to_end(key)
         return hit
 
-    def admin(self, path: str, query: str) -> tuple[int, bytes, str]:
+    def _store(self, key: tuple[str, str, bool], hit: tuple[Page, bytes]) -> None:
+        size = len(hit[0].body) + len(hit[1])
+        if size <= _SMALL_CACHE_BODY:
+            if len(self._cache) < 200_000 and self._cache_bytes + size <= _SMALL_CACHE_BYTES:
+                self._cache[key] = hit
+                self._cache_bytes += size
+            return
+        # Huge bodies: a small LRU, so a crawl re-fetching one costs no re-render or re-gzip.
+        self._large[key] = hit
+        self._large_bytes += size
+        while self._large_bytes > _LARGE_CACHE_BYTES and len(self._large) > 1:
+            _, (old, old_body) = self._large.popitem(last=False)
+            self._large_bytes -= len(old.body) + len(old_body)
+
+    def admin(self, path: str, query: str, via: str = "") -> tuple[int, bytes, str]:
+        """Answer an admin request.
+
+        * ``/_demo/log?since=N``: records N.. as JSON lines.
+        * ``/_demo/health``: ``{"requests": <number of records>}``.
+        * ``/_demo/sites``: the site configuration as JSON.
+        * ``/_demo/throttle?host=H&seconds=S[&status=429][&retry_after=N][&date=1]``:
+          from now for S seconds every request to H but robots.txt gets ``status``
+          with ``Retry-After: N`` (an HTTP-date now+N with ``date=1``); no
+          Retry-After header without ``retry_after``.
+        * ``/_demo/fail?host=H&seconds=S[&status=503]``: from now for S seconds every
+          request to H (robots.txt included) gets ``status``; ``status=0`` closes the
+          connection right after the request head, without a response.
+        * ``/_demo/clear?host=H``: end every span of H (configured ones too).
+        * ``/_demo/conditions?host=H``: the spans of H as JSON.
+        * ``/_demo/listen?address=A&on=0|1``: stop or start listening on loopback
+          address A (one of the ``--bind`` addresses, not the one this call came
+          in on ``via``): connections to A are refused until it listens again.
+          Answers ``{"address": A, "listening": bool}``.
+
+        The span calls answer the new span as JSON; bad parameters get 400.
+        """
+        params = {k: v[-1] for k, v in parse_qs(query).items()}
+        try:
+            return self._admin(path, params, via)
+        except _AdminError as exc:
+            return 400, f"{exc}\n".encode(), "text/plain"
+        except ValueError as exc:
+            return 400, f"bad parameter: {exc}\n".encode(), "text/plain"
+
+    def _admin(self, path: str, params: dict[str, str], via: str) -> tuple[int, bytes, str]:
         if path == "/_demo/log":
-            since = int(parse_qs(query).get("since", ["0"])[0])
+            since = int(params.get("since", "0"))
             self.log.flush()
             lines = "".join(json.dumps(r) + "\n" for r in self.log.records[since:])
             return 200, lines.encode(), "application/x-ndjson"
@@ -101,135 +162,49 @@ class DemoSiteServer:
             return 200, sites_to_json(tuple(self.sites.values())).encode(), "application/json"
         if path == "/_demo/health":
             return 200, json.dumps({"requests": len(self.log.records)}).encode(), "application/json"
+        if path in ("/_demo/throttle", "/_demo/fail", "/_demo/clear", "/_demo/conditions"):
+            return self._admin_span(path, params)
+        if path == "/_demo/listen":
+            return self._admin_listen(params, via)
         return 404, b"unknown admin path\n", "text/plain"
 
+    def _admin_listen(self, params: dict[str, str], via: str) -> tuple[int, bytes, str]:
+        assert self.listeners is not None
+        address = params.get("address", "")
+        on = params.get("on", "") == "1"
+        if not on and address == via:
+            raise _AdminError(f"this call came in on {address}: it cannot stop listening there")
+        self.listeners.switch(address, on)
+        body = json.dumps({"address": address, "listening": self.listeners.listening(address)})
+        return 200, body.encode(), "application/json"
 
-class _HttpProtocol(asyncio.Protocol):
-    """HTTP/1.1 with keep-alive; requests on one connection are served in order."""
-
-    def __init__(self, server: DemoSiteServer) -> None:
-        self.server = server
-        self.buffer = bytearray()
-        self.transport: asyncio.Transport | None = None
-        self.peer: tuple[str, int] = ("", 0)
-        self.conn_id = 0
-        self.last_record: dict[str, Any] | None = None
-        self.body_remaining = 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.peer = (peer[0], peer[1])
-        self.conn_id = self.server.next_connection_id()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        # Bytes still in our write buffer never reached the client: don't count them.
-        if self.transport is not None and self.last_record is not None:
-            unsent = self.transport.get_write_buffer_size()
-            if unsent:
-                self.last_record["bytes"] -= unsent
-                self.last_record["truncated"] = True
-        self.transport = None
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while self.transport is not None:
-            if self.body_remaining:
-                dropped = min(self.body_remaining, len(self.buffer))
-                del self.buffer[:dropped]
-                self.body_remaining -= dropped
-                if self.body_remaining:
-                    return
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.buffer) > _MAX_HEAD:
-                    self._respond_plain(400, b"request head too large\n", close=True)
-                return
-            head = bytes(self.buffer[:end]).decode("latin-1")
-            del self.buffer[: end + 4]
-            self._handle(head)
-
-    def _handle(self, head: str) -> None:
-        lines = head.split("\r\n")
-        try:
-            method, target, version = lines[0].split(" ", 2)
-        except ValueError:
-            self._respond_plain(400, b"bad request line\n", close=True)
-            return
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        self.body_remaining = int(headers.get("content-length", "0") or 0)
-        close = headers.get("connection", "").lower() == "close" or version == "HTTP/1.0"
-        split = urlsplit(target)
-        path = split.path or "/"
-        if path.startswith("/_demo/"):
-            status, body, ctype = self.server.admin(path, split.query)
-            self._write(status, body, ctype, (), False, close)
-            return
-        host = headers.get("host", "").rsplit(":", 1)[0] if not headers.get("host", "").startswith("[") else ""
-        if host not in self.server.sites:
-            nbytes = self._respond_plain(404, b"unknown site\n", close=close)
-            self._record(method, host, path, 404, nbytes)
-            return
-        use_gzip = "gzip" in headers.get("accept-encoding", "")
-        page, body = self.server.page(host, path, use_gzip)
-        extra = page.headers
-        if use_gzip and body:
-            extra = (*extra, ("Content-Encoding", "gzip"))
-        if method == "HEAD":
-            body = b""
-        nbytes = self._write(page.status, body, page.content_type, extra, page.chunked, close)
-        self._record(method, host, path, page.status, nbytes)
-
-    def _record(self, method: str, host: str, path: str, status: int, nbytes: int) -> None:
-        self.last_record = {
-            "t": round(time.time(), 6),
-            "method": method,
-            "host": host,
-            "path": path,
-            "status": status,
-            "client": self.peer[0],
-            "port": self.peer[1],
-            "conn": self.conn_id,
-            "bytes": nbytes,
-        }
-        self.server.log.add(self.last_record)
-
-    def _respond_plain(self, status: int, body: bytes, close: bool) -> int:
-        return self._write(status, body, "text/plain", (), False, close)
-
-    def _write(
-        self,
-        status: int,
-        body: bytes,
-        ctype: str,
-        extra: tuple[tuple[str, str], ...],
-        chunked: bool,
-        close: bool,
-    ) -> int:
-        assert self.transport is not None
-        head = [b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b"Status"))]
-        head.append(b"Content-Type: " + ctype.encode())
-        for name, value in extra:
-            head.append(f"{name}: {value}".encode())
-        if chunked:
-            head.append(b"Transfer-Encoding: chunked")
-            pieces = [body[i : i + _CHUNK] for i in range(0, len(body), _CHUNK)]
-            parts = [b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces]
-            payload = b"".join(parts) + b"0\r\n\r\n"
+    def _admin_span(self, path: str, params: dict[str, str]) -> tuple[int, bytes, str]:
+        host = params.get("host", "")
+        if host not in self.sites:
+            raise _AdminError(f"unknown host {host!r}")
+        now = time.time()
+        if path == "/_demo/conditions":
+            body = json.dumps([s.as_dict() for s in self.conditions.spans(host)])
+            return 200, body.encode(), "application/json"
+        if path == "/_demo/clear":
+            self.conditions.clear(host, now)
+            return 200, b"[]", "application/json"
+        seconds = float(params["seconds"]) if "seconds" in params else None
+        if seconds is None or seconds < 0:
+            raise _AdminError("seconds must be given and >= 0")
+        if path == "/_demo/throttle":
+            status = int(params.get("status", "429"))
+            if not 100 <= status <= 599:
+                raise _AdminError(f"status must be an HTTP status, not {status}")
+            span = Span(THROTTLE, now, now + seconds, status, int(params.get("retry_after", "-1")),
+                        params.get("date", "0") == "1")
         else:
-            head.append(b"Content-Length: %d" % len(body))
-            payload = body
-        if close:
-            head.append(b"Connection: close")
-        data = b"\r\n".join(head) + b"\r\n\r\n" + payload
-        self.transport.write(data)
-        if close:
-            self.transport.close()
-        return len(data)
+            status = int(params.get("status", "503"))
+            if status != 0 and not 100 <= status <= 599:
+                raise _AdminError(f"status must be 0 (drop) or an HTTP status, not {status}")
+            span = Span(FAIL, now, now + seconds, status)
+        self.conditions.add(host, span)
+        return 200, json.dumps(span.as_dict()).encode(), "application/json"
 
 
 async def serve(
@@ -242,8 +217,8 @@ async def serve(
     log = RequestLog(log_file)
     server = DemoSiteServer(sites, log)
     loop = asyncio.get_running_loop()
-    servers = [await loop.create_server(lambda: _HttpProtocol(server), host=b, port=port) for b in binds]
-    actual = servers[0].sockets[0].getsockname()[1]
+    server.listeners = listeners = Listeners(lambda: HttpProtocol(server))
+    actual = await listeners.open(binds, port)
     logger.info("demo site serving %s on %s port %d", ", ".join(server.sites), binds, actual)
     if ready_file:
         with open(ready_file, "w", encoding="utf-8") as f:
@@ -260,8 +235,7 @@ async def serve(
     flusher = asyncio.create_task(flush_periodically())
     await stop.wait()
     flusher.cancel()
-    for s in servers:
-        s.close()
+    listeners.close()
     log.close()
 
 

@@ -18,6 +18,7 @@ import argparse
 import collections
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -214,7 +215,8 @@ def _run(
         "MONGO_DATABASE": DEMO_DB,
         "RESOLVE_HOSTS": "*.test:127.0.0.1",
     }
-    extra = ["-s", "FRONTIER_IDLE_CLOSE_SECONDS=3"]
+    # Each worker serves its Prometheus metrics on a free port (named in the summary).
+    extra = ["-s", "FRONTIER_IDLE_CLOSE_SECONDS=3", "-s", "METRICS_ENABLED=1", "-s", "METRICS_PORT=0"]
     for setting in args.set:
         extra += ["-s", setting]
     started = time.monotonic()
@@ -240,7 +242,34 @@ def _run(
     for w in workers:
         if w.stats_path.exists():
             w.stats = json.loads(w.stats_path.read_text())
-    return _summary(workers, failed, server_log(site), hosts, mongo, elapsed)
+    code = _summary(workers, failed, server_log(site), hosts, mongo, elapsed)
+    print(next_steps([(f"{w.spider}#{w.index}", w.log) for w in workers]))
+    return code
+
+
+def next_steps(worker_logs: list[tuple[str, Path]]) -> str:
+    """Where the metrics and the status were, and how to go on to a crawl of one's own."""
+    endpoints = []
+    for name, log in worker_logs:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        found = re.search(r"Metrics endpoint: (\S+)", text)
+        if found:
+            endpoints.append(f"{name} {found.group(1)}")
+    return "\n".join([
+        "",
+        "Metrics: each worker served Prometheus metrics while it ran (-s METRICS_ENABLED=1, docs/metrics.md):",
+        *(f"  {e}" for e in endpoints[:6]),
+        "Cluster status while workers run: .venv/bin/python -m crawler status [SPIDER] [--watch] (docs/status.md)",
+        "",
+        "Next, a crawl of your own (README.md, 'Writing a spider'):",
+        "  .venv/bin/python -m devtools.local up                       # Redis and MongoDB on the default ports, kept",
+        "  .venv/bin/scrapy genspider -t site example example.com      # the spider, its item, schema and test",
+        "  .venv/bin/scrapy savefixture example https://example.com/   # a page it is tested on offline",
+        "  .venv/bin/python -m crawler seed example https://example.com/",
+        "  .venv/bin/scrapy crawl example -s METRICS_ENABLED=1         # runs as a service until Ctrl-C",
+        "  .venv/bin/python -m crawler status example                  # the cluster, while it runs",
+        "  items: MongoDB database 'crawler', collection 'example'; invalid ones in 'dead_letter'",
+    ])
 
 
 def _summary(

@@ -136,6 +136,7 @@ class EnrichPipeline:
                 continue  # the spider set it
             if room is None or name in room:
                 adapter[name] = value
+                context.enriched_on_item.append(name)
             else:
                 context.enrichment[name] = value
         self.stats.inc_value("enrich/enriched")

@@ -51,6 +51,9 @@ class ItemContext:
     # Filled by EnrichPipeline: fields for the stored document that the item
     # itself has no room for (a dataclass only takes its declared fields).
     enrichment: dict[str, Any] = field(default_factory=dict)
+    # Names of the fields EnrichPipeline set on the item itself: not the
+    # spider's, so left out of the item's dead-letter id.
+    enriched_on_item: list[str] = field(default_factory=list)
     _ids: list[int] = field(default_factory=list)
 
 

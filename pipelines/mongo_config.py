@@ -72,6 +72,8 @@ class MongoWriterConfig:
     retry_backoff: float
     retry_backoff_max: float
     server_timeout: float
+    connect_timeout: float
+    socket_timeout: float
     close_timeout: float
     journal_dir: Path
     journal_segment_bytes: int
@@ -136,6 +138,8 @@ class MongoWriterConfig:
             retry_backoff_max=float_setting(settings, "MONGO_WRITER_RETRY_BACKOFF_MAX", 10.0,
                                             minimum=0, exclusive=True),
             server_timeout=float_setting(settings, "MONGO_WRITER_SERVER_TIMEOUT", 5.0, minimum=0, exclusive=True),
+            connect_timeout=float_setting(settings, "MONGO_WRITER_CONNECT_TIMEOUT", 5.0, minimum=0, exclusive=True),
+            socket_timeout=float_setting(settings, "MONGO_WRITER_SOCKET_TIMEOUT", 30.0, minimum=0, exclusive=True),
             close_timeout=float_setting(settings, "MONGO_WRITER_CLOSE_TIMEOUT", 60.0, minimum=0, exclusive=True),
             journal_dir=Path(journal_dir),
             journal_segment_bytes=segment_bytes,

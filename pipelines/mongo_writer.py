@@ -18,7 +18,9 @@ and by time) as unordered ``bulk_write`` calls through pymongo's
   memory), and the writer keeps probing; when MongoDB is back it replays the
   journal in order, then resumes normal operation. Whatever is still in the
   journal at close (or after a crash) is adopted and replayed by the next
-  worker that starts with the same ``MONGO_WRITER_JOURNAL_DIR``.
+  worker that starts with the same ``MONGO_WRITER_JOURNAL_DIR``: only the
+  operations MongoDB had not acknowledged, as the journal persists the
+  acknowledged position after every batch.
 * Replays are idempotent: the same upsert again changes nothing, and a
   version guard (``MONGO_WRITER_VERSION_FIELD``, default ``fetched_at``) keeps
   an older operation replayed late from overwriting a newer crawl.
@@ -52,6 +54,11 @@ Settings (parsed by ``MongoWriterConfig`` in :mod:`pipelines.mongo_config`, with
     by ``MONGO_WRITER_RETRY_BACKOFF_MAX``, default 10)
 ``MONGO_WRITER_SERVER_TIMEOUT`` (float seconds, default 5): pymongo's
     server selection timeout, i.e. how long one attempt waits for a server.
+``MONGO_WRITER_CONNECT_TIMEOUT`` (float seconds, default 5): pymongo's
+    connect timeout, for opening one connection.
+``MONGO_WRITER_SOCKET_TIMEOUT`` (float seconds, default 30): pymongo's
+    socket timeout, how long one call waits for MongoDB's reply (a batch
+    written with ``j: true`` included); past it the batch is retried.
 ``MONGO_WRITER_CLOSE_TIMEOUT`` (float seconds, default 60): at close, how long
     to wait for MongoDB before leaving the rest in the journal.
 ``MONGO_WRITER_JOURNAL_DIR`` (str, default ``"mongo-journal"``)
@@ -65,17 +72,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import bson
 from bson.errors import InvalidDocument
-from pymongo import AsyncMongoClient, UpdateOne
-from pymongo.errors import BulkWriteError, PyMongoError
-from pymongo.write_concern import WriteConcern
+from pymongo import AsyncMongoClient
+from pymongo.errors import PyMongoError
 from scrapy.exceptions import NotConfigured
 from scrapy.utils.asyncio import is_asyncio_available
 
@@ -83,30 +87,18 @@ from crawler.redact import redact_uri
 from pipelines.item_context import item_contexts
 from pipelines.journal import Journal
 from pipelines.mongo_access import MongoAuthError, check_access
+from pipelines.mongo_bulk import BulkWriter
 from pipelines.mongo_config import MongoWriterConfig
-from pipelines.validate import DeadLetter, item_to_dict
+from pipelines.mongo_ops import DEAD_LETTER_KEY, coalesce, decode
+from pipelines.validate import DeadLetter, dead_letter_id, item_to_dict, own_fields
 
 if TYPE_CHECKING:
     from typing import Self
 
-    from pymongo.asynchronous.collection import AsyncCollection
     from scrapy.crawler import Crawler
 
 logger = logging.getLogger(__name__)
 
-_DUPLICATE_KEY = 11000
-_DEAD_LETTER_KEY = ("dead_letter_id",)
-
-
-@dataclass(slots=True)
-class _Op:
-    """A decoded journal record: one upsert."""
-
-    seq: int
-    collection: str
-    filter: dict[str, Any]
-    doc: dict[str, Any]
-    version: Any
 
 
 class MongoWriterPipeline:
@@ -133,7 +125,7 @@ class MongoWriterPipeline:
         self._stop = False
         self._task: asyncio.Task[None] | None = None
         self._routes: dict[type, tuple[str, tuple[str, ...]]] = {}
-        self._indexed: set[str] = set()
+        self.bulk: BulkWriter | None = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -145,15 +137,21 @@ class MongoWriterPipeline:
 
     async def open_spider(self) -> None:
         c = self.config
+        # Every call bounded: finding a server, opening a connection, and
+        # waiting for any one reply (pymongo's socket timeout is unset by default).
         self.client = AsyncMongoClient(c.mongo.uri, tz_aware=True,
-                                       serverSelectionTimeoutMS=int(c.server_timeout * 1000))
+                                       serverSelectionTimeoutMS=int(c.server_timeout * 1000),
+                                       connectTimeoutMS=int(c.connect_timeout * 1000),
+                                       socketTimeoutMS=int(c.socket_timeout * 1000))
         try:
             await check_access(self.client, c.mongo.database, c.mongo.uri)  # wrong credentials: stop now
         except MongoAuthError:
             await self.client.close()
             raise
+        self.bulk = BulkWriter(self.client, c, self.stats)
         await self.journal.open()
         self.stats.set_value("mongo_writer/adopted", self.journal.adopted)
+        self.stats.set_value("mongo_writer/adopted_acknowledged", self.journal.skipped)
         logger.info(
             "Writing items to %(uri)s database %(db)s in batches of %(batch)d (every %(interval)ss), "
             "journal %(journal)s%(adopted)s",
@@ -209,7 +207,7 @@ class MongoWriterPipeline:
         route = self._routes.get(cls)
         if route is None:
             if cls is DeadLetter:
-                route = (self.config.dead_letter_collection, _DEAD_LETTER_KEY)
+                route = (self.config.dead_letter_collection, DEAD_LETTER_KEY)
             else:
                 full = f"{cls.__module__}.{cls.__qualname__}"
                 c = self.config
@@ -240,8 +238,12 @@ class MongoWriterPipeline:
             "f": {k: doc.pop(k) for k in key},
             "d": doc,
         }
+        if key != DEAD_LETTER_KEY:
+            # Journaled with the operation: should MongoDB refuse the
+            # document, its dead letter gets the same id as any other.
+            record["i"], record["t"], _ = self._letter_id(item)
         vf = self.config.version_field
-        version = doc.get(vf) if vf and key != _DEAD_LETTER_KEY else None
+        version = doc.get(vf) if vf and key != DEAD_LETTER_KEY else None
         if version is not None:
             record["v"] = version
         try:
@@ -252,16 +254,22 @@ class MongoWriterPipeline:
             self.stats.inc_value("mongo_writer/unencodable")
             return self._encode(self._dead_letter(item, {"repr": repr(item)[:20000]}, "unencodable", str(exc)))
 
-    def _dead_letter(self, item: Any, doc: dict[str, Any], kind: str, message: str) -> DeadLetter:
+    def _letter_id(self, item: Any) -> tuple[str, str, str | None]:
+        """The dead-letter id, item type and source URL of ``item`` (see :func:`dead_letter_id`)."""
+        if isinstance(item, DeadLetter):
+            return item.dead_letter_id, item.item_type, item.source_url
         context = self.contexts.get(item)
         item_type = f"{type(item).__module__}.{type(item).__qualname__}"
         source_url = context.source_url if context else None
-        digest = hashlib.sha1(repr((item_type, source_url, kind, repr(doc))).encode(), usedforsecurity=False)
+        return dead_letter_id(item_type, source_url, own_fields(item, context)), item_type, source_url
+
+    def _dead_letter(self, item: Any, doc: dict[str, Any], kind: str, message: str) -> DeadLetter:
+        letter_id, item_type, source_url = self._letter_id(item)
         logger.error("%(type)s from %(url)s stored as a dead letter: %(msg)s",
                      {"type": item_type, "url": source_url, "msg": message})
         spider = self.crawler.spider.name if self.crawler.spider else None
         errors = [{"field": "", "kind": kind, "message": message}]
-        letter = DeadLetter(digest.hexdigest(), item_type, errors, doc, source_url, spider)
+        letter = DeadLetter(letter_id, item_type, errors, doc, source_url, spider)
         self.contexts.alias(item, letter)
         return letter
 
@@ -286,32 +294,15 @@ class MongoWriterPipeline:
 
     # -- writing ------------------------------------------------------------
 
-    async def _ensure_index(self, collection: str, key: tuple[str, ...] | None = None) -> None:
-        if collection in self._indexed:
-            return
-        assert self.client is not None
-        if key is None:
-            key = (_DEAD_LETTER_KEY if collection == self.config.dead_letter_collection
-                   else self._key_for_collection(collection))
-        await self.client[self.config.mongo.database][collection].create_index(
-            [(k, 1) for k in key], unique=True, name="_".join(key) + "_unique")
-        self._indexed.add(collection)
-
-    def _key_for_collection(self, collection: str) -> tuple[str, ...]:
-        c = self.config
-        for type_name, coll in c.collections.items():
-            if coll == collection and type_name in c.keys:
-                return c.keys[type_name]
-        return c.default_key
-
     async def _run(self) -> None:
         """Send journaled operations to MongoDB, batch after batch, in order."""
         # Unique indexes for the collections known now (others before their
         # first write), here rather than in open_spider so that a MongoDB that
         # is down does not hold up the start of the crawl.
+        assert self.bulk is not None
         try:
             for name in sorted({*self.config.collections.values(), self.config.dead_letter_collection}):
-                await self._ensure_index(name)
+                await self.bulk.ensure_index(name)
         except PyMongoError as exc:
             logger.warning("Could not create indexes yet (%(exc)s); retrying before the first write", {"exc": exc})
         while not self._stop:
@@ -344,18 +335,24 @@ class MongoWriterPipeline:
         ops = []
         for seq, payload in records:
             try:
-                ops.append(self._decode(seq, payload))
+                ops.append(decode(seq, payload))
             except Exception:  # CRC-checked, so only a bug or a foreign file
                 self.stats.inc_value("mongo_writer/undecodable")
                 logger.error("Journal record %(seq)d of %(path)s cannot be decoded; skipped",
                              {"seq": seq, "path": self.journal.path}, exc_info=True)
         if not ops:
             return True
-        merged = self._coalesce(ops)
+        assert self.bulk is not None
+        merged, stale = coalesce(ops)
+        if len(merged) < len(ops):
+            self.stats.inc_value("mongo_writer/coalesced", len(ops) - len(merged))
+        if stale:
+            # What the version guard would have refused had they come in separate batches.
+            self.stats.inc_value("mongo_writer/stale", stale)
         attempt = 0
         while True:
             try:
-                await self._bulk(merged)
+                await self.bulk.write(merged)
             except Exception as exc:
                 if self._stop:
                     return False
@@ -391,119 +388,3 @@ class MongoWriterPipeline:
         self.stats.inc_value("mongo_writer/written", len(records))
         self.stats.inc_value("mongo_writer/batches")
         return True
-
-    def _decode(self, seq: int, payload: bytes) -> _Op:
-        record = bson.decode(payload)
-        return _Op(seq, record["c"], record["f"], record["d"], record.get("v"))
-
-    def _coalesce(self, ops: list[_Op]) -> list[_Op]:
-        """One operation per key: later fields win, as if applied in order."""
-        merged: dict[tuple[str, bytes], _Op] = {}
-        for op in ops:
-            key = (op.collection, bson.encode(op.filter))
-            prev = merged.get(key)
-            if prev is None:
-                merged[key] = op
-            else:
-                prev.doc.update(op.doc)
-                prev.version = op.version if prev.version is None or (
-                    op.version is not None and op.version >= prev.version) else prev.version
-                prev.seq = op.seq
-        if len(merged) < len(ops):
-            self.stats.inc_value("mongo_writer/coalesced", len(ops) - len(merged))
-        return list(merged.values())
-
-    def _update(self, op: _Op, guard: bool = True) -> UpdateOne:
-        query = dict(op.filter)
-        vf = self.config.version_field
-        if guard and vf and op.version is not None:
-            # An older operation replayed late must not overwrite a newer
-            # crawl: match only documents not newer than this one (or without
-            # a version); otherwise the upsert hits the unique index. ($not
-            # $gt rather than an $or with null: same meaning, and SecantusDB
-            # answers it from the index, 10x faster.)
-            query[vf] = {"$not": {"$gt": op.version}}
-        return UpdateOne(query, {"$set": op.doc}, upsert=True)
-
-    async def _bulk(self, ops: list[_Op]) -> None:
-        assert self.client is not None
-        by_collection: dict[str, list[_Op]] = {}
-        for op in ops:
-            by_collection.setdefault(op.collection, []).append(op)
-        for name, group in by_collection.items():
-            await self._ensure_index(name, tuple(group[0].filter))
-            await self._bulk_collection(self._collection(name), group)
-
-    def _collection(self, name: str) -> AsyncCollection[dict[str, Any]]:
-        assert self.client is not None
-        coll = self.client[self.config.mongo.database][name]
-        if self.config.write_concern:
-            coll = coll.with_options(write_concern=WriteConcern(**self.config.write_concern))
-        return coll
-
-    async def _bulk_collection(self, coll: AsyncCollection[dict[str, Any]], group: list[_Op]) -> None:
-        try:
-            result = await coll.bulk_write([self._update(op) for op in group], ordered=False)
-        except BulkWriteError as exc:
-            details = exc.details
-            if details.get("writeConcernErrors"):
-                raise _WriteConcernError(str(details["writeConcernErrors"][:1])) from None
-            self.stats.inc_value("mongo_writer/upserted", details.get("nUpserted", 0))
-            await self._write_errors(coll, group, details.get("writeErrors", []))
-            return
-        self.stats.inc_value("mongo_writer/upserted", result.upserted_count)
-
-    async def _write_errors(self, coll: AsyncCollection[dict[str, Any]], group: list[_Op],
-                            errors: list[dict[str, Any]]) -> None:
-        dupes = [group[e["index"]] for e in errors if _on_key(group[e["index"]], e)]
-        others = [(group[e["index"]], e) for e in errors if not _on_key(group[e["index"]], e)]
-        if dupes:
-            # Another worker inserted the same key between our match and our
-            # insert, or the version guard refused an older write. Once more:
-            # a race now finds the document and updates it.
-            try:
-                await coll.bulk_write([self._update(op) for op in dupes], ordered=False)
-            except BulkWriteError as exc:
-                for e in exc.details.get("writeErrors", []):
-                    op = dupes[e["index"]]
-                    if _on_key(op, e) and op.version is not None:
-                        self.stats.inc_value("mongo_writer/stale")
-                        logger.debug("Skipped an older write of %(key)s in %(coll)s",
-                                     {"key": op.filter, "coll": coll.name})
-                    elif _on_key(op, e):
-                        self.stats.inc_value("mongo_writer/duplicate_key")
-                        logger.warning("Duplicate key %(key)s in %(coll)s: %(msg)s",
-                                       {"key": op.filter, "coll": coll.name, "msg": e.get("errmsg")})
-                    else:
-                        others.append((op, e))
-            self.stats.inc_value("mongo_writer/duplicate_key_retried", len(dupes))
-        if not others:
-            return
-        letters = []
-        for op, e in others:
-            code = int(e.get("code", 0))
-            self.stats.inc_value(f"mongo_writer/write_error/{code}")
-            logger.error("MongoDB refused %(key)s in %(coll)s: %(msg)s",
-                         {"key": op.filter, "coll": coll.name, "msg": e.get("errmsg")})
-            if coll.name == self.config.dead_letter_collection:
-                self.stats.inc_value("mongo_writer/dead_letter_failed")
-                continue
-            digest = hashlib.sha1(repr((coll.name, op.filter, code)).encode(), usedforsecurity=False).hexdigest()
-            letters.append(_Op(op.seq, self.config.dead_letter_collection, {"dead_letter_id": digest}, {
-                "item_type": coll.name, "errors": [{"field": "", "kind": f"write_error/{code}",
-                                                    "message": str(e.get("errmsg"))}],
-                "item": {**op.filter, **op.doc}}, None))
-        if letters:
-            await self._bulk(letters)
-
-
-def _on_key(op: _Op, error: dict[str, Any]) -> bool:
-    """A duplicate-key error on our own unique key (not on another unique index of the collection)."""
-    if error.get("code") != _DUPLICATE_KEY:
-        return False
-    pattern = error.get("keyPattern")
-    return not pattern or set(pattern) == set(op.filter)
-
-
-class _WriteConcernError(PyMongoError):
-    """The write concern was not satisfied: retry the batch."""

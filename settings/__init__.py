@@ -7,6 +7,8 @@ and overrides what it needs, selected with ``SCRAPY_SETTINGS_MODULE``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .env import LOG_LEVEL, MONGO_DATABASE, MONGO_URI, REDIS_URL, RESOLVE_HOSTS
 
 __all__ = ["LOG_LEVEL", "MONGO_DATABASE", "MONGO_URI", "REDIS_URL", "RESOLVE_HOSTS"]
@@ -14,6 +16,13 @@ __all__ = ["LOG_LEVEL", "MONGO_DATABASE", "MONGO_URI", "REDIS_URL", "RESOLVE_HOS
 BOT_NAME = "crawler"
 SPIDER_MODULES = ["crawler.spiders"]
 NEWSPIDER_MODULE = "crawler.spiders"
+# `scrapy crawl` that reports a crawl unable to start as one ERROR line (crawler/commands/crawl.py).
+COMMANDS_MODULE = "crawler.commands"
+# `scrapy check`'s @site_path contract: a path on the spider's site (crawler/contracts.py).
+SPIDER_CONTRACTS = {"crawler.contracts.SitePathContract": 10}
+# `scrapy genspider -t site NAME DOMAIN`: the project's templates, Scrapy's own still listed
+# (crawler/commands/genspider.py, docs/spiders.md).
+TEMPLATES_DIR = str(Path(__file__).resolve().parent.parent / "crawler" / "templates")
 
 TWISTED_REACTOR = "twisted.internet.asyncioreactor.AsyncioSelectorReactor"
 # Our resolver: RESOLVE_HOSTS entries first, then the system resolver for
@@ -69,6 +78,8 @@ MONGO_WRITER_COLLECTIONS = {
 EXTENSIONS = {
     "crawler.extensions.stats_file.StatsFileExtension": 900,
     "crawler.extensions.gc_tuning.GcTuning": 0,
+    # A Prometheus endpoint per worker, off until METRICS_ENABLED (docs/metrics.md).
+    "crawler.extensions.metrics.MetricsExtension": 500,
 }
 # Freeze start-up objects and collect the young generation less often once
 # the engine runs: ~13% of a worker's CPU was the collector (docs/settings.md, "GC tuning").

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-from typing import TYPE_CHECKING
+import os
+import stat
+import threading
+from typing import TYPE_CHECKING, Any
 
 from pipelines.journal import Journal, parse_segment, pending_records
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
+
+    import pytest
 
 
 async def read_all(j: Journal, cursor: int) -> list[tuple[int, bytes]]:
@@ -112,3 +118,112 @@ def test_a_locked_directory_is_left_alone(tmp_path: Path) -> None:
 
         assert asyncio.run(run()) == 0
         assert busy.exists()
+
+
+def test_journal_folders_and_files_are_private(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        async def run() -> Path:
+            orphan = Journal(tmp_path / "journal" / "db", segment_bytes=100)
+            await orphan.open()
+            await orphan.append(b"adopted")
+            await orphan.close(remove=False)
+            j = Journal(tmp_path / "journal" / "db", segment_bytes=100)
+            await j.open()
+            for i in range(10):
+                await j.append(b"x" * 50 + bytes([i]))
+            await j.commit(3)
+            await j.close(remove=False)
+            assert j.path is not None
+            return j.path
+
+        path = asyncio.run(run())
+    finally:
+        os.umask(umask)
+    folders = [tmp_path / "journal", tmp_path / "journal" / "db", path]
+    assert [oct(stat.S_IMODE(f.stat().st_mode)) for f in folders] == [oct(0o700)] * 3
+    files = list(path.iterdir())
+    assert len(files) >= 3  # LOCK, segments, the acknowledged position
+    assert {f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in files} == {f.name: oct(0o600) for f in files}
+
+
+class _PausingList(list[Any]):
+    """The journal's list of segments, pausing the event loop once, at the end of an iteration."""
+
+    pause: Any = None
+
+    def __iter__(self) -> Iterator[Any]:
+        yield from list.__iter__(self)
+        if self.pause is not None:
+            pause, self.pause = self.pause, None
+            pause()
+
+
+def test_a_rotation_during_a_commit_keeps_every_segment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker thread rotates to a new segment exactly while the loop's commit rebuilds its books."""
+    started, go, written = threading.Event(), threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        # The writing thread, held at its first fsync (the folder's, after
+        # creating the new segment) until the commit is under way.
+        if threading.current_thread() is not threading.main_thread() and not go.is_set():
+            started.set()
+            assert go.wait(10)
+        real_fsync(fd)
+        if stat.S_ISREG(os.fstat(fd).st_mode) and go.is_set():
+            written.set()
+
+    def let_the_thread_write() -> None:  # on the loop, inside commit
+        go.set()
+        assert written.wait(10)
+
+    async def run() -> None:
+        j = Journal(tmp_path, segment_bytes=100)
+        await j.open()
+        for i in range(8):  # 26 bytes each: records 0-3 and 4-7 fill two segments
+            await j.append(f"op-{i:06d}".encode())
+        assert j.segment_count == 2
+        monkeypatch.setattr(os, "fsync", fsync)
+        appended = j.append(b"op-000008")  # rotates to a third segment
+        await asyncio.to_thread(started.wait, 10)
+        books = _PausingList(j._segments)
+        books.pause = let_the_thread_write
+        j._segments = books
+        await j.commit(4)  # the first segment is in MongoDB
+        assert await appended == 8
+        assert go.is_set() and books.pause is None  # the interleaving happened
+        monkeypatch.undo()
+        assert j.segment_count == 2
+        assert j.size == sum(p.stat().st_size for p in tmp_path.glob("*/*.wal"))
+        j.spill()  # read back from the segments
+        assert [s for s, _ in await read_all(j, 4)] == [4, 5, 6, 7, 8]
+        await j.close(remove=True)
+
+    asyncio.run(run())
+
+
+def test_a_restart_replays_only_what_mongodb_has_not_acknowledged(tmp_path: Path) -> None:
+    async def run() -> None:
+        old = Journal(tmp_path, segment_bytes=100)
+        await old.open()
+        for i in range(10):
+            await old.append(f"op-{i:06d}".encode())
+        await old.commit(7)  # MongoDB has 0..6
+        await old.close(remove=False)  # a crash: the records stay, the lock goes
+
+        new = Journal(tmp_path, segment_bytes=100)
+        await new.open()
+        assert new.adopted == 3  # only the unacknowledged tail, nothing of it lost
+        assert [p for _, p in await read_all(new, 0)] == [b"op-000007", b"op-000008", b"op-000009"]
+        await new.append(b"own")
+        await new.commit(new.durable)  # MongoDB has everything
+        await new.close(remove=False)  # a second crash
+
+        again = Journal(tmp_path, segment_bytes=100)
+        await again.open()
+        assert again.adopted == 0
+        await again.close(remove=True)
+
+    asyncio.run(run())
+    assert pending_records(tmp_path) == 0

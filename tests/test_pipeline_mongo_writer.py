@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import hashlib
 from typing import TYPE_CHECKING, Any
@@ -10,10 +11,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from pymongo import MongoClient
 from scrapy.settings import Settings
+from scrapy.utils.misc import build_from_crawler
 
 from crawler.redact import redact_uri
 from devtools.services import free_port, start_secantus
 from pipelines.mongo_config import MongoConfig, MongoWriterConfig
+from pipelines.mongo_writer import MongoWriterPipeline
+from pipelines.validate import dead_letter_id, item_to_dict
 from tests.pipeline_chain import Chain, article, chain_crawler, product, response_for
 
 if TYPE_CHECKING:
@@ -214,6 +218,8 @@ def test_mongodb_killed_and_restarted_mid_crawl_every_item_once(tmp_path: Path, 
         ({"MONGO_WRITER_BATCH_SIZE": "ten"}, "MONGO_WRITER_BATCH_SIZE must be an integer > 0, got 'ten'"),
         ({"MONGO_WRITER_BATCH_SIZE": 100, "MONGO_WRITER_BUFFER_SIZE": 50}, "MONGO_WRITER_BUFFER_SIZE must be >="),
         ({"MONGO_WRITER_FLUSH_INTERVAL": -1}, "MONGO_WRITER_FLUSH_INTERVAL must be a number > 0, got -1"),
+        ({"MONGO_WRITER_CONNECT_TIMEOUT": 0}, "MONGO_WRITER_CONNECT_TIMEOUT must be a number > 0, got 0"),
+        ({"MONGO_WRITER_SOCKET_TIMEOUT": "x"}, "MONGO_WRITER_SOCKET_TIMEOUT must be a number > 0, got 'x'"),
         ({"MONGO_WRITER_KEYS": {"Product": []}}, r"MONGO_WRITER_KEYS\['Product'\] must be a field name"),
         ({"MONGO_WRITER_DEFAULT_KEY": "$x"}, "MONGO_WRITER_DEFAULT_KEY must be a field name"),
         ({"MONGO_WRITER_WRITE_CONCERN": {"w": -3}}, "MONGO_WRITER_WRITE_CONCERN"),
@@ -254,6 +260,8 @@ def test_a_document_refused_by_mongodb_is_dead_lettered_not_fatal(
     (letter,) = docs(mongo_server_uri, mongo_db, "dead_letter")
     assert letter["item"]["url"] == "http://shop-a.test/item/2"
     assert letter["errors"][0]["kind"] == "write_error/11000"
+    assert letter["item_type"] == "crawler.items.Product"
+    assert letter["dead_letter_id"] == dead_letter_id("crawler.items.Product", items[1].url, item_to_dict(items[1]))
     assert "duplicate key" in letter["errors"][0]["message"]
     assert chain.stats["mongo_writer/write_error/11000"] == 1
     assert "mongo_writer/stale" not in chain.stats
@@ -318,6 +326,107 @@ def test_journal_size_cap_pauses_the_crawl_while_mongodb_is_down(tmp_path: Path,
     assert seen["journal_bytes"] < cap + 4 * 1000
     assert sorted(d["sku"] for d in found) == [f"SKU-{i:06d}" for i in range(110)]
     assert chain.stats["mongo_writer/left_in_journal"] == 0
+
+
+def test_an_older_write_journaled_after_a_newer_one_in_the_same_batch_does_not_win(
+    mongo_server_uri: str, mongo_db: str, tmp_path: Path
+) -> None:
+    newer = product(1, price=2.0, title="Newer")
+    older = product(1, price=1.0, title="Older")
+
+    async def late_older(chain: Chain) -> None:
+        response = response_for(older)
+        (item,) = list(chain.middleware.process_spider_output(response, [older]))
+        context = chain.middleware.contexts.get(item)
+        assert context is not None and context.fetched_at is not None
+        context.fetched_at -= datetime.timedelta(hours=1)
+        await chain.process(response, item)
+
+    # Batches of 2 and no flush by time: both operations go in one bulk_write.
+    crawler = chain_crawler(mongo_server_uri, mongo_db, tmp_path / "journal", MONGO_WRITER_BATCH_SIZE=2,
+                            MONGO_WRITER_FLUSH_INTERVAL=600)
+    chain = run_chain(crawler, [(response_for(newer), newer)], concurrency=1, body=late_older)
+    (doc,) = docs(mongo_server_uri, mongo_db, "product")
+    assert (doc["price"], doc["title"]) == (2.0, "Newer")
+    assert chain.stats["mongo_writer/batches"] == 1
+    assert chain.stats["mongo_writer/coalesced"] == 1
+    assert chain.stats["mongo_writer/stale"] == 1
+
+
+def test_the_mongodb_client_has_connect_socket_and_server_selection_timeouts(
+    mongo_server_uri: str, mongo_db: str, tmp_path: Path
+) -> None:
+    crawler = chain_crawler(mongo_server_uri, mongo_db, tmp_path / "journal", MONGO_WRITER_CONNECT_TIMEOUT=2.5,
+                            MONGO_WRITER_SOCKET_TIMEOUT=7, MONGO_WRITER_SERVER_TIMEOUT=1.5)
+
+    async def run() -> tuple[float | None, float | None, float | None]:
+        writer = build_from_crawler(MongoWriterPipeline, crawler)
+        await writer.open_spider()
+        assert writer.client is not None
+        options = writer.client.options
+        timeouts = (options.pool_options.connect_timeout, options.pool_options.socket_timeout,
+                    options.server_selection_timeout)
+        await writer.close_spider()
+        return timeouts
+
+    assert asyncio.run(run()) == (2.5, 7.0, 1.5)
+    defaults = MongoWriterConfig.from_settings(Settings({"MONGO_URI": "mongodb://h"}))
+    assert (defaults.connect_timeout, defaults.socket_timeout, defaults.server_timeout) == (5.0, 30.0, 5.0)
+
+
+def test_a_worker_restarted_after_a_crash_replays_only_what_mongodb_had_not_acknowledged(
+    mongo_server_uri: str, mongo_db: str, tmp_path: Path
+) -> None:
+    items = [product(i) for i in range(35)]
+    settings = {"MONGO_WRITER_BATCH_SIZE": 10, "MONGO_WRITER_FLUSH_INTERVAL": 600}
+
+    async def crash() -> None:
+        chain = Chain(chain_crawler(mongo_server_uri, mongo_db, tmp_path / "journal", **settings))
+        await chain.open()
+        writer = chain.writer
+        await chain.feed([(response_for(p), p) for p in items[:30]])
+        while writer.cursor < 30:  # three full batches: MongoDB acknowledges them
+            await asyncio.sleep(0.01)
+        await chain.feed([(response_for(p), p) for p in items[30:]])  # less than a batch: not written
+        # The worker dies: no close_spider, its journal stays on disk.
+        assert writer._task is not None
+        writer._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer._task
+        await writer.journal.close(remove=False)
+        assert writer.client is not None
+        await writer.client.close()
+
+    asyncio.run(crash())
+    assert len(docs(mongo_server_uri, mongo_db, "product")) == 30
+    restarted = run_chain(chain_crawler(mongo_server_uri, mongo_db, tmp_path / "journal", **settings), [])
+    assert restarted.stats["mongo_writer/adopted"] == 5  # the unacknowledged tail only
+    assert restarted.stats["mongo_writer/adopted_acknowledged"] == 30
+    assert restarted.stats["mongo_writer/written"] == 5
+    assert sorted(d["sku"] for d in docs(mongo_server_uri, mongo_db, "product")) == [
+        f"SKU-{i:06d}" for i in range(35)]
+    assert not list((tmp_path / "journal").glob("*/*/*.wal"))
+
+
+def test_a_recrawled_bad_item_is_the_same_dead_letter(mongo_server_uri: str, mongo_db: str, tmp_path: Path) -> None:
+    keyless = {"url": "http://x.test/keyless", "title": "no sku"}
+    unencodable = {"url": "http://x.test/set", "tags": {"a", "b"}}
+    invalid = product(7, price=-1.0)
+    for run in (1, 2):
+        # Another job, another fetch time and another page body each time.
+        crawler = chain_crawler(mongo_server_uri, mongo_db, tmp_path / "journal", ENRICH_JOB_ID=f"job-{run}",
+                                VALIDATE_REQUIRE_SCHEMA=False, MONGO_WRITER_KEYS={"dict": "sku"})
+        run_chain(crawler, [(response_for(i, body=f"<html>run {run}</html>".encode()), i)
+                            for i in (dict(keyless), dict(unencodable), invalid)], concurrency=1)
+    found = docs(mongo_server_uri, mongo_db, "dead_letter")
+    letters = {d["errors"][0]["kind"]: d for d in found}
+    assert sorted(d["errors"][0]["kind"] for d in found) == ["minimum", "missing_key", "unencodable"]  # not 6
+    # One scheme for ValidatePipeline's and MongoWriterPipeline's dead letters.
+    assert letters["missing_key"]["dead_letter_id"] == dead_letter_id("builtins.dict", keyless["url"], keyless)
+    assert letters["unencodable"]["dead_letter_id"] == dead_letter_id("builtins.dict", unencodable["url"],
+                                                                      unencodable)
+    assert letters["minimum"]["dead_letter_id"] == dead_letter_id("crawler.items.Product", invalid.url,
+                                                                  item_to_dict(invalid))
 
 
 @pytest.mark.parametrize(("text", "clean"), [

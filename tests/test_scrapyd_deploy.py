@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 from pymongo import MongoClient
+from scrapy.spiderloader import get_spider_loader
+from scrapy.utils.project import get_project_settings
 
 from devtools.demo import analyse
 from devtools.services import ROOT, free_port
@@ -42,7 +44,7 @@ pytestmark = pytest.mark.e2e
 
 BIN = Path(sys.executable).parent
 PROJECT = "crawler"  # scrapy.cfg: [deploy] project = crawler
-SPIDERS = ["news", "shop_a", "shop_b"]
+SPIDERS = sorted(get_spider_loader(get_project_settings()).list())  # every spider of the project goes in the egg
 # Untracked things in a working tree that a fresh clone has not (.gitignore).
 BUILD_ARTEFACTS = (".git", ".venv", ".state", "build", "*.egg-info", "__pycache__", ".*_cache", "mongo-journal")
 TIMEOUT = 120.0  # overall limit of every wait below; none is a timed assertion

@@ -191,6 +191,10 @@ class FrontierScheduler:
 
     # -- Scrapy's scheduler interface ----------------------------------
 
+    def __len__(self) -> int:
+        """Requests prefetched from Redis and waiting in this worker (Scrapy's scheduler interface)."""
+        return len(self._prefetch)
+
     def has_pending_requests(self) -> bool:
         return bool(len(self._prefetch) or self._outbox.entries or self._outbox.task or self._refill.task
                     or self._cluster.sites_with_work)

@@ -88,6 +88,10 @@ class FrontierSpider(RedisSpider):  # type: ignore[misc]  # scrapy-redis ships n
     # -- seeds -------------------------------------------------------------
 
     async def start(self) -> AsyncIterator[Request]:
+        if not self._uses_frontier():  # a one-off run (scrapy parse, check...): a plain spider
+            for url in self.start_urls:
+                yield Request(url, dont_filter=True)
+            return
         async for request in self._read_seeds():
             yield request
 
@@ -160,9 +164,16 @@ class FrontierSpider(RedisSpider):  # type: ignore[misc]  # scrapy-redis ships n
 
     def spider_idle(self) -> None:
         """Keep the worker open until the whole cluster has been idle for FRONTIER_IDLE_CLOSE_SECONDS."""
+        if not self._uses_frontier():
+            return  # a one-off run: close when idle, as a plain spider does
         if self.idle_close_seconds and self._frontier().cluster_idle_seconds() >= self.idle_close_seconds:
             return  # let the engine close us
         raise DontCloseSpider
+
+    def _uses_frontier(self) -> bool:
+        """False when another scheduler runs this spider (Scrapy's dev commands, crawler.commands.one_off)."""
+        engine = self.crawler.engine
+        return engine is None or isinstance(engine.scheduler, FrontierScheduler)
 
     def _frontier(self) -> FrontierScheduler:
         scheduler = self.crawler.engine.scheduler if self.crawler.engine else None

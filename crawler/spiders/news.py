@@ -23,10 +23,23 @@ class NewsSpider(FrontierSpider):
     allowed_domains = ["news.test"]
 
     def parse(self, response: TextResponse) -> Iterator[Request]:
+        """A section listing: follows listings and stories.
+
+        @site_path /list/1
+        @returns items 0 0
+        @returns requests 2
+        """
         yield from response.follow_all(css="a.listing, a.next")
         yield from response.follow_all(css="a.item, a.related", callback=self.parse_article)
 
     def parse_article(self, response: Response) -> Iterator[Article | Request]:
+        """A story: one Article, and its related stories.
+
+        @site_path /item/4
+        @returns items 1 1
+        @returns requests 1
+        @scrapes url headline author published section
+        """
         if not isinstance(response, TextResponse) or not response.css("article[itemtype$=NewsArticle]"):
             return
         yield Article(

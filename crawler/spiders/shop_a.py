@@ -21,6 +21,13 @@ class ShopASpider(FrontierSpider):
     allowed_domains = ["shop-a.test"]
 
     def parse(self, response: TextResponse) -> Iterator[Request | Product]:
+        """A page of the shop: a Product on an item page, and links to follow.
+
+        @site_path /item/7
+        @returns items 1 1
+        @returns requests 1
+        @scrapes url title sku price currency in_stock
+        """
         if response.css("[itemtype$=Product]"):
             yield parse_product(response)
         yield from response.follow_all(css="a.listing, a.next, a.item, a.related")

@@ -23,6 +23,13 @@ class ShopBSpider(FrontierSpider):
     allowed_domains = ["shop-b.test"]
 
     def parse(self, response: TextResponse) -> Iterator[Request | Product]:
+        """A page of the shop: a Product on an item page, and links to follow.
+
+        @site_path /item/7
+        @returns items 1 1
+        @returns requests 0 0
+        @scrapes url title sku price currency in_stock
+        """
         if response.css("[itemtype$=Product]"):
             yield parse_product(response)
         # shop-b's related-product links are ads for other listings: skip them.

@@ -7,22 +7,35 @@ import secrets
 import socket
 from pathlib import Path
 
+from crawler.startup import StartupError
+
 _RTF_LOCAL = 0x80000000  # include/uapi/linux/ipv6_route.h
+_IFF_UP = 0x1  # include/uapi/linux/if.h
 
 
-class IPv6BindSetupError(RuntimeError):
+class IPv6BindSetupError(StartupError):
     """The host is not set up to send from the configured prefixes."""
 
 
 
 def check_host_setup(
-    prefixes: tuple[ipaddress.IPv6Network, ...], route_table: Path = Path("/proc/net/ipv6_route")
+    prefixes: tuple[ipaddress.IPv6Network, ...], route_table: Path = Path("/proc/net/ipv6_route"),
+    loopback_flags: Path = Path("/sys/class/net/lo/flags"),
 ) -> None:
     """Raise :class:`IPv6BindSetupError` saying what to run unless every prefix is local and bindable.
 
-    Two checks that send no packet: a ``local`` route covering the prefix in
-    the kernel's routing tables, and ``bind()`` to a random address in it.
+    Checks that send no packet: the loopback interface is up (a fresh network
+    namespace has it down, and no ``local`` route can use it then), a ``local``
+    route covering the prefix in the kernel's routing tables, and ``bind()``
+    to a random address in it.
     """
+    if loopback_flags.exists() and not int(loopback_flags.read_text().strip(), 16) & _IFF_UP:
+        raise IPv6BindSetupError(
+            "IPV6_BIND_PREFIXES: this host is not set up to send from the configured prefixes:\n  - "
+            "the loopback interface lo is down: run `ip link set lo up`, then "
+            + ", ".join(f"`ip -6 route add local {prefix} dev lo`" for prefix in prefixes)
+            + "\nOr set IPV6_BIND_ENABLED=False."
+        )
     local_routes: list[ipaddress.IPv6Network] = []
     if route_table.exists():
         for line in route_table.read_text().splitlines():

@@ -1,0 +1,11 @@
+"""``scrapy view``, on Scrapy's in-memory scheduler (see :mod:`crawler.commands.one_off`)."""
+
+from __future__ import annotations
+
+from scrapy.commands.view import Command as ScrapyCommand
+
+from crawler.commands.one_off import OneOffMixin
+
+
+class Command(OneOffMixin, ScrapyCommand):
+    """Scrapy's ``view`` without the shared frontier."""
