@@ -49,9 +49,17 @@ async def _push_entries(redis_url: str, payloads: list[bytes]) -> None:
 @pytest.mark.e2e
 def test_hostile_seeds_and_entries(demo_site: DemoSite, redis_url: str,
                                    run_crawl: Callable[..., CrawlResult]) -> None:
-    a = lambda path: demo_site.url("shop-a.test", path)  # noqa: E731
     listener = socket.create_server(("127.0.0.1", 0))  # a "proxy" that must never be contacted
     listener.setblocking(False)
+    try:
+        _attack(demo_site, redis_url, run_crawl, listener)
+    finally:
+        listener.close()
+
+
+def _attack(demo_site: DemoSite, redis_url: str, run_crawl: Callable[..., CrawlResult],
+            listener: socket.socket) -> None:
+    a = lambda path: demo_site.url("shop-a.test", path)  # noqa: E731
     proxy = f"http://127.0.0.1:{listener.getsockname()[1]}"
     good = [a("/item/10").encode(), json.dumps({"url": a("/item/11"), "callback": "parse_other"}).encode()]
     refused = [json.dumps({"url": a(f"/item/{i}"), "callback": cb}).encode()
@@ -93,7 +101,6 @@ def test_hostile_seeds_and_entries(demo_site: DemoSite, redis_url: str,
     assert {rec["client"] for rec in demo_site.log(mark)} == {"127.0.0.1"}
     with pytest.raises(BlockingIOError):
         listener.accept()  # the proxy was never contacted
-    listener.close()
     assert "Parsed other " + a("/item/11") in result.log and "Parsed other " + a("/item/31") in result.log
 
     # One clear line and a stat for each.
