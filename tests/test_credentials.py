@@ -87,6 +87,8 @@ def test_no_password_in_anything_printed_or_written(flushed: Secured, demo_site:
         _run(["-m", "crawler", "seed", "shop_a", demo_site.url("shop-a.test", "/item/1")], env, ROOT),
         _run(["-m", "crawler", "queues", "shop_a"], env, ROOT),
         _run(["-m", "crawler", "release", "shop_a", "shop-a.test"], env, ROOT),
+        _run(["-m", "crawler", "status", "shop_a"], env, ROOT),
+        _run(["-m", "crawler", "status", "shop_a", "--json"], {**env, "REDIS_URL": s.wrong(s.redis_url)}, ROOT),
         _run(["-m", "crawler", "--redis-url", s.redis_url, "queues", "shop_a"], {}, ROOT),
         _run(["-m", "crawler", "queues", "shop_a"], {**env, "REDIS_URL": s.wrong(s.redis_url)}, ROOT),
         _run(["-m", "middlewares.byte_budget", "set", "shop-b.test", "100000"], env, ROOT),
@@ -117,6 +119,8 @@ def test_no_password_in_anything_printed_or_written(flushed: Secured, demo_site:
     assert not _files_with(tmp_path, passwords)
     assert not _files_with(ROOT / "mongo-journal", passwords) if (ROOT / "mongo-journal").exists() else True
     assert stat.S_IMODE(crawl.stats_path.stat().st_mode) == 0o600
+    journal = [tmp_path / "journal", *(tmp_path / "journal").rglob("*")]
+    assert all(stat.S_IMODE(p.stat().st_mode) & 0o077 == 0 for p in journal)  # 0700, files 0600 (if any left)
 
 
 @pytest.mark.e2e
