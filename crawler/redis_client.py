@@ -33,6 +33,7 @@ from redis.retry import Retry
 
 from crawler.redact import redact_uri
 from crawler.setting_values import float_setting, int_setting
+from crawler.startup import StartupError
 
 T = TypeVar("T")
 
@@ -94,7 +95,7 @@ def _backoff() -> ExponentialWithJitterBackoff:
     return ExponentialWithJitterBackoff(cap=_BACKOFF_CAP, base=0.05)
 
 
-class RedisAuthError(RuntimeError):
+class RedisAuthError(StartupError):
     """Redis refused the credentials (or the ACL permissions) of a Redis URL setting."""
 
 

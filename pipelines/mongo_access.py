@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pymongo.errors import OperationFailure, PyMongoError
 
 from crawler.redact import redact_uri
+from crawler.startup import StartupError
 
 if TYPE_CHECKING:
     from pymongo import AsyncMongoClient
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 AUTH_ERROR_CODES = frozenset({11, 13, 18, 8000})
 
 
-class MongoAuthError(RuntimeError):
+class MongoAuthError(StartupError):
     """MongoDB refused the credentials or the privileges of ``MONGO_URI``."""
 
 
