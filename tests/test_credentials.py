@@ -168,3 +168,30 @@ def test_the_demo_refuses_servers_on_other_machines(env: dict[str, str], tmp_pat
     assert "-> 2\n" in out and "name another machine" in out and "add --allow-remote" in out
     assert "{shop_a}:*" in out and "the MongoDB database crawler_demo" in out  # what it would delete
     assert "Starting services" not in out and "pw@" not in out
+
+
+@pytest.mark.e2e
+def test_a_user_who_may_not_write_closes_the_worker_at_the_first_write(flushed: Secured, demo_site: DemoSite,
+                                                                        tmp_path: Path) -> None:
+    """Read-only credentials pass the start-up check; the first write is refused: no waiting, no 'finished'."""
+    from pymongo import MongoClient
+
+    s = flushed
+    with MongoClient(s.mongo_uri) as client:
+        if not client.admin.command("usersInfo", "reader")["users"]:
+            client.admin.command("createUser", "reader", pwd=s.mongo_password[::-1],
+                                 roles=[{"role": "read", "db": "crawler"}])
+    reader = s.mongo_uri.replace(f"crawler:{s.mongo_password}@", f"reader:{s.mongo_password[::-1]}@")
+    with redis.Redis.from_url(s.redis_url) as r:
+        r.rpush("shop_a:start_urls", demo_site.url("shop-a.test", "/item/1"))
+    # A close that waited for MongoDB would outlast the 120 s this test waits.
+    result = wait_crawl(start_crawl(tmp_path, "shop_a", {
+        "DEPTH_LIMIT": "1", "MONGO_WRITER_BATCH_SIZE": "1", "MONGO_WRITER_CLOSE_TIMEOUT": "600",
+        "MONGO_WRITER_RETRY_TIMES": "100", "MONGO_WRITER_JOURNAL_DIR": str(tmp_path / "journal")},
+        {**ENV, "REDIS_URL": s.redis_url, "MONGO_URI": reader}), timeout=120)
+    assert result.stats["finish_reason"] == "mongo_auth_failed", result.log[-3000:]
+    assert result.stats["mongo_writer/auth_failed"] == 1
+    assert result.stats["mongo_writer/left_in_journal"] >= 1  # kept for a worker with the right credentials
+    lines = [line for line in result.log.splitlines() if "MONGO_URI" in line and "] ERROR:" in line]
+    assert len(lines) == 1 and "MONGO_URI mongodb://***@127.0.0.1:" in lines[0] and "not authorized" in lines[0]
+    assert "MongoDB unreachable" not in result.log and s.mongo_password[::-1] not in result.log
