@@ -111,6 +111,13 @@ def test_capability_keys_of_a_stored_entry_are_dropped(key: str) -> None:
     assert meta[key] == 1
 
 
+def test_a_stored_copy_of_a_bound_request_loses_its_binding_silently() -> None:
+    meta: dict[str, Any] = {"bindaddress": ["2001:db8::5", 0], "ipv6_bind_address": "2001:db8::5",
+                            "ipv6_bind_connection_close": True}
+    assert filter_entry_meta(meta, "w", GateConfig()) == []  # nothing to warn about
+    assert meta == {"download_slot": "w"}
+
+
 def test_an_entrys_download_slot_is_its_website() -> None:
     meta: dict[str, Any] = {"download_slot": "elsewhere"}
     assert filter_entry_meta(meta, "shop-a.test", GateConfig()) == ["download_slot"]

@@ -276,6 +276,13 @@ def filter_entry_meta(meta: dict[str, Any], website: str, config: GateConfig) ->
     the scheduler set it when it stored the request: another slot is dropped.
     """
     allowed = config.entry_meta_allow
+    ours = meta.get("ipv6_bind_address")
+    if ours is not None and list(meta.get("bindaddress") or ()) == [ours, 0]:
+        # A retried or redirected copy of a request IPv6BindMiddleware bound: it
+        # forgets that binding itself (decided again), so this is no attack.
+        for key in ("bindaddress", "ipv6_bind_address", "ipv6_bind_connection_close"):
+            if key not in allowed:
+                meta.pop(key, None)
     dropped = [k for k in meta if is_capability_key(k) and k not in allowed
                and not (k == "download_slot" and meta[k] == website)]
     for key in dropped:
