@@ -7,7 +7,9 @@ progress, and prints a summary checked against the demo server's own request
 log. Exits non-zero when a check fails.
 
 The demo writes to the MongoDB database ``crawler_demo`` and to the Redis keys
-of the demo spiders, and clears both first.
+of the demo spiders, and deletes both first: it says so before it starts, and
+refuses a ``REDIS_URL`` / ``MONGO_URI`` that is not on this machine unless
+``--allow-remote`` is given. URLs are printed with their credentials redacted.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crawler.redact import redact_uri
 from devtools.services import DEFAULT_STATE, ROOT, Server, local_services, start_demosite
 
 DEMO_DB = "crawler_demo"
@@ -38,6 +41,28 @@ def spider_hosts(names: tuple[str, ...]) -> dict[str, str]:
 
     loader = SpiderLoader.from_settings(get_project_settings())
     return {name: loader.load(name).allowed_domains[0] for name in names}
+
+
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+
+def remote_hosts(redis_url: str, mongo_uri: str) -> list[str]:
+    """The hosts of ``redis_url`` / ``mongo_uri`` (either may be empty) that are not this machine."""
+    from urllib.parse import urlsplit
+
+    from pymongo.uri_parser import parse_uri
+
+    hosts: list[str] = []
+    if redis_url and not redis_url.startswith("unix:"):
+        hosts.append(urlsplit(redis_url).hostname or "")
+    if mongo_uri:
+        hosts += [host for host, _ in parse_uri(mongo_uri)["nodelist"] if not host.endswith(".sock")]
+    return [h for h in hosts if h not in _LOCAL_HOSTS and not h.startswith("127.")]
+
+
+def what_is_deleted(spiders: tuple[str, ...]) -> str:
+    keys = ", ".join(f"{s}:start_urls, {s}:start_urls:dead, {{{s}}}:*" for s in spiders)
+    return f"Redis keys {keys}; the MongoDB database {DEMO_DB}"
 
 
 def server_log(site: Server, since: int = 0) -> list[dict[str, Any]]:
@@ -138,11 +163,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state", type=Path, default=DEFAULT_STATE)
     parser.add_argument("-s", "--set", action="append", default=[], metavar="NAME=VALUE",
                         help="extra Scrapy setting for every worker")
+    parser.add_argument("--allow-remote", action="store_true",
+                        help="run against a REDIS_URL / MONGO_URI on another machine (its demo keys and "
+                             f"database {DEMO_DB} are deleted)")
     args = parser.parse_args(argv)
     spiders = tuple(s for s in args.spiders.split(",") if s)
+    remote = remote_hosts(os.environ.get("REDIS_URL", ""), os.environ.get("MONGO_URI", ""))
+    if remote and not args.allow_remote:
+        print(f"REDIS_URL / MONGO_URI name another machine ({', '.join(remote)}): the demo would delete "
+              f"{what_is_deleted(spiders)} there. Unset them to use local servers, or add --allow-remote.",
+              file=sys.stderr)
+        return 2
     hosts = spider_hosts(spiders)
     run_dir = args.state / "demo" / time.strftime("%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # worker logs and stats: this user only
 
     print(f"Starting services (state in {args.state}) ...", flush=True)
     with local_services(args.state) as svc:
@@ -165,12 +199,11 @@ def _run(
     import redis
     from pymongo import MongoClient
 
-    from pipelines.mongo_config import redact_uri
-
     r = redis.Redis.from_url(redis_url)
     mongo: MongoClient[dict[str, Any]] = MongoClient(mongo_uri)
-    print(f"  redis   {redis_url}\n  mongodb {redact_uri(mongo_uri)} (database {DEMO_DB})\n"
-          f"  demo    {', '.join(hosts.values())} on 127.0.0.1 and [::1] port {site.port}", flush=True)
+    print(f"  redis   {redact_uri(redis_url)}\n  mongodb {redact_uri(mongo_uri)} (database {DEMO_DB})\n"
+          f"  demo    {', '.join(hosts.values())} on 127.0.0.1 and [::1] port {site.port}\n"
+          f"Deleting what an earlier demo left: {what_is_deleted(spiders)}", flush=True)
     for spider in spiders:
         r.delete(f"{spider}:start_urls", f"{spider}:start_urls:dead",
                  *r.scan_iter(match="{" + spider + "}:*"))  # the frontier's keys (crawler/frontier/store.py)

@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -97,9 +97,11 @@ def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subp
         )
 
 
-def start_redis(state: Path, port: int | None = None, persistent: bool = False) -> Server:
+def start_redis(state: Path, port: int | None = None, persistent: bool = False,
+                password: str | None = None) -> Server:
     """A redis-server in ``state/redis-<port>``; ``persistent``: with AOF ``everysec`` (docs/frontier.md,
-    "Persistence"), as the demo runs it; without persistence for tests and benchmarks (flushed at will)."""
+    "Persistence"), as the demo runs it; without persistence for tests and benchmarks (flushed at will);
+    with ``password``, clients must authenticate (``requirepass``)."""
     exe = shutil.which("redis-server")
     if exe is None:
         raise RuntimeError("redis-server not found: run `make deps` (apt-get install redis-server)")
@@ -108,15 +110,23 @@ def start_redis(state: Path, port: int | None = None, persistent: bool = False) 
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "redis.log"
     persistence = ["--appendonly", "yes", "--appendfsync", "everysec"] if persistent else ["--appendonly", "no"]
-    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *persistence,
-           "--dir", str(workdir), "--daemonize", "no", "--protected-mode", "yes"]
+    cmd = [exe]
+    if password is not None:
+        # In a file of its own (mode 0600), not on the command line that `ps` shows.
+        conf = workdir / "auth.conf"
+        conf.touch(mode=0o600)
+        conf.write_text(f"requirepass {password}\n")
+        cmd.append(str(conf))
+    cmd += ["--port", str(port), "--bind", "127.0.0.1", "--save", "", *persistence,
+            "--dir", str(workdir), "--daemonize", "no", "--protected-mode", "yes"]
     proc = _spawn(cmd, log)
-    server = Server("redis", proc, port, f"redis://127.0.0.1:{port}/0", log)
+    auth = f":{password}@" if password is not None else ""
+    server = Server("redis", proc, port, f"redis://{auth}127.0.0.1:{port}/0", log)
 
     def ping() -> bool:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
             s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))
 
     _wait(ping, proc, "redis-server", log, 20)
     return server
@@ -126,8 +136,13 @@ def secantusd_path() -> Path:
     return Path(os.environ.get("SECANTUSD", DEFAULT_STATE / "secantus-venv" / "bin" / "secantusd-py"))
 
 
-def start_secantus(state: Path, port: int | None = None, storage: Path | None = None) -> Server:
-    """Start SecantusDB (MongoDB wire protocol) with persistent storage under ``state``."""
+def start_secantus(state: Path, port: int | None = None, storage: Path | None = None,
+                   user: tuple[str, str] | None = None) -> Server:
+    """Start SecantusDB (MongoDB wire protocol) with persistent storage under ``state``.
+
+    With ``user`` (name, password): that user is created (role ``root``) and the
+    server restarted with ``--auth`` (SCRAM-SHA-256), as SecantusDB provisions users.
+    """
     exe = secantusd_path()
     if not exe.exists():
         raise RuntimeError(f"{exe} not found: run `make deps` (SecantusDB in its own venv) or set MONGO_URI")
@@ -135,19 +150,32 @@ def start_secantus(state: Path, port: int | None = None, storage: Path | None = 
     storage = storage or state / f"secantus-{port}"
     storage.mkdir(parents=True, exist_ok=True)
     log = storage.parent / f"secantus-{port}.log"
-    proc = _spawn([str(exe), "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(storage),
-                   "--log-level", "WARNING"], log)
-    server = Server("secantus", proc, port, f"mongodb://127.0.0.1:{port}/?directConnection=true", log)
+    cmd = [str(exe), "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(storage),
+           "--log-level", "WARNING"]
+    url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    server = Server("secantus", _spawn(cmd, log), port, url, log)
+    _wait(lambda: _mongo_ping(url), server.proc, "secantusd-py", log, 60)
+    if user is None:
+        return server
+    from pymongo import MongoClient
 
-    def ping() -> bool:
-        from pymongo import MongoClient
-
-        with MongoClient(server.url, serverSelectionTimeoutMS=500, connectTimeoutMS=500) as client:
-            client.admin.command("ping")
-        return True
-
-    _wait(ping, proc, "secantusd-py", log, 60)
+    client: MongoClient[dict[str, Any]]
+    with MongoClient(url, serverSelectionTimeoutMS=5000) as client:
+        client.admin.command("createUser", user[0], pwd=user[1], roles=["root"])
+    server.stop()
+    auth_url = f"mongodb://{user[0]}:{user[1]}@127.0.0.1:{port}/?directConnection=true&authSource=admin"
+    server = Server("secantus", _spawn([*cmd, "--auth"], log), port, auth_url, log)
+    _wait(lambda: _mongo_ping(auth_url), server.proc, "secantusd-py --auth", log, 60)
     return server
+
+
+def _mongo_ping(url: str) -> bool:
+    from pymongo import MongoClient
+
+    client: MongoClient[dict[str, Any]]
+    with MongoClient(url, serverSelectionTimeoutMS=500, connectTimeoutMS=500) as client:
+        client.admin.command("ping")
+    return True
 
 
 def start_demosite(

@@ -19,6 +19,14 @@ request to that host leaves this middleware: politeness
 
 Enabled in place of Scrapy's (``DOWNLOADER_MIDDLEWARES``, same order 100),
 with Scrapy's settings (``ROBOTSTXT_OBEY``, ``ROBOTSTXT_PARSER``, ...).
+
+:class:`RobotsTxtOffsiteMiddleware` (order 49, before Scrapy's
+OffsiteMiddleware at 50) lets the robots.txt requests of that middleware
+through the offsite filter. A seed is ``dont_filter``, so it reaches a host
+outside ``allowed_domains``; its robots.txt request was then filtered as
+offsite, the middleware read that as "no robots.txt" and let the seed fetch a
+disallowed path. robots.txt is now read and obeyed for every host a request
+goes to.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from scrapy.downloadermiddlewares.robotstxt import RobotsTxtMiddleware as _ScrapyRobotsTxtMiddleware
+from scrapy.http.request import NO_CALLBACK
 from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.httpobj import urlparse_cached
 from twisted.internet.defer import Deferred
@@ -83,3 +92,14 @@ class RobotsTxtMiddleware(_ScrapyRobotsTxtMiddleware):
             logger.info("robots.txt of %(netloc)s: Crawl-delay %(delay)gs", {"netloc": netloc, "delay": delay},
                         extra={"spider": self.crawler.spider})
         self.crawler.signals.send_catch_log(robots_crawl_delay, netloc=netloc, url=request.url, delay=delay)
+
+
+class RobotsTxtOffsiteMiddleware:
+    """Marks the robots.txt middleware's own requests ``allow_offsite``: robots.txt is read for every host."""
+
+    def process_request(self, request: Request) -> None:
+        # The robots.txt middleware's requests: NO_CALLBACK (nothing a seed or
+        # a frontier entry can name) and dont_obey_robotstxt, for /robots.txt.
+        if (request.callback is NO_CALLBACK and request.meta.get("dont_obey_robotstxt")
+                and urlparse_cached(request).path == "/robots.txt"):
+            request.meta.setdefault("allow_offsite", True)

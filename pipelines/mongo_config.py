@@ -3,7 +3,7 @@
 :class:`MongoConfig`: the connection, shared by every MongoDB component.
 
 ``MONGO_URI`` (str)
-    Connection string; credentials in it are never logged (:func:`redact_uri`).
+    Connection string; credentials in it are never logged (:func:`crawler.redact.redact_uri`).
 ``MONGO_DATABASE`` (str, default ``"crawler"``)
     Database name.
 
@@ -21,21 +21,13 @@ from pymongo.errors import PyMongoError
 from pymongo.uri_parser import parse_uri
 from pymongo.write_concern import WriteConcern
 
+from crawler.redact import redact_uri
 from crawler.setting_values import float_setting, int_setting
 
 if TYPE_CHECKING:
     from typing import Self
 
     from scrapy.settings import BaseSettings
-
-
-def redact_uri(uri: str) -> str:
-    """The URI without its credentials, fit for logs."""
-    scheme, sep, rest = uri.partition("://")
-    if not sep:
-        return uri
-    _, at, hosts = rest.rpartition("@")
-    return f"{scheme}://***@{hosts}" if at else uri
 
 
 @dataclass(frozen=True, slots=True)

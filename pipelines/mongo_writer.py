@@ -83,10 +83,12 @@ from pymongo.errors import PyMongoError
 from scrapy.exceptions import NotConfigured
 from scrapy.utils.asyncio import is_asyncio_available
 
+from crawler.redact import redact_uri
 from pipelines.item_context import item_contexts
 from pipelines.journal import Journal
+from pipelines.mongo_access import MongoAuthError, check_access, is_auth_error
 from pipelines.mongo_bulk import BulkWriter
-from pipelines.mongo_config import MongoWriterConfig, redact_uri
+from pipelines.mongo_config import MongoWriterConfig
 from pipelines.mongo_ops import DEAD_LETTER_KEY, coalesce, decode
 from pipelines.validate import DeadLetter, dead_letter_id, item_to_dict, own_fields
 
@@ -123,6 +125,7 @@ class MongoWriterPipeline:
         self._failed_while_closing = False
         self._stop = False
         self._task: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None  # closes the worker when MongoDB refuses us
         self._routes: dict[type, tuple[str, tuple[str, ...]]] = {}
         self.bulk: BulkWriter | None = None
 
@@ -142,6 +145,11 @@ class MongoWriterPipeline:
                                        serverSelectionTimeoutMS=int(c.server_timeout * 1000),
                                        connectTimeoutMS=int(c.connect_timeout * 1000),
                                        socketTimeoutMS=int(c.socket_timeout * 1000))
+        try:
+            await check_access(self.client, c.mongo.database, c.mongo.uri)  # wrong credentials: stop now
+        except MongoAuthError:
+            await self.client.close()
+            raise
         self.bulk = BulkWriter(self.client, c, self.stats)
         await self.journal.open()
         self.stats.set_value("mongo_writer/adopted", self.journal.adopted)
@@ -333,6 +341,26 @@ class MongoWriterPipeline:
             self._failed_while_closing = True
             self._space.set()
 
+    def _refused(self, exc: Exception) -> bool:
+        """If MongoDB refused our credentials or privileges (waiting cannot fix that): close the worker."""
+        if not is_auth_error(exc):
+            return False
+        if not self.down:
+            self.down = True
+            self.journal.spill()
+        self._failed_while_closing = True  # close_spider does not wait for MongoDB
+        self._space.set()
+        self.stats.inc_value("mongo_writer/auth_failed")
+        logger.error("MONGO_URI %(uri)s: MongoDB refused to write (%(exc)s); closing the worker (finish reason "
+                     "mongo_auth_failed), operations stay in the journal %(path)s",
+                     {"uri": redact_uri(self.config.mongo.uri), "exc": redact_uri(str(exc))[:300],
+                      "path": self.journal.path})
+        engine = self.crawler.engine
+        if engine is not None:
+            self._closer = asyncio.get_running_loop().create_task(
+                engine.close_spider_async(reason="mongo_auth_failed"))
+        return True
+
     async def _write_batch(self, records: list[tuple[int, bytes]]) -> bool:
         """Write one batch: True once MongoDB has it (or its failures are accounted for), False if stopped."""
         ops = []
@@ -357,7 +385,7 @@ class MongoWriterPipeline:
             try:
                 await self.bulk.write(merged)
             except Exception as exc:
-                if self._stop:
+                if self._stop or self._refused(exc):
                     return False
                 attempt += 1
                 if self._closing:

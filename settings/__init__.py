@@ -92,6 +92,9 @@ DOWNLOADER_MIDDLEWARES = {
     # robots.txt through unchecked when several wait at once (middlewares/robotstxt.py).
     "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
     "middlewares.robotstxt.RobotsTxtMiddleware": 100,
+    # Before OffsiteMiddleware (50): robots.txt is read for every host a
+    # request goes to, an offsite seed's host included.
+    "middlewares.robotstxt.RobotsTxtOffsiteMiddleware": 49,
     # After HttpProxyMiddleware (750): proxied requests are not bound.
     "middlewares.ipv6_bind.middleware.IPv6BindMiddleware": 760,
 }

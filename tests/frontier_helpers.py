@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from scrapy import Spider
+from scrapy import Spider, signals
 from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.misc import build_from_crawler
 from scrapy.utils.test import get_crawler
@@ -37,6 +37,23 @@ class CodecSpider(Spider):
         self.seeds_told.append(count)
 
 
+async def open_scheduler(redis_url: str, **settings: Any) -> FrontierScheduler:
+    """A scheduler opened as the engine opens it (the caller closes it)."""
+    crawler = get_crawler(CodecSpider, {"REDIS_URL": redis_url, "FRONTIER_FLUSH_DELAY": 0, **settings})
+    spider = CodecSpider.from_crawler(crawler)
+    crawler.spider = spider
+    scheduler = build_from_crawler(FrontierScheduler, crawler)
+    await maybe_deferred_to_future(scheduler.open(spider))
+    # As the engine does once every component has opened: the heartbeat starts.
+    await crawler.signals.send_catch_log_async(signals.spider_opened, spider=spider)
+    return scheduler
+
+
+async def settle(scheduler: FrontierScheduler) -> None:
+    """Wait until what the scheduler was given is stored in Redis."""
+    await scheduler.settled()
+
+
 class Schedulers:
     """Opens schedulers (each with its own crawler) and closes those still open at the end of a test."""
 
@@ -51,6 +68,8 @@ class Schedulers:
         crawler.spider = spider
         scheduler = build_from_crawler(FrontierScheduler, crawler)
         await maybe_deferred_to_future(scheduler.open(spider))
+        # As the engine does once every component has opened: the heartbeat starts.
+        await crawler.signals.send_catch_log_async(signals.spider_opened, spider=spider)
         self._open.append(scheduler)
         return scheduler
 

@@ -64,3 +64,19 @@ class PostponeOnceMiddleware:
         until = time.time() + self.seconds
         logger.info("Postponed %s until %.6f", request.url, until)
         return request.replace(meta={**request.meta, "frontier_requeue": True, "frontier_not_before": until})
+
+
+class GateProbeSpider(FrontierSpider):
+    """Fetches its seeds and follows nothing: what the demo server logs is exactly what got through the gate."""
+
+    name = "frontier_gate"
+    allowed_domains = ["shop-a.test"]
+
+    def parse(self, response: Response) -> None:
+        logger.info("Parsed %(url)s", {"url": response.url})
+
+    def parse_other(self, response: Response) -> None:
+        logger.info("Parsed other %(url)s", {"url": response.url})
+
+    def _private_helper(self, response: Response) -> None:
+        raise AssertionError("a private method was called from a seed")

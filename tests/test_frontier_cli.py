@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 import subprocess
 import sys
 from typing import TYPE_CHECKING
@@ -50,12 +52,75 @@ def test_redis_url_after_the_command(redis_url: str) -> None:
 def test_bad_seeds_push_nothing(redis_url: str) -> None:
     out = cli(redis_url, "seed", "shop_a", "http://ok.test/", "ftp://x/", '{"url": "http://x/", "meta": 3}', "{bad")
     assert out.returncode == 2
-    assert "seed 2: not an absolute http(s) URL" in out.stderr
+    assert "seed 2: url must be an absolute http(s) URL" in out.stderr
     assert "seed 3: meta must be an object" in out.stderr
     assert "seed 4: invalid JSON" in out.stderr
     assert "3 bad seeds: nothing pushed" in out.stderr
     with redis.Redis.from_url(redis_url) as r:
         assert r.llen("shop_a:start_urls") == 0
+
+
+# Each of these used to be pushed by the CLI and then refused by the workers.
+WORKER_ONLY_REFUSALS = [
+    ('{"url": "http://shop-a.test/", "method": "GE T"}', "method must be an HTTP method name"),
+    ('{"url": "http://shop-a.test/", "headers": {"X": 1}}', "headers must be an object of strings"),
+    ('{"url": "http://shop-a.test/", "body": 5}', "body must be a string"),
+    ('{"url": "http://shop-a.test/", "dont_filter": "yes"}', "dont_filter must be true or false"),
+    ('{"url": "http://shop-a.test/", "callback": "no_such_method"}',
+     "callback 'no_such_method' of spider ShopASpider is not a method"),
+    ('{"url": "http://shop-a.test/", "callback": "__init__"}', "callback '__init__' of spider ShopASpider is private"),
+    ('{"url": "http://shop-a.test/", "callback": "spider_idle"}',
+     "callback 'spider_idle' of spider ShopASpider belongs to a base class"),
+    ('{"url": "http://shop-a.test/", "q": 3}', "form fields must be strings"),
+    ('{"url": "file:///etc/passwd"}', "url must be an absolute http(s) URL"),
+]
+
+
+@pytest.mark.parametrize(("seed", "why"), WORKER_ONLY_REFUSALS)
+def test_cli_refuses_what_workers_refuse(redis_url: str, seed: str, why: str) -> None:
+    from scrapy.utils.project import get_project_settings
+
+    from crawler.frontier.gate import GateConfig, GateError, parse_seed
+    from crawler.spiders.shop_a import ShopASpider
+
+    with pytest.raises(GateError, match=re.escape(why)):  # what a worker does with it
+        parse_seed(seed.encode(), ShopASpider, GateConfig.from_settings(get_project_settings()))
+    out = cli(redis_url, "seed", "shop_a", "http://shop-a.test/ok", seed)
+    assert out.returncode == 2 and f"seed 2: {why}" in out.stderr and "1 bad seeds: nothing pushed" in out.stderr
+    with redis.Redis.from_url(redis_url) as r:
+        assert r.llen("shop_a:start_urls") == 0
+
+
+def test_cli_warns_about_meta_keys_workers_drop(redis_url: str) -> None:
+    seed = '{"url": "http://shop-a.test/", "meta": {"proxy": "http://evil:1", "dont_retry": true}}'
+    out = cli(redis_url, "seed", "shop_a", seed)
+    assert out.returncode == 0, out.stderr
+    assert "seed 1: warning: meta keys proxy will be dropped by the workers" in out.stderr
+
+
+def test_cli_refuses_an_oversized_seed(redis_url: str) -> None:
+    seed = "http://shop-a.test/" + "a" * 70_000
+    out = cli(redis_url, "seed", "shop_a", seed)
+    assert out.returncode == 2 and "over FRONTIER_MAX_SEED_BYTES (65536)" in out.stderr
+
+
+def test_release_removes_a_not_before_mark(redis_url: str) -> None:
+    async def mark() -> None:
+        client = AsyncRedis.from_url(redis_url)
+        store = FrontierStore(client, "{shop_a}")
+        await store.push([PushEntry("shop-a.test", "a", MODE_DEDUPE, 0, 0, b"{}")], "worker-1")
+        await store.mark_not_before("shop-a.test", 99999999999)
+        await client.aclose()
+
+    asyncio.run(mark())
+    out = cli(redis_url, "release", "shop_a", "shop-a.test")
+    assert out.returncode == 0 and "released shop-a.test" in out.stdout, out.stderr
+    with redis.Redis.from_url(redis_url) as r:
+        assert r.zscore("{shop_a}:not_before", "shop-a.test") is None
+        score = r.zscore("{shop_a}:sites", "shop-a.test")
+        assert score is not None and score <= r.time()[0] + 1  # servable now
+    out = cli(redis_url, "release", "shop_a", "shop-a.test")
+    assert "shop-a.test had no not-before mark" in out.stdout
 
 
 def test_unknown_spider(redis_url: str) -> None:

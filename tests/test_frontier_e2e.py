@@ -41,7 +41,8 @@ def spider() -> FrontierSpider:
 
     from crawler.spiders.shop_a import ShopASpider
 
-    return ShopASpider.from_crawler(get_crawler(ShopASpider, {"REDIS_URL": "redis://127.0.0.1:1"}))
+    return ShopASpider.from_crawler(get_crawler(ShopASpider, {"REDIS_URL": "redis://127.0.0.1:1",
+                                                             "FRONTIER_SEED_META_ALLOW": ["k"]}))
 
 
 @pytest.mark.parametrize("data", BAD_SEEDS)

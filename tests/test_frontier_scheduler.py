@@ -248,7 +248,8 @@ async def test_two_schedulers_never_get_the_same_request(schedulers: Schedulers)
 
 @pytest.mark.asyncio
 async def test_website_key_and_download_slot(schedulers: Schedulers) -> None:
-    s = await schedulers.open()
+    # A slot of the spider's own choosing survives Redis only when the operator allows it.
+    s = await schedulers.open(FRONTIER_ENTRY_META_ALLOW=["download_slot"])
     s.enqueue_request(req("www.shop.example.co.uk", "1"))
     s.enqueue_request(req("img.shop.example.co.uk", "2", meta={"download_slot": "mine"}))
     out = sorted((r.url, r.meta["download_slot"]) for r in await drain(s))
@@ -338,7 +339,8 @@ async def test_one_turn_hands_out_no_more_than_the_download_slots_take(scheduler
     # Nothing is downloaded here: no HTTP handler (no connection pool left open).
     s = await schedulers.open(FRONTIER_PREFETCH=40, CONCURRENT_REQUESTS_PER_DOMAIN=2,
                               DOWNLOAD_SLOTS={"slow.test": {"concurrency": 1}},
-                              DOWNLOAD_HANDLERS={"http": None, "https": None})
+                              DOWNLOAD_HANDLERS={"http": None, "https": None},
+                              FRONTIER_ENTRY_META_ALLOW=["download_slot"])
     # A real engine and downloader (not started): the scheduler reads its download slots.
     engine = ExecutionEngine(s.crawler, lambda _: None)
     s.crawler.engine = engine

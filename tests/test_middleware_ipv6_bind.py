@@ -242,8 +242,20 @@ def test_callers_keys_are_honoured() -> None:
     assert pinned.meta["bindaddress"] == ("2001:db8:6b1d::42", 0) == (pinned.meta["ipv6_bind_address"], 0)
     assert (_stat(mw, "skipped/bindaddress"), _stat(mw, "skipped/dont_bind"), _stat(mw, "pinned"),
             _stat(mw, "skipped/proxy")) == (1, 1, 1, 1)
-    with pytest.raises(ValueError, match="ipv6_bind_pin: 'nowhere' is not an IPv6 address"):
-        _run(mw, [Request("http://[::1]/", meta={"ipv6_bind_pin": "nowhere"})])
+
+
+
+@pytest.mark.parametrize("pin", ["2001:db8:ffff::1", "::1", "nowhere"])
+def test_a_pin_outside_the_prefixes_is_refused(pin: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A pin outside IPV6_BIND_PREFIXES would be a spoofed source address: ignored, counted, logged once."""
+    mw = _middleware()
+    requests = _run(mw, [Request(f"http://[::1]/{i}", meta={"ipv6_bind_pin": pin}) for i in range(3)])
+    assert all(ipaddress.IPv6Address(r.meta["ipv6_bind_address"]) in mw.config.prefixes[0] for r in requests)
+    assert all(r.meta["ipv6_bind_address"] != pin for r in requests)
+    assert (_stat(mw, "pin_refused"), _stat(mw, "pinned"), _stat(mw, "bound")) == (3, None, 3)
+    assert next(r.message for r in caplog.records if "ipv6_bind_pin" in r.message).startswith(
+        f"Ignored meta ipv6_bind_pin {pin!r}")
+    assert sum("ipv6_bind_pin" in r.message for r in caplog.records) == 1
 
 
 def test_retries_and_redirects_are_decided_again() -> None:

@@ -13,8 +13,9 @@ from pymongo import MongoClient
 from scrapy.settings import Settings
 from scrapy.utils.misc import build_from_crawler
 
+from crawler.redact import redact_uri
 from devtools.services import free_port, start_secantus
-from pipelines.mongo_config import MongoConfig, MongoWriterConfig, redact_uri
+from pipelines.mongo_config import MongoConfig, MongoWriterConfig
 from pipelines.mongo_writer import MongoWriterPipeline
 from pipelines.validate import dead_letter_id, item_to_dict
 from tests.pipeline_chain import Chain, article, chain_crawler, product, response_for
@@ -426,3 +427,14 @@ def test_a_recrawled_bad_item_is_the_same_dead_letter(mongo_server_uri: str, mon
                                                                       unencodable)
     assert letters["minimum"]["dead_letter_id"] == dead_letter_id("crawler.items.Product", invalid.url,
                                                                   item_to_dict(invalid))
+
+
+@pytest.mark.parametrize(("text", "clean"), [
+    ("redis://:hunter2@127.0.0.1:6379/0", "redis://***@127.0.0.1:6379/0"),
+    ("rediss://default:hunter2@r.example:6380", "rediss://***@r.example:6380"),
+    ("redis://r.example:6379/0?password=hunter2&db=1", "redis://r.example:6379/0?password=***&db=1"),
+    ("setting=MONGO_URI=mongodb://u:hunter2@h/x and REDIS_URL=redis://:hunter2@h",
+     "setting=MONGO_URI=mongodb://***@h/x and REDIS_URL=redis://***@h"),
+])
+def test_redaction_of_any_url_in_text(text: str, clean: str) -> None:
+    assert redact_uri(text) == clean and "hunter2" not in redact_uri(text)

@@ -4,24 +4,28 @@ Commands::
 
     python -m crawler seed SPIDER [URL_OR_JSON ...] [--file FILE]   push seeds to the spider's redis_key
     python -m crawler queues SPIDER [--limit N]                     per-website depths and not-before times
+    python -m crawler release SPIDER WEBSITE                        remove a website's not-before mark
     python -m crawler clear SPIDER [--seeds] --yes                  delete the spider's frontier
 
 Redis and key names come from the project settings (``REDIS_URL``,
 ``FRONTIER_KEY_PREFIX``, ``REDIS_START_URLS_KEY``, a spider's ``redis_key``);
 ``--redis-url`` overrides ``REDIS_URL``. Seeds are checked before anything is
-pushed: one bad line and nothing is pushed, with every bad line reported.
+pushed, by the workers' own check (:func:`crawler.frontier.gate.parse_seed`):
+one bad line and nothing is pushed, with every bad line reported; meta keys a
+worker would drop are reported as warnings. Redis URLs are printed with their
+password redacted.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from crawler.frontier.gate import GateConfig, GateError, parse_seed
 from crawler.frontier.store import FrontierStore
 from crawler.redis_client import RedisClientConfig
 
@@ -38,50 +42,31 @@ def _settings() -> Settings:
     return get_project_settings()
 
 
-def _spider_keys(settings: Settings, name: str) -> tuple[str, str]:
-    """(frontier key prefix, seed list key) of spider ``name``; SystemExit if unknown."""
+def _spider_class(settings: Settings, name: str) -> type:
+    """Spider class ``name``; SystemExit if unknown."""
     from scrapy.spiderloader import SpiderLoader
 
     loader = SpiderLoader.from_settings(settings)
     try:
-        cls = loader.load(name)
+        return loader.load(name)
     except KeyError:
         raise SystemExit(f"unknown spider {name!r}; known: {', '.join(sorted(loader.list()))}") from None
+
+
+def _spider_keys(settings: Settings, name: str, cls: type) -> tuple[str, str]:
+    """(frontier key prefix, seed list key) of spider ``name``."""
     seeds = getattr(cls, "redis_key", None) or settings.get("REDIS_START_URLS_KEY", "%(name)s:start_urls")
     prefix = settings.get("FRONTIER_KEY_PREFIX", "{%(spider)s}")
     return str(prefix) % {"spider": name}, str(seeds) % {"name": name}
 
 
-def check_seed(line: str) -> str | None:
-    """Why ``line`` is not a valid seed, or None (the checks FrontierSpider applies to the essentials)."""
-    from w3lib.url import parse_url
-
-    url: Any = line
-    if line.startswith("{"):
-        try:
-            obj = json.loads(line)
-        except ValueError as exc:
-            return f"invalid JSON: {exc}"
-        problem = _check_object(obj)
-        if problem:
-            return problem
-        url = obj.get("url")
-    if not isinstance(url, str):
-        return "no url"
-    parsed = parse_url(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        return f"not an absolute http(s) URL: {url!r:.100}"
-    return None
-
-
-def _check_object(obj: Any) -> str | None:
-    if not isinstance(obj, dict):
-        return "a JSON seed must be an object"
-    if "meta" in obj and not isinstance(obj["meta"], dict):
-        return "meta must be an object"
-    if "priority" in obj and type(obj["priority"]) is not int:
-        return "priority must be an integer"
-    return None
+def check_seed(line: str, spider_cls: type, gate: GateConfig) -> tuple[str | None, list[str]]:
+    """(why ``line`` is refused or None, meta keys a worker would drop): the workers' own check."""
+    try:
+        seed = parse_seed(line.encode("utf-8"), spider_cls, gate)
+    except GateError as exc:
+        return str(exc), []
+    return None, seed.dropped_meta
 
 
 def _seed_lines(args: argparse.Namespace) -> list[str]:
@@ -128,25 +113,43 @@ async def _queues(redis: Redis, store: FrontierStore, seeds_key: str, limit: int
     return "\n".join(lines)
 
 
+async def _seed_command(args: argparse.Namespace, settings: Settings, cls: type, redis: Redis,
+                        seeds_key: str) -> int:
+    lines = _seed_lines(args)
+    gate = GateConfig.from_settings(settings)
+    checked = [(n, line, *check_seed(line, cls, gate)) for n, line in enumerate(lines, 1)]
+    bad = [(n, line, why) for n, line, why, _ in checked if why]
+    for n, _, _, dropped in checked:
+        if dropped:
+            print(f"seed {n}: warning: meta keys {', '.join(dropped)} will be dropped by the workers "
+                  "(not in FRONTIER_SEED_META_ALLOW)", file=sys.stderr)
+    if bad:
+        for n, line, why in bad:
+            print(f"seed {n}: {why}: {line[:120]}", file=sys.stderr)
+        print(f"{len(bad)} bad seeds: nothing pushed", file=sys.stderr)
+        return 2
+    if not lines:
+        print("no seeds given (arguments or --file)", file=sys.stderr)
+        return 2
+    print(f"pushed {await _seed(redis, seeds_key, lines)} seeds to {seeds_key}")
+    return 0
+
+
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
-    prefix, seeds_key = _spider_keys(settings, args.spider)
+    cls = _spider_class(settings, args.spider)
+    prefix, seeds_key = _spider_keys(settings, args.spider, cls)
     redis = RedisClientConfig.from_settings(settings, args.redis_url).async_client()
     store = FrontierStore(redis, prefix)
     try:
         if args.command == "seed":
-            lines = _seed_lines(args)
-            bad = [(n, line, why) for n, line in enumerate(lines, 1) if (why := check_seed(line))]
-            if bad:
-                for n, line, why in bad:
-                    print(f"seed {n}: {why}: {line[:120]}", file=sys.stderr)
-                print(f"{len(bad)} bad seeds: nothing pushed", file=sys.stderr)
-                return 2
-            if not lines:
-                print("no seeds given (arguments or --file)", file=sys.stderr)
-                return 2
-            print(f"pushed {await _seed(redis, seeds_key, lines)} seeds to {seeds_key}")
-        elif args.command == "queues":
+            return await _seed_command(args, settings, cls, redis, seeds_key)
+        if args.command == "queues":
             print(await _queues(redis, store, seeds_key, args.limit))
+        elif args.command == "release":
+            if await store.release_not_before(args.website):
+                print(f"released {args.website}: its not-before mark is removed")
+            else:
+                print(f"{args.website} had no not-before mark")
         elif args.command == "clear":
             if not args.yes:
                 print(f"this deletes every {prefix}:* key; add --yes", file=sys.stderr)
@@ -175,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     queues = sub.add_parser("queues", parents=[common], help="per-website queue depths and not-before times")
     queues.add_argument("spider")
     queues.add_argument("--limit", type=int, default=50, help="websites to list (deepest first)")
+    release = sub.add_parser("release", parents=[common], help="remove a website's not-before mark (serve it now)")
+    release.add_argument("spider")
+    release.add_argument("website", help="the website key, as `queues` lists it")
     clear = sub.add_parser("clear", parents=[common], help="delete a spider's frontier (queues, seen set, marks)")
     clear.add_argument("spider")
     clear.add_argument("--seeds", action="store_true", help="also delete its seed and dead-letter lists")

@@ -21,7 +21,10 @@ and stores nothing.
 
 Decoding restores only :class:`scrapy.Request` subclasses whose module is
 already imported, so a payload in a shared Redis cannot make a worker import
-or instantiate arbitrary code.
+or instantiate arbitrary code. A stored payload is untrusted input: it goes
+through the decoding gate (:mod:`crawler.frontier.gate`: size, http(s) only,
+callbacks the spider's own public methods), and callbacks are checked by the
+same rule when a request is stored.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from scrapy import Request
+
+from crawler.frontier.gate import GateConfig, GateError, check_callback, check_url
 
 if TYPE_CHECKING:
     from scrapy import Spider
@@ -47,7 +52,11 @@ class UnencodableRequestError(ValueError):
 
 
 class UndecodableRequestError(ValueError):
-    """A stored payload that is not a request this worker can rebuild."""
+    """A stored payload that is not a request this worker can rebuild; ``reason``: the rule (a stats dimension)."""
+
+    def __init__(self, message: str, reason: str = "format") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def _pack(value: Any, path: str) -> Any:
@@ -86,11 +95,14 @@ def _unpack(value: Any) -> Any:
     return value
 
 
-def _method_name(spider: Spider | None, func: Any, field: str) -> str | None:
+_DEFAULT_GATE = GateConfig()
+
+
+def _method_name(spider: Spider | None, func: Any, field: str, gate: GateConfig) -> str | None:
     if func is None:
         return None
     if isinstance(func, str):
-        return func
+        return _allowed(spider, func, field, gate)
     # A bound method of the spider, found by name (Request.to_dict scans every
     # member of the spider with inspect.getmembers, far too slow per request).
     name = getattr(func, "__name__", None)
@@ -98,12 +110,22 @@ def _method_name(spider: Spider | None, func: Any, field: str) -> str | None:
     if spider is not None and owner is spider and name:
         bound = getattr(spider, name, None)
         if getattr(bound, "__func__", None) is getattr(func, "__func__", object()):
-            return str(name)
+            return _allowed(spider, str(name), field, gate)
     raise UnencodableRequestError(f"{field} {func!r} is not a method of the spider {spider!r}; "
                              "the frontier stores callbacks by name")
 
 
-def encode_request(request: Request, spider: Spider | None) -> bytes:
+def _allowed(spider: Spider | None, name: str, field: str, gate: GateConfig) -> str:
+    if spider is not None:
+        try:
+            check_callback(type(spider), name, gate.callback_allow, field)
+        except GateError as exc:
+            raise UnencodableRequestError(f"{exc}: a worker would refuse it when read back "
+                                          "(FRONTIER_CALLBACK_ALLOW lists exceptions)") from None
+    return name
+
+
+def encode_request(request: Request, spider: Spider | None, gate: GateConfig = _DEFAULT_GATE) -> bytes:
     """``request`` as JSON bytes; raises :class:`UnencodableRequestError`."""
     body = request.body
     try:
@@ -123,8 +145,8 @@ def encode_request(request: Request, spider: Spider | None) -> bytes:
         "dont_filter": request.dont_filter,
         "flags": _pack(request.flags, "flags"),
         "encoding": request.encoding,
-        "callback": _method_name(spider, request.callback, "callback"),
-        "errback": _method_name(spider, request.errback, "errback"),
+        "callback": _method_name(spider, request.callback, "callback", gate),
+        "errback": _method_name(spider, request.errback, "errback", gate),
     }
     if body_text is None:
         d["body_b64"] = base64.b64encode(body).decode("ascii")
@@ -146,8 +168,15 @@ def _request_class(path: str) -> type[Request]:
     return cls
 
 
-def decode_request(data: bytes | str, spider: Spider | None) -> Request:
-    """Rebuild a request from :func:`encode_request` output; raises :class:`UndecodableRequestError`."""
+def decode_request(data: bytes | str, spider: Spider | None, gate: GateConfig = _DEFAULT_GATE) -> Request:
+    """Rebuild a request from :func:`encode_request` output; raises :class:`UndecodableRequestError`.
+
+    The error's ``reason`` is the gate rule that refused it (``size``, ``scheme``,
+    ``callback``) or ``format``.
+    """
+    if len(data) > gate.max_entry_bytes:
+        raise UndecodableRequestError(f"entry of {len(data)} bytes is over FRONTIER_MAX_ENTRY_BYTES "
+                                      f"({gate.max_entry_bytes})", "size")
     try:
         d = json.loads(data)
         if not isinstance(d, dict) or d.get("v") != FORMAT_VERSION:
@@ -155,7 +184,7 @@ def decode_request(data: bytes | str, spider: Spider | None) -> Request:
         cls = _request_class(d["class"]) if "class" in d else Request
         body = base64.b64decode(d["body_b64"]) if "body_b64" in d else d["body"].encode("utf-8")
         kwargs: dict[str, Any] = {
-            "url": d["url"],
+            "url": check_url(d["url"]),
             "method": d["method"],
             "headers": [(k.encode("latin-1"), [v.encode("latin-1") for v in vs]) for k, vs in d["headers"]],
             "body": body,
@@ -171,12 +200,13 @@ def decode_request(data: bytes | str, spider: Spider | None) -> Request:
         for field in ("callback", "errback"):
             name = d.get(field)
             if name is not None:
-                method = getattr(spider, name, None)
-                if not callable(method):
-                    raise UndecodableRequestError(f"{field} {name!r} is not a method of {spider!r}")
-                kwargs[field] = method
+                if spider is None:
+                    raise UndecodableRequestError(f"{field} {name!r} needs a spider", "callback")
+                kwargs[field] = getattr(spider, check_callback(type(spider), name, gate.callback_allow, field))
         return cls(**kwargs)
     except UndecodableRequestError:
         raise
+    except GateError as exc:
+        raise UndecodableRequestError(str(exc), exc.reason) from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UndecodableRequestError(f"bad request payload: {exc!r}") from exc

@@ -23,6 +23,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.exceptions import RedisError
+from scrapy import signals
 from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.httpobj import urlparse_cached
@@ -32,6 +33,7 @@ from crawler.frontier.closing import hand_back, stop_tasks
 from crawler.frontier.cluster_view import ClusterView
 from crawler.frontier.codec import UndecodableRequestError, UnencodableRequestError, decode_request, encode_request
 from crawler.frontier.config import FrontierConfig
+from crawler.frontier.gate import GateConfig, MetaWarnings, filter_entry_meta
 from crawler.frontier.in_flight import InFlight
 from crawler.frontier.outbox import Outbox
 from crawler.frontier.prefetch import Buffered, PrefetchBuffer
@@ -113,6 +115,9 @@ class FrontierScheduler:
         self._in_flight = InFlight(crawler)
         self._cluster = ClusterView(config)
         self._heartbeat: asyncio.Task[None] | None = None
+        # Entries read from Redis are untrusted input (crawler/frontier/gate.py).
+        self._gate = GateConfig.from_settings(crawler.settings)
+        self._meta_warnings = MetaWarnings(crawler, None)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -128,6 +133,7 @@ class FrontierScheduler:
 
     async def _open(self, spider: Spider) -> None:
         self.spider = spider
+        self._meta_warnings.spider = spider
         problem = getattr(spider, "frontier_startup_error", None)
         if problem:
             self._startup.fail(problem, spider)
@@ -149,7 +155,9 @@ class FrontierScheduler:
         self._opened = True
         self._loop = asyncio.get_running_loop()
         self._tasks = Tasks(self._loop, self.stats, self._give_up)
-        self._heartbeat = self._tasks.start_loop("heartbeat", lambda: self._cluster.heartbeat(self))
+        # The heartbeat (which takes seeds and pops) starts once every component
+        # has opened: a worker whose pipelines refuse to start consumes nothing.
+        self.crawler.signals.connect(self._start_heartbeat, signal=signals.spider_opened)
         logger.info(
             "Frontier open: worker %(worker)s, keys %(prefix)s:*, website key %(mode)s, prefetch %(prefetch)d, "
             "flush delay %(delay).3fs, idle close %(close)ss; %(sites)d websites queued",
@@ -158,6 +166,10 @@ class FrontierScheduler:
              "close": self.config.idle_close or "never", "sites": self._cluster.sites_with_work},
             extra={"spider": spider},
         )
+
+    def _start_heartbeat(self) -> None:
+        if self._tasks is not None and self._heartbeat is None and not self._closing:
+            self._heartbeat = self._tasks.start_loop("heartbeat", lambda: self._cluster.heartbeat(self))
 
     def close(self, reason: str) -> Deferred[None]:
         return deferred_from_coro(self._close(reason))
@@ -224,6 +236,8 @@ class FrontierScheduler:
                          {"key": META_NOT_BEFORE, "request": request, "value": raw_until},
                          extra={"spider": self.spider})
             not_before = 0.0
+        if not_before:
+            not_before = self._cap_not_before(request, not_before)
         url_key = (request.url if self._url_cache and request.method == "GET" and not request.body
                    and not requeue else None)
         if url_key is not None and not request.dont_filter and url_key in self._seen_urls:
@@ -242,7 +256,7 @@ class FrontierScheduler:
         website = self._website(request)
         meta.setdefault("download_slot", website)
         try:
-            payload = encode_request(request, self.spider)
+            payload = encode_request(request, self.spider, self._gate)
         except UnencodableRequestError as exc:
             logger.error("Cannot store %(request)s in the frontier, dropped (no fingerprint kept): %(reason)s",
                          {"request": request, "reason": exc}, extra={"spider": self.spider})
@@ -275,11 +289,23 @@ class FrontierScheduler:
     async def mark_not_before(self, website: str, until: float) -> float:
         """No worker serves ``website`` before ``until`` (Unix time, Redis clock); returns the mark in force."""
         assert self.store is not None
+        until = self._cap_not_before(website, until)
         self._hold_website(website, until)
         mark = float(await self._health.call(self.store.mark_not_before(website, until)))
         self._hold_website(website, mark)
         self.stats.inc_value("frontier/not_before_marked")
         return mark
+
+    def _cap_not_before(self, what: object, until: float) -> float:
+        """A not-before mark at most FRONTIER_MAX_NOT_BEFORE_SECONDS ahead (a far-future mark parks a website)."""
+        capped = self._gate.cap_not_before(until, self._server_now())
+        if capped < until:
+            logger.warning("Not-before mark for %(what)s capped: %(until).0f is more than "
+                           "FRONTIER_MAX_NOT_BEFORE_SECONDS (%(max).0f s) ahead",
+                           {"what": what, "until": until, "max": self._gate.max_not_before},
+                           extra={"spider": self.spider})
+            self.stats.inc_value("frontier/not_before_capped")
+        return capped
 
     def cluster_idle_seconds(self) -> float:
         """How long the whole cluster has had nothing queued, no seeds and no busy worker (0: busy now)."""
@@ -353,8 +379,9 @@ class FrontierScheduler:
     def _add_popped(self, website: str, member: bytes) -> bool:
         fp, payload = split_member(member)
         try:
-            request = decode_request(payload, self.spider)
+            request = decode_request(payload, self.spider, self._gate)
         except UndecodableRequestError as exc:
+            self.stats.inc_value(f"frontier/gate/refused/{exc.reason}")
             logger.error("Undecodable request in the frontier (%(website)s), moved to %(key)s: %(reason)s",
                          {"website": website, "key": self.store.dead_key if self.store else "?", "reason": exc},
                          extra={"spider": self.spider})
@@ -362,6 +389,8 @@ class FrontierScheduler:
             if self.store is not None:
                 self.spawn(self._health.call(self.store.dead_letter(self.store.dead_key, [member])))
             return False
+        dropped = filter_entry_meta(request.meta, website, self._gate)
+        self._meta_warnings.dropped("frontier entry", dropped, "FRONTIER_ENTRY_META_ALLOW")
         self._prefetch.add(website, Buffered(request, fp, -request.priority, payload))
         return True
 

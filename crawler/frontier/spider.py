@@ -12,10 +12,12 @@
 * A seed is a JSON object ``{"url": ..., "meta": {...}, "priority": 0,
   "method": "GET", "headers": {...}, "body": "...", "callback": "parse_x",
   "dont_filter": true}`` or a plain ``http(s)://`` URL. As in scrapy-redis,
-  other keys of the object are form data (a ``FormRequest``). A malformed
-  seed is logged with the reason, counted (``frontier/seeds/rejected``) and
-  moved unchanged to the dead-letter list ``<redis_key>:dead``; the worker
-  carries on.
+  other keys of the object are form data (a ``FormRequest``). Seeds are
+  untrusted: they pass the decoding gate (:mod:`crawler.frontier.gate`:
+  size, scheme, callback and meta-key rules). A refused seed is logged with
+  the reason, counted (``frontier/seeds/rejected``,
+  ``frontier/gate/refused/<rule>``) and moved unchanged to the dead-letter
+  list ``<redis_key>:dead`` (an oversized one is dropped); the worker carries on.
 * ``FRONTIER_IDLE_CLOSE_SECONDS``: a worker closes only when the *whole
   cluster* has had nothing queued, no seeds waiting and no busy worker for
   that long (0: never, run as a service). scrapy-redis measured its idle time
@@ -29,17 +31,16 @@ Settings: ``FRONTIER_IDLE_CLOSE_SECONDS`` (float, default 0), scrapy-redis's
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
-from scrapy import FormRequest, Request, signals
+from scrapy import Request, signals
 from scrapy.exceptions import DontCloseSpider
 from scrapy_redis.spiders import RedisSpider
-from w3lib.url import parse_url
 
 from crawler.frontier.config import FrontierConfig
+from crawler.frontier.gate import GateConfig, GateError, MetaWarnings, check_seed_size, parse_seed
 from crawler.frontier.scheduler import FrontierScheduler
 from crawler.setting_values import int_setting
 
@@ -52,18 +53,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_SEED_KEYS = ("url", "method", "meta", "priority", "headers", "body", "callback", "dont_filter")
-
-
-def _check_url(url: Any) -> str:
-    if not isinstance(url, str):
-        raise ValueError(f"url must be a string, got {url!r:.100}")
-    parsed = parse_url(url.strip())
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ValueError(f"url must be an absolute http(s) URL, got {url!r:.100}")
-    return url.strip()
-
-
 class FrontierSpider(RedisSpider):  # type: ignore[misc]  # scrapy-redis ships no type hints
     """A spider whose requests live in the shared Redis frontier."""
 
@@ -72,6 +61,7 @@ class FrontierSpider(RedisSpider):  # type: ignore[misc]  # scrapy-redis ships n
     redis_encoding: str | None = None
     idle_close_seconds: float
     dead_letter_key: str
+    gate: GateConfig
 
     def setup_redis(self, crawler: Crawler | None = None) -> None:
         """scrapy-redis's settings, without its blocking client.
@@ -85,6 +75,7 @@ class FrontierSpider(RedisSpider):  # type: ignore[misc]  # scrapy-redis ships n
         self.frontier_startup_error: str | None = None
         self.idle_close_seconds = 0.0
         self._seeding: asyncio.Task[None] | None = None
+        self._meta_warnings = MetaWarnings(crawler, self)
         try:
             self._parse_settings(settings)
         except ValueError as exc:
@@ -104,6 +95,7 @@ class FrontierSpider(RedisSpider):  # type: ignore[misc]  # scrapy-redis ships n
             self.redis_batch_size = int_setting(settings, name, 16, minimum=1)
         self.redis_encoding = self.redis_encoding or settings.get("REDIS_ENCODING", "utf-8")
         self.idle_close_seconds = FrontierConfig.from_settings(settings).idle_close
+        self.gate = GateConfig.from_settings(settings)
 
     # -- seeds -------------------------------------------------------------
 
@@ -133,20 +125,29 @@ class FrontierSpider(RedisSpider):  # type: ignore[misc]  # scrapy-redis ships n
         assert stats is not None
         while scheduler.wants_seeds():
             try:
-                datas = await scheduler.redis_call(store.pop_seeds(self.redis_key, self.redis_batch_size))
+                popped, left = await scheduler.redis_call(
+                    store.pop_seeds(self.redis_key, self.redis_batch_size, self.gate.max_seed_bytes))
             except RedisError:
                 return  # counted and logged (once per outage) by the frontier; read again when seen waiting
             requests: list[Request] = []
             dead: list[bytes] = []
-            for data in datas:
+            for size, data in popped:
                 try:
+                    check_seed_size(size, self.gate)
                     made = self.make_request_from_data(data)
                     requests += [made] if isinstance(made, Request) else list(made)
                 except (ValueError, TypeError) as exc:
-                    logger.error("Rejected seed %(data)r from %(key)s, kept in %(dead)s: %(reason)s",
-                                 {"data": data[:200], "key": self.redis_key, "dead": self.dead_letter_key,
-                                  "reason": exc}, extra={"spider": self})
-                    dead.append(data)
+                    reason = exc.reason if isinstance(exc, GateError) else "format"
+                    stats.inc_value(f"frontier/gate/refused/{reason}")
+                    # An oversized seed is not copied back into Redis.
+                    kept = "dropped" if reason == "size" else f"kept in {self.dead_letter_key}"
+                    logger.error("Rejected seed %(data)r from %(key)s, %(kept)s: %(reason)s",
+                                 {"data": data[:200], "key": self.redis_key, "kept": kept, "reason": exc},
+                                 extra={"spider": self})
+                    if reason != "size":
+                        dead.append(data)
+                    else:
+                        stats.inc_value("frontier/seeds/rejected")
             if dead:
                 stats.inc_value("frontier/seeds/rejected", len(dead))
                 try:
@@ -160,62 +161,14 @@ class FrontierSpider(RedisSpider):  # type: ignore[misc]  # scrapy-redis ships n
                              extra={"spider": self})
             for request in requests:
                 yield request
-            if len(datas) < self.redis_batch_size:
+            if not left:
                 return
 
     def make_request_from_data(self, data: bytes) -> Request:
-        """A request from one seed (see module docstring); ``ValueError`` when malformed."""
-        text = data.decode(self.redis_encoding or "utf-8").strip()
-        if not text.startswith("{"):
-            return Request(_check_url(text), dont_filter=True)
-        try:
-            seed = json.loads(text)
-        except ValueError as exc:
-            raise ValueError(f"invalid JSON: {exc}") from None
-        if not isinstance(seed, dict):
-            raise ValueError("a JSON seed must be an object")
-        return self._request_from_seed(seed)
-
-    def _request_from_seed(self, seed: dict[str, Any]) -> Request:
-        url = _check_url(seed.get("url"))
-        method = seed.get("method", "GET")
-        meta = seed.get("meta", {})
-        priority = seed.get("priority", 0)
-        headers = seed.get("headers")
-        body = seed.get("body", "")
-        dont_filter = seed.get("dont_filter", True)
-        callback_name = seed.get("callback")
-        if not isinstance(method, str) or not method.isalpha():
-            raise ValueError(f"method must be an HTTP method name, got {method!r:.50}")
-        if not isinstance(meta, dict):
-            raise ValueError(f"meta must be an object, got {meta!r:.100}")
-        if type(priority) is not int:
-            raise ValueError(f"priority must be an integer, got {priority!r:.50}")
-        if headers is not None and not (isinstance(headers, dict)
-                                        and all(isinstance(v, str) for v in headers.values())):
-            raise ValueError(f"headers must be an object of strings, got {headers!r:.100}")
-        if not isinstance(body, str):
-            raise ValueError(f"body must be a string, got {body!r:.50}")
-        if not isinstance(dont_filter, bool):
-            raise ValueError(f"dont_filter must be true or false, got {dont_filter!r:.50}")
-        callback = self._seed_callback(callback_name)
-        formdata = {k: v for k, v in seed.items() if k not in _SEED_KEYS}
-        kwargs: dict[str, Any] = {"method": method.upper(), "meta": meta, "priority": priority,
-                                  "headers": headers, "dont_filter": dont_filter, "callback": callback}
-        if formdata:  # scrapy-redis sends every other key as form data
-            if not all(isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))
-                       for v in formdata.values()):
-                raise ValueError(f"form fields must be strings or lists of strings, got {formdata!r:.100}")
-            return FormRequest(url, formdata=formdata, **kwargs)
-        return Request(url, body=body, **kwargs)
-
-    def _seed_callback(self, name: Any) -> Any:
-        if name is None:
-            return None
-        callback = getattr(self, str(name), None)
-        if not callable(callback):
-            raise ValueError(f"callback {name!r:.50} is not a method of spider {self.name!r}")
-        return callback
+        """A request from one seed (see module docstring); ``ValueError`` (a :class:`GateError`) when refused."""
+        seed = parse_seed(data, type(self), self.gate, self.redis_encoding or "utf-8")
+        self._meta_warnings.dropped("seed", seed.dropped_meta, "FRONTIER_SEED_META_ALLOW")
+        return seed.request(self)
 
     # -- closing -----------------------------------------------------------
 

@@ -135,6 +135,7 @@ class FrontierStore:
         self._not_before = redis.register_script(_script("not_before.lua"))
         self._status = redis.register_script(_script("status.lua"))
         self._release = redis.register_script(_script("release.lua"))
+        self._pop_seeds = redis.register_script(_script("pop_seeds.lua"))
 
     def queue_key(self, website: str) -> str:
         return self.queue_prefix + website
@@ -194,6 +195,16 @@ class FrontierStore:
         out = await self._not_before(keys=[self.sites_key, self.not_before_key], args=[website, until])
         return float(out)
 
+    async def release_not_before(self, website: str) -> bool:
+        """Remove ``website``'s not-before mark (it may be served now); False if it had none."""
+        self.calls += 1
+        seconds, micros = await self.redis.time()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.not_before_key, website)
+            pipe.zadd(self.sites_key, {website: seconds + micros / 1e6}, xx=True, lt=True)
+            removed, _ = await pipe.execute()
+        return bool(removed)
+
     async def status(self, worker: str, busy: bool, seeds_key: str | None) -> Status:
         """Cluster view (and a heartbeat when ``busy``); seeds waiting at ``seeds_key``."""
         # Two calls when seeds are asked for: the seed list is not under the
@@ -204,14 +215,15 @@ class FrontierStore:
         last = float(out[3])
         return Status(float(out[0]), int(out[1]), int(out[2]), None if last < 0 else last, seeds)
 
-    async def pop_seeds(self, key: str, n: int) -> list[bytes]:
-        """Up to ``n`` seeds from the head of list ``key``, atomically (MULTI)."""
+    async def pop_seeds(self, key: str, n: int, max_bytes: int) -> tuple[list[tuple[int, bytes]], int]:
+        """Up to ``n`` seeds from the head of list ``key``, atomically, as (size, seed); and how many are left.
+
+        A seed over ``max_bytes`` comes back cut to its first 200 bytes and ends
+        the batch (``lua/pop_seeds.lua``).
+        """
         self.calls += 1
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.lrange(key, 0, n - 1)
-            pipe.ltrim(key, n, -1)
-            datas, _ = await pipe.execute()
-        return list(datas)
+        out = await self._pop_seeds(keys=[key], args=[n, max_bytes])
+        return [(int(out[i]), out[i + 1]) for i in range(1, len(out), 2)], int(out[0])
 
     async def dead_letter(self, key: str, payloads: list[bytes]) -> None:
         if payloads:

@@ -118,6 +118,7 @@ class IPv6BindMiddleware:
         self._hosts: OrderedDict[str, asyncio.Future[bool | None]] = OrderedDict()
         self._websites: OrderedDict[str, _Website] = OrderedDict()
         self._ipv4_logged: set[str] = set()
+        self._pin_refused_logged = False
         # HTTP/2 forbids the Connection header (RFC 9113 8.2.2); h2 would refuse the request.
         handlers = crawler.settings.getwithbase("DOWNLOAD_HANDLERS")
         self._h2_schemes = {s for s in ("http", "https") if "H2" in str(handlers.get(s) or "")}
@@ -162,13 +163,10 @@ class IPv6BindMiddleware:
             self._ipv4_target(host)
             return None
 
-        pin = meta.get("ipv6_bind_pin")
+        pin = self._pin(request)
         close = False
         if pin:
-            try:
-                address = str(ipaddress.IPv6Address(str(pin).strip("[]")))
-            except ValueError:
-                raise ValueError(f"meta key ipv6_bind_pin: {pin!r} is not an IPv6 address ({request})") from None
+            address = pin
             self.stats.inc_value("ipv6_bind/pinned")
         elif self.config.policy == "per_request":
             address = self._draw()
@@ -186,6 +184,31 @@ class IPv6BindMiddleware:
         self.stats.inc_value("ipv6_bind/bound")
         logger.debug("Bound %(request)s to %(address)s", {"request": request, "address": address},
                      extra={"spider": self.crawler.spider})
+        return None
+
+    def _pin(self, request: Request) -> str | None:
+        """The request's ``ipv6_bind_pin`` if it is an address of IPV6_BIND_PREFIXES; else None (ignored).
+
+        A pin outside the prefixes would send packets from a source address this
+        host does not own (spoofed): it is refused, counted and logged once per worker.
+        """
+        pin = request.meta.get("ipv6_bind_pin")
+        if not pin:
+            return None
+        try:
+            address = ipaddress.IPv6Address(str(pin).strip("[]"))
+        except ValueError:
+            address = None
+        if address is not None and any(address in p for p in self.config.prefixes):
+            return str(address)
+        self.stats.inc_value("ipv6_bind/pin_refused")
+        if not self._pin_refused_logged:
+            self._pin_refused_logged = True
+            logger.warning("Ignored meta ipv6_bind_pin %(pin)r of %(request)s: not an address of IPV6_BIND_PREFIXES "
+                           "(%(prefixes)s); the request is bound as any other. Further refused pins are only "
+                           "counted (ipv6_bind/pin_refused)",
+                           {"pin": pin, "request": request, "prefixes": ", ".join(map(str, self.config.prefixes))},
+                           extra={"spider": self.crawler.spider})
         return None
 
     def _candidate_host(self, request: Request) -> str | None:
