@@ -26,8 +26,9 @@ def test_startup_error_is_one_clear_line(redis_url: str, run_crawl: Callable[...
                                          settings: dict[str, str], named: str) -> None:
     wrong_user = redis_url.replace("redis://", "redis://nobody:secret@")
     settings = {key: value.format(redis_url_wrong_user=wrong_user) for key, value in settings.items()}
-    # The byte budget reports its own Redis trouble (its issue); here only the frontier speaks.
+    # The byte budget and politeness report their own Redis trouble; here only the frontier speaks.
     result = run_crawl("shop_a", {"REDIS_URL": redis_url, "ITEM_PIPELINES": "{}", "BYTE_BUDGET_ENABLED": "False",
+                                  "POLITENESS_ENABLED": "False",
                                   "FRONTIER_IDLE_CLOSE_SECONDS": "1", **settings}, timeout=60)
     assert result.returncode != 0
     errors = [line for line in result.log.splitlines() if "ERROR" in line]
