@@ -169,8 +169,13 @@ def test_egg_holds_packages_lua_and_settings_entry_point(egg: Path) -> None:
         entry_points = z.read("EGG-INFO/entry_points.txt").decode()
     tops = {n.split("/", 1)[0] for n in names}
     assert tops == {"EGG-INFO", "crawler", "middlewares", "pipelines", "settings"}
-    for lua in (*(ROOT / "crawler" / "lua").glob("*.lua"), *(ROOT / "middlewares" / "lua").glob("*.lua")):
-        assert lua.relative_to(ROOT).as_posix() in names
+    scripts = [lua.relative_to(ROOT).as_posix()
+               for top in ("crawler", "middlewares") for lua in (ROOT / top).rglob("*.lua")]
+    # Every package's lua/ folder: the frontier, the byte budget, politeness.
+    assert {s.split("/lua/")[0] for s in scripts} >= {"crawler/frontier", "middlewares/byte_budget",
+                                                       "middlewares/politeness"}
+    missing = [s for s in scripts if s not in names]
+    assert not missing, f"Lua scripts missing from the egg: {missing}"
     assert "[scrapy]\nsettings = settings" in entry_points
 
 

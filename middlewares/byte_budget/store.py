@@ -42,9 +42,19 @@ def website_keys(prefix: str, website: str) -> list[str]:
     return [f"{base}:log", f"{base}:inflight", f"{base}:state"]
 
 
+_INCLUDE = "-- @include "
+
+
+def script_source(name: str) -> str:
+    """``lua/<name>.lua`` with each ``-- @include <file>`` line replaced by that file (one level)."""
+    lua = files("middlewares.byte_budget").joinpath("lua")
+    lines = lua.joinpath(f"{name}.lua").read_text(encoding="utf-8").splitlines(keepends=True)
+    return "".join(lua.joinpath(line[len(_INCLUDE):].strip()).read_text(encoding="utf-8")
+                   if line.startswith(_INCLUDE) else line for line in lines)
+
+
 def load_script(client: aioredis.Redis | Any, name: str) -> AsyncScript:
-    source = files("middlewares.byte_budget").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
-    return client.register_script(source)
+    return client.register_script(script_source(name))
 
 
 @dataclass(frozen=True, slots=True)

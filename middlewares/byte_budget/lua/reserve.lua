@@ -47,45 +47,7 @@
 --                                                   budget (log it once)
 --          floats are returned as strings (Lua numbers would be truncated).
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local budget = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-
-local function size_of(member)
-  return tonumber(string.match(member, ':(%d+)$'))
-end
-
-local used = tonumber(redis.call('HGET', KEYS[3], 'used') or '0')
-
--- Reservations that expired without a settle: the download ended at the latest then.
-local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'WITHSCORES')
-for i = 1, #stale, 2 do
-  redis.call('ZADD', KEYS[1], stale[i + 1], stale[i])
-end
-if #stale > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-end
-
--- Entries that left the window.
-local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - window)
-for i = 1, #old do
-  used = used - size_of(old[i])
-end
-if #old > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-end
-if used < 0 or (redis.call('ZCARD', KEYS[1]) == 0 and redis.call('ZCARD', KEYS[2]) == 0) then
-  used = 0
-end
-redis.call('HSET', KEYS[3], 'used', used)
-
--- The overdraft token: at most one download of the website may run past the
--- budget. Held while it downloads (od_holder, od_until = its reservation's
--- expiry), then busy until one window after it ended (its bytes left the window).
-local od_holder = redis.call('HGET', KEYS[3], 'od_holder') or ''
-local od_until = tonumber(redis.call('HGET', KEYS[3], 'od_until') or '0')
-local token_free = now >= od_until and used <= budget and budget > 0
+-- @include window.lua
 
 local known = tonumber(ARGV[3])
 local holder = ARGV[8]
