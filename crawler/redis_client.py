@@ -8,10 +8,9 @@ answer fails with ``redis.exceptions.TimeoutError`` after at most
 ``(retries + 1) * REDIS_SOCKET_TIMEOUT`` plus a short backoff, and the caller
 treats it like any other Redis error.
 
-Wrong credentials are not an outage: :func:`check_auth` turns redis-py's
-authentication and permission errors into one :class:`RedisAuthError` naming
-the setting and the (redacted) URL, so a worker stops at start-up instead of
-retrying.
+Wrong credentials are not an outage: the frontier's first call at start-up
+fails the worker with one line naming ``REDIS_URL`` (redacted) and saying to
+check the user and password (crawler/frontier/scheduler.py).
 
 Settings: ``REDIS_SOCKET_TIMEOUT`` (float s, default 5), ``REDIS_CONNECT_TIMEOUT``
 (float s, default 5), ``REDIS_RETRIES`` (int, default 1).
@@ -26,19 +25,15 @@ import redis
 import redis.asyncio
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import AuthenticationError, NoPermissionError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from crawler.redact import redact_uri
 from crawler.setting_values import float_setting, int_setting
-from crawler.startup import StartupError
 
 T = TypeVar("T")
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
     from typing import Self
 
     from scrapy.settings import BaseSettings
@@ -93,16 +88,3 @@ _BACKOFF_CAP = 0.5
 
 def _backoff() -> ExponentialWithJitterBackoff:
     return ExponentialWithJitterBackoff(cap=_BACKOFF_CAP, base=0.05)
-
-
-class RedisAuthError(StartupError):
-    """Redis refused the credentials (or the ACL permissions) of a Redis URL setting."""
-
-
-async def check_auth(call: Awaitable[T], url: str, setting: str = "REDIS_URL") -> T:
-    """``await call``; an authentication or permission error becomes a :class:`RedisAuthError` naming ``setting``."""
-    try:
-        return await call
-    except (AuthenticationError, NoPermissionError) as exc:
-        raise RedisAuthError(f"{setting} {redact_uri(url)}: Redis refused the credentials ({type(exc).__name__}: "
-                             f"{redact_uri(str(exc))}); check the user and password in {setting}") from None

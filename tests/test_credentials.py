@@ -157,7 +157,8 @@ def test_wrong_redis_password_stops_the_worker_naming_redis_url(flushed: Secured
     assert result.returncode != 0
     lines = [line for line in result.log.splitlines() if "REDIS_URL" in line and "] ERROR:" in line]
     assert len(lines) == 1, result.log[-3000:]  # one line, naming the setting
-    assert "ERROR: The crawl could not start: REDIS_URL redis://***@127.0.0.1:" in lines[0]
+    assert "Frontier cannot start: cannot use Redis at REDIS_URL=redis://" in lines[0]
+    assert "***@127.0.0.1:" in lines[0]
     assert "check the user and password in REDIS_URL" in lines[0]
 
 

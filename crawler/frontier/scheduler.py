@@ -22,7 +22,7 @@ import socket
 import uuid
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 from scrapy import signals
 from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.defer import deferred_from_coro
@@ -149,7 +149,10 @@ class FrontierScheduler:
         except RedisError as exc:
             self.stats.inc_value(f"frontier/redis_error/{type(exc).__name__}")
             await self.redis.aclose()
-            self._startup.fail(f"cannot use Redis at REDIS_URL={safe_url(self.config.redis.url)}: {exc}", spider)
+            advice = ("; check the user and password in REDIS_URL"
+                      if isinstance(exc, (AuthenticationError, NoPermissionError)) else "")
+            self._startup.fail(f"cannot use Redis at REDIS_URL={safe_url(self.config.redis.url)}: {exc}{advice}",
+                               spider)
             return
         self._cluster.apply(status)
         self._opened = True
