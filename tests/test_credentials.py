@@ -191,6 +191,7 @@ def test_a_user_who_may_not_write_closes_the_worker_at_the_first_write(flushed: 
         "MONGO_WRITER_RETRY_TIMES": "100", "MONGO_WRITER_JOURNAL_DIR": str(tmp_path / "journal")},
         {**ENV, "REDIS_URL": s.redis_url, "MONGO_URI": reader}), timeout=120)
     assert result.stats["finish_reason"] == "mongo_auth_failed", result.log[-3000:]
+    assert result.returncode != 0  # scrapyd, systemd or a shell loop sees the failure
     assert result.stats["mongo_writer/auth_failed"] == 1
     assert result.stats["mongo_writer/left_in_journal"] >= 1  # kept for a worker with the right credentials
     lines = [line for line in result.log.splitlines() if "MONGO_URI" in line and "] ERROR:" in line]

@@ -12,7 +12,9 @@ traceback. The exit code stays 1, as Scrapy sets it.
 A worker whose frontier cannot start (an invalid setting, Redis unreachable
 or refusing its credentials) logs the cause once itself and closes cleanly
 with reason ``frontier_startup_failed`` (:mod:`crawler.frontier.startup`);
-Scrapy would exit with status 0 then, this command exits with 1.
+likewise ``frontier_task_failed`` (a background task kept failing) and
+``mongo_auth_failed`` (MongoDB refused the credentials at the first write).
+Scrapy would exit with status 0 then; this command exits with 1.
 """
 
 from __future__ import annotations
@@ -51,6 +53,12 @@ def _retrieve(task: asyncio.Task[None]) -> None:
         report_start_failure(exc)
 
 
+# Finish reasons of a worker that stopped because something must be fixed: the
+# frontier could not start or lost a background task, MongoDB refused the
+# credentials (pipelines/mongo_writer.py). Scrapy would exit 0 for them.
+_FAILED = frozenset({STARTUP_FAILED, "frontier_task_failed", "mongo_auth_failed"})
+
+
 def _report_failure(failure: Failure) -> None:
     if failure.value is not None:
         report_start_failure(failure.value)
@@ -70,6 +78,6 @@ class Command(ScrapyCrawlCommand):
         elif isinstance(started, Deferred):  # CrawlerProcess rather than AsyncCrawlerProcess
             started.addErrback(_report_failure)
         self.crawler_process.start()
-        startup_failed = crawler.stats is not None and crawler.stats.get_value("finish_reason") == STARTUP_FAILED
-        if self.crawler_process.bootstrap_failed or startup_failed:
+        reason = crawler.stats.get_value("finish_reason") if crawler.stats is not None else None
+        if self.crawler_process.bootstrap_failed or reason in _FAILED:
             self.exitcode = 1
