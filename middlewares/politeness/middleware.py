@@ -315,9 +315,12 @@ class PolitenessMiddleware:
         if self._retried(request, token):
             return response
         until, open_now = await self._report(website, FAIL, token, None)
-        if open_now:
+        if open_now and not token:
             return self._requeue(request, until, "breaker") or response
-        return response  # the breaker is closed: RetryMiddleware retries as usual
+        # The breaker is closed, or this was its probe: RetryMiddleware retries as usual.
+        # A failed probe is not requeued as the next probe: a URL that always fails
+        # would otherwise keep the breaker open for ever (cooling doubling each time).
+        return response
 
     @staticmethod
     def _retried(request: Request, token: str) -> bool:
@@ -347,7 +350,7 @@ class PolitenessMiddleware:
         if self._retried(request, token):
             return None
         until, open_now = await self._report(self._website(request), FAIL, token, None)
-        if open_now:
+        if open_now and not token:  # a failed probe goes to RetryMiddleware (see process_response)
             return self._requeue(request, until, "breaker")
         return None
 
