@@ -19,7 +19,7 @@ Settings: ``REDIS_SOCKET_TIMEOUT`` (float s, default 5), ``REDIS_CONNECT_TIMEOUT
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import redis
 import redis.asyncio
@@ -31,7 +31,6 @@ from redis.retry import Retry
 
 from crawler.setting_values import float_setting, int_setting
 
-T = TypeVar("T")
 
 if TYPE_CHECKING:
     from typing import Self
