@@ -31,7 +31,6 @@ from redis.retry import Retry
 
 from crawler.setting_values import float_setting, int_setting
 
-
 if TYPE_CHECKING:
     from typing import Self
 
