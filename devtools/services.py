@@ -132,6 +132,69 @@ def start_redis(state: Path, port: int | None = None, persistent: bool = False,
     return server
 
 
+@dataclass
+class RedisCluster:
+    """A Redis Cluster of ``masters`` redis-servers on loopback (no replicas, no persistence): for tests."""
+
+    nodes: list[Server]
+
+    @property
+    def url(self) -> str:
+        """The project's cluster URL (crawler/redis_client.py): every node as a seed."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes) + "/0"
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def start_redis_cluster(state: Path, masters: int = 3) -> RedisCluster:
+    """``masters`` ``redis-server --cluster-enabled yes`` joined by ``redis-cli --cluster create``."""
+    exe, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if exe is None or cli is None:
+        raise RuntimeError("redis-server/redis-cli not found: run `make deps` (apt-get install redis-server)")
+    nodes: list[Server] = []
+    try:
+        for _ in range(masters):
+            port = free_port()
+            workdir = state / f"redis-cluster-{port}"
+            workdir.mkdir(parents=True, exist_ok=True)
+            log = workdir / "redis.log"
+            proc = _spawn([exe, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                           "--cluster-port", str(free_port()),  # not port + 10000 (over 65535 for high ports)
+                           "--cluster-config-file", str(workdir / "nodes.conf"), "--save", "", "--appendonly", "no",
+                           "--dir", str(workdir), "--daemonize", "no"], log)
+            nodes.append(Server("redis-cluster", proc, port, f"redis://127.0.0.1:{port}/0", log))
+        for node in nodes:
+            _wait(_pinger(node.port), node.proc, "redis-server (cluster node)", node.log, 20)
+        subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
+                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+
+        def ready() -> bool:
+            for node in nodes:
+                out = subprocess.run([cli, "-p", str(node.port), "cluster", "info"], capture_output=True,
+                                     text=True, timeout=10, check=False).stdout
+                if "cluster_state:ok" not in out:
+                    return False
+            return True
+
+        _wait(ready, nodes[0].proc, "redis cluster", nodes[0].log, 30)
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
+    return RedisCluster(nodes)
+
+
+def _pinger(port: int) -> Callable[[], bool]:
+    def ping() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+
+    return ping
+
+
 def secantusd_path() -> Path:
     return Path(os.environ.get("SECANTUSD", DEFAULT_STATE / "secantus-venv" / "bin" / "secantusd-py"))
 

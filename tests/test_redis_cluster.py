@@ -1,0 +1,120 @@
+"""The project on a real Redis Cluster (3 masters on loopback) and behind Redis Sentinel, chosen by REDIS_URL."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from typing import TYPE_CHECKING
+
+import pytest
+import redis
+from redis.cluster import RedisCluster as SyncRedisCluster
+from scrapy import Request
+from scrapy.settings import Settings
+
+from crawler.redis_client import RedisClientConfig
+from devtools.services import Server, free_port, start_redis, start_redis_cluster
+from tests.frontier_helpers import Schedulers, drain
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from devtools.services import RedisCluster
+
+
+@pytest.fixture(scope="module")
+def cluster(state_dir: Path) -> Iterator[RedisCluster]:
+    started = start_redis_cluster(state_dir / "cluster")
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def cluster_url(cluster: RedisCluster) -> Iterator[str]:
+    client = SyncRedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
+    client.flushall(target_nodes=SyncRedisCluster.PRIMARIES)
+    yield cluster.url
+    client.close()
+
+
+def test_a_cluster_url_makes_a_cluster_client(cluster_url: str) -> None:
+    client = RedisClientConfig.from_settings(Settings({"REDIS_URL": cluster_url})).sync_client()
+    assert isinstance(client, SyncRedisCluster)
+    assert len(client.get_primaries()) == 3
+    client.close()
+
+
+@pytest.mark.parametrize("url", ["http://x:1", "redis+cluster://x/0", "redis+sentinel://127.0.0.1:1"])
+def test_a_bad_redis_url_names_the_setting(url: str) -> None:
+    with pytest.raises(ValueError, match="REDIS_URL"):
+        RedisClientConfig.from_settings(Settings({"REDIS_URL": url})).sync_client()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("dedupe", ["exact", "bloom"])
+async def test_frontier_on_a_cluster(cluster_url: str, dedupe: str) -> None:
+    schedulers = Schedulers(cluster_url)
+    try:
+        a = await schedulers.open(FRONTIER_DEDUPE=dedupe, FRONTIER_BLOOM_CAPACITY=1000)
+        b = await schedulers.open(FRONTIER_DEDUPE=dedupe, FRONTIER_BLOOM_CAPACITY=1000)
+        assert a.store is not None
+        await a.store.mark_not_before("c.test", (await a.store.pop(0, "clock")).now + 3600)
+        for s in (a, b):
+            for host in ("a.test", "b.test", "c.test"):
+                for i in range(20):
+                    s.enqueue_request(Request(f"http://{host}/{i}"))
+            await s.settled()
+        got = [r.url for r in await drain(a)] + [r.url for r in await drain(b)]
+        # Each URL once (dedupe across both workers), none of the held website.
+        assert sorted(got) == sorted(f"http://{h}/{i}" for h in ("a.test", "b.test") for i in range(20))
+        assert await a.store.release_not_before("c.test")
+        assert len(await drain(b)) == 20
+    finally:
+        await schedulers.close_all()
+
+
+@pytest.fixture(scope="module")
+def sentinel(state_dir: Path) -> Iterator[str]:
+    """A master and one Sentinel watching it as ``mymaster``: the URL to reach the master through it."""
+    master = start_redis(state_dir / "sentinel-master")
+    port = free_port()
+    workdir = state_dir / f"sentinel-{port}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "sentinel.conf"
+    conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
+                    f"sentinel monitor mymaster 127.0.0.1 {master.port} 1\n")
+    exe = shutil.which("redis-server")
+    assert exe is not None
+    log = workdir / "sentinel.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([exe, str(conf), "--sentinel"], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    node = Server("sentinel", proc, port, f"redis://127.0.0.1:{port}", log)
+    try:
+        with redis.Redis(port=port, socket_timeout=5) as r:
+            for _ in range(200):
+                try:
+                    if r.execute_command("SENTINEL", "get-master-addr-by-name", "mymaster"):
+                        break
+                except redis.ConnectionError:
+                    pass
+                subprocess.run(["sleep", "0.05"], check=True)
+        yield f"redis+sentinel://127.0.0.1:{port}/mymaster/0"
+    finally:
+        node.stop()
+        master.stop()
+
+
+@pytest.mark.asyncio
+async def test_frontier_through_sentinel(sentinel: str) -> None:
+    schedulers = Schedulers(sentinel)
+    try:
+        a = await schedulers.open()
+        for i in range(10):
+            a.enqueue_request(Request(f"http://a.test/{i}"))
+            a.enqueue_request(Request(f"http://a.test/{i}"))  # a duplicate
+        await a.settled()
+        assert sorted(r.url for r in await drain(a)) == sorted(f"http://a.test/{i}" for i in range(10))
+    finally:
+        await schedulers.close_all()
