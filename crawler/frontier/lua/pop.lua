@@ -14,6 +14,8 @@
 -- KEYS[2]  not-before zset: website -> not-before time
 -- KEYS[3]  workers zset: worker id -> last time it was busy
 -- KEYS[4]  this worker's pops hash: pop id -> cjson [[website, member, score], ...]
+-- KEYS[5]  depths zset: website -> queued requests (depth.lua)
+-- KEYS[6]  queued counter: total queued requests (depth.lua)
 -- ARGV[1]  queue key prefix: the queue of website W is ARGV[1] .. W. These
 --          keys are not in KEYS because which websites are ready is only
 --          known here; they share the hash tag of KEYS, so one cluster slot.
@@ -25,6 +27,9 @@
 -- return   {now, websites with work, earliest time a website becomes ready
 --           (or -1), pop ids of the L found (comma-separated),
 --           website, member, website, member, ...}; times are strings
+
+-- @include depth.lua
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local n = tonumber(ARGV[2])
@@ -70,7 +75,7 @@ if #sites > 0 then
       record[#record + 1] = {site, got[j], tonumber(got[j + 1])}
       popped = popped + 1
     end
-    if redis.call('EXISTS', qkey) == 1 then
+    if set_depth(KEYS[5], KEYS[6], site, qkey) > 0 then
       redis.call('ZADD', KEYS[1], 'XX', now, site)
     else
       redis.call('ZREM', KEYS[1], site)

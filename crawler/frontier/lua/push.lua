@@ -7,7 +7,9 @@
 -- KEYS[3]  not-before zset: website -> time before which it must not be served
 -- KEYS[4]  sequence counter (FIFO order within a priority)
 -- KEYS[5]  workers zset: worker id -> last time it was busy
--- KEYS[6..] one queue zset per website, referenced by index below
+-- KEYS[6]  depths zset: website -> queued requests (depth.lua)
+-- KEYS[7]  queued counter: total queued requests (depth.lua)
+-- KEYS[8..] one queue zset per website, referenced by index below
 -- ARGV[1]  worker id
 -- ARGV[2]  number of requests N, then N groups of 7 values:
 --          queue KEYS index, website, fingerprint,
@@ -16,11 +18,15 @@
 --          queue score (-priority), not-before time (0 = none),
 --          and the encoded request
 -- return   {stored flags (1 stored, 0 duplicate) ..., sites with work}
+
+-- @include depth.lua
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local n = tonumber(ARGV[2])
 local seq = redis.call('INCRBY', KEYS[4], n) - n
 local out = {}
+local touched = {}
 for i = 0, n - 1 do
   local base = 3 + i * 7
   local qkey = KEYS[tonumber(ARGV[base])]
@@ -36,6 +42,7 @@ for i = 0, n - 1 do
   if stored == 1 then
     local member = string.format('%016x', seq + i) .. ':' .. fp .. ':' .. ARGV[base + 6]
     redis.call('ZADD', qkey, tonumber(ARGV[base + 4]), member)
+    touched[site] = qkey
     local until_t = tonumber(ARGV[base + 5])
     if until_t > 0 then
       redis.call('ZADD', KEYS[3], 'GT', until_t, site)
@@ -49,6 +56,7 @@ for i = 0, n - 1 do
   end
   out[#out + 1] = stored
 end
+for site, qkey in pairs(touched) do set_depth(KEYS[6], KEYS[7], site, qkey) end
 redis.call('ZADD', KEYS[5], now, ARGV[1])
 out[#out + 1] = redis.call('ZCARD', KEYS[2])
 return out
