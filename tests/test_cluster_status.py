@@ -13,10 +13,15 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
+from scrapy.settings import Settings
 
-from crawler.frontier.store import MODE_DEDUPE, FrontierStore, PushEntry
-from crawler.status import StatusKeys, read_status
+from crawler.frontier.store import MODE_DEDUPE, FrontierStore, PopReceipts, PushEntry
+from crawler.status import SpiderStatus, StatusKeys, read_status, render
 from devtools.services import ROOT
+from middlewares.byte_budget.store import load_script
+from middlewares.byte_budget.store import website_keys as budget_keys
+from middlewares.politeness.config import PolitenessConfig
+from middlewares.politeness.store import Event, PolitenessStore
 from tests.conftest import start_crawl, wait_crawl
 
 if TYPE_CHECKING:
@@ -26,7 +31,7 @@ if TYPE_CHECKING:
 
 WEBSITES = 1000
 TIMEOUT = 120.0  # overall limit of the waits below; none is a timed assertion
-KEYS = StatusKeys("{shop_a}", "shop_a:start_urls", "crawler")
+KEYS = StatusKeys("{shop_a}", "shop_a:start_urls", "crawler", "crawler")
 
 
 def status_cli(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -34,9 +39,8 @@ def status_cli(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60, check=False)
 
 
-async def _fill(redis_url: str, per_website: int, offset: int) -> None:
+async def _fill(client: AsyncRedis, per_website: int, offset: int) -> None:
     """``per_website`` more requests in each of WEBSITES websites (website i gets i % 7 more, for a ranking)."""
-    client = AsyncRedis.from_url(redis_url)
     store = FrontierStore(client, KEYS.prefix)
     entries = [PushEntry(f"site{w:04d}.test", f"{offset}-{w}-{i}", MODE_DEDUPE, 0, 0, b"{}")
                for w in range(WEBSITES) for i in range(per_website + (w % 7 if offset == 0 else 0))]
@@ -44,43 +48,139 @@ async def _fill(redis_url: str, per_website: int, offset: int) -> None:
         await store.push(entries[i:i + 5000], "filler")
     await store.mark_not_before("site0003.test", float((await client.time())[0]) + 600)
     await client.hset("crawler:bb:overrides", "site0005.test", "100000")
-    await client.aclose()
 
 
-def _commands(r: redis.Redis) -> int:
+async def _commands(r: AsyncRedis) -> int:
     """Commands the server has run, but INFO itself."""
-    stats: dict[str, Any] = r.info("commandstats")
+    stats: dict[str, Any] = await r.info("commandstats")
     return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
 
 
-async def _status(redis_url: str) -> Any:
+async def _status(redis_url: str, top: int = 20, **kwargs: Any) -> SpiderStatus:
     client = AsyncRedis.from_url(redis_url)
     try:
-        return await read_status(client, "shop_a", KEYS, top=20, per_website={}, default_budget=None)
+        return await read_status(client, "shop_a", KEYS, top=top, per_website=kwargs.get("per_website", {}),
+                                 default_budget=kwargs.get("default_budget"))
     finally:
         await client.aclose()
 
 
+def _shown(status: SpiderStatus) -> int:
+    return len(status.top) + len(status.parked) + len(status.politeness) + len(status.budgets) + len(status.workers)
+
+
 @pytest.mark.timeout(600)
-def test_redis_cost_grows_with_websites_never_with_queued_requests(redis_url: str) -> None:
-    asyncio.run(_fill(redis_url, 100, 0))
-    queued = 100 * WEBSITES + sum(w % 7 for w in range(WEBSITES))
-    with redis.Redis.from_url(redis_url) as r:
-        before = _commands(r)
-        status = asyncio.run(_status(redis_url))
-        cost = _commands(r) - before
-        assert status.queued_total == queued >= 100_000 and status.websites_queued == WEBSITES
-        assert [row["queued"] for row in status.top[:3]] == [106, 106, 106]  # the deepest first
-        assert status.parked_total == 1 and status.parked[0]["website"] == "site0003.test"
-        assert status.budgets == [{"website": "site0005.test", "used": 0, "budget": 100000,
-                                   "source": "run-time override"}]
-        # One ZCARD per website, one HGET per budget shown, and a fixed few.
-        assert WEBSITES <= cost <= WEBSITES + 1 + 20, cost
-        asyncio.run(_fill(redis_url, 100, 1))  # twice the queued requests, the same websites
-        before = _commands(r)
-        again = asyncio.run(_status(redis_url))
+@pytest.mark.asyncio
+async def test_redis_cost_grows_with_websites_shown_never_with_the_queue(redis_url: str) -> None:
+    r = AsyncRedis.from_url(redis_url)
+    try:
+        await _fill(r, 100, 0)
+        queued = 100 * WEBSITES + sum(w % 7 for w in range(WEBSITES))
+        costs = {}
+        for top in (5, 50):
+            before = await _commands(r)
+            status = await _status(redis_url, top)
+            costs[top] = await _commands(r) - before
+            assert status.queued_total == queued >= 100_000 and status.websites_queued == WEBSITES
+            assert len(status.top) == top and [row["queued"] for row in status.top[:3]] == [106, 106, 106]
+            assert status.top == sorted(status.top, key=lambda row: -row["queued"])  # the deepest first
+            assert status.parked_total == 1 and status.parked[0]["website"] == "site0003.test"
+            assert status.parked[0]["reasons"] == ["not_before"] and status.index_missing == 0
+            assert status.budgets == [{"website": "site0005.test", "used": 0, "budget": 100000,
+                                       "source": "run-time override"}]
+            # A fixed 20 commands at most (connection set-up included) and 5 per website shown; the
+            # queue's 1,000 websites and 100,000 requests cost nothing (before the depth index: >= 1,000).
+            assert costs[top] <= 20 + 5 * _shown(status), (top, costs[top], _shown(status))
+        assert costs[5] <= costs[50] < 100  # 1,000 websites queued: the old scan sent one ZCARD each
+        await _fill(r, 100, 1)  # twice the queued requests, the same websites
+        before = await _commands(r)
+        again = await _status(redis_url, 50)
         assert again.queued_total == queued + 100 * WEBSITES
-        assert _commands(r) - before == cost
+        assert await _commands(r) - before == costs[50]
+    finally:
+        await r.aclose()
+
+
+@pytest.mark.asyncio
+async def test_depth_index_follows_every_script_that_moves_requests(redis_url: str) -> None:
+    client = AsyncRedis.from_url(redis_url)
+    store = FrontierStore(client, KEYS.prefix)
+    try:
+        await store.push([PushEntry(f"s{w}.test", f"{w}-{i}", MODE_DEDUPE, 0, 0, b"{}")
+                          for w in range(3) for i in range(w + 2)], "w1")
+        await store.push([PushEntry("s0.test", "0-0", MODE_DEDUPE, 0, 0, b"{}")], "w1")  # a duplicate: not stored
+        assert await store.deepest(10) == ([("s2.test", 4), ("s1.test", 3), ("s0.test", 2)], 3, 9)
+        receipts = PopReceipts()
+        popped = await store.pop(6, "w1", receipts)  # two from each website (its fair share)
+        assert len(popped.items) == 6
+        assert await store.deepest(10) == ([("s2.test", 2), ("s1.test", 1)], 2, 3)
+        receipts.failed(receipts.next_id())  # the next pop's reply "never arrives": its requests stay recorded
+        await store.pop(4, "w1", receipts)  # the last three
+        assert await store.deepest(10) == ([], 0, 0) and await store.queued() == 0
+        receipts.received = []
+        assert await store.release("w1", receipts) == 3  # release.lua: back to their queues
+        top, websites, total = await store.deepest(10)
+        assert (top, websites, total) == ([("s2.test", 2), ("s1.test", 1)], 2, 3)
+        assert {w.decode() for w in await client.zrange(store.sites_key, 0, -1)} == {"s1.test", "s2.test"}
+        # A frontier written before the index existed: reindex rebuilds it.
+        await client.delete(store.depths_key, store.queued_key)
+        assert (await _status(redis_url)).index_missing == websites
+        out = subprocess.run([sys.executable, "-m", "crawler", "reindex", "shop_a", "--redis-url", redis_url],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+        assert out.returncode == 0 and "depth index rebuilt: 3 requests queued" in out.stdout, out.stderr
+        assert await store.deepest(10) == (top, websites, total)
+        await client.delete(store.depths_key, store.queued_key)
+        assert await store.reindex() == 3 and await store.deepest(10) == (top, websites, total)
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_parked_websites_say_why(redis_url: str) -> None:
+    """Each politeness reason and the byte budget, from the components' own scripts, as status shows them."""
+    client = AsyncRedis.from_url(redis_url)
+
+    def store(cool: float) -> PolitenessStore:
+        return PolitenessStore(client, PolitenessConfig.from_settings(Settings({
+            "REDIS_URL": redis_url, "POLITENESS_KEY_PREFIX": "crawler", "POLITENESS_BREAKER_FAILURES": 1,
+            "POLITENESS_BREAKER_COOL_SECONDS": cool})))
+
+    politeness = store(600)
+    frontier = FrontierStore(client, KEYS.prefix)
+    try:
+        await politeness.report("retry.test", "rate", "", 600, 1.0)
+        await politeness.report("backoff.test", "rate", "", None, 1.0)
+        await politeness.report("open.test", "fail", "", None, 1.0)
+        half = await store(0.2).report("half.test", "fail", "", None, 1.0)
+        await politeness.admit("delay.test", "t", 600, 0, 0, 1)
+        await politeness.admit("rate.test", "t", 0, 5, 600, 1)
+        for site in ("retry.test", "backoff.test", "open.test", "half.test"):
+            await politeness.announce(Event(site, 0, "parked"), half.now)
+        reserve = load_script(client, "reserve")
+        denied = await reserve(keys=budget_keys("crawler", "budget.test"), args=[0, 60, 1000, 1000, 60, 1, 1, "", 0])
+        assert int(denied[0]) == 0
+        while (await client.time())[0] <= half.until:  # the event: half.test's cooling is over
+            await asyncio.sleep(0.05)
+        sites = ["retry.test", "backoff.test", "open.test", "half.test", "delay.test", "rate.test", "budget.test",
+                 "other.test"]
+        far = float((await client.time())[0]) + 900
+        for site in sites:
+            await frontier.push([PushEntry(site, site, MODE_DEDUPE, 0, far, b"{}")], "w")
+        await client.hset("crawler:bb:overrides", "budget.test", "0")
+        status = await _status(redis_url, default_budget=None)
+        reasons = {row["website"]: row["reasons"] for row in status.parked}
+        assert reasons == {"retry.test": ["retry_after"], "backoff.test": ["backoff"], "open.test": ["breaker_open"],
+                           "half.test": ["breaker_half_open"], "delay.test": ["crawl_delay"],
+                           "rate.test": ["request_rate"], "budget.test": ["byte_budget"],
+                           "other.test": ["not_before"]}
+        assert all(row["until"] == far for row in status.parked) and status.parked_total == len(sites)
+        polite = {row["website"]: row["reason"] for row in status.politeness}
+        assert polite == {"retry.test": "retry_after", "backoff.test": "backoff", "open.test": "breaker_open",
+                          "half.test": "breaker_half_open"} and status.politeness_total == 4
+        text = render([status])
+        assert "breaker half-open, waiting for its probe" in text and "byte budget spent this window" in text
+    finally:
+        await client.aclose()
 
 
 def test_cli_text_and_json(redis_url: str) -> None:
@@ -121,13 +221,16 @@ def test_a_live_two_worker_crawl(demo_site: DemoSite, redis_url: str, mongo_serv
             assert out.returncode == 0, out.stderr
             seen = json.loads(out.stdout)["shop_a"]
             used = seen["budgets"][0]["used"] if seen["budgets"] else 0
-            if len(seen["workers"]) == 2 and seen["parked"] and seen["queued_total"] and used:
+            if len(seen["workers"]) == 2 and seen["parked"] and seen["queued_total"] and used \
+                    and "byte_budget" in seen["parked"][0]["reasons"]:
                 break
             time.sleep(0.2)
         else:
             raise AssertionError(f"status never showed two workers and a parked website: {seen}")
         assert seen["top"][0]["website"] == "shop-a.test" and seen["top"][0]["queued"] == seen["queued_total"] > 0
         assert seen["parked"][0]["website"] == "shop-a.test" and seen["parked"][0]["until"] > seen["now"]
+        assert "byte_budget" in seen["parked"][0]["reasons"], seen["parked"]
+        assert seen["workers_total"] == 2 and seen["websites_queued"] == 1
         budget_row = seen["budgets"][0]
         assert budget_row == {"website": "shop-a.test", "budget": 40000, "used": budget_row["used"],
                               "source": "run-time override"} and budget_row["used"] > 0
