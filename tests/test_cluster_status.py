@@ -17,7 +17,8 @@ from scrapy.settings import Settings
 
 from crawler.frontier.store import MODE_DEDUPE, FrontierStore, PopReceipts, PushEntry
 from crawler.status import SpiderStatus, StatusKeys, read_status, render
-from devtools.services import ROOT
+from demosite.sites import SiteConfig
+from devtools.services import ROOT, start_demosite
 from middlewares.byte_budget.store import load_script
 from middlewares.byte_budget.store import website_keys as budget_keys
 from middlewares.politeness.config import PolitenessConfig
@@ -26,8 +27,6 @@ from tests.conftest import start_crawl, wait_crawl
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-    from tests.conftest import DemoSite
 
 WEBSITES = 1000
 TIMEOUT = 120.0  # overall limit of the waits below; none is a timed assertion
@@ -200,47 +199,52 @@ def test_cli_text_and_json(redis_url: str) -> None:
 
 
 @pytest.mark.e2e
-def test_a_live_two_worker_crawl(demo_site: DemoSite, redis_url: str, mongo_server_uri: str, mongo_db: str,
-                                 tmp_path: Path) -> None:
-    with redis.Redis.from_url(redis_url) as r:
-        r.lpush("shop_a:start_urls", demo_site.url("shop-a.test"))
-    env = {"REDIS_URL": redis_url, "MONGO_URI": mongo_server_uri, "MONGO_DATABASE": mongo_db,
-           "RESOLVE_HOSTS": "*.test:127.0.0.1"}
-    # A small budget parks shop-a.test again and again: the workers keep running with queued requests.
-    budget = subprocess.run([sys.executable, "-m", "middlewares.byte_budget", "--redis-url", redis_url, "set",
-                             "shop-a.test", "40000"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
-    assert budget.returncode == 0, budget.stderr
-    settings = {"BYTE_BUDGET_PARK_MAX_SECONDS": "10"}
-    crawls = [start_crawl(tmp_path, "shop_a", settings, env, name=f"w{i}") for i in (1, 2)]
+def test_a_live_two_worker_crawl(redis_url: str, mongo_server_uri: str, mongo_db: str, tmp_path: Path) -> None:
+    hosts = ("a.shop-a.test", "b.shop-a.test")  # two websites (WEBSITE_KEY=host), both allowed to shop_a
+    server = start_demosite(tmp_path / "site", tuple(SiteConfig(host=h, items=200, page_bytes=1500, errors=0)
+                                                     for h in hosts))
     try:
-        deadline = time.monotonic() + TIMEOUT
-        seen: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            assert all(c.proc.poll() is None for c in crawls)
-            out = status_cli(redis_url, "shop_a", "--json")
-            assert out.returncode == 0, out.stderr
-            seen = json.loads(out.stdout)["shop_a"]
-            used = seen["budgets"][0]["used"] if seen["budgets"] else 0
-            if len(seen["workers"]) == 2 and seen["parked"] and seen["queued_total"] and used \
-                    and "byte_budget" in seen["parked"][0]["reasons"]:
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError(f"status never showed two workers and a parked website: {seen}")
-        assert seen["top"][0]["website"] == "shop-a.test" and seen["top"][0]["queued"] == seen["queued_total"] > 0
-        assert seen["parked"][0]["website"] == "shop-a.test" and seen["parked"][0]["until"] > seen["now"]
-        assert "byte_budget" in seen["parked"][0]["reasons"], seen["parked"]
-        assert seen["workers_total"] == 2 and seen["websites_queued"] == 1
-        budget_row = seen["budgets"][0]
-        assert budget_row == {"website": "shop-a.test", "budget": 40000, "used": budget_row["used"],
-                              "source": "run-time override"} and budget_row["used"] > 0
-        text = status_cli(redis_url, "shop_a").stdout
-        assert "workers: 2" in text and "shop-a.test" in text
+        with redis.Redis.from_url(redis_url) as r:
+            r.lpush("shop_a:start_urls", *(f"http://{h}:{server.port}/" for h in hosts))
+            # Small budgets (run-time overrides, as `python -m middlewares.byte_budget set` writes them; the
+            # CLI itself follows the project's WEBSITE_KEY) park both websites again and again: the workers
+            # keep running with queued requests.
+            r.hset("crawler:bb:overrides", mapping=dict.fromkeys(hosts, "40000"))
+        env = {"REDIS_URL": redis_url, "MONGO_URI": mongo_server_uri, "MONGO_DATABASE": mongo_db,
+               "RESOLVE_HOSTS": "*.test:127.0.0.1"}
+        settings = {"BYTE_BUDGET_PARK_MAX_SECONDS": "10", "WEBSITE_KEY": "host"}
+        crawls = [start_crawl(tmp_path, "shop_a", settings, env, name=f"w{i}") for i in (1, 2)]
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            seen: dict[str, Any] = {}
+            while time.monotonic() < deadline:
+                assert all(c.proc.poll() is None for c in crawls)
+                out = status_cli(redis_url, "shop_a", "--json")
+                assert out.returncode == 0, out.stderr
+                seen = json.loads(out.stdout)["shop_a"]
+                if (len(seen["workers"]) == 2 and seen["websites_queued"] == 2 and seen["parked"]
+                        and "byte_budget" in seen["parked"][0]["reasons"]
+                        and all(row["used"] for row in seen["budgets"])):
+                    break
+                time.sleep(0.2)
+            else:
+                raise AssertionError(f"status never showed two workers, two queues and a parked website: {seen}")
+            assert seen["workers_total"] == 2
+            depths = {row["website"]: row["queued"] for row in seen["top"]}
+            assert set(depths) == set(hosts) and all(depths.values()) and sum(depths.values()) == seen["queued_total"]
+            parked = seen["parked"][0]
+            assert parked["website"] in hosts and parked["until"] > seen["now"] and "byte_budget" in parked["reasons"]
+            assert [(b["website"], b["budget"], b["source"]) for b in seen["budgets"]] == [
+                (h, 40000, "run-time override") for h in hosts]
+            text = status_cli(redis_url, "shop_a").stdout
+            assert "workers: 2" in text and all(h in text for h in hosts)
+        finally:
+            for crawl in crawls:
+                crawl.proc.terminate()
+            for crawl in crawls:
+                wait_crawl(crawl)
     finally:
-        for crawl in crawls:
-            crawl.proc.terminate()
-        for crawl in crawls:
-            wait_crawl(crawl)
+        server.stop()
 
 
 def test_watch_redraws_in_place_until_interrupted(redis_url: str) -> None:
