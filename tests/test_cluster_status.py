@@ -201,11 +201,14 @@ def test_cli_text_and_json(redis_url: str) -> None:
 @pytest.mark.e2e
 def test_a_live_two_worker_crawl(redis_url: str, mongo_server_uri: str, mongo_db: str, tmp_path: Path) -> None:
     hosts = ("a.shop-a.test", "b.shop-a.test")  # two websites (WEBSITE_KEY=host), both allowed to shop_a
-    server = start_demosite(tmp_path / "site", tuple(SiteConfig(host=h, items=200, page_bytes=1500, errors=0)
-                                                     for h in hosts))
+    # A third answers 429 with Retry-After: 600 to everything but robots.txt: politeness parks it.
+    throttled = SiteConfig(host="c.shop-a.test", items=20, errors=0, throttle_after=0, throttle_for=3600,
+                           throttle_retry_after=600)
+    server = start_demosite(tmp_path / "site", (*(SiteConfig(host=h, items=200, page_bytes=1500, errors=0)
+                                                  for h in hosts), throttled))
     try:
         with redis.Redis.from_url(redis_url) as r:
-            r.lpush("shop_a:start_urls", *(f"http://{h}:{server.port}/" for h in hosts))
+            r.lpush("shop_a:start_urls", *(f"http://{h}:{server.port}/" for h in (*hosts, throttled.host)))
             # Small budgets (run-time overrides, as `python -m middlewares.byte_budget set` writes them; the
             # CLI itself follows the project's WEBSITE_KEY) park both websites again and again: the workers
             # keep running with queued requests.
@@ -222,22 +225,27 @@ def test_a_live_two_worker_crawl(redis_url: str, mongo_server_uri: str, mongo_db
                 out = status_cli(redis_url, "shop_a", "--json")
                 assert out.returncode == 0, out.stderr
                 seen = json.loads(out.stdout)["shop_a"]
-                if (len(seen["workers"]) == 2 and seen["websites_queued"] == 2 and seen["parked"]
-                        and "byte_budget" in seen["parked"][0]["reasons"]
-                        and all(row["used"] for row in seen["budgets"])):
+                reasons = {r for row in seen["parked"] for r in row["reasons"]}
+                if (len(seen["workers"]) == 2 and seen["websites_queued"] == 3
+                        and {"byte_budget", "retry_after"} <= reasons and all(row["used"] for row in seen["budgets"])):
                     break
                 time.sleep(0.2)
             else:
-                raise AssertionError(f"status never showed two workers, two queues and a parked website: {seen}")
+                raise AssertionError(f"status never showed two workers, three queues and parked websites: {seen}")
             assert seen["workers_total"] == 2
             depths = {row["website"]: row["queued"] for row in seen["top"]}
-            assert set(depths) == set(hosts) and all(depths.values()) and sum(depths.values()) == seen["queued_total"]
-            parked = seen["parked"][0]
-            assert parked["website"] in hosts and parked["until"] > seen["now"] and "byte_budget" in parked["reasons"]
+            assert set(depths) == {*hosts, throttled.host} and all(depths.values())
+            assert sum(depths.values()) == seen["queued_total"]
+            parked = {row["website"]: row for row in seen["parked"]}
+            budgeted = [parked[h] for h in hosts if h in parked]
+            assert budgeted and all(row["until"] > seen["now"] and "byte_budget" in row["reasons"] for row in budgeted)
+            held = parked[throttled.host]  # parked by politeness until Retry-After's 600 s are over
+            assert held["reasons"] == ["retry_after"] and 600 - TIMEOUT < held["until"] - seen["now"] <= 600
+            assert [(p["website"], p["reason"]) for p in seen["politeness"]] == [(throttled.host, "retry_after")]
             assert [(b["website"], b["budget"], b["source"]) for b in seen["budgets"]] == [
                 (h, 40000, "run-time override") for h in hosts]
             text = status_cli(redis_url, "shop_a").stdout
-            assert "workers: 2" in text and all(h in text for h in hosts)
+            assert "workers: 2" in text and all(h in text for h in hosts) and "Retry-After" in text
         finally:
             for crawl in crawls:
                 crawl.proc.terminate()
