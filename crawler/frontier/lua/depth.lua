@@ -3,22 +3,23 @@
 -- script of its own: store._script puts it where a script says
 -- "-- @include depth.lua" (Redis scripts cannot import each other).
 --
--- Expects  nothing; the including script passes its keys to set_depth.
--- Defines  set_depth(depths, queued, site, qkey): records the queue's size
---          ZCARD(qkey) as the website's depth in the zset `depths` (website ->
---          queued requests; removed at zero) and adjusts the total in the
---          string `queued` by the change; returns the depth. Absolute, not a
---          delta: a website's entry is right after any script touched it.
-local function set_depth(depths, queued, site, qkey)
-  local new = redis.call('ZCARD', qkey)
-  local old = tonumber(redis.call('ZSCORE', depths, site) or '0')
-  if new ~= old then
-    redis.call('INCRBY', queued, new - old)
-    if new > 0 then
-      redis.call('ZADD', depths, new, site)
-    else
+-- Expects  nothing; the including script passes its keys to add_depths.
+-- Defines  add_depths(depths, queued, delta, empty): for each website of the
+--          table `delta` (website -> change of its queue's size), adds the
+--          change to its entry in the zset `depths` (website -> queued
+--          requests), or removes the entry when `empty[website]` (its queue
+--          is now empty); adds the sum of the changes to the string `queued`.
+--          One call per website touched and one for the total: the scripts
+--          already know both numbers, so the index costs no extra reads.
+local function add_depths(depths, queued, delta, empty)
+  local total = 0
+  for site, n in pairs(delta) do
+    total = total + n
+    if empty[site] then
       redis.call('ZREM', depths, site)
+    elseif n ~= 0 then
+      redis.call('ZINCRBY', depths, n, site)
     end
   end
-  return new
+  if total ~= 0 then redis.call('INCRBY', queued, total) end
 end

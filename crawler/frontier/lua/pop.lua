@@ -63,6 +63,7 @@ end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local sites = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, n)
 local popped = 0
+local delta, empty = {}, {}
 if #sites > 0 then
   local share = math.floor(n / #sites)
   local extra = n % #sites
@@ -75,12 +76,15 @@ if #sites > 0 then
       record[#record + 1] = {site, got[j], tonumber(got[j + 1])}
       popped = popped + 1
     end
-    if set_depth(KEYS[5], KEYS[6], site, qkey) > 0 then
+    delta[site] = -(#got / 2)
+    if redis.call('EXISTS', qkey) == 1 then
       redis.call('ZADD', KEYS[1], 'XX', now, site)
     else
       redis.call('ZREM', KEYS[1], site)
+      empty[site] = true
     end
   end
+  add_depths(KEYS[5], KEYS[6], delta, empty)
   if popped > 0 then redis.call('ZADD', KEYS[3], now, ARGV[3]) end
 end
 if pop_id ~= '' and #record > 0 then

@@ -26,7 +26,7 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local n = tonumber(ARGV[2])
 local seq = redis.call('INCRBY', KEYS[4], n) - n
 local out = {}
-local touched = {}
+local delta = {}
 for i = 0, n - 1 do
   local base = 3 + i * 7
   local qkey = KEYS[tonumber(ARGV[base])]
@@ -41,8 +41,7 @@ for i = 0, n - 1 do
   end
   if stored == 1 then
     local member = string.format('%016x', seq + i) .. ':' .. fp .. ':' .. ARGV[base + 6]
-    redis.call('ZADD', qkey, tonumber(ARGV[base + 4]), member)
-    touched[site] = qkey
+    delta[site] = (delta[site] or 0) + redis.call('ZADD', qkey, tonumber(ARGV[base + 4]), member)
     local until_t = tonumber(ARGV[base + 5])
     if until_t > 0 then
       redis.call('ZADD', KEYS[3], 'GT', until_t, site)
@@ -56,7 +55,7 @@ for i = 0, n - 1 do
   end
   out[#out + 1] = stored
 end
-for site, qkey in pairs(touched) do set_depth(KEYS[6], KEYS[7], site, qkey) end
+add_depths(KEYS[6], KEYS[7], delta, {})
 redis.call('ZADD', KEYS[5], now, ARGV[1])
 out[#out + 1] = redis.call('ZCARD', KEYS[2])
 return out

@@ -17,12 +17,11 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 for i = 2, #ARGV do redis.call('HDEL', KEYS[3], ARGV[i]) end
 local requeued = 0
-local touched = {}
+local delta = {}
 for _, record in ipairs(redis.call('HVALS', KEYS[3])) do
   for _, e in ipairs(cjson.decode(record)) do
     local site, member, score = e[1], e[2], e[3]
-    redis.call('ZADD', ARGV[1] .. site, score, member)
-    touched[site] = ARGV[1] .. site
+    delta[site] = (delta[site] or 0) + redis.call('ZADD', ARGV[1] .. site, score, member)
     local ready = now
     local nb = redis.call('ZSCORE', KEYS[2], site)
     if nb and tonumber(nb) > ready then ready = tonumber(nb) end
@@ -30,6 +29,6 @@ for _, record in ipairs(redis.call('HVALS', KEYS[3])) do
     requeued = requeued + 1
   end
 end
-for site, qkey in pairs(touched) do set_depth(KEYS[4], KEYS[5], site, qkey) end
+add_depths(KEYS[4], KEYS[5], delta, {})
 redis.call('DEL', KEYS[3])
 return requeued
