@@ -196,10 +196,10 @@ async def read_park_states(redis: aioredis.Redis, prefix: str, websites: list[st
         return {}
     async with redis.pipeline(transaction=False) as pipe:
         for website in websites:
-            state, nxt, log = website_keys(prefix, website)
-            pipe.hgetall(state)
-            pipe.get(nxt)
-            pipe.zcard(log)  # permits logged in the last window: a request rate applies
+            keys = website_keys(prefix, website)  # state, Crawl-delay gate, request-rate log, ...
+            pipe.hgetall(keys[0])
+            pipe.get(keys[1])
+            pipe.zcard(keys[2])  # permits logged in the last window: a request rate applies
         replies = await pipe.execute()
     out: dict[str, ParkState] = {}
     for i, website in enumerate(websites):
