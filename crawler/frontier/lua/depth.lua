@@ -1,6 +1,6 @@
 -- depth.lua: the per-website depth index, kept by every script that moves
 -- requests in or out of a queue (push.lua, pop.lua, release.lua). Not a
--- script of its own: store._script puts it where a script says
+-- script of its own: crawler.lua_source puts it where a script says
 -- "-- @include depth.lua" (Redis scripts cannot import each other).
 --
 -- Expects  nothing; the including script passes its keys to add_depths.
