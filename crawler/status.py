@@ -36,6 +36,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from crawler.frontier.seen import SeenConfig
+from crawler.frontier.store import FrontierStore
 from crawler.redis_client import RedisClientConfig
 from middlewares.byte_budget.store import overrides_key
 from middlewares.byte_budget.store import website_keys as budget_keys
@@ -79,6 +81,7 @@ class StatusKeys:
     seeds: str
     budget_prefix: str
     politeness_prefix: str = "crawler"
+    seen_spec: str = ""  # crawler.frontier.seen.SeenConfig.spec: "" for the exact set kept for ever
 
     def frontier(self, field_name: str) -> str:
         return f"{self.prefix}:{field_name}"
@@ -125,7 +128,7 @@ async def read_status(redis: Redis, spider: str, keys: StatusKeys, *, top: int,
         pipe.zcard(f("sites"))
         pipe.zrange(f("workers"), 0, top - 1, desc=True, withscores=True)
         pipe.zcard(f("workers"))
-        pipe.scard(f("seen"))
+        pipe.scard(f("seen"))  # the exact set kept for ever; other dedupe modes are counted below
         pipe.llen(keys.seeds)
         pipe.llen(keys.seeds + ":dead")
         pipe.llen(f("dead"))
@@ -133,6 +136,8 @@ async def read_status(redis: Redis, spider: str, keys: StatusKeys, *, top: int,
         ((secs, micros), deepest, websites, queued, sites, workers, workers_total, seen, seeds, rejected, dead,
          overrides) = await pipe.execute()
     now = secs + micros / 1e6
+    if keys.seen_spec:  # generations or a Bloom filter: lua/seen.lua counts them (one call)
+        seen = await FrontierStore(redis, keys.prefix, keys.seen_spec).seen_count()
     status = SpiderStatus(spider, now, workers_total=int(workers_total), websites_queued=int(websites),
                           queued_total=int(queued or 0), seen=int(seen), seeds_waiting=int(seeds),
                           seeds_rejected=int(rejected), undecodable=int(dead),
@@ -252,7 +257,8 @@ def _keys(settings: Settings, spider: str) -> StatusKeys:
     prefix = str(settings.get("FRONTIER_KEY_PREFIX", "{%(spider)s}")) % {"spider": spider}
     budget_prefix = str(settings.get("BYTE_BUDGET_KEY_PREFIX") or settings.get("BOT_NAME") or "crawler")
     politeness_prefix = str(settings.get("POLITENESS_KEY_PREFIX") or settings.get("BOT_NAME") or "crawler")
-    return StatusKeys(prefix, str(seeds) % {"name": spider}, budget_prefix, politeness_prefix)
+    return StatusKeys(prefix, str(seeds) % {"name": spider}, budget_prefix, politeness_prefix,
+                      SeenConfig.from_settings(settings).spec)
 
 
 async def _read_all(settings: Settings, args: argparse.Namespace) -> list[SpiderStatus]:
@@ -269,7 +275,7 @@ async def _read_all(settings: Settings, args: argparse.Namespace) -> list[Spider
             per_website = spider_settings.get("BYTE_BUDGET_PER_WEBSITE") or {}
             if isinstance(per_website, str):
                 per_website = json.loads(per_website)
-            out.append(await read_status(redis, spider, _keys(settings, spider), top=args.top,
+            out.append(await read_status(redis, spider, _keys(spider_settings, spider), top=args.top,
                                          per_website=dict(per_website),
                                          default_budget=spider_settings.get("BYTE_BUDGET_DEFAULT")))
         return out

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -15,6 +16,7 @@ import redis
 from redis.asyncio import Redis as AsyncRedis
 from scrapy.settings import Settings
 
+from crawler.frontier.seen import SeenConfig
 from crawler.frontier.store import MODE_DEDUPE, FrontierStore, PopReceipts, PushEntry
 from crawler.status import SpiderStatus, StatusKeys, read_status, render
 from demosite.sites import SiteConfig
@@ -272,3 +274,17 @@ def test_watch_redraws_in_place_until_interrupted(redis_url: str) -> None:
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("seen", [SeenConfig(), SeenConfig(ttl=3600), SeenConfig(mode="bloom", capacity=10_000)])
+async def test_fingerprints_seen_in_every_dedupe_mode(redis_url: str, seen: SeenConfig) -> None:
+    client = AsyncRedis.from_url(redis_url)
+    try:
+        await FrontierStore(client, KEYS.prefix, seen.spec).push(
+            [PushEntry("s.test", f"fp{i}", MODE_DEDUPE, 0, 0, b"{}") for i in range(40)], "w")
+        status = await read_status(client, "shop_a", replace(KEYS, seen_spec=seen.spec), top=5, per_website={},
+                                   default_budget=None)
+        assert status.seen == 40 and status.queued_total == 40
+    finally:
+        await client.aclose()
