@@ -215,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     release.add_argument("spider")
     release.add_argument("website", help="the website key, as `queues` lists it")
     reindex = sub.add_parser("reindex", parents=[common],
-                             help="rebuild the per-website depth index (a frontier from before it existed)")
+                             help="rebuild the per-website depth index (a frontier from before it existed; "
+                                  "run it while no worker runs)")
     reindex.add_argument("spider")
     clear = sub.add_parser("clear", parents=[common], help="delete a spider's frontier (queues, seen set, marks)")
     clear.add_argument("spider")

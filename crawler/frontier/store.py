@@ -294,7 +294,9 @@ class FrontierStore:
     async def reindex(self) -> int:
         """Rebuild the depth index from the queues (a frontier written before it existed); the total.
 
-        One ``ZCARD`` per website with queued requests: for people, not for the hot path.
+        One ``ZCARD`` per website with queued requests: for people, not for the hot path. Run it
+        while no worker uses the frontier: the scripts change the index by deltas, and a push or
+        pop between the reading and the writing here would be counted wrongly until the next reindex.
         """
         sites: Any = await self.redis.zrange(self.sites_key, 0, -1)
         depths: dict[str, int] = {}
