@@ -2,18 +2,27 @@
 
 Per spider (every spider of the project when none is named):
 
-* workers: every worker id the frontier has seen, and how long ago it was last busy;
-* queued: requests per website (the deepest ``--top`` websites) and the total;
-* parked: websites no worker may serve before a time (a not-before mark: the
-  byte budget or a downloader middleware parked it), and until when;
+* workers: the worker ids the frontier has seen most recently, and how long
+  ago each was last busy;
+* queued: the deepest ``--top`` websites and the total, from the frontier's
+  depth index (``<p>:depths``, ``<p>:queued``: kept by its Lua scripts);
+* parked: websites no worker may serve before a time (a frontier not-before
+  mark), until when, and why: ``byte_budget`` (the website's window is spent),
+  ``retry_after``, ``backoff``, ``breaker_open``, ``breaker_half_open``,
+  ``crawl_delay``, ``request_rate`` (politeness), or ``not_before`` (none of
+  these explains the mark: another downloader middleware set it);
+* politeness: the websites most recently given cluster-wide politeness state
+  (parks, breakers, failures counted) and what holds each back;
 * byte budget: each budgeted website's bytes counted in the current window
   against its budget *b* (run-time override, ``BYTE_BUDGET_PER_WEBSITE``, or
   ``BYTE_BUDGET_DEFAULT`` for the websites shown);
 * seeds waiting, rejected seeds, undecodable requests, fingerprints seen.
 
-Cost: a fixed number of Redis commands, plus one O(1) ``ZCARD`` per website
-with queued requests (pipelined, 1,000 per round trip) and one ``HGET`` per
-budgeted website shown. Never anything per queued request: no queue is read.
+Leases outstanding are not shown yet (the frontier has none so far).
+
+Cost: three pipelined round trips of a fixed number of commands plus a few per
+website *shown* (``--top`` per list, and the budgeted websites); never
+anything per website with queued requests, nor per queued request.
 ``--json`` prints one JSON object; ``--watch [SECONDS]`` redraws in place.
 """
 
@@ -27,13 +36,18 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from crawler.frontier.seen import SeenConfig
+from crawler.frontier.store import FrontierStore
 from crawler.redis_client import RedisClientConfig
+from middlewares.byte_budget.store import overrides_key
+from middlewares.byte_budget.store import website_keys as budget_keys
+from middlewares.politeness.store import active_websites, read_park_states
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from scrapy.settings import Settings
 
-_CHUNK = 1000  # commands per pipelined round trip
+    from middlewares.politeness.store import ParkState
 
 
 @dataclass(slots=True)
@@ -43,16 +57,20 @@ class SpiderStatus:
     spider: str
     now: float
     workers: list[dict[str, Any]] = field(default_factory=list)  # {"id", "last_busy_ago"}
+    workers_total: int = 0
     websites_queued: int = 0
     queued_total: int = 0
     top: list[dict[str, Any]] = field(default_factory=list)  # {"website", "queued", "ready_in"}
-    parked: list[dict[str, Any]] = field(default_factory=list)  # {"website", "until", "in", "reason"}
+    parked: list[dict[str, Any]] = field(default_factory=list)  # {"website", "until", "in", "reasons", "reason"}
     parked_total: int = 0
+    politeness: list[dict[str, Any]] = field(default_factory=list)  # {"website", "reason", "until", "in", ...}
+    politeness_total: int = 0
     budgets: list[dict[str, Any]] = field(default_factory=list)  # {"website", "used", "budget", "source"}
     seeds_waiting: int = 0
     seeds_rejected: int = 0
     undecodable: int = 0
     seen: int = 0
+    index_missing: int = 0  # websites with queued requests the depth index lacks (see `crawler reindex`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,19 +80,11 @@ class StatusKeys:
     prefix: str
     seeds: str
     budget_prefix: str
+    politeness_prefix: str = "crawler"
+    seen_spec: str = ""  # crawler.frontier.seen.SeenConfig.spec: "" for the exact set kept for ever
 
     def frontier(self, field_name: str) -> str:
         return f"{self.prefix}:{field_name}"
-
-    def queue(self, website: str) -> str:
-        return f"{self.prefix}:q:{website}"
-
-    def budget_state(self, website: str) -> str:
-        return f"{self.budget_prefix}:bb:{{{website}}}:state"
-
-    @property
-    def budget_overrides(self) -> str:
-        return f"{self.budget_prefix}:bb:overrides"
 
 
 def _budget(raw: Any) -> int | None:
@@ -90,63 +100,114 @@ def _budget(raw: Any) -> int | None:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Budgets:
+    """Budgets in force: run-time overrides, then the spider's settings, then the default."""
+
+    overrides: dict[str, int | None]
+    per_website: dict[str, int | None]
+    default: int | None
+
+    def of(self, website: str) -> tuple[int | None, str]:
+        if website in self.overrides:
+            return self.overrides[website], "run-time override"
+        if website in self.per_website:
+            return self.per_website[website], "BYTE_BUDGET_PER_WEBSITE"
+        return self.default, "BYTE_BUDGET_DEFAULT"
+
+
 async def read_status(redis: Redis, spider: str, keys: StatusKeys, *, top: int,
                       per_website: dict[str, Any], default_budget: Any) -> SpiderStatus:
-    """Read one spider's status: a fixed number of commands plus one per website (see module docstring)."""
+    """Read one spider's status: three round trips, their commands bounded by ``top`` (module docstring)."""
+    f = keys.frontier
     async with redis.pipeline(transaction=False) as pipe:
         pipe.time()
-        pipe.zrange(keys.frontier("sites"), 0, -1, withscores=True)
-        pipe.zrange(keys.frontier("not_before"), 0, -1, withscores=True)
-        pipe.zrange(keys.frontier("workers"), 0, -1, withscores=True)
-        pipe.scard(keys.frontier("seen"))
+        pipe.zrange(f("depths"), 0, top - 1, desc=True, withscores=True)
+        pipe.zcard(f("depths"))
+        pipe.get(f("queued"))
+        pipe.zcard(f("sites"))
+        pipe.zrange(f("workers"), 0, top - 1, desc=True, withscores=True)
+        pipe.zcard(f("workers"))
+        pipe.scard(f("seen"))  # the exact set kept for ever; other dedupe modes are counted below
         pipe.llen(keys.seeds)
         pipe.llen(keys.seeds + ":dead")
-        pipe.llen(keys.frontier("dead"))
-        pipe.hgetall(keys.budget_overrides)
-        (secs, micros), sites, marks, workers, seen, seeds, rejected, dead, overrides = await pipe.execute()
+        pipe.llen(f("dead"))
+        pipe.hgetall(overrides_key(keys.budget_prefix))
+        ((secs, micros), deepest, websites, queued, sites, workers, workers_total, seen, seeds, rejected, dead,
+         overrides) = await pipe.execute()
     now = secs + micros / 1e6
-    status = SpiderStatus(spider, now, seen=int(seen), seeds_waiting=int(seeds), seeds_rejected=int(rejected),
-                          undecodable=int(dead))
-    status.workers = [{"id": w.decode(), "last_busy_ago": round(now - t, 1)}
-                      for w, t in sorted(workers, key=lambda wt: -wt[1])]
-    websites = [(s.decode(), float(score)) for s, score in sites]
-    depths: list[int] = []
-    for i in range(0, len(websites), _CHUNK):
-        async with redis.pipeline(transaction=False) as pipe:
-            for website, _ in websites[i:i + _CHUNK]:
-                pipe.zcard(keys.queue(website))
-            depths += [int(d) for d in await pipe.execute()]
-    ranked = sorted(zip(websites, depths, strict=True), key=lambda x: (-x[1], x[0][0]))
-    status.websites_queued = sum(1 for d in depths if d)
-    status.queued_total = sum(depths)
-    status.top = [{"website": w, "queued": d, "ready_in": round(max(0.0, score - now), 1)}
-                  for (w, score), d in ranked[:top]]
-    parked = sorted(((s.decode(), float(t)) for s, t in marks if float(t) > now), key=lambda x: x[1])
-    status.parked_total = len(parked)
-    status.parked = [{"website": w, "until": t, "in": round(t - now, 1), "reason": "not-before mark"}
-                     for w, t in parked[:top]]
-    status.budgets = await _budgets(redis, keys, status, overrides, per_website, default_budget)
+    if keys.seen_spec:  # generations or a Bloom filter: lua/seen.lua counts them (one call)
+        seen = await FrontierStore(redis, keys.prefix, keys.seen_spec).seen_count()
+    status = SpiderStatus(spider, now, workers_total=int(workers_total), websites_queued=int(websites),
+                          queued_total=int(queued or 0), seen=int(seen), seeds_waiting=int(seeds),
+                          seeds_rejected=int(rejected), undecodable=int(dead),
+                          index_missing=max(int(sites) - int(websites), 0))
+    status.workers = [{"id": w.decode(), "last_busy_ago": round(now - t, 1)} for w, t in workers]
+    deepest = [(w.decode(), int(d)) for w, d in deepest]
+    recent, status.politeness_total = await active_websites(redis, keys.politeness_prefix, top)
+    async with redis.pipeline(transaction=False) as pipe:
+        if deepest:
+            pipe.zmscore(f("sites"), [w for w, _ in deepest])
+        pipe.zrange(f("not_before"), f"({now!r}", "+inf", byscore=True, offset=0, num=top, withscores=True)
+        pipe.zcount(f("not_before"), f"({now!r}", "+inf")
+        *ready, marks, parked_total = await pipe.execute()
+    ready_at = ready[0] if deepest else []
+    status.top = [{"website": w, "queued": d, "ready_in": round(max(0.0, (r or now) - now), 1)}
+                  for (w, d), r in zip(deepest, ready_at, strict=True)]
+    status.parked_total = int(parked_total)
+    parked = [(w.decode(), float(t)) for w, t in marks]
+    budgets = _Budgets({k.decode(): _budget(v) for k, v in overrides.items()},
+                       {str(k).lower(): _budget(v) for k, v in per_website.items()}, _budget(default_budget))
+    shown = {w for w, _ in deepest} | {w for w, _ in parked}
+    budgeted = sorted(set(budgets.overrides) | set(budgets.per_website)
+                      | ({w for w in shown if budgets.default is not None}))
+    states = await read_park_states(redis, keys.politeness_prefix, sorted({w for w, _ in parked} | set(recent)),
+                                    now)
+    spent = await _budget_use(redis, keys, sorted(set(budgeted) | {w for w, _ in parked}))
+    status.budgets = [{"website": w, "used": spent[w][0], "budget": budgets.of(w)[0], "source": budgets.of(w)[1]}
+                      for w in budgeted]
+    status.parked = [_parked_row(w, t, now, states[w], spent[w], budgets.of(w)[0]) for w, t in parked]
+    status.politeness = [_politeness_row(states[w], now) for w in recent]
     return status
 
 
-async def _budgets(redis: Redis, keys: StatusKeys, status: SpiderStatus, overrides: dict[bytes, bytes],
-                   per_website: dict[str, Any], default_budget: Any) -> list[dict[str, Any]]:
-    """Budgeted websites shown: overridden or configured ones, and (with a default budget) those in the top."""
-    budgets: dict[str, tuple[int | None, str]] = {}
-    if _budget(default_budget) is not None:
-        for row in status.top + status.parked:
-            budgets[row["website"]] = (_budget(default_budget), "BYTE_BUDGET_DEFAULT")
-    for site, value in per_website.items():
-        budgets[str(site).lower()] = (_budget(value), "BYTE_BUDGET_PER_WEBSITE")
-    for name, raw in overrides.items():
-        budgets[name.decode()] = (_budget(raw), "run-time override")
-    shown = sorted(budgets.items())  # as many as operators configured, plus the websites shown above
+async def _budget_use(redis: Redis, keys: StatusKeys, websites: list[str]) -> dict[str, tuple[int, float]]:
+    """(bytes counted in the current window, exhausted until) per website: one round trip."""
+    if not websites:
+        return {}
     async with redis.pipeline(transaction=False) as pipe:
-        for website, _ in shown:
-            pipe.hget(keys.budget_state(website), "used")
-        used = await pipe.execute() if shown else []
-    return [{"website": w, "used": int(float(u or 0)), "budget": b, "source": source}
-            for (w, (b, source)), u in zip(shown, used, strict=True)]
+        for website in websites:
+            pipe.hmget(budget_keys(keys.budget_prefix, website)[2], "used", "warned_until")
+        replies = await pipe.execute()
+    return {w: (int(float(used or 0)), float(warned or 0)) for w, (used, warned) in zip(websites, replies,
+                                                                                         strict=True)}
+
+
+_WHY = {"byte_budget": "byte budget spent this window", "retry_after": "Retry-After", "backoff": "backoff",
+        "breaker_open": "breaker open", "breaker_half_open": "breaker half-open, waiting for its probe",
+        "crawl_delay": "Crawl-delay", "request_rate": "request rate", "failures": "failures counted",
+        "not_before": "not-before mark (no politeness or budget state explains it)"}
+
+
+def _parked_row(website: str, until: float, now: float, state: ParkState, use: tuple[int, float],
+                budget: int | None) -> dict[str, Any]:
+    reasons = []
+    if use[1] > now:  # reserve.lua marks a window in which the budget denied a download
+        reasons.append("byte_budget")
+    if state.reason:
+        reasons.append(state.reason)
+    reasons = reasons or ["not_before"]
+    text = "; ".join(_WHY[r] + (f" (level {state.level})" if r == "backoff" else "")
+                     + (f" ({use[0]} of {budget} bytes)" if r == "byte_budget" and budget is not None else "")
+                     for r in reasons)
+    return {"website": website, "until": until, "in": round(until - now, 1), "reasons": reasons, "reason": text}
+
+
+def _politeness_row(state: ParkState, now: float) -> dict[str, Any]:
+    reason = state.reason if state.reason in ("retry_after", "backoff", "breaker_open", "breaker_half_open") \
+        else ("failures" if state.failures else "")
+    return {"website": state.website, "reason": reason, "until": state.until,
+            "in": round(max(state.until - now, 0.0), 1), "level": state.level, "failures": state.failures}
 
 
 def render(statuses: list[SpiderStatus]) -> str:
@@ -154,17 +215,26 @@ def render(statuses: list[SpiderStatus]) -> str:
     lines: list[str] = []
     for s in statuses:
         lines.append(f"== {s.spider}  ({time.strftime('%H:%M:%S', time.gmtime(s.now))} UTC, Redis clock)")
-        lines.append(f"workers: {len(s.workers)}" + "".join(
-            f"\n  {w['id']}  last busy {w['last_busy_ago']:.0f}s ago" for w in s.workers[:20]))
+        lines.append(f"workers: {s.workers_total}" + "".join(
+            f"\n  {w['id']}  last busy {w['last_busy_ago']:.0f}s ago" for w in s.workers))
         lines.append(f"queued: {s.queued_total} requests in {s.websites_queued} websites")
         lines += [f"  {r['website']:<40} {r['queued']:>9}  " + ("ready" if r["ready_in"] <= 0
                                                                  else f"ready in {r['ready_in']:.1f}s")
                   for r in s.top]
         if s.websites_queued > len(s.top):
             lines.append(f"  ... {s.websites_queued - len(s.top)} more websites")
+        if s.index_missing:
+            lines.append(f"  ({s.index_missing} websites with requests are missing from the depth index: "
+                         f"python -m crawler reindex {s.spider})")
         lines.append(f"parked: {s.parked_total} websites")
         lines += [f"  {p['website']:<40} until {time.strftime('%H:%M:%S', time.gmtime(p['until']))} UTC "
                   f"(in {p['in']:.1f}s; {p['reason']})" for p in s.parked]
+        if s.politeness_total:
+            lines.append(f"politeness state: {s.politeness_total} websites (latest first)")
+            lines += [f"  {p['website']:<40} " + (_WHY.get(p["reason"], p["reason"]) or "clean")
+                      + (f" for {p['in']:.1f}s more" if p["in"] > 0 else "")
+                      + (f"; backoff level {p['level']}" if p["level"] else "")
+                      + (f"; {p['failures']} failures counted" if p["failures"] else "") for p in s.politeness]
         if s.budgets:
             lines.append("byte budget (bytes counted in the current window / b):")
             lines += [f"  {b['website']:<40} {b['used']:>12} / "
@@ -186,7 +256,9 @@ def _keys(settings: Settings, spider: str) -> StatusKeys:
     seeds = getattr(cls, "redis_key", None) or settings.get("REDIS_START_URLS_KEY", "%(name)s:start_urls")
     prefix = str(settings.get("FRONTIER_KEY_PREFIX", "{%(spider)s}")) % {"spider": spider}
     budget_prefix = str(settings.get("BYTE_BUDGET_KEY_PREFIX") or settings.get("BOT_NAME") or "crawler")
-    return StatusKeys(prefix, str(seeds) % {"name": spider}, budget_prefix)
+    politeness_prefix = str(settings.get("POLITENESS_KEY_PREFIX") or settings.get("BOT_NAME") or "crawler")
+    return StatusKeys(prefix, str(seeds) % {"name": spider}, budget_prefix, politeness_prefix,
+                      SeenConfig.from_settings(settings).spec)
 
 
 async def _read_all(settings: Settings, args: argparse.Namespace) -> list[SpiderStatus]:
@@ -203,7 +275,7 @@ async def _read_all(settings: Settings, args: argparse.Namespace) -> list[Spider
             per_website = spider_settings.get("BYTE_BUDGET_PER_WEBSITE") or {}
             if isinstance(per_website, str):
                 per_website = json.loads(per_website)
-            out.append(await read_status(redis, spider, _keys(settings, spider), top=args.top,
+            out.append(await read_status(redis, spider, _keys(spider_settings, spider), top=args.top,
                                          per_website=dict(per_website),
                                          default_budget=spider_settings.get("BYTE_BUDGET_DEFAULT")))
         return out

@@ -114,9 +114,8 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
 
 
 def _queued(r: Any, spider: str) -> int:
-    """Requests waiting in a spider's frontier: one queue per website (crawler/frontier/store.py)."""
-    prefix = "{" + spider + "}"
-    return sum(int(r.zcard(f"{prefix}:q:{site.decode()}")) for site in r.zrange(f"{prefix}:sites", 0, -1))
+    """Requests waiting in a spider's frontier: the total its depth index keeps (crawler/frontier/store.py)."""
+    return int(r.get("{" + spider + "}:queued") or 0)
 
 
 def analyse(records: list[dict[str, Any]], hosts: dict[str, str]) -> dict[str, dict[str, Any]]:

@@ -28,7 +28,8 @@ and by time) as unordered ``bulk_write`` calls through pymongo's
   once and then counted (``stale`` when the version guard refused an older
   write), others are counted, logged and the document stored as a dead letter.
 * Invalid items (``DeadLetter`` from ``ValidatePipeline``), items without
-  their key and items BSON cannot encode go to the dead-letter collection.
+  their key and items BSON cannot encode go to the dead-letter collection
+  (the records: :mod:`pipelines.mongo_records`).
 
 Settings (parsed by ``MongoWriterConfig`` in :mod:`pipelines.mongo_config`, with
 ``MONGO_URI`` and ``MONGO_DATABASE``):
@@ -76,8 +77,6 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-import bson
-from bson.errors import InvalidDocument
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 from scrapy.exceptions import NotConfigured
@@ -89,8 +88,8 @@ from pipelines.journal import Journal
 from pipelines.mongo_access import MongoAuthError, check_access, is_auth_error
 from pipelines.mongo_bulk import BulkWriter
 from pipelines.mongo_config import MongoWriterConfig
-from pipelines.mongo_ops import DEAD_LETTER_KEY, coalesce, decode
-from pipelines.validate import DeadLetter, dead_letter_id, item_to_dict, own_fields
+from pipelines.mongo_ops import coalesce, decode
+from pipelines.mongo_records import RecordEncoder
 
 if TYPE_CHECKING:
     from typing import Self
@@ -98,7 +97,6 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
 logger = logging.getLogger(__name__)
-
 
 
 class MongoWriterPipeline:
@@ -112,6 +110,7 @@ class MongoWriterPipeline:
         self.stats = crawler.stats
         self.config = config
         self.contexts = item_contexts(crawler)
+        self.records = RecordEncoder(crawler, config, self.stats, self.contexts)
         self.client: AsyncMongoClient[dict[str, Any]] | None = None
         # One folder per database: a journal is replayed into the database it was written for.
         self.journal = Journal(config.journal_dir / config.mongo.database, config.journal_segment_bytes)
@@ -126,7 +125,6 @@ class MongoWriterPipeline:
         self._stop = False
         self._task: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None  # closes the worker when MongoDB refuses us
-        self._routes: dict[type, tuple[str, tuple[str, ...]]] = {}
         self.bulk: BulkWriter | None = None
 
     @classmethod
@@ -204,79 +202,8 @@ class MongoWriterPipeline:
 
     # -- items --------------------------------------------------------------
 
-    def _route(self, item: Any) -> tuple[str, tuple[str, ...]]:
-        cls = type(item)
-        route = self._routes.get(cls)
-        if route is None:
-            if cls is DeadLetter:
-                route = (self.config.dead_letter_collection, DEAD_LETTER_KEY)
-            else:
-                full = f"{cls.__module__}.{cls.__qualname__}"
-                c = self.config
-                collection = c.collections.get(full) or c.collections.get(cls.__name__) or cls.__name__.lower()
-                key = c.keys.get(full) or c.keys.get(cls.__name__) or c.default_key
-                route = (collection, key)
-            self._routes[cls] = route
-        return route
-
-    def _document(self, item: Any) -> dict[str, Any]:
-        doc = item_to_dict(item)
-        context = self.contexts.get(item)
-        if context is not None:
-            for name, value in context.enrichment.items():
-                if doc.get(name) is None:
-                    doc[name] = value
-        return doc
-
-    def _encode(self, item: Any) -> bytes:
-        collection, key = self._route(item)
-        doc = self._document(item)
-        missing = [k for k in key if doc.get(k) is None]
-        if missing:
-            self.stats.inc_value("mongo_writer/missing_key")
-            return self._encode(self._dead_letter(item, doc, "missing_key", f"no value for key field(s) {missing}"))
-        record: dict[str, Any] = {
-            "c": collection,
-            "f": {k: doc.pop(k) for k in key},
-            "d": doc,
-        }
-        if key != DEAD_LETTER_KEY:
-            # Journaled with the operation: should MongoDB refuse the
-            # document, its dead letter gets the same id as any other.
-            record["i"], record["t"], _ = self._letter_id(item)
-        vf = self.config.version_field
-        version = doc.get(vf) if vf and key != DEAD_LETTER_KEY else None
-        if version is not None:
-            record["v"] = version
-        try:
-            return bson.encode(record)
-        except (InvalidDocument, OverflowError, TypeError) as exc:
-            if isinstance(item, DeadLetter) and item.errors[0]["kind"] == "unencodable":
-                raise
-            self.stats.inc_value("mongo_writer/unencodable")
-            return self._encode(self._dead_letter(item, {"repr": repr(item)[:20000]}, "unencodable", str(exc)))
-
-    def _letter_id(self, item: Any) -> tuple[str, str, str | None]:
-        """The dead-letter id, item type and source URL of ``item`` (see :func:`dead_letter_id`)."""
-        if isinstance(item, DeadLetter):
-            return item.dead_letter_id, item.item_type, item.source_url
-        context = self.contexts.get(item)
-        item_type = f"{type(item).__module__}.{type(item).__qualname__}"
-        source_url = context.source_url if context else None
-        return dead_letter_id(item_type, source_url, own_fields(item, context)), item_type, source_url
-
-    def _dead_letter(self, item: Any, doc: dict[str, Any], kind: str, message: str) -> DeadLetter:
-        letter_id, item_type, source_url = self._letter_id(item)
-        logger.error("%(type)s from %(url)s stored as a dead letter: %(msg)s",
-                     {"type": item_type, "url": source_url, "msg": message})
-        spider = self.crawler.spider.name if self.crawler.spider else None
-        errors = [{"field": "", "kind": kind, "message": message}]
-        letter = DeadLetter(letter_id, item_type, errors, doc, source_url, spider)
-        self.contexts.alias(item, letter)
-        return letter
-
     async def process_item(self, item: Any) -> Any:
-        payload = self._encode(item)
+        payload = self.records.encode(item)
         waited = False
         max_bytes = self.config.journal_max_bytes
         # While MongoDB is up: at most buffer_size upserts not yet written.

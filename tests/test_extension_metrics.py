@@ -15,6 +15,7 @@ from scrapy.settings import Settings
 
 from crawler.extensions.metric_families import METRICS, exported_names, families
 from crawler.extensions.metrics import MetricsConfig, parse_ports
+from crawler.extensions.website_metrics import Budgets, WebsiteCounts, WebsiteMetricsConfig, website_families
 from demosite.sites import SiteConfig
 from devtools.services import ROOT, free_port, start_demosite
 from tests.conftest import assert_clean_log, start_crawl, wait_crawl
@@ -43,7 +44,8 @@ def test_bad_ports(raw: Any) -> None:
 
 
 def test_config_defaults_to_loopback() -> None:
-    assert MetricsConfig.from_settings(Settings()) == MetricsConfig("127.0.0.1", (9410, 9429))
+    assert MetricsConfig.from_settings(Settings()) == MetricsConfig("127.0.0.1", (9410, 9429),
+                                                                    WebsiteMetricsConfig(frozenset(), 10))
     with pytest.raises(ValueError, match="METRICS_HOST must be"):
         MetricsConfig.from_settings(Settings({"METRICS_HOST": " "}))
 
@@ -73,6 +75,63 @@ def test_families_from_stats() -> None:
     assert got[("crawler_frontier_redis_calls_total", (("spider", "s"),))] == 11  # live beats the close-time stat
     assert got[("crawler_worker_info", (("pid", "42"), ("spider", "s")))] == 1
     assert got[("crawler_items_written_total", (("spider", "s"),))] == 0  # every family from the first scrape
+
+
+@pytest.mark.parametrize(("raw", "listed"), [(None, set()), ([], set()), (["A.test", "b.test."], {"a.test", "b.test"}),
+                                              ('["a.test"]', {"a.test"}), ("a.test, b.test", {"a.test", "b.test"})])
+def test_website_settings(raw: Any, listed: set[str]) -> None:
+    config = WebsiteMetricsConfig.from_settings(Settings({"METRICS_WEBSITES": raw, "METRICS_WEBSITES_TOP": "3"}))
+    assert config == WebsiteMetricsConfig(frozenset(listed), 3)
+
+
+@pytest.mark.parametrize(("name", "raw"), [("METRICS_WEBSITES", 7), ("METRICS_WEBSITES", [1]),
+                                           ("METRICS_WEBSITES", "[oops"), ("METRICS_WEBSITES_TOP", -1),
+                                           ("METRICS_WEBSITES_TOP", "x")])
+def test_bad_website_settings(name: str, raw: Any) -> None:
+    with pytest.raises(ValueError, match=name):
+        WebsiteMetricsConfig.from_settings(Settings({name: raw}))
+
+
+def _website_samples(counts: WebsiteCounts, budgets: Budgets | None = None) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for family in website_families(counts, "s", budgets):
+        for sample in family.samples:
+            out.setdefault(sample.name, {})[sample.labels["website"]] = sample.value
+    return out
+
+
+def test_website_labels_are_the_listed_and_the_top_n_only() -> None:
+    counts = WebsiteCounts(WebsiteMetricsConfig(frozenset({"listed.test"}), 2))
+    for i in range(50):  # website i: i pages of 100 bytes
+        for _ in range(i):
+            counts.add(f"w{i:02d}.test", 100)
+    got = _website_samples(counts, Budgets({"w49.test": 5000, "w48.test": None}, {"w49.test": 4200}))
+    assert got["crawler_website_pages_downloaded_total"] == {"listed.test": 0, "w49.test": 49, "w48.test": 48}
+    assert got["crawler_website_response_bytes_total"] == {"listed.test": 0, "w49.test": 4900, "w48.test": 4800}
+    assert got["crawler_website_budget_bytes"] == {"w49.test": 5000}  # w48 is unlimited, listed.test unknown
+    assert got["crawler_website_window_bytes"] == {"listed.test": 0, "w49.test": 4200, "w48.test": 0}
+    assert "crawler_website_budget_bytes" not in _website_samples(counts)  # the byte budget is off
+
+
+def test_website_counts_use_bounded_memory() -> None:
+    counts = WebsiteCounts(WebsiteMetricsConfig(frozenset({"listed.test"}), 1))
+    counts.add("big.test", 10**6)
+    for i in range(3 * counts.capacity):
+        counts.add(f"w{i}.test", 1)
+    assert len(counts.counts) <= counts.capacity
+    assert counts.shown() == ["big.test", "listed.test"] and counts.counts["big.test"] == [1, 10**6]
+
+
+def test_politeness_families_have_closed_label_sets() -> None:
+    got = _samples({"politeness/denied/parked": 3, "politeness/denied/held": 1, "politeness/denied/weird": 9,
+                    "politeness/retry_after": 2, "politeness/backoff": 1, "politeness/transition/opened": 1,
+                    "politeness/transition/reopened": 2, "politeness/transition/parked": 3})
+    denied = {dict(k[1])["reason"]: v for k, v in got.items() if k[0] == "crawler_politeness_denied_total"}
+    assert denied == {"parked": 3, "probe": 0, "delay": 0, "rate": 0, "held": 1, "redis_unavailable": 0}
+    parks = {dict(k[1])["reason"]: v for k, v in got.items() if k[0] == "crawler_politeness_park_signals_total"}
+    assert parks == {"retry_after": 2, "backoff": 1, "breaker_open": 3}
+    moves = {dict(k[1])["transition"]: v for k, v in got.items() if k[0] == "crawler_politeness_transitions_total"}
+    assert moves == {"parked": 3, "failed": 0, "opened": 1, "reopened": 2, "closed": 0, "recovered": 0}
 
 
 def test_the_reference_lists_every_metric() -> None:
@@ -191,6 +250,55 @@ def test_a_running_worker_is_scraped_during_its_crawl(
             result = wait_crawl(crawl)
     finally:
         site.stop()
+    assert result.returncode == 0, result.log[-3000:]
+    assert_clean_log(result.log)
+
+
+@pytest.mark.e2e
+def test_per_website_series_for_the_listed_and_the_top_websites_only(
+    redis_url: str, mongo_server_uri: str, mongo_db: str, tmp_path: Path
+) -> None:
+    import redis
+
+    sites = tuple(SiteConfig(host=f"{h}.shop-a.test", kind="shop", items=n, per_page=10, page_bytes=1500, errors=0)
+                  for h, n in (("a", 40), ("b", 20), ("c", 10)))
+    server = start_demosite(tmp_path / "site", sites)
+    try:
+        with redis.Redis.from_url(redis_url) as r:
+            r.lpush("shop_a:start_urls", *(f"http://{s.host}:{server.port}/" for s in sites))
+        settings = {"METRICS_ENABLED": "1", "METRICS_PORT": "0", "WEBSITE_KEY": "host",
+                    "METRICS_WEBSITES": "c.shop-a.test", "METRICS_WEBSITES_TOP": "1",
+                    "BYTE_BUDGET_PER_WEBSITE": json.dumps({"a.shop-a.test": 10**9})}
+        crawl = start_crawl(tmp_path, "shop_a", settings, _env(redis_url, mongo_server_uri, mongo_db), name="w")
+        try:
+            url = _endpoint(crawl)
+            total = {s.host: sum(s.expected_pages().values()) + 1 for s in sites}  # and robots.txt
+            _wait(lambda: len(_log(server.url)) >= sum(total.values()), "every site fetched (server log)")
+
+            def settled() -> Any:
+                m = scrape(url)
+                pages = {dict(k)["website"]: v for k, v in m["crawler_website_pages_downloaded_total"].items()}
+                return m if pages == {"a.shop-a.test": total["a.shop-a.test"],
+                                      "c.shop-a.test": total["c.shop-a.test"]} else None
+
+            m = _wait(settled, "the per-website counters caught up with the server's log")
+            log = _log(server.url)
+            for host in ("a.shop-a.test", "c.shop-a.test"):  # what the server saw, host by host
+                assert sum(1 for e in log if e["host"] == host) == total[host]
+                sent = sum(e["bytes"] for e in log if e["host"] == host)
+                assert sent * 0.9 < m["crawler_website_response_bytes_total"][(("website", host),)] < sent * 1.5
+            # b.shop-a.test was crawled but is neither listed nor the top 1: no series.
+            assert {dict(k)["website"] for k in m["crawler_website_response_bytes_total"]} == {
+                "a.shop-a.test", "c.shop-a.test"}
+            assert m["crawler_website_budget_bytes"] == {(("website", "a.shop-a.test"),): 10**9}
+            window = m["crawler_website_window_bytes"]
+            assert set(window) == {(("website", "a.shop-a.test"),), (("website", "c.shop-a.test"),)}
+            assert window[(("website", "a.shop-a.test"),)] > 0  # a is budgeted: the cluster counts its bytes
+        finally:
+            crawl.proc.terminate()
+            result = wait_crawl(crawl)
+    finally:
+        server.stop()
     assert result.returncode == 0, result.log[-3000:]
     assert_clean_log(result.log)
 

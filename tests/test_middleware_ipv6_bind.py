@@ -9,7 +9,6 @@ check the client addresses and connections the *server* saw.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import ipaddress
 import json
@@ -149,22 +148,16 @@ def test_draws_are_uniform_over_all_prefixes() -> None:
 
 
 def _middleware(**settings: Any) -> IPv6BindMiddleware:
+    """The middleware, built in an async test (``is_asyncio_available()`` needs the running loop)."""
     crawler = get_crawler(settings_dict={
         "IPV6_BIND_ENABLED": True, "IPV6_BIND_PREFIXES": [PREFIX], "IPV6_BIND_SELF_CHECK": False, **RESOLVER,
         **settings})
-
-    async def build() -> IPv6BindMiddleware:  # is_asyncio_available() needs a running loop
-        return build_from_crawler(IPv6BindMiddleware, crawler)
-
-    return asyncio.run(build())
+    return build_from_crawler(IPv6BindMiddleware, crawler)
 
 
-def _run(mw: IPv6BindMiddleware, requests: list[Request]) -> list[Request]:
-    async def go() -> None:
-        for request in requests:
-            assert await mw.process_request(request) is None
-
-    asyncio.run(go())
+async def _run(mw: IPv6BindMiddleware, requests: list[Request]) -> list[Request]:
+    for request in requests:
+        assert await mw.process_request(request) is None
     return requests
 
 
@@ -173,9 +166,10 @@ def _stat(mw: IPv6BindMiddleware, name: str) -> Any:
     return mw.crawler.stats.get_value(f"ipv6_bind/{name}")
 
 
-def test_per_request_binds_a_fresh_address_and_closes_the_connection() -> None:
+@pytest.mark.asyncio
+async def test_per_request_binds_a_fresh_address_and_closes_the_connection() -> None:
     mw = _middleware(IPV6_BIND_POLICY="per_request")
-    requests = _run(mw, [Request(f"http://[::1]:8080/item/{i}") for i in range(200)])
+    requests = await _run(mw, [Request(f"http://[::1]:8080/item/{i}") for i in range(200)])
     assert _stat(mw, "bound") == 200
     addresses = [r.meta["ipv6_bind_address"] for r in requests]
     assert len(set(addresses)) == 200
@@ -184,10 +178,11 @@ def test_per_request_binds_a_fresh_address_and_closes_the_connection() -> None:
     assert all(r.headers[b"Connection"] == b"close" for r in requests)
 
 
-def test_no_connection_header_over_http2() -> None:
+@pytest.mark.asyncio
+async def test_no_connection_header_over_http2() -> None:
     mw = _middleware(IPV6_BIND_POLICY="per_request",
                      DOWNLOAD_HANDLERS={"https": "scrapy.core.downloader.handlers.http2.H2DownloadHandler"})
-    h2, h1 = _run(mw, [Request("https://[::1]/"), Request("http://[::1]/")])
+    h2, h1 = await _run(mw, [Request("https://[::1]/"), Request("http://[::1]/")])
     assert b"Connection" not in h2.headers and "ipv6_bind_connection_close" not in h2.meta
     assert h2.meta["bindaddress"] == (h2.meta["ipv6_bind_address"], 0)
     assert h1.headers[b"Connection"] == b"close"
@@ -200,9 +195,10 @@ def test_no_connection_header_over_http2() -> None:
         (4, [2, 3, 4, 5, 8, 9, 10, 11]),  # 2 per address: its last 2 requests
     ],
 )
-def test_sticky_uses_k_addresses_in_turn_and_rotates_after_n_requests(per_host: int, closing: list[int]) -> None:
+@pytest.mark.asyncio
+async def test_sticky_uses_k_addresses_in_turn_and_rotates_after_n_requests(per_host: int, closing: list[int]) -> None:
     mw = _middleware(IPV6_BIND_STICKY_ADDRESSES=2, IPV6_BIND_STICKY_REQUESTS=3, CONCURRENT_REQUESTS_PER_DOMAIN=per_host)
-    requests = _run(mw, [Request(f"http://[::1]/{i}") for i in range(12)])
+    requests = await _run(mw, [Request(f"http://[::1]/{i}") for i in range(12)])
     addresses = [r.meta["ipv6_bind_address"] for r in requests]
     # Slots alternate; each address serves 3 requests, then the slot draws a new one.
     assert len(set(addresses)) == 4
@@ -214,14 +210,15 @@ def test_sticky_uses_k_addresses_in_turn_and_rotates_after_n_requests(per_host: 
     assert _stat(mw, "rotated/requests") == 2 and _stat(mw, "addresses") == 4
 
 
-def test_sticky_rotates_after_t_seconds_and_per_website() -> None:
+@pytest.mark.asyncio
+async def test_sticky_rotates_after_t_seconds_and_per_website() -> None:
     mw = _middleware(IPV6_BIND_STICKY_ADDRESSES=1, IPV6_BIND_STICKY_REQUESTS=0, IPV6_BIND_STICKY_SECONDS=60)
     now = [1000.0]
     mw.clock = lambda: now[0]
-    a = _run(mw, [Request("http://[::1]/a"), Request("http://[::1]/b")])
-    other = _run(mw, [Request("http://[2001:db8:ffff::1]/")])
+    a = await _run(mw, [Request("http://[::1]/a"), Request("http://[::1]/b")])
+    other = await _run(mw, [Request("http://[2001:db8:ffff::1]/")])
     now[0] += 60
-    b = _run(mw, [Request("http://[::1]/c")])
+    b = await _run(mw, [Request("http://[::1]/c")])
     assert a[0].meta["ipv6_bind_address"] == a[1].meta["ipv6_bind_address"]
     assert other[0].meta["ipv6_bind_address"] != a[0].meta["ipv6_bind_address"]  # another website
     assert b[0].meta["ipv6_bind_address"] != a[0].meta["ipv6_bind_address"]
@@ -229,13 +226,14 @@ def test_sticky_rotates_after_t_seconds_and_per_website() -> None:
     assert all(b"Connection" not in r.headers for r in a + b)
 
 
-def test_callers_keys_are_honoured() -> None:
+@pytest.mark.asyncio
+async def test_callers_keys_are_honoured() -> None:
     mw = _middleware()
     own = Request("http://[::1]/", meta={"bindaddress": ("2001:db8:ffff::9", 0)})
     dont = Request("http://[::1]/", meta={"ipv6_bind_dont_bind": True})
     pinned = Request("http://[::1]/", meta={"ipv6_bind_pin": "2001:db8:6b1d::42"})
     proxied = Request("http://[::1]/", meta={"proxy": "http://127.0.0.1:3128"})
-    _run(mw, [own, dont, pinned, proxied])
+    await _run(mw, [own, dont, pinned, proxied])
     assert own.meta["bindaddress"] == ("2001:db8:ffff::9", 0)
     assert "ipv6_bind_address" not in own.meta
     assert "bindaddress" not in dont.meta and "bindaddress" not in proxied.meta
@@ -246,10 +244,11 @@ def test_callers_keys_are_honoured() -> None:
 
 
 @pytest.mark.parametrize("pin", ["2001:db8:ffff::1", "::1", "nowhere"])
-def test_a_pin_outside_the_prefixes_is_refused(pin: str, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.asyncio
+async def test_a_pin_outside_the_prefixes_is_refused(pin: str, caplog: pytest.LogCaptureFixture) -> None:
     """A pin outside IPV6_BIND_PREFIXES would be a spoofed source address: ignored, counted, logged once."""
     mw = _middleware()
-    requests = _run(mw, [Request(f"http://[::1]/{i}", meta={"ipv6_bind_pin": pin}) for i in range(3)])
+    requests = await _run(mw, [Request(f"http://[::1]/{i}", meta={"ipv6_bind_pin": pin}) for i in range(3)])
     assert all(ipaddress.IPv6Address(r.meta["ipv6_bind_address"]) in mw.config.prefixes[0] for r in requests)
     assert all(r.meta["ipv6_bind_address"] != pin for r in requests)
     assert (_stat(mw, "pin_refused"), _stat(mw, "pinned"), _stat(mw, "bound")) == (3, None, 3)
@@ -258,23 +257,25 @@ def test_a_pin_outside_the_prefixes_is_refused(pin: str, caplog: pytest.LogCaptu
     assert sum("ipv6_bind_pin" in r.message for r in caplog.records) == 1
 
 
-def test_retries_and_redirects_are_decided_again() -> None:
+@pytest.mark.asyncio
+async def test_retries_and_redirects_are_decided_again() -> None:
     mw = _middleware(IPV6_BIND_POLICY="per_request")
-    first = _run(mw, [Request("http://[::1]/busy/1")])[0]
-    retry = _run(mw, [first.copy()])[0]  # what RetryMiddleware sends
+    first = (await _run(mw, [Request("http://[::1]/busy/1")]))[0]
+    retry = (await _run(mw, [first.copy()]))[0]  # what RetryMiddleware sends
     assert retry.meta["ipv6_bind_address"] != first.meta["ipv6_bind_address"]
     assert retry.headers.getlist(b"Connection") == [b"close"]
-    moved = _run(mw, [first.replace(url="http://127.0.0.1/elsewhere")])[0]  # a redirect to an IPv4 host
+    moved = (await _run(mw, [first.replace(url="http://127.0.0.1/elsewhere")]))[0]  # a redirect to an IPv4 host
     assert "bindaddress" not in moved.meta and b"Connection" not in moved.headers
     assert _stat(mw, "rebound") == 2 and _stat(mw, "ipv4_only/fetched") == 1
 
 
-def test_ipv4_targets_fetched_or_refused() -> None:
-    fetched = _run(_middleware(), [Request("http://127.0.0.1/")])[0]
+@pytest.mark.asyncio
+async def test_ipv4_targets_fetched_or_refused() -> None:
+    fetched = (await _run(_middleware(), [Request("http://127.0.0.1/")]))[0]
     assert "bindaddress" not in fetched.meta
     mw = _middleware(IPV6_BIND_IPV4_TARGETS="refuse")
     with pytest.raises(IgnoreRequest, match="no IPv6 address and IPV6_BIND_IPV4_TARGETS is 'refuse'"):
-        _run(mw, [Request("http://127.0.0.1/")])
+        await _run(mw, [Request("http://127.0.0.1/")])
     assert _stat(mw, "ipv4_only/refused") == 1
 
 

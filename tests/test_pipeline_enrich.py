@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -35,27 +34,26 @@ def components(**settings: Any) -> tuple[ItemContextMiddleware, EnrichPipeline]:
     return build_from_crawler(ItemContextMiddleware, crawler), pipe
 
 
-def through(mw: ItemContextMiddleware, response: HtmlResponse, items: list[Any]) -> list[Any]:
-    async def run() -> list[Any]:
-        async def gen() -> Any:
-            for i in [Request("http://x.test/next"), *items]:
-                yield i
+async def through(mw: ItemContextMiddleware, response: HtmlResponse, items: list[Any]) -> list[Any]:
+    """``items`` (after a request) through the spider middleware's async output path; the items out."""
+    async def gen() -> Any:
+        for i in [Request("http://x.test/next"), *items]:
+            yield i
 
-        return [o async for o in mw.process_spider_output_async(response, gen())]
-
-    out = asyncio.run(run())
+    out = [o async for o in mw.process_spider_output_async(response, gen())]
     assert isinstance(out[0], Request)
     return out[1:]
 
 
-def test_dict_items_get_every_field() -> None:
+@pytest.mark.asyncio
+async def test_dict_items_get_every_field() -> None:
     mw, pipe = components()
     body = b"<html>shop</html>"
     # Redirected: the item's own URL differs from the page it was found on.
     response = HtmlResponse("https://WWW.Shop.example.co.uk/p?b=2&a=1", body=body,
                             request=Request("https://www.shop.example.co.uk/go/1",
                                             meta={"bindaddress": ("2001:db8::42", 0)}))
-    (item,) = through(mw, response, [{"url": "https://www.shop.example.co.uk/p?b=2&a=1#x", "title": "t"}])
+    (item,) = await through(mw, response, [{"url": "https://www.shop.example.co.uk/p?b=2&a=1#x", "title": "t"}])
     out = pipe.process_item(item)
     assert out is item
     assert set(ENRICH_FIELDS) <= set(item)
@@ -71,12 +69,13 @@ def test_dict_items_get_every_field() -> None:
     assert item["fetched_at"].tzinfo is not None
 
 
-def test_fields_the_spider_set_are_kept() -> None:
+@pytest.mark.asyncio
+async def test_fields_the_spider_set_are_kept() -> None:
     mw, pipe = components(WEBSITE_KEY="host", ENRICH_JOB_ID="fixed")
     response = HtmlResponse("http://a.shop-a.test/item/1", body=b"x", request=Request("http://a.shop-a.test/item/1"))
     spider_set = {"url": "http://a.shop-a.test/item/1", "spider": "mine", "http_status": 299, "canonical_url": "c"}
     listing = Listing(url="http://a.shop-a.test/item/1", spider="theirs")
-    dict_item, listing_item, p = through(mw, response, [dict(spider_set), listing, product(1)])
+    dict_item, listing_item, p = await through(mw, response, [dict(spider_set), listing, product(1)])
     for item in (dict_item, listing_item, p):
         pipe.process_item(item)
     assert {k: dict_item[k] for k in spider_set} == spider_set

@@ -21,7 +21,7 @@ from pipelines.validate import dead_letter_id, item_to_dict
 from tests.pipeline_chain import Chain, article, chain_crawler, product, response_for
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
     from scrapy.crawler import Crawler
@@ -32,21 +32,36 @@ def docs(uri: str, db: str, collection: str) -> list[dict[str, Any]]:
         return list(client[db][collection].find({}, {"_id": 0}))
 
 
-def run_chain(crawler: Crawler, pairs: list[Any], concurrency: int = 8,
-              body: Callable[[Chain], Awaitable[None]] | None = None) -> Chain:
-    async def run() -> Chain:
-        chain = Chain(crawler)  # inside the loop: components check is_asyncio_available()
-        await chain.open()
+@contextlib.asynccontextmanager
+async def running(crawler: Crawler, pairs: list[Any], concurrency: int = 8) -> AsyncIterator[Chain]:
+    """The item chain, opened and fed ``pairs``; closed (MongoDB written, journal settled) on leaving."""
+    chain = Chain(crawler)  # inside the loop: components check is_asyncio_available()
+    await chain.open()
+    try:
         await chain.feed(pairs, concurrency)
-        if body is not None:
-            await body(chain)
+        yield chain
+    finally:
         await chain.close()
-        return chain
-
-    return asyncio.run(run())
 
 
-def test_items_are_upserted_with_enrichment_and_invalid_ones_dead_lettered(
+async def run_chain(crawler: Crawler, pairs: list[Any], concurrency: int = 8) -> Chain:
+    async with running(crawler, pairs, concurrency) as chain:
+        pass
+    return chain
+
+
+async def process_fetched_earlier(chain: Chain, item: Any, earlier: datetime.timedelta) -> None:
+    """``item`` through the chain as if its page had been fetched ``earlier`` than now."""
+    response = response_for(item)
+    (item,) = list(chain.middleware.process_spider_output(response, [item]))
+    context = chain.middleware.contexts.get(item)
+    assert context is not None and context.fetched_at is not None
+    context.fetched_at -= earlier
+    await chain.process(response, item)
+
+
+@pytest.mark.asyncio
+async def test_items_are_upserted_with_enrichment_and_invalid_ones_dead_lettered(
     mongo_server_uri: str, mongo_db: str, tmp_path: Path
 ) -> None:
     crawler = chain_crawler(mongo_server_uri, mongo_db, tmp_path / "journal")
@@ -55,7 +70,7 @@ def test_items_are_upserted_with_enrichment_and_invalid_ones_dead_lettered(
     pairs += [(response_for(a), a) for a in (article(i) for i in range(5))]
     bad = [product(100, title="", price=-1.0), product(101, currency="euro"), article(102, url="ftp://x/y")]
     pairs += [(response_for(b), b) for b in bad]
-    chain = run_chain(crawler, pairs)
+    chain = await run_chain(crawler, pairs)
 
     products = {d["sku"]: d for d in docs(mongo_server_uri, mongo_db, "product")}
     assert sorted(products) == [f"SKU-{i:06d}" for i in range(20)]
@@ -102,12 +117,13 @@ def test_items_are_upserted_with_enrichment_and_invalid_ones_dead_lettered(
     assert len(chain.middleware.contexts) == 0  # every item's context released
 
 
-def test_recrawl_updates_one_document_per_key(mongo_server_uri: str, mongo_db: str, tmp_path: Path) -> None:
+@pytest.mark.asyncio
+async def test_recrawl_updates_one_document_per_key(mongo_server_uri: str, mongo_db: str, tmp_path: Path) -> None:
     for run, (price, query) in enumerate(((5.0, "b=1&a=0"), (7.5, "a=0&b=1")), 1):
         crawler = chain_crawler(mongo_server_uri, mongo_db, tmp_path / "journal", ENRICH_JOB_ID=f"job-{run}")
         # The query's order differs between the runs; the canonical URL is the key.
         items = [product(i, price=price, url=f"http://shop-a.test/item/{i}?{query}") for i in range(30)]
-        run_chain(crawler, [(response_for(p), p) for p in items])
+        await run_chain(crawler, [(response_for(p), p) for p in items])
     found = docs(mongo_server_uri, mongo_db, "product")
     assert len(found) == 30
     assert len({d["canonical_url"] for d in found}) == 30
@@ -116,12 +132,14 @@ def test_recrawl_updates_one_document_per_key(mongo_server_uri: str, mongo_db: s
     assert {d["url"] for d in found} == {f"http://shop-a.test/item/{i}?a=0&b=1" for i in range(30)}
 
 
-def test_duplicate_keys_in_one_batch_coalesce_in_order(mongo_server_uri: str, mongo_db: str, tmp_path: Path) -> None:
+@pytest.mark.asyncio
+async def test_duplicate_keys_in_one_batch_coalesce_in_order(mongo_server_uri: str, mongo_db: str,
+                                                             tmp_path: Path) -> None:
     crawler = chain_crawler(mongo_server_uri, mongo_db, tmp_path / "journal", MONGO_WRITER_BATCH_SIZE=50)
     pairs = []
     for version in range(4):
         pairs += [(response_for(p), p) for p in (product(i, price=float(version)) for i in range(10))]
-    chain = run_chain(crawler, pairs, concurrency=1)
+    chain = await run_chain(crawler, pairs, concurrency=1)
     found = docs(mongo_server_uri, mongo_db, "product")
     assert len(found) == 10
     assert {d["price"] for d in found} == {3.0}  # the last one of each key wins
@@ -129,37 +147,29 @@ def test_duplicate_keys_in_one_batch_coalesce_in_order(mongo_server_uri: str, mo
     assert chain.stats["mongo_writer/written"] == 40
 
 
-def test_an_older_write_replayed_late_does_not_overwrite_a_newer_one(
+@pytest.mark.asyncio
+async def test_an_older_write_replayed_late_does_not_overwrite_a_newer_one(
     mongo_server_uri: str, mongo_db: str, tmp_path: Path
 ) -> None:
     newer = product(1, price=2.0)
     older = product(1, price=1.0)
-
-    async def late_older(chain: Chain) -> None:
-        response = response_for(older)
-        (item,) = list(chain.middleware.process_spider_output(response, [older]))
+    crawler = chain_crawler(mongo_server_uri, mongo_db, tmp_path / "journal", MONGO_WRITER_BATCH_SIZE=1)
+    async with running(crawler, [(response_for(newer), newer)]) as chain:
         # Fetched an hour before the stored one, arriving now (a journal
         # replayed late by another worker, say): it must not win.
-        context = chain.middleware.contexts.get(item)
-        assert context is not None and context.fetched_at is not None
-        context.fetched_at -= datetime.timedelta(hours=1)
-        await chain.process(response, item)
-
-    crawler = chain_crawler(mongo_server_uri, mongo_db, tmp_path / "journal", MONGO_WRITER_BATCH_SIZE=1)
-    chain = run_chain(crawler, [(response_for(newer), newer)], body=late_older)
+        await process_fetched_earlier(chain, older, datetime.timedelta(hours=1))
     (doc,) = docs(mongo_server_uri, mongo_db, "product")
     assert doc["price"] == 2.0
     assert chain.stats["mongo_writer/stale"] == 1
     assert "mongo_writer/duplicate_key" not in chain.stats
 
 
-def test_backpressure_bounds_the_buffer(mongo_server_uri: str, mongo_db: str, tmp_path: Path) -> None:
+@pytest.mark.asyncio
+async def test_backpressure_bounds_the_buffer(mongo_server_uri: str, mongo_db: str, tmp_path: Path) -> None:
     crawler = chain_crawler(mongo_server_uri, mongo_db, tmp_path / "journal", MONGO_WRITER_BATCH_SIZE=10,
                             MONGO_WRITER_BUFFER_SIZE=20)
     highest = 0
-
-    async def watch(chain: Chain) -> None:
-        nonlocal highest
+    async with running(crawler, []) as chain:
         writer = chain.writer
         original = writer.journal.append
 
@@ -170,33 +180,29 @@ def test_backpressure_bounds_the_buffer(mongo_server_uri: str, mongo_db: str, tm
 
         writer.journal.append = append  # type: ignore[method-assign]
         await chain.feed([(response_for(p), p) for p in (product(i) for i in range(120))], concurrency=16)
-
-    chain = run_chain(crawler, [], body=watch)
     assert 10 < highest <= 20
     assert chain.stats["mongo_writer/backpressure"] > 0
     assert len(docs(mongo_server_uri, mongo_db, "product")) == 120
 
 
-def test_mongodb_killed_and_restarted_mid_crawl_every_item_once(tmp_path: Path, mongo_db: str) -> None:
+@pytest.mark.asyncio
+async def test_mongodb_killed_and_restarted_mid_crawl_every_item_once(tmp_path: Path, mongo_db: str) -> None:
     port = free_port()
     storage = tmp_path / "secantus"
     server = start_secantus(tmp_path, port, storage)
     items = [product(i) for i in range(150)]
-
-    async def outage(chain: Chain) -> None:
-        server.kill()
-        # MongoDB is gone: after its retries the writer declares it down and
-        # the crawl goes on into the journal, without back-pressure.
-        await chain.feed([(response_for(p), p) for p in items[50:120]])
-        assert chain.writer.down
-        restarted = await asyncio.to_thread(start_secantus, tmp_path, port, storage)
-        server.proc = restarted.proc
-        await chain.feed([(response_for(p), p) for p in items[120:]])
-
     try:
         crawler = chain_crawler(server.url, mongo_db, tmp_path / "journal", MONGO_WRITER_BATCH_SIZE=20,
                                 MONGO_WRITER_BUFFER_SIZE=40)
-        chain = run_chain(crawler, [(response_for(p), p) for p in items[:50]], body=outage)
+        async with running(crawler, [(response_for(p), p) for p in items[:50]]) as chain:
+            server.kill()
+            # MongoDB is gone: after its retries the writer declares it down and
+            # the crawl goes on into the journal, without back-pressure.
+            await chain.feed([(response_for(p), p) for p in items[50:120]])
+            assert chain.writer.down
+            restarted = await asyncio.to_thread(start_secantus, tmp_path, port, storage)
+            server.proc = restarted.proc
+            await chain.feed([(response_for(p), p) for p in items[120:]])
         found = docs(server.url, mongo_db, "product")
     finally:
         server.stop()
@@ -245,7 +251,8 @@ def test_config_and_credentials_are_redacted() -> None:
     assert redact_uri("mongodb://db1:27017") == "mongodb://db1:27017"
 
 
-def test_a_document_refused_by_mongodb_is_dead_lettered_not_fatal(
+@pytest.mark.asyncio
+async def test_a_document_refused_by_mongodb_is_dead_lettered_not_fatal(
     mongo_server_uri: str, mongo_db: str, tmp_path: Path
 ) -> None:
     # The user's own unique index on sku: a second product with the same sku
@@ -254,7 +261,7 @@ def test_a_document_refused_by_mongodb_is_dead_lettered_not_fatal(
         client[mongo_db]["product"].create_index("sku", unique=True)
     crawler = chain_crawler(mongo_server_uri, mongo_db, tmp_path / "journal")
     items = [product(1), product(2, sku="SKU-000001"), product(3)]
-    chain = run_chain(crawler, [(response_for(p), p) for p in items], concurrency=1)
+    chain = await run_chain(crawler, [(response_for(p), p) for p in items], concurrency=1)
     assert sorted(d["url"] for d in docs(mongo_server_uri, mongo_db, "product")) == [
         "http://shop-a.test/item/1", "http://shop-a.test/item/3"]
     (letter,) = docs(mongo_server_uri, mongo_db, "dead_letter")
@@ -268,20 +275,17 @@ def test_a_document_refused_by_mongodb_is_dead_lettered_not_fatal(
     assert chain.stats["mongo_writer/left_in_journal"] == 0
 
 
-def test_items_without_key_or_not_encodable_are_dead_lettered(
+@pytest.mark.asyncio
+async def test_items_without_key_or_not_encodable_are_dead_lettered(
     mongo_server_uri: str, mongo_db: str, tmp_path: Path
 ) -> None:
     crawler = chain_crawler(mongo_server_uri, mongo_db, tmp_path / "journal", VALIDATE_REQUIRE_SCHEMA=False)
     good = {"url": "http://x.test/ok", "n": 1}
     unencodable = {"url": "http://x.test/set", "tags": {"a", "b"}}
     keyless = {"title": "no url, not from a response"}
-
-    async def no_response(chain: Chain) -> None:
-        item = chain.enrich.process_item(chain.validate.process_item(keyless))
+    async with running(crawler, [(response_for(good), good), (response_for(unencodable), unencodable)]) as chain:
+        item = chain.enrich.process_item(chain.validate.process_item(keyless))  # not from a response
         chain.scraped.append(await chain.writer.process_item(item))
-
-    chain = run_chain(crawler, [(response_for(good), good), (response_for(unencodable), unencodable)],
-                      body=no_response)
     assert [d["url"] for d in docs(mongo_server_uri, mongo_db, "dict")] == ["http://x.test/ok"]
     letters = {d["errors"][0]["kind"]: d for d in docs(mongo_server_uri, mongo_db, "dead_letter")}
     assert set(letters) == {"unencodable", "missing_key"}
@@ -294,58 +298,47 @@ def test_items_without_key_or_not_encodable_are_dead_lettered(
     assert len(chain.scraped) == 3
 
 
-def test_journal_size_cap_pauses_the_crawl_while_mongodb_is_down(tmp_path: Path, mongo_db: str) -> None:
+@pytest.mark.asyncio
+async def test_journal_size_cap_pauses_the_crawl_while_mongodb_is_down(tmp_path: Path, mongo_db: str) -> None:
     port = free_port()
     storage = tmp_path / "secantus"
     server = start_secantus(tmp_path, port, storage)
     cap = 8000
-    seen: dict[str, int] = {}
-
-    async def outage(chain: Chain) -> None:
-        server.kill()
-        feeding = asyncio.create_task(chain.feed([(response_for(p), p) for p in (product(i) for i in range(10, 110))],
-                                                 concurrency=4))
-        while not (chain.writer.down and chain.writer.journal.size >= cap) and not feeding.done():
-            await asyncio.sleep(0.05)
-        seen["paused_at"] = len(chain.scraped)
-        seen["journal_bytes"] = chain.writer.journal.size
-        restarted = await asyncio.to_thread(start_secantus, tmp_path, port, storage)
-        server.proc = restarted.proc
-        await feeding
-
     try:
         crawler = chain_crawler(server.url, mongo_db, tmp_path / "journal", MONGO_WRITER_BATCH_SIZE=5,
                                 MONGO_WRITER_JOURNAL_SEGMENT_BYTES=2000, MONGO_WRITER_JOURNAL_MAX_BYTES=cap)
-        chain = run_chain(crawler, [(response_for(p), p) for p in (product(i) for i in range(10))], body=outage)
+        async with running(crawler, [(response_for(p), p) for p in (product(i) for i in range(10))]) as chain:
+            server.kill()
+            feeding = asyncio.create_task(chain.feed(
+                [(response_for(p), p) for p in (product(i) for i in range(10, 110))], concurrency=4))
+            while not (chain.writer.down and chain.writer.journal.size >= cap) and not feeding.done():
+                await asyncio.sleep(0.05)
+            paused_at, journal_bytes = len(chain.scraped), chain.writer.journal.size
+            restarted = await asyncio.to_thread(start_secantus, tmp_path, port, storage)
+            server.proc = restarted.proc
+            await feeding
         found = docs(server.url, mongo_db, "product")
     finally:
         server.stop()
     # Each upsert is ~600 bytes: the 100 items of the outage do not fit under
     # the cap, so the crawl waited (4 concurrent appends may overshoot it).
-    assert seen["paused_at"] < 40
-    assert seen["journal_bytes"] < cap + 4 * 1000
+    assert paused_at < 40
+    assert journal_bytes < cap + 4 * 1000
     assert sorted(d["sku"] for d in found) == [f"SKU-{i:06d}" for i in range(110)]
     assert chain.stats["mongo_writer/left_in_journal"] == 0
 
 
-def test_an_older_write_journaled_after_a_newer_one_in_the_same_batch_does_not_win(
+@pytest.mark.asyncio
+async def test_an_older_write_journaled_after_a_newer_one_in_the_same_batch_does_not_win(
     mongo_server_uri: str, mongo_db: str, tmp_path: Path
 ) -> None:
     newer = product(1, price=2.0, title="Newer")
     older = product(1, price=1.0, title="Older")
-
-    async def late_older(chain: Chain) -> None:
-        response = response_for(older)
-        (item,) = list(chain.middleware.process_spider_output(response, [older]))
-        context = chain.middleware.contexts.get(item)
-        assert context is not None and context.fetched_at is not None
-        context.fetched_at -= datetime.timedelta(hours=1)
-        await chain.process(response, item)
-
     # Batches of 2 and no flush by time: both operations go in one bulk_write.
     crawler = chain_crawler(mongo_server_uri, mongo_db, tmp_path / "journal", MONGO_WRITER_BATCH_SIZE=2,
                             MONGO_WRITER_FLUSH_INTERVAL=600)
-    chain = run_chain(crawler, [(response_for(newer), newer)], concurrency=1, body=late_older)
+    async with running(crawler, [(response_for(newer), newer)], concurrency=1) as chain:
+        await process_fetched_earlier(chain, older, datetime.timedelta(hours=1))
     (doc,) = docs(mongo_server_uri, mongo_db, "product")
     assert (doc["price"], doc["title"]) == (2.0, "Newer")
     assert chain.stats["mongo_writer/batches"] == 1
@@ -353,53 +346,49 @@ def test_an_older_write_journaled_after_a_newer_one_in_the_same_batch_does_not_w
     assert chain.stats["mongo_writer/stale"] == 1
 
 
-def test_the_mongodb_client_has_connect_socket_and_server_selection_timeouts(
+@pytest.mark.asyncio
+async def test_the_mongodb_client_has_connect_socket_and_server_selection_timeouts(
     mongo_server_uri: str, mongo_db: str, tmp_path: Path
 ) -> None:
     crawler = chain_crawler(mongo_server_uri, mongo_db, tmp_path / "journal", MONGO_WRITER_CONNECT_TIMEOUT=2.5,
                             MONGO_WRITER_SOCKET_TIMEOUT=7, MONGO_WRITER_SERVER_TIMEOUT=1.5)
 
-    async def run() -> tuple[float | None, float | None, float | None]:
-        writer = build_from_crawler(MongoWriterPipeline, crawler)
-        await writer.open_spider()
-        assert writer.client is not None
-        options = writer.client.options
-        timeouts = (options.pool_options.connect_timeout, options.pool_options.socket_timeout,
-                    options.server_selection_timeout)
-        await writer.close_spider()
-        return timeouts
-
-    assert asyncio.run(run()) == (2.5, 7.0, 1.5)
+    writer = build_from_crawler(MongoWriterPipeline, crawler)
+    await writer.open_spider()
+    assert writer.client is not None
+    options = writer.client.options
+    timeouts = (options.pool_options.connect_timeout, options.pool_options.socket_timeout,
+                options.server_selection_timeout)
+    await writer.close_spider()
+    assert timeouts == (2.5, 7.0, 1.5)
     defaults = MongoWriterConfig.from_settings(Settings({"MONGO_URI": "mongodb://h"}))
     assert (defaults.connect_timeout, defaults.socket_timeout, defaults.server_timeout) == (5.0, 30.0, 5.0)
 
 
-def test_a_worker_restarted_after_a_crash_replays_only_what_mongodb_had_not_acknowledged(
+@pytest.mark.asyncio
+async def test_a_worker_restarted_after_a_crash_replays_only_what_mongodb_had_not_acknowledged(
     mongo_server_uri: str, mongo_db: str, tmp_path: Path
 ) -> None:
     items = [product(i) for i in range(35)]
     settings = {"MONGO_WRITER_BATCH_SIZE": 10, "MONGO_WRITER_FLUSH_INTERVAL": 600}
 
-    async def crash() -> None:
-        chain = Chain(chain_crawler(mongo_server_uri, mongo_db, tmp_path / "journal", **settings))
-        await chain.open()
-        writer = chain.writer
-        await chain.feed([(response_for(p), p) for p in items[:30]])
-        while writer.cursor < 30:  # three full batches: MongoDB acknowledges them
-            await asyncio.sleep(0.01)
-        await chain.feed([(response_for(p), p) for p in items[30:]])  # less than a batch: not written
-        # The worker dies: no close_spider, its journal stays on disk.
-        assert writer._task is not None
-        writer._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await writer._task
-        await writer.journal.close(remove=False)
-        assert writer.client is not None
-        await writer.client.close()
-
-    asyncio.run(crash())
+    chain = Chain(chain_crawler(mongo_server_uri, mongo_db, tmp_path / "journal", **settings))
+    await chain.open()
+    writer = chain.writer
+    await chain.feed([(response_for(p), p) for p in items[:30]])
+    while writer.cursor < 30:  # three full batches: MongoDB acknowledges them
+        await asyncio.sleep(0.01)
+    await chain.feed([(response_for(p), p) for p in items[30:]])  # less than a batch: not written
+    # The worker dies: no close_spider, its journal stays on disk.
+    assert writer._task is not None
+    writer._task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await writer._task
+    await writer.journal.close(remove=False)
+    assert writer.client is not None
+    await writer.client.close()
     assert len(docs(mongo_server_uri, mongo_db, "product")) == 30
-    restarted = run_chain(chain_crawler(mongo_server_uri, mongo_db, tmp_path / "journal", **settings), [])
+    restarted = await run_chain(chain_crawler(mongo_server_uri, mongo_db, tmp_path / "journal", **settings), [])
     assert restarted.stats["mongo_writer/adopted"] == 5  # the unacknowledged tail only
     assert restarted.stats["mongo_writer/adopted_acknowledged"] == 30
     assert restarted.stats["mongo_writer/written"] == 5
@@ -408,7 +397,9 @@ def test_a_worker_restarted_after_a_crash_replays_only_what_mongodb_had_not_ackn
     assert not list((tmp_path / "journal").glob("*/*/*.wal"))
 
 
-def test_a_recrawled_bad_item_is_the_same_dead_letter(mongo_server_uri: str, mongo_db: str, tmp_path: Path) -> None:
+@pytest.mark.asyncio
+async def test_a_recrawled_bad_item_is_the_same_dead_letter(mongo_server_uri: str, mongo_db: str,
+                                                            tmp_path: Path) -> None:
     keyless = {"url": "http://x.test/keyless", "title": "no sku"}
     unencodable = {"url": "http://x.test/set", "tags": {"a", "b"}}
     invalid = product(7, price=-1.0)
@@ -416,8 +407,8 @@ def test_a_recrawled_bad_item_is_the_same_dead_letter(mongo_server_uri: str, mon
         # Another job, another fetch time and another page body each time.
         crawler = chain_crawler(mongo_server_uri, mongo_db, tmp_path / "journal", ENRICH_JOB_ID=f"job-{run}",
                                 VALIDATE_REQUIRE_SCHEMA=False, MONGO_WRITER_KEYS={"dict": "sku"})
-        run_chain(crawler, [(response_for(i, body=f"<html>run {run}</html>".encode()), i)
-                            for i in (dict(keyless), dict(unencodable), invalid)], concurrency=1)
+        await run_chain(crawler, [(response_for(i, body=f"<html>run {run}</html>".encode()), i)
+                                  for i in (dict(keyless), dict(unencodable), invalid)], concurrency=1)
     found = docs(mongo_server_uri, mongo_db, "dead_letter")
     letters = {d["errors"][0]["kind"]: d for d in found}
     assert sorted(d["errors"][0]["kind"] for d in found) == ["minimum", "missing_key", "unencodable"]  # not 6

@@ -4,8 +4,9 @@ Pure: :func:`families` turns a stats snapshot (and a few gauges read from live
 objects by :mod:`crawler.extensions.metrics`) into metric families. Every
 family in :data:`METRICS` is always exported (0 until its stat appears), so a
 dashboard's series exist from the first scrape. Label values come from small
-closed sets (status class, log level) or from exception class names; never
-from URLs or websites. The reference is docs/metrics.md
+closed sets (status class, log level, politeness reasons) or from exception
+class names; never from URLs. Per-website families, for a bounded set of
+websites, are in :mod:`crawler.extensions.website_metrics`. The reference is docs/metrics.md
 (``tests/test_extension_metrics.py`` checks that it lists every name here).
 """
 
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from crawler.extensions.website_metrics import exported_website_names
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -82,6 +85,18 @@ METRICS: tuple[Family, ...] = (
            ("byte_budget/bytes_settled",)),
     Family("crawler_byte_budget_redis_errors", "counter", "Failed byte-budget Redis calls, by exception class",
            ("byte_budget/redis_error/",), "error"),
+    # Politeness
+    Family("crawler_politeness_denied", "counter", "Requests sent back to the frontier before download, by reason",
+           ("politeness/denied/",), "reason"),
+    Family("crawler_politeness_park_signals", "counter",
+           "Signals that park a website: 429/503 with Retry-After, without (backoff), breaker opened or reopened",
+           ("politeness/retry_after", "politeness/backoff", "politeness/transition/opened",
+            "politeness/transition/reopened"), "reason"),
+    Family("crawler_politeness_transitions", "counter", "Politeness state changes this worker's reports caused",
+           ("politeness/transition/",), "transition"),
+    Family("crawler_politeness_probes", "counter", "Half-open probes this worker sent", ("politeness/probes",)),
+    Family("crawler_politeness_redis_errors", "counter", "Failed politeness Redis calls, by exception class",
+           ("politeness/redis_error/",), "error"),
     # IPv6 bind
     Family("crawler_ipv6_bind_addresses", "counter", "Fresh IPv6 source addresses drawn", ("ipv6_bind/addresses",)),
     Family("crawler_ipv6_bind_bound", "counter", "Requests given an IPv6 source address", ("ipv6_bind/bound",)),
@@ -89,9 +104,22 @@ METRICS: tuple[Family, ...] = (
     Family("crawler_worker_info", "gauge", "1 per running worker, with its spider and process id"),
 )
 
-_LABEL_VALUES = {"crawler_responses": STATUS_CLASSES}
-_REASONS = {"validate/invalid": "invalid", "mongo_writer/missing_key": "missing_key",
-            "mongo_writer/unencodable": "unencodable", "mongo_writer/write_error/": "write_error"}
+# Closed label sets: every value always present, any other stat suffix ignored (bounded labels).
+_LABEL_VALUES = {
+    "crawler_responses": STATUS_CLASSES,
+    "crawler_politeness_denied": ("parked", "probe", "delay", "rate", "held", "redis_unavailable"),
+    "crawler_politeness_park_signals": ("retry_after", "backoff", "breaker_open"),
+    "crawler_politeness_transitions": ("parked", "failed", "opened", "reopened", "closed", "recovered"),
+}
+# Families whose label value is named per stat key (a key ending in "/" sums its prefix).
+_KEY_LABELS = {
+    "crawler_items_dead_lettered": {"validate/invalid": "invalid", "mongo_writer/missing_key": "missing_key",
+                                    "mongo_writer/unencodable": "unencodable",
+                                    "mongo_writer/write_error/": "write_error"},
+    "crawler_politeness_park_signals": {"politeness/retry_after": "retry_after", "politeness/backoff": "backoff",
+                                        "politeness/transition/opened": "breaker_open",
+                                        "politeness/transition/reopened": "breaker_open"},
+}
 
 
 def _number(value: Any) -> float | None:
@@ -99,12 +127,14 @@ def _number(value: Any) -> float | None:
 
 
 def _labelled(family: Family, stats: Mapping[str, Any]) -> dict[str, float]:
-    values: dict[str, float] = dict.fromkeys(_LABEL_VALUES.get(family.name, ()), 0.0)
+    closed = _LABEL_VALUES.get(family.name)
+    values: dict[str, float] = dict.fromkeys(closed or (), 0.0)
     for key in family.stats:
-        if family.name == "crawler_items_dead_lettered":
+        if family.name in _KEY_LABELS:
+            label = _KEY_LABELS[family.name][key]
             total = sum(_number(v) or 0.0 for k, v in stats.items() if k == key or (key.endswith("/")
                                                                                    and k.startswith(key)))
-            values[_REASONS[key]] = values.get(_REASONS[key], 0.0) + total
+            values[label] = values.get(label, 0.0) + total
             continue
         for k, v in stats.items():
             n = _number(v)
@@ -119,6 +149,8 @@ def _labelled(family: Family, stats: Mapping[str, Any]) -> dict[str, float]:
                 suffix = suffix.rsplit(".", 1)[-1]  # "twisted.internet.error.DNSLookupError" -> the class
             elif family.label == "level":
                 suffix = suffix.lower()
+            if closed is not None and suffix not in closed:
+                continue
             values[suffix] = values.get(suffix, 0.0) + n
     return values
 
@@ -149,5 +181,5 @@ def families(stats: Mapping[str, Any], spider: str, live: Mapping[str, float]) -
 
 
 def exported_names() -> set[str]:
-    """Every sample name the endpoint exports from :data:`METRICS` (counters with ``_total``)."""
-    return {f"{f.name}_total" if f.kind == "counter" else f.name for f in METRICS}
+    """Every sample name the endpoint exports (counters with ``_total``), per-website families included."""
+    return {f"{f.name}_total" if f.kind == "counter" else f.name for f in METRICS} | exported_website_names()

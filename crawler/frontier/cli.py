@@ -6,6 +6,7 @@ Commands::
     python -m crawler queues SPIDER [--limit N]                     per-website depths and not-before times
     python -m crawler release SPIDER WEBSITE                        remove a website's not-before mark
     python -m crawler clear SPIDER [--seeds] --yes                  delete the spider's frontier
+    python -m crawler reindex SPIDER                                rebuild the per-website depth index
     python -m crawler seen SPIDER check|forget URL ... [--fingerprint]
                                                                     was a URL seen; forget it (crawl it again)
 
@@ -180,6 +181,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"released {args.website}: its not-before mark is removed")
             else:
                 print(f"{args.website} had no not-before mark")
+        elif args.command == "reindex":
+            print(f"depth index rebuilt: {await store.reindex()} requests queued")
         elif args.command == "clear":
             if not args.yes:
                 print(f"this deletes every {prefix}:* key; add --yes", file=sys.stderr)
@@ -211,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     release = sub.add_parser("release", parents=[common], help="remove a website's not-before mark (serve it now)")
     release.add_argument("spider")
     release.add_argument("website", help="the website key, as `queues` lists it")
+    reindex = sub.add_parser("reindex", parents=[common],
+                             help="rebuild the per-website depth index (a frontier from before it existed; "
+                                  "run it while no worker runs)")
+    reindex.add_argument("spider")
     clear = sub.add_parser("clear", parents=[common], help="delete a spider's frontier (queues, seen set, marks)")
     clear.add_argument("spider")
     clear.add_argument("--seeds", action="store_true", help="also delete its seed and dead-letter lists")

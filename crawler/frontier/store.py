@@ -13,6 +13,11 @@ key                        type    content
 ``<p>:q:<website>``        zset    the website's requests; score ``-priority``;
                                    member ``<seq:016x>:<fingerprint>:<json>``
                                    (seq keeps FIFO order within a priority)
+``<p>:depths``             zset    website -> requests queued: the depth index,
+                                   kept by every script that moves requests
+                                   (``lua/depth.lua``), so a status reads the
+                                   deepest websites without a call per website
+``<p>:queued``             string  total requests queued (``lua/depth.lua``)
 ``<p>:not_before``         zset    website -> time before which it must not be
                                    served (kept while the website's queue is
                                    empty, expired entries pruned on pop)
@@ -134,6 +139,8 @@ class FrontierStore:
         self.seq_key = f"{prefix}:seq"
         self.workers_key = f"{prefix}:workers"
         self.dead_key = f"{prefix}:dead"
+        self.depths_key = f"{prefix}:depths"
+        self.queued_key = f"{prefix}:queued"
         self.queue_prefix = f"{prefix}:q:"
         self.calls = 0  # Redis round trips made through this store
         self._push = redis.register_script(_script("push.lua"))
@@ -155,11 +162,11 @@ class FrontierStore:
         qkeys: dict[str, int] = {}
         args: list[Any] = [worker, len(entries)]
         for e in entries:
-            idx = qkeys.setdefault(e.website, 6 + len(qkeys))
+            idx = qkeys.setdefault(e.website, 8 + len(qkeys))
             args += [idx, e.website, e.fingerprint, e.mode, e.score, e.not_before, e.payload]
         args.append(self.seen_spec)
         keys = [self.seen_key, self.sites_key, self.not_before_key, self.seq_key, self.workers_key,
-                *(self.queue_key(w) for w in qkeys)]
+                self.depths_key, self.queued_key, *(self.queue_key(w) for w in qkeys)]
         self.calls += 1
         out = await self._push(keys=keys, args=args)
         return [bool(x) for x in out[:-1]], int(out[-1])
@@ -188,7 +195,8 @@ class FrontierStore:
         acks = receipts.received if receipts is not None else []
         lost = receipts.lost if receipts is not None else []
         try:
-            out = await self._pop(keys=[self.sites_key, self.not_before_key, self.workers_key, self.pops_key(worker)],
+            out = await self._pop(keys=[self.sites_key, self.not_before_key, self.workers_key, self.pops_key(worker),
+                                        self.depths_key, self.queued_key],
                                   args=[self.queue_prefix, n, worker, pop_id, len(acks), *acks, len(lost), *lost])
         except BaseException:  # a timeout, or cancelled: the reply may never come
             if receipts is not None:
@@ -205,7 +213,8 @@ class FrontierStore:
     async def release(self, worker: str, receipts: PopReceipts) -> int:
         """A closing worker: its pops without a reply go back to their queues; returns how many requests."""
         self.calls += 1
-        out = await self._release(keys=[self.sites_key, self.not_before_key, self.pops_key(worker)],
+        out = await self._release(keys=[self.sites_key, self.not_before_key, self.pops_key(worker),
+                                        self.depths_key, self.queued_key],
                                   args=[self.queue_prefix, *receipts.received])
         receipts.received = []
         receipts.lost = []
@@ -254,27 +263,57 @@ class FrontierStore:
 
     async def queues(self) -> list[WebsiteQueue]:
         """Every website with queued requests or a not-before mark (for people: not for the hot path)."""
-        sites: Any = await self.redis.zrange(self.sites_key, 0, -1, withscores=True)
-        raw_marks: Any = await self.redis.zrange(self.not_before_key, 0, -1, withscores=True)
-        marks: dict[bytes, float] = dict(raw_marks)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for site, _ in sites:
-                pipe.zcard(self.queue_key(site.decode()))
-            depths = await pipe.execute()
-        out = [WebsiteQueue(s.decode(), int(d), float(score), marks.pop(s, None))
-               for (s, score), d in zip(sites, depths, strict=True)]
+            pipe.zrange(self.sites_key, 0, -1, withscores=True)
+            pipe.zrange(self.depths_key, 0, -1, withscores=True)
+            pipe.zrange(self.not_before_key, 0, -1, withscores=True)
+            sites, raw_depths, raw_marks = await pipe.execute()
+        depths: dict[bytes, float] = dict(raw_depths)
+        marks: dict[bytes, float] = dict(raw_marks)
+        out = [WebsiteQueue(s.decode(), int(depths.get(s, 0)), float(score), marks.pop(s, None))
+               for s, score in sites]
         out += [WebsiteQueue(s.decode(), 0, float(t), float(t)) for s, t in marks.items()]
         return out
 
-    async def queued(self) -> int:
-        """Total requests queued (sum over websites)."""
-        sites: Any = await self.redis.zrange(self.sites_key, 0, -1)
-        if not sites:
-            return 0
+    async def deepest(self, n: int) -> tuple[list[tuple[str, int]], int, int]:
+        """The ``n`` deepest websites (website, requests queued), how many websites have requests, and
+        the total queued: one round trip, whatever the size of the queues (the depth index)."""
+        self.calls += 1
         async with self.redis.pipeline(transaction=False) as pipe:
-            for site in sites:
-                pipe.zcard(self.queue_key(site.decode()))
-            return sum(int(x) for x in await pipe.execute())
+            pipe.zrange(self.depths_key, 0, n - 1, desc=True, withscores=True)
+            pipe.zcard(self.depths_key)
+            pipe.get(self.queued_key)
+            top, websites, total = await pipe.execute()
+        return [(w.decode(), int(d)) for w, d in top], int(websites), int(total or 0)
+
+    async def queued(self) -> int:
+        """Total requests queued (the depth index's total: one O(1) call)."""
+        self.calls += 1
+        return int(await self.redis.get(self.queued_key) or 0)
+
+    async def reindex(self) -> int:
+        """Rebuild the depth index from the queues (a frontier written before it existed); the total.
+
+        One ``ZCARD`` per website with queued requests: for people, not for the hot path. Run it
+        while no worker uses the frontier: the scripts change the index by deltas, and a push or
+        pop between the reading and the writing here would be counted wrongly until the next reindex.
+        """
+        sites: Any = await self.redis.zrange(self.sites_key, 0, -1)
+        depths: dict[str, int] = {}
+        for i in range(0, len(sites), 1000):
+            chunk = [s.decode() for s in sites[i:i + 1000]]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for site in chunk:
+                    pipe.zcard(self.queue_key(site))
+                depths.update({site: int(d) for site, d in zip(chunk, await pipe.execute(), strict=True)})
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.depths_key)
+            nonzero = {site: d for site, d in depths.items() if d}
+            if nonzero:
+                pipe.zadd(self.depths_key, nonzero)
+            pipe.set(self.queued_key, sum(nonzero.values()))
+            await pipe.execute()
+        return sum(depths.values())
 
     async def clear(self) -> int:
         """Delete every key of this frontier (not the seed list); returns how many."""

@@ -149,3 +149,70 @@ class PolitenessStore:
             active, overrides, now = await pipe.execute()
         return ([_text(w) for w in active], {_text(k): _text(v) for k, v in overrides.items()},
                 float(now[0]) + float(now[1]) / 1e6)
+
+
+@dataclass(frozen=True, slots=True)
+class ParkState:
+    """Why and until when politeness holds a website back, as Redis has it (for status views)."""
+
+    website: str
+    reason: str  # see PARK_REASONS; "" when nothing holds it back
+    until: float  # Redis time; for "breaker half-open", 0 (it waits for its probe)
+    level: int  # backoff level
+    failures: int  # breaker failures counted (breaker closed)
+
+
+# Every reason read_park_states gives: a closed set, fit for metric labels.
+PARK_REASONS = ("retry_after", "backoff", "breaker_open", "breaker_half_open", "crawl_delay", "request_rate")
+
+
+def park_state(website: str, state: dict[str, str], next_request: float, permits: int, now: float) -> ParkState:
+    """Classify one website's state hash (see ``lua/admit.lua``), Crawl-delay gate and request-rate log."""
+    until = float(state.get("until") or 0)
+    level = int(float(state.get("level") or 0))
+    failures = int(float(state.get("fails") or 0))
+    if state.get("breaker") == "open":
+        if until > now:
+            return ParkState(website, "breaker_open", until, level, failures)
+        return ParkState(website, "breaker_half_open", 0.0, level, failures)
+    if until > now:
+        # report.lua asks for a probe after a backoff park, never after a Retry-After one.
+        return ParkState(website, "backoff" if state.get("probe") == "1" else "retry_after", until, level, failures)
+    if next_request > now:
+        return ParkState(website, "crawl_delay", next_request, level, failures)
+    if permits:
+        return ParkState(website, "request_rate", 0.0, level, failures)
+    return ParkState(website, "", 0.0, level, failures)
+
+
+async def read_park_states(redis: aioredis.Redis, prefix: str, websites: list[str],
+                           now: float) -> dict[str, ParkState]:
+    """Politeness state of ``websites`` at Redis time ``now``: one round trip, three commands per website.
+
+    ``crawl_delay`` and ``request_rate`` say that gate applies now; they explain a
+    frontier not-before mark (a gate parks a website briefly), not a park of their own.
+    """
+    if not websites:
+        return {}
+    async with redis.pipeline(transaction=False) as pipe:
+        for website in websites:
+            keys = website_keys(prefix, website)  # state, Crawl-delay gate, request-rate log, ...
+            pipe.hgetall(keys[0])
+            pipe.get(keys[1])
+            pipe.zcard(keys[2])  # permits logged in the last window: a request rate applies
+        replies = await pipe.execute()
+    out: dict[str, ParkState] = {}
+    for i, website in enumerate(websites):
+        raw_state, nxt, permits = replies[3 * i:3 * i + 3]
+        fields = {_text(k): _text(v) for k, v in raw_state.items()}
+        out[website] = park_state(website, fields, float(_text(nxt)) if nxt else 0.0, int(permits), now)
+    return out
+
+
+async def active_websites(redis: aioredis.Redis, prefix: str, n: int) -> tuple[list[str], int]:
+    """The ``n`` websites most recently given politeness state, and how many have state: one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zrange(active_key(prefix), 0, n - 1, desc=True)
+        pipe.zcard(active_key(prefix))
+        recent, total = await pipe.execute()
+    return [_text(w) for w in recent], int(total)

@@ -14,6 +14,8 @@
 -- KEYS[2]  not-before zset: website -> not-before time
 -- KEYS[3]  workers zset: worker id -> last time it was busy
 -- KEYS[4]  this worker's pops hash: pop id -> cjson [[website, member, score], ...]
+-- KEYS[5]  depths zset: website -> queued requests (depth.lua)
+-- KEYS[6]  queued counter: total queued requests (depth.lua)
 -- ARGV[1]  queue key prefix: the queue of website W is ARGV[1] .. W. These
 --          keys are not in KEYS because which websites are ready is only
 --          known here; they share the hash tag of KEYS, so one cluster slot.
@@ -25,6 +27,9 @@
 -- return   {now, websites with work, earliest time a website becomes ready
 --           (or -1), pop ids of the L found (comma-separated),
 --           website, member, website, member, ...}; times are strings
+
+-- @include depth.lua
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local n = tonumber(ARGV[2])
@@ -58,6 +63,7 @@ end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local sites = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, n)
 local popped = 0
+local delta, empty = {}, {}
 if #sites > 0 then
   local share = math.floor(n / #sites)
   local extra = n % #sites
@@ -70,12 +76,15 @@ if #sites > 0 then
       record[#record + 1] = {site, got[j], tonumber(got[j + 1])}
       popped = popped + 1
     end
+    delta[site] = -(#got / 2)
     if redis.call('EXISTS', qkey) == 1 then
       redis.call('ZADD', KEYS[1], 'XX', now, site)
     else
       redis.call('ZREM', KEYS[1], site)
+      empty[site] = true
     end
   end
+  add_depths(KEYS[5], KEYS[6], delta, empty)
   if popped > 0 then redis.call('ZADD', KEYS[3], now, ARGV[3]) end
 end
 if pop_id ~= '' and #record > 0 then

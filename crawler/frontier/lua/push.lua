@@ -7,7 +7,9 @@
 -- KEYS[3]  not-before zset: website -> time before which it must not be served
 -- KEYS[4]  sequence counter (FIFO order within a priority)
 -- KEYS[5]  workers zset: worker id -> last time it was busy
--- KEYS[6..] one queue zset per website, referenced by index below
+-- KEYS[6]  depths zset: website -> queued requests (depth.lua)
+-- KEYS[7]  queued counter: total queued requests (depth.lua)
+-- KEYS[8..] one queue zset per website, referenced by index below
 -- ARGV[1]  worker id
 -- ARGV[2]  number of requests N, then N groups of 7 values:
 --          queue KEYS index, website, fingerprint,
@@ -17,13 +19,17 @@
 --          and the encoded request
 -- ARGV[3 + 7N]  the seen spec (seen_lib.lua; absent or "" = exact set)
 -- return   {stored flags (1 stored, 0 duplicate) ..., sites with work}
+
 -- @include seen_lib.lua
+-- @include depth.lua
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local n = tonumber(ARGV[2])
 local seen = seen_open(KEYS[1], ARGV[3 + n * 7], now)
 local seq = redis.call('INCRBY', KEYS[4], n) - n
 local out = {}
+local delta = {}
 for i = 0, n - 1 do
   local base = 3 + i * 7
   local qkey = KEYS[tonumber(ARGV[base])]
@@ -38,7 +44,7 @@ for i = 0, n - 1 do
   end
   if stored == 1 then
     local member = string.format('%016x', seq + i) .. ':' .. fp .. ':' .. ARGV[base + 6]
-    redis.call('ZADD', qkey, tonumber(ARGV[base + 4]), member)
+    delta[site] = (delta[site] or 0) + redis.call('ZADD', qkey, tonumber(ARGV[base + 4]), member)
     local until_t = tonumber(ARGV[base + 5])
     if until_t > 0 then
       redis.call('ZADD', KEYS[3], 'GT', until_t, site)
@@ -53,6 +59,7 @@ for i = 0, n - 1 do
   out[#out + 1] = stored
 end
 seen_close(seen)
+add_depths(KEYS[6], KEYS[7], delta, {})
 redis.call('ZADD', KEYS[5], now, ARGV[1])
 out[#out + 1] = redis.call('ZCARD', KEYS[2])
 return out

@@ -1,0 +1,25 @@
+-- depth.lua: the per-website depth index, kept by every script that moves
+-- requests in or out of a queue (push.lua, pop.lua, release.lua). Not a
+-- script of its own: crawler.lua_source puts it where a script says
+-- "-- @include depth.lua" (Redis scripts cannot import each other).
+--
+-- Expects  nothing; the including script passes its keys to add_depths.
+-- Defines  add_depths(depths, queued, delta, empty): for each website of the
+--          table `delta` (website -> change of its queue's size), adds the
+--          change to its entry in the zset `depths` (website -> queued
+--          requests), or removes the entry when `empty[website]` (its queue
+--          is now empty); adds the sum of the changes to the string `queued`.
+--          One call per website touched and one for the total: the scripts
+--          already know both numbers, so the index costs no extra reads.
+local function add_depths(depths, queued, delta, empty)
+  local total = 0
+  for site, n in pairs(delta) do
+    total = total + n
+    if empty[site] then
+      redis.call('ZREM', depths, site)
+    elseif n ~= 0 then
+      redis.call('ZINCRBY', depths, n, site)
+    end
+  end
+  if total ~= 0 then redis.call('INCRBY', queued, total) end
+end
