@@ -170,7 +170,8 @@ async def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
                                 for k, v in top))
         out["requests_per_s_per_redis_core"] = round(1e6 / out["redis_us_per_request"])
         await redis.flushall()
-        out["bytes_per_seen_url_bounded"] = round(await bloom_bytes(redis, args.bloom_capacity) / args.bloom_capacity, 3)
+        bloom = await bloom_bytes(redis, args.bloom_capacity)
+        out["bytes_per_seen_url_bounded"] = round(bloom / args.bloom_capacity, 3)
         rate, us_add = await bloom_fp(redis, args.fp_count)
         out["bloom_fp_rate"] = round(rate, 5)
         out["bloom_fp_rate_configured"] = 0.001
