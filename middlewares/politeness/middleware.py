@@ -48,7 +48,7 @@ from crawler.scrapy_internals import DownloadHeld, add_download_hold
 from crawler.website import website_key
 from middlewares.politeness.config import PolitenessConfig
 from middlewares.politeness.signals import FAIL, OK, RATE, backoff_delay, classify_status, parse_retry_after
-from middlewares.politeness.store import Event, PolitenessStore
+from middlewares.politeness.store import Event, PolitenessStore, url_id
 from middlewares.politeness.view import PolitenessView, ViewSync
 from middlewares.robotstxt import robots_crawl_delay
 
@@ -225,7 +225,7 @@ class PolitenessMiddleware:
         try:
             adm = await self.store.admit(website, token, delay + c.gate_margin if delay else 0.0,
                                          rate.requests if rate else 0, rate.window + c.gate_margin if rate else 0.0,
-                                         want)
+                                         want, url_id(request.method, request.url) if watched else "")
             if adm.permits > 1:
                 view.permits[website] = (adm.permits - 1, started + c.lease_seconds)
         except RedisError as exc:
@@ -299,7 +299,7 @@ class PolitenessMiddleware:
             if token or self.view.watched:
                 website = self._website(request)
                 if token or website in self.view.watched:
-                    await self._report(website, OK, token, None, self._sent(request))
+                    await self._report(website, OK, token, None, request, self._sent(request))
             return response
         website = self._website(request)
         if kind == RATE:
@@ -310,26 +310,15 @@ class PolitenessMiddleware:
             # Hold the website here at once; Redis's answer (the cluster's level) follows.
             guess = retry_after if retry_after is not None else backoff_delay(0, self.config, -1)
             self.view.park(website, self.view.server_now() + guess)
-            until, _ = await self._report(website, RATE, token, retry_after)
+            until, _ = await self._report(website, RATE, token, retry_after, request)
             return self._requeue(request, until, "rate_limited") or response
-        if self._retried(request, token):
-            return response
-        until, open_now = await self._report(website, FAIL, token, None)
+        until, open_now = await self._report(website, FAIL, token, None, request)
         if open_now and not token:
             return self._requeue(request, until, "breaker") or response
         # The breaker is closed, or this was its probe: RetryMiddleware retries as usual.
         # A failed probe is not requeued as the next probe: a URL that always fails
         # would otherwise keep the breaker open for ever (cooling doubling each time).
         return response
-
-    @staticmethod
-    def _retried(request: Request, token: str) -> bool:
-        """A RetryMiddleware retry (not a probe): its URL failed before and is not counted again.
-
-        Failures count per URL, so a few URLs that always fail (a broken page
-        retried by Scrapy) do not open the breaker of a website that works.
-        """
-        return not token and bool(request.meta.get("retry_times"))
 
     def _sent(self, request: Request) -> float:
         """When ``request`` was sent, on the Redis clock."""
@@ -347,21 +336,24 @@ class PolitenessMiddleware:
         if self._exempt(request) or not isinstance(exception, self.config.breaker_exceptions):
             return None
         token = str(request.meta.get(META_PROBE) or "")
-        if self._retried(request, token):
-            return None
-        until, open_now = await self._report(self._website(request), FAIL, token, None)
+        until, open_now = await self._report(self._website(request), FAIL, token, None, request)
         if open_now and not token:  # a failed probe goes to RetryMiddleware (see process_response)
             return self._requeue(request, until, "breaker")
         return None
 
-    async def _report(self, website: str, kind: str, token: str, retry_after: float | None,
+    async def _report(self, website: str, kind: str, token: str, retry_after: float | None, request: Request,
                       sent: float = 0.0) -> tuple[float, bool]:
-        """Tell Redis; returns (parked until, whether the website is parked now)."""
+        """Tell Redis; returns (parked until, whether its open breaker holds the website now).
+
+        Failures count once per URL (lua/report.lua): a broken page retried by
+        Scrapy, or requeued, does not open the breaker of a website that works.
+        """
         assert self.store is not None
         view = self.view
         jitter = 1 + self.config.backoff_jitter * random.uniform(-1, 1)
+        url = url_id(request.method, request.url) if kind == FAIL else ""
         try:
-            rep = await self.store.report(website, kind, token, retry_after, jitter, sent)
+            rep = await self.store.report(website, kind, token, retry_after, jitter, sent, url)
         except RedisError as exc:
             self._redis_error(exc)
             return view.report_locally(website, kind, retry_after, jitter)
@@ -384,7 +376,9 @@ class PolitenessMiddleware:
         elif rep.clean and website in view.watched and website not in view.parked:
             view.watched.discard(website)
             self._spawn(self._forget(website, rep.now))
-        return rep.until, rep.until > rep.now
+        # A failure while the website is parked for a 429 goes to RetryMiddleware (its retry
+        # waits for the park): only an open breaker requeues, so each page's fetches are exact.
+        return rep.until, rep.until > rep.now and rep.breaker_open
 
     def _log_transition(self, website: str, transition: str, until: float, now: float, count: int,
                         retry_after: float | None) -> None:
@@ -404,6 +398,9 @@ class PolitenessMiddleware:
             logger.info("Politeness: probe of %(website)s succeeded; circuit breaker closed", args, extra=spider)
         elif transition == "recovered":
             logger.info("Politeness: probe of %(website)s succeeded; no longer rate limited", args, extra=spider)
+        elif transition == "inconclusive":  # DEBUG: per request (counted in the stats)
+            logger.debug("Politeness: probe of %(website)s failed on a URL known to fail: inconclusive, "
+                         "the next request may be the probe", args, extra=spider)
 
     # -- Redis health ----------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 Per website (hash-tagged, so one script touches one cluster slot):
 ``<p>:pol:{W}:state`` (parks, backoff level, breaker, probe), ``<p>:pol:{W}:next``
-(Crawl-delay gate), ``<p>:pol:{W}:log`` (request-rate permits). For the whole
+(Crawl-delay gate), ``<p>:pol:{W}:log`` (request-rate permits), ``<p>:pol:{W}:fails``
+(URLs of the failure streak, and the URLs known to fail while the breaker is open). For the whole
 cluster: ``<p>:pol:active`` (websites with state, so every worker checks them),
 ``<p>:pol:rate`` (run-time rate overrides, written by the CLI) and the pub/sub
 channel ``<p>:pol:events`` (parks and breaker transitions, so other workers hold a
@@ -11,6 +12,7 @@ website within milliseconds instead of at their next refresh).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
@@ -23,9 +25,14 @@ if TYPE_CHECKING:
 
 
 def website_keys(prefix: str, website: str) -> list[str]:
-    """KEYS of ``admit.lua`` (``report.lua`` uses the first)."""
+    """KEYS of ``admit.lua`` (``report.lua`` uses the first and the last)."""
     base = f"{prefix}:pol:{{{website}}}"
-    return [f"{base}:state", f"{base}:next", f"{base}:log"]
+    return [f"{base}:state", f"{base}:next", f"{base}:log", f"{base}:fails"]
+
+
+def url_id(method: str, url: str) -> str:
+    """A short id of a request's URL for the failure streak (retries and requeued copies share it)."""
+    return hashlib.blake2b(f"{method} {url}".encode(), digest_size=8).hexdigest()
 
 
 def active_key(prefix: str) -> str:
@@ -66,11 +73,12 @@ class Admission:
 class Report:
     """The answer of ``report.lua``."""
 
-    transition: str  # "", "parked", "opened", "reopened", "closed", "recovered", "failed"
+    transition: str  # "", "parked", "opened", "reopened", "closed", "recovered", "failed", "inconclusive"
     until: float
     now: float
     count: int  # backoff level, opens or failures, per transition
     clean: bool
+    breaker_open: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,25 +115,28 @@ class PolitenessStore:
         self.calls = 0
 
     async def admit(self, website: str, token: str, delay: float, rate_n: int, rate_window: float,
-                    want: int) -> Admission:
+                    want: int, url: str = "") -> Admission:
+        """``url``: the request's URL id (:func:`url_id`), so a URL known to fail is the probe last."""
         c = self.config
         self.calls += 1
         r = await self._admit(keys=website_keys(c.prefix, website),
                               args=[token, delay, rate_n, rate_window, want, c.lease_seconds, c.probe_timeout,
-                                    c.probe_wait])
+                                    c.probe_wait, url, c.probe_wait])
         return Admission(int(r[0]), float(r[1]), float(r[2]), bool(int(r[3])), _text(r[4]), bool(int(r[5])))
 
     async def report(self, website: str, kind: str, token: str, retry_after: float | None,
-                     jitter: float, sent_at: float = 0.0) -> Report:
+                     jitter: float, sent_at: float = 0.0, url: str = "") -> Report:
+        """``url``: the request's URL id (:func:`url_id`); failures count once per URL."""
         c = self.config
         self.calls += 1
+        keys = website_keys(c.prefix, website)
         r = await self._report(
-            keys=website_keys(c.prefix, website)[:1],
+            keys=[keys[0], keys[3]],
             args=[kind, token, -1 if retry_after is None else retry_after, c.backoff_base, c.backoff_factor,
                   c.backoff_max, c.backoff_forgive, jitter, c.breaker_failures, c.breaker_cool,
-                  c.breaker_cool_factor, c.breaker_cool_max, sent_at],
+                  c.breaker_cool_factor, c.breaker_cool_max, sent_at, url],
         )
-        return Report(_text(r[0]), float(r[1]), float(r[2]), int(r[3]), bool(int(r[4])))
+        return Report(_text(r[0]), float(r[1]), float(r[2]), int(r[3]), bool(int(r[4])), bool(int(r[5])))
 
     async def announce(self, event: Event, marked_at: float) -> None:
         """Put the website on the active list and tell every worker now (one round trip)."""
