@@ -247,3 +247,20 @@ def test_a_probe_on_a_url_known_to_fail_is_inconclusive(redis_url: str) -> None:
     assert stats["politeness/transition/closed"] == 1
     assert stats["politeness/transition/inconclusive"] == 1
     assert stats.get("politeness/transition/reopened") is None
+
+
+def test_a_500_while_parked_by_a_429_goes_to_retry_not_back_to_the_frontier(redis_url: str) -> None:
+    # Only an open breaker requeues a failure. A 500 that arrives while its website is
+    # parked by a 429 goes to RetryMiddleware (whose retry then waits for the park):
+    # requeued, it was fetched up to POLITENESS_MAX_REQUEUES more times than its retries.
+    async def body(mw: PolitenessMiddleware) -> None:
+        busy = Request("http://shop-a.test/busy/1")
+        assert isinstance(await mw.process_response(busy, response(busy, 429, {"Retry-After": "30"})), Request)
+        broken = Request("http://shop-a.test/broken/1")
+        resp = response(broken, 500)
+        assert await mw.process_response(broken, resp) is resp
+        assert mw.view.parked_until("shop-a.test") is not None  # the park still holds its retry
+
+    stats = run(redis_url, {}, body)
+    assert stats.get("politeness/requeued/breaker") is None
+    assert stats["politeness/transition/failed"] == 1
