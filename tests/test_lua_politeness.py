@@ -274,3 +274,43 @@ def test_script_flush_recovery(redis_url: str) -> None:
     run(redis_url, body)
     with redis.Redis.from_url(redis_url) as r:
         assert r.exists(website_keys("t", SITE)[0]) == 0  # a clean website leaves no state behind
+
+
+def test_adaptive_rule_slows_down_against_the_baseline_and_recovers_slowly(redis_url: str) -> None:
+    # Windows of 0.2 s, judged when they close with >= 5 responses.
+    async def body(store: PolitenessStore) -> None:
+        async def window(n: int, latency: float, errors: int = 0) -> Any:
+            first = await store.adapt(SITE, n, n * latency, errors)
+            assert first.change == ""  # the window is still open
+            sec, usec = await store.redis.time()
+            await until_server_time(store, sec + usec / 1e6 + 0.21)
+            return await store.adapt(SITE, 0, 0.0, 0)
+
+        base = await window(20, 0.01)
+        assert (base.change, base.rate) == ("", 0) and base.base_latency == pytest.approx(0.01)
+        healthy = await window(20, 0.02)  # below 3 x baseline: healthy, the baseline follows
+        assert healthy.change == "" and healthy.base_latency == pytest.approx(0.0125)
+        slowed = await window(20, 0.2)
+        assert slowed.change == "slowed" and slowed.rate > 0
+        assert slowed.base_latency == pytest.approx(0.0125)  # a worse window does not move the baseline
+        again = await window(20, 0.2)
+        assert again.change == "slowed" and again.rate == pytest.approx(max(0.5, slowed.rate / 2), rel=0.01)
+        errors = await window(20, 0.01, errors=10)  # fast, but half of them failed
+        assert errors.change in ("slowed", "")  # "" once at the floor
+        floor = again
+        while floor.rate > 0.5 + 1e-9:
+            floor = await window(20, 0.2)
+        assert (await window(20, 0.2)).change == ""  # at the floor: no change, nothing to log
+        rate, changes = floor.rate, []
+        while True:
+            up = await window(20, 0.01)
+            changes.append(up.change)
+            if up.change == "restored":
+                assert up.rate == 0
+                break
+            assert up.change == "raised" and up.rate == pytest.approx(rate * 1.5, rel=0.01)
+            rate = up.rate
+        assert len(changes) >= 3  # slowly: several healthy windows
+
+    run(redis_url, body, POLITENESS_ADAPTIVE_WEBSITES=[SITE], POLITENESS_ADAPTIVE_WINDOW_SECONDS=0.2,
+        POLITENESS_ADAPTIVE_MIN_RATE=0.5, POLITENESS_ADAPTIVE_INCREASE=1.5)
