@@ -68,6 +68,8 @@ SITES = (
     profiles.crawl_delay("cd.test", 0.5, items=10, per_page=10, errors=0, redirect_every=10**9, related=1),
     _site("rt.test", 60, per_page=20),
     _site("ad.test", 1500, per_page=50, slow_ms=20),
+    profiles.crawl_delay("rr.test", 0, items=10, per_page=10, errors=0, redirect_every=10**9, related=1,
+                         request_rate="2/1"),
 )
 SPIDER = "politeness_probe"
 
@@ -296,6 +298,23 @@ def test_crawl_delay_holds_across_three_workers(site: DemoSite, redis_url: str, 
     assert stat(results, "politeness/denied/delay") > 0  # three workers did compete for it
     print(f"\nCrawl-delay {delay}s: {len(cd)} requests, min gap {smallest:.3f}s, "
           f"median gap {sorted(analysis.gaps(cd, 'cd.test'))[len(cd) // 2]:.3f}s")
+
+
+@pytest.mark.e2e
+def test_robots_request_rate_holds_across_three_workers(site: DemoSite, redis_url: str, tmp_path: Path) -> None:
+    # robots.txt "Request-rate: 2/1" (no Crawl-delay): honoured as one request per 0.5 s.
+    requests, window = 2, 1.0
+    cluster = Cluster(site, redis_url, tmp_path, {})
+    cluster.seed("rr.test")
+    results = cluster.finish()
+    log = cluster.save(tmp_path)
+    rr = pages(log, "rr.test")
+    assert fetched(log, "rr.test") == expected_pages(SITES[7])
+    assert analysis.max_requests_in_any_window(rr, "rr.test", window) <= requests
+    smallest = analysis.min_gap(rr, "rr.test")
+    assert smallest is not None and smallest >= window / requests - CLOCK, sorted(analysis.gaps(rr, "rr.test"))[:5]
+    assert stat(results, "politeness/denied/delay") > 0  # three workers did compete for it
+    print(f"\nRequest-rate {requests}/{window:g}s: {len(rr)} requests, min gap {smallest:.3f}s")
 
 
 @pytest.mark.e2e

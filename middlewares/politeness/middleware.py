@@ -123,8 +123,12 @@ class PolitenessMiddleware:
             self.stats.set_value("politeness/redis_calls", self.store.calls)
             await self.store.redis.aclose()
 
-    def robots_crawl_delay(self, netloc: str, url: str, delay: float | None, **kwargs: Any) -> None:
-        self.view.set_delay(website_key(url, self.config.website_mode), delay)
+    def robots_crawl_delay(self, netloc: str, url: str, delay: float | None,
+                           request_rate: tuple[int, float] | None = None, **kwargs: Any) -> None:
+        website = website_key(url, self.config.website_mode)
+        self.view.set_delay(website, delay)
+        if request_rate is not None:  # Request-rate: n/m, honoured as one request per m/n seconds
+            self.view.set_delay(website, request_rate[1] / request_rate[0])
 
     def _refreshed(self, changed: dict[str, str]) -> None:
         self._flush_counts()
