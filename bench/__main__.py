@@ -20,6 +20,7 @@ BENCHMARKS = {
     "frontier": "bench.frontier",
     "budget": "bench.budget",
     "politeness": "bench.politeness",
+    "scale": "bench.scale",
 }
 
 

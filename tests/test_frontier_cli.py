@@ -159,3 +159,26 @@ async def test_queues_and_clear(redis_url: str) -> None:
         assert sorted(r.keys("*")) == [b"shop_a:start_urls", b"{shop_b}:seen"]
         cli(redis_url, "clear", "shop_a", "--seeds", "--yes")
         assert r.keys("*") == [b"{shop_b}:seen"]
+
+
+def test_seen_check_and_forget_a_url(redis_url: str) -> None:
+    from scrapy import Request
+    from scrapy.utils.request import RequestFingerprinter
+
+    fp = RequestFingerprinter().fingerprint(Request("http://shop-a.test/gone")).hex()
+
+    async def push() -> bool:
+        client = AsyncRedis.from_url(redis_url)
+        store = FrontierStore(client, "{shop_a}")
+        stored = (await store.push([PushEntry("shop-a.test", fp, MODE_DEDUPE, 0, 0, b"{}")], "w"))[0][0]
+        await client.aclose()
+        return stored
+
+    assert asyncio.run(push())
+    out = cli(redis_url, "seen", "shop_a", "check", "http://shop-a.test/gone", "http://shop-a.test/new")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["seen  http://shop-a.test/gone", "not seen  http://shop-a.test/new"]
+    assert not asyncio.run(push())  # a duplicate
+    out = cli(redis_url, "seen", "shop_a", "forget", "http://shop-a.test/gone")
+    assert out.returncode == 0 and "forgot 1" in out.stdout, out.stderr
+    assert asyncio.run(push())  # stored again: a later run crawls it

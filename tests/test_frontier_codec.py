@@ -112,3 +112,18 @@ def test_callback_of_another_spider_is_refused(spider: CodecSpider) -> None:
 def test_bad_payloads_are_refused(spider: CodecSpider, payload: bytes) -> None:
     with pytest.raises(UndecodableRequestError):
         decode_request(payload, spider)
+
+
+def test_defaults_are_not_stored() -> None:
+    payload = encode_request(Request("http://shop.test/item-1", meta={"depth": 1}), None)
+    assert json.loads(payload) == {"v": 2, "url": "http://shop.test/item-1", "meta": {"depth": 1}}
+
+
+def test_version_1_payloads_are_still_read(spider: CodecSpider) -> None:
+    v1 = {"v": 1, "url": "http://x.test/a", "method": "POST", "headers": [["Accept", ["text/html"]]], "body": "q=1",
+          "meta": {"depth": 2}, "cb_kwargs": {}, "cookies": {}, "priority": 3, "dont_filter": True, "flags": [],
+          "encoding": "utf-8", "callback": "parse_item", "errback": None}
+    r = decode_request(json.dumps(v1).encode(), spider)
+    assert (r.url, r.method, r.body, r.meta, r.priority, r.dont_filter, r.callback) == (
+        "http://x.test/a", "POST", b"q=1", {"depth": 2}, 3, True, spider.parse_item)
+    assert r.headers.getlist("Accept") == [b"text/html"]

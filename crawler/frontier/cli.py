@@ -6,6 +6,8 @@ Commands::
     python -m crawler queues SPIDER [--limit N]                     per-website depths and not-before times
     python -m crawler release SPIDER WEBSITE                        remove a website's not-before mark
     python -m crawler clear SPIDER [--seeds] --yes                  delete the spider's frontier
+    python -m crawler seen SPIDER check|forget URL ... [--fingerprint]
+                                                                    was a URL seen; forget it (crawl it again)
 
 Redis and key names come from the project settings (``REDIS_URL``,
 ``FRONTIER_KEY_PREFIX``, ``REDIS_START_URLS_KEY``, a spider's ``redis_key``);
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crawler.frontier.gate import GateConfig, GateError, parse_seed
+from crawler.frontier.seen import SeenConfig
 from crawler.frontier.store import FrontierStore
 from crawler.redis_client import RedisClientConfig
 
@@ -103,7 +106,7 @@ async def _queues(redis: Redis, store: FrontierStore, seeds_key: str, limit: int
     lines += [
         "",
         f"total queued {sum(q.depth for q in queues)} in {sum(1 for q in queues if q.depth)} websites; "
-        f"seen fingerprints {await redis.scard(store.seen_key)}",
+        f"seen fingerprints {await store.seen_count()}",
         f"seeds waiting {await redis.llen(seeds_key)} ({seeds_key}); rejected seeds "
         f"{await redis.llen(seeds_key + ':dead')} ({seeds_key}:dead); undecodable requests "
         f"{await redis.llen(store.dead_key)} ({store.dead_key})",
@@ -135,12 +138,39 @@ async def _seed_command(args: argparse.Namespace, settings: Settings, cls: type,
     return 0
 
 
+def _fingerprints(args: argparse.Namespace, settings: Settings) -> list[str]:
+    """The fingerprints of ``args.urls`` as the workers compute them (or the values, with --fingerprint)."""
+    if args.fingerprint:
+        return list(args.urls)
+    from scrapy import Request
+    from scrapy.utils.request import RequestFingerprinter
+
+    if settings.get("REQUEST_FINGERPRINTER_CLASS") not in (None, RequestFingerprinter,
+                                                           "scrapy.utils.request.RequestFingerprinter"):
+        raise SystemExit("this project sets REQUEST_FINGERPRINTER_CLASS: give fingerprints with --fingerprint")
+    fingerprinter = RequestFingerprinter()
+    return [fingerprinter.fingerprint(Request(url)).hex() for url in args.urls]
+
+
+async def _seen_command(args: argparse.Namespace, settings: Settings, store: FrontierStore) -> int:
+    fps = _fingerprints(args, settings)
+    if args.action == "forget":
+        await store.seen("forget", fps)
+        print(f"forgot {len(fps)}: a new push of each is stored and crawled again")
+        return 0
+    for url, flag in zip(args.urls, await store.seen("check", fps), strict=True):
+        print(f"{'seen' if flag else 'not seen'}  {url}")
+    return 0
+
+
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
     cls = _spider_class(settings, args.spider)
     prefix, seeds_key = _spider_keys(settings, args.spider, cls)
     redis = RedisClientConfig.from_settings(settings, args.redis_url).async_client()
-    store = FrontierStore(redis, prefix)
+    store = FrontierStore(redis, prefix, SeenConfig.from_settings(settings).spec)
     try:
+        if args.command == "seen":
+            return await _seen_command(args, settings, store)
         if args.command == "seed":
             return await _seed_command(args, settings, cls, redis, seeds_key)
         if args.command == "queues":
@@ -185,5 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     clear.add_argument("spider")
     clear.add_argument("--seeds", action="store_true", help="also delete its seed and dead-letter lists")
     clear.add_argument("--yes", action="store_true", help="really delete")
+    seen = sub.add_parser("seen", parents=[common], help="was a URL seen (deduplicated); forget it to crawl it again")
+    seen.add_argument("spider")
+    seen.add_argument("action", choices=["check", "forget"])
+    seen.add_argument("urls", nargs="+", metavar="URL")
+    seen.add_argument("--fingerprint", action="store_true", help="the arguments are fingerprints (hex), not URLs")
     args = parser.parse_args(argv)
     return asyncio.run(_run(args, _settings()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from crawler.frontier.seen import SeenConfig
 from crawler.redis_client import RedisClientConfig
 from crawler.setting_values import float_setting, int_setting
 from crawler.website import website_key_mode
@@ -29,6 +30,7 @@ class FrontierConfig:
     idle_close: float
     close_timeout: float
     website_mode: str
+    seen: SeenConfig
 
     @classmethod
     def placeholder(cls) -> Self:
@@ -57,4 +59,5 @@ class FrontierConfig:
             idle_close=float_setting(settings, "FRONTIER_IDLE_CLOSE_SECONDS", 0, minimum=0),
             close_timeout=float_setting(settings, "FRONTIER_CLOSE_TIMEOUT", 30, minimum=0, exclusive=True),
             website_mode=website_key_mode(settings),
+            seen=SeenConfig.from_settings(settings),
         )

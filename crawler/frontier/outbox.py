@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
@@ -67,6 +68,11 @@ class Outbox:
         # default fingerprinter (URL, method and body only), the same URL string
         # means the same fingerprint, so known duplicates skip canonicalisation.
         self.seen_urls: set[str] = set()
+        # With FRONTIER_SEEN_TTL, what Redis forgets must not stay known here:
+        # the caches are dropped once per generation.
+        seen = config.seen
+        self._cache_period = seen.ttl / (seen.generations - 1) if seen.ttl else 0.0
+        self._cache_reset_at = time.monotonic() + self._cache_period
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -127,9 +133,11 @@ class Outbox:
                     self.schedule()
 
     def _remember(self, batch: list[PushEntry], flags: list[bool]) -> None:
-        if self._config.seen_cache and len(self.seen) > self._config.seen_cache:
+        expired = self._cache_period and time.monotonic() >= self._cache_reset_at
+        if expired or (self._config.seen_cache and len(self.seen) > self._config.seen_cache):
             self.seen.clear()
             self.seen_urls.clear()
+            self._cache_reset_at = time.monotonic() + self._cache_period
         for entry, ok in zip(batch, flags, strict=True):
             if entry.mode != MODE_REQUEUE:
                 self.seen.add(entry.fingerprint)

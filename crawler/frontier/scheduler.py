@@ -141,7 +141,7 @@ class FrontierScheduler:
             return
         prefix = self.config.key_prefix % {"spider": spider.name}
         self.redis = self.config.redis.async_client()
-        self.store = FrontierStore(self.redis, prefix)
+        self.store = FrontierStore(self.redis, prefix, self.config.seen.spec)
         self.seeds_key = getattr(spider, "redis_key", None)
         try:
             # Registers this worker as busy.

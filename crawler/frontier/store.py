@@ -17,6 +17,10 @@ key                        type    content
                                    served (kept while the website's queue is
                                    empty, expired entries pruned on pop)
 ``<p>:seen``               set     fingerprints of every request ever stored
+                                   (``FRONTIER_DEDUPE=exact``; with a TTL one set
+                                   per generation ``<p>:seen:g<n>``; ``bloom``:
+                                   ``<p>:seen[:g<n>]:meta`` and segments
+                                   ``:<filter>:<segment>``, ``lua/seen_lib.lua``)
 ``<p>:seq``                string  sequence counter
 ``<p>:workers``            zset    worker id -> last time it was busy
 ``<p>:pops:<worker>``      hash    pop id -> the requests that pop returned
@@ -33,8 +37,9 @@ Every hot-path method (push, pop, mark_not_before) is one Redis round trip.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib.resources import files
 from typing import TYPE_CHECKING, Any
+
+from crawler.lua_source import script_source
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -45,7 +50,7 @@ MODE_REQUEUE = 2
 
 
 def _script(name: str) -> str:
-    return files("crawler.frontier").joinpath("lua", name).read_text(encoding="utf-8")
+    return script_source("crawler.frontier", name)
 
 
 @dataclass(slots=True)
@@ -119,9 +124,10 @@ def split_member(member: bytes) -> tuple[str, bytes]:
 class FrontierStore:
     """Async access to one spider's frontier in Redis."""
 
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Redis, prefix: str, seen_spec: str = "") -> None:
         self.redis = redis
         self.prefix = prefix
+        self.seen_spec = seen_spec  # crawler.frontier.seen.SeenConfig.spec
         self.sites_key = f"{prefix}:sites"
         self.not_before_key = f"{prefix}:not_before"
         self.seen_key = f"{prefix}:seen"
@@ -136,6 +142,7 @@ class FrontierStore:
         self._status = redis.register_script(_script("status.lua"))
         self._release = redis.register_script(_script("release.lua"))
         self._pop_seeds = redis.register_script(_script("pop_seeds.lua"))
+        self._seen = redis.register_script(_script("seen.lua"))
 
     def queue_key(self, website: str) -> str:
         return self.queue_prefix + website
@@ -150,11 +157,26 @@ class FrontierStore:
         for e in entries:
             idx = qkeys.setdefault(e.website, 6 + len(qkeys))
             args += [idx, e.website, e.fingerprint, e.mode, e.score, e.not_before, e.payload]
+        args.append(self.seen_spec)
         keys = [self.seen_key, self.sites_key, self.not_before_key, self.seq_key, self.workers_key,
                 *(self.queue_key(w) for w in qkeys)]
         self.calls += 1
         out = await self._push(keys=keys, args=args)
         return [bool(x) for x in out[:-1]], int(out[-1])
+
+    async def seen(self, op: str, fingerprints: list[str]) -> list[int]:
+        """``op`` ("check", "add" or "forget") for each fingerprint, as a push would (``lua/seen.lua``).
+
+        check: 1 if seen; add: 1 if it was new; forget: the next push of it is stored again.
+        """
+        self.calls += 1
+        out = await self._seen(keys=[self.seen_key], args=[self.seen_spec, op, *fingerprints])
+        return [int(x) for x in out] if isinstance(out, list) else [int(out)]
+
+    async def seen_count(self) -> int:
+        """Fingerprints stored in the seen set or filters (of the generations still remembered)."""
+        self.calls += 1
+        return int(await self._seen(keys=[self.seen_key], args=[self.seen_spec, "count"]))
 
     async def pop(self, n: int, worker: str, receipts: PopReceipts | None = None) -> PopResult:
         """Up to ``n`` requests from websites that may be served now (and those of ``receipts.lost``).

@@ -1,7 +1,7 @@
 -- Push a batch of requests into the frontier, deduplicating atomically:
 -- a fingerprint is added to the seen set only together with its request.
 --
--- KEYS[1]  seen set (fingerprints)
+-- KEYS[1]  seen key (the exact set, or the base of the Bloom filter's keys)
 -- KEYS[2]  sites zset: website -> time (Redis TIME, s) it may next be served;
 --          holds exactly the websites whose queue is not empty
 -- KEYS[3]  not-before zset: website -> time before which it must not be served
@@ -15,10 +15,13 @@
 --                2 = requeue: store, leave the seen set alone),
 --          queue score (-priority), not-before time (0 = none),
 --          and the encoded request
+-- ARGV[3 + 7N]  the seen spec (seen_lib.lua; absent or "" = exact set)
 -- return   {stored flags (1 stored, 0 duplicate) ..., sites with work}
+-- @include seen_lib.lua
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local n = tonumber(ARGV[2])
+local seen = seen_open(KEYS[1], ARGV[3 + n * 7], now)
 local seq = redis.call('INCRBY', KEYS[4], n) - n
 local out = {}
 for i = 0, n - 1 do
@@ -29,9 +32,9 @@ for i = 0, n - 1 do
   local mode = ARGV[base + 3]
   local stored = 1
   if mode == '0' then
-    stored = redis.call('SADD', KEYS[1], fp)
+    stored = seen_add(seen, fp)
   elseif mode == '1' then
-    redis.call('SADD', KEYS[1], fp)
+    seen_mark(seen, fp)
   end
   if stored == 1 then
     local member = string.format('%016x', seq + i) .. ':' .. fp .. ':' .. ARGV[base + 6]
@@ -49,6 +52,7 @@ for i = 0, n - 1 do
   end
   out[#out + 1] = stored
 end
+seen_close(seen)
 redis.call('ZADD', KEYS[5], now, ARGV[1])
 out[#out + 1] = redis.call('ZCARD', KEYS[2])
 return out
