@@ -1,8 +1,8 @@
-"""Time spans during which a demo site is rate limited, failing or dropping connections.
+"""Time spans during which a demo site is rate limited, failing, dropping connections or slow.
 
 A span comes either from the site's configuration (``throttle_after`` /
 ``fail_after``, measured from the first request the server saw for the site)
-or from an admin call (``/_demo/throttle``, ``/_demo/fail``), which starts it
+or from an admin call (``/_demo/throttle``, ``/_demo/fail``, ``/_demo/slow``), which starts it
 at once so tests need not guess at timing. State lives in the server process.
 """
 
@@ -17,18 +17,20 @@ if TYPE_CHECKING:
 
 THROTTLE = "throttle"
 FAIL = "fail"
+SLOW = "slow"  # answers as usual, each one delay_ms later (robots.txt exempt)
 
 
 @dataclass(frozen=True, slots=True)
 class Span:
     """One condition on one site, active for ``start <= now < end`` (epoch seconds)."""
 
-    kind: str  # THROTTLE (robots.txt exempt) or FAIL (every path)
+    kind: str  # THROTTLE (robots.txt exempt), FAIL (every path) or SLOW (robots.txt exempt)
     start: float
     end: float
     status: int  # 0 for FAIL: drop the connection without a response
     retry_after: int = -1  # < 0: no Retry-After header
     http_date: bool = False
+    delay_ms: int = 0  # SLOW: extra wait before the response head
 
     def retry_after_header(self, now: float) -> tuple[tuple[str, str], ...]:
         """The Retry-After header to send at ``now``, if any."""
@@ -40,7 +42,7 @@ class Span:
 
     def as_dict(self) -> dict[str, object]:
         return {"kind": self.kind, "start": self.start, "end": self.end, "status": self.status,
-                "retry_after": self.retry_after, "http_date": self.http_date}
+                "retry_after": self.retry_after, "http_date": self.http_date, "delay_ms": self.delay_ms}
 
 
 class Conditions:
@@ -77,13 +79,20 @@ class Conditions:
         """The span that decides the answer to ``path`` at ``now``: a failure before a throttle."""
         found: Span | None = None
         for span in self._spans[host]:
-            if not span.start <= now < span.end:
+            if not span.start <= now < span.end or span.kind == SLOW:
                 continue
             if span.kind == FAIL:
                 return span
             if path != "/robots.txt" and found is None:
                 found = span
         return found
+
+    def delay_ms(self, host: str, path: str, now: float) -> int:
+        """Extra milliseconds before the head of ``path`` at ``now`` (the longest SLOW span in force)."""
+        if path == "/robots.txt":
+            return 0
+        return max((s.delay_ms for s in self._spans[host] if s.kind == SLOW and s.start <= now < s.end),
+                   default=0)
 
     def spans(self, host: str) -> list[Span]:
         return list(self._spans[host])

@@ -224,8 +224,9 @@ class HttpProtocol(asyncio.Protocol):
             body = b""
         record["status"] = page.status
         site = self.server.sites[host]
+        delay_ms = page.delay_ms + self.server.conditions.delay_ms(host, path, now)
         self._send(record, page.status, body, page.content_type, extra, page.chunked, close,
-                   delay_ms=page.delay_ms, rate=site.stream_bytes_per_s)
+                   delay_ms=delay_ms, rate=site.stream_bytes_per_s)
 
     def _answer_span(self, record: dict[str, Any], span: Span, now: float, close: bool) -> None:
         if span.status == 0:

@@ -31,7 +31,7 @@ from collections import OrderedDict
 from typing import IO, Any
 from urllib.parse import parse_qs
 
-from .conditions import FAIL, THROTTLE, Conditions, Span
+from .conditions import FAIL, SLOW, THROTTLE, Conditions, Span
 from .listeners import Listeners
 from .protocol import HttpProtocol
 from .sites import DEFAULT_SITES, Page, SiteConfig, render, sites_from_json, sites_to_json
@@ -135,6 +135,9 @@ class DemoSiteServer:
         * ``/_demo/fail?host=H&seconds=S[&status=503]``: from now for S seconds every
           request to H (robots.txt included) gets ``status``; ``status=0`` closes the
           connection right after the request head, without a response.
+        * ``/_demo/slow?host=H&seconds=S&ms=M``: from now for S seconds every request
+          to H but robots.txt is answered as usual, M milliseconds later (a website
+          under strain: its response times rise).
         * ``/_demo/clear?host=H``: end every span of H (configured ones too).
         * ``/_demo/conditions?host=H``: the spans of H as JSON.
         * ``/_demo/listen?address=A&on=0|1``: stop or start listening on loopback
@@ -162,7 +165,7 @@ class DemoSiteServer:
             return 200, sites_to_json(tuple(self.sites.values())).encode(), "application/json"
         if path == "/_demo/health":
             return 200, json.dumps({"requests": len(self.log.records)}).encode(), "application/json"
-        if path in ("/_demo/throttle", "/_demo/fail", "/_demo/clear", "/_demo/conditions"):
+        if path in ("/_demo/throttle", "/_demo/fail", "/_demo/slow", "/_demo/clear", "/_demo/conditions"):
             return self._admin_span(path, params)
         if path == "/_demo/listen":
             return self._admin_listen(params, via)
@@ -198,6 +201,11 @@ class DemoSiteServer:
                 raise _AdminError(f"status must be an HTTP status, not {status}")
             span = Span(THROTTLE, now, now + seconds, status, int(params.get("retry_after", "-1")),
                         params.get("date", "0") == "1")
+        elif path == "/_demo/slow":
+            ms = int(params.get("ms", "0"))
+            if ms <= 0:
+                raise _AdminError(f"ms must be > 0, not {ms}")
+            span = Span(SLOW, now, now + seconds, 200, delay_ms=ms)
         else:
             status = int(params.get("status", "503"))
             if status != 0 and not 100 <= status <= 599:

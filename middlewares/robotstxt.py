@@ -13,9 +13,11 @@ before #6802).
 
 It also announces each host's robots.txt ``Crawl-delay`` (for our user
 agent, from ``RobotParser.crawl_delay``; Protego, the default parser, reads
-it) once, with the signal :data:`robots_crawl_delay`, before the first
-request to that host leaves this middleware: politeness
-(:mod:`middlewares.politeness`) turns it into a cluster-wide gate.
+it) and ``Request-rate`` (``parser.rp.request_rate``, which Protego and the
+standard library's parser have) once, with the signal
+:data:`robots_crawl_delay`, before the first request to that host leaves this
+middleware: politeness (:mod:`middlewares.politeness`) turns them into a
+cluster-wide gate.
 
 Enabled in place of Scrapy's (``DOWNLOADER_MIDDLEWARES``, same order 100),
 with Scrapy's settings (``ROBOTSTXT_OBEY``, ``ROBOTSTXT_PARSER``, ...).
@@ -50,8 +52,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: Sent once per host (netloc) when its robots.txt is known, with keyword
-#: arguments ``netloc`` (str), ``url`` (a URL of that host) and ``delay``
-#: (float seconds, or None when robots.txt gives none or could not be read).
+#: arguments ``netloc`` (str), ``url`` (a URL of that host), ``delay``
+#: (float seconds, or None when robots.txt gives none or could not be read)
+#: and ``request_rate`` (``(requests, seconds)`` from ``Request-rate``, or None).
 robots_crawl_delay = object()
 
 
@@ -83,15 +86,34 @@ class RobotsTxtMiddleware(_ScrapyRobotsTxtMiddleware):
 
     def _announce(self, netloc: str, request: Request, parser: RobotParser | None) -> None:
         delay: float | None = None
+        rate: tuple[int, float] | None = None
         if parser is not None:
             settings = self.crawler.settings
             agent = (settings.get("ROBOTSTXT_USER_AGENT") or request.headers.get(b"User-Agent")
                      or settings.get("USER_AGENT") or "")
             delay = parser.crawl_delay(agent)  # None from parsers without Crawl-delay support
-        if delay is not None:
-            logger.info("robots.txt of %(netloc)s: Crawl-delay %(delay)gs", {"netloc": netloc, "delay": delay},
+            rate = _request_rate(parser, agent)
+        if delay is not None or rate is not None:
+            logger.info("robots.txt of %(netloc)s: Crawl-delay %(delay)s, Request-rate %(rate)s",
+                        {"netloc": netloc, "delay": f"{delay:g}s" if delay is not None else "none",
+                         "rate": f"{rate[0]}/{rate[1]:g}s" if rate else "none"},
                         extra={"spider": self.crawler.spider})
-        self.crawler.signals.send_catch_log(robots_crawl_delay, netloc=netloc, url=request.url, delay=delay)
+        self.crawler.signals.send_catch_log(robots_crawl_delay, netloc=netloc, url=request.url, delay=delay,
+                                            request_rate=rate)
+
+
+def _request_rate(parser: RobotParser, agent: str | bytes) -> tuple[int, float] | None:
+    """``Request-rate: n/m`` for ``agent`` as ``(n, m seconds)``; None if absent or not read by the parser."""
+    reader = getattr(getattr(parser, "rp", None), "request_rate", None)  # Protego, urllib.robotparser
+    if reader is None:
+        return None
+    try:
+        found = reader(agent.decode("latin-1") if isinstance(agent, bytes) else agent)
+    except (TypeError, ValueError):
+        return None
+    if found is None or not found.requests or found.requests <= 0 or not found.seconds or found.seconds <= 0:
+        return None
+    return int(found.requests), float(found.seconds)
 
 
 class RobotsTxtOffsiteMiddleware:

@@ -48,10 +48,26 @@ def test_parse_rate_rejects_naming_setting_and_value(raw: Any) -> None:
     ("POLITENESS_BREAKER_FAILURES", 0), ("POLITENESS_RETRY_AFTER_STATUSES", [429, 700]),
     ("POLITENESS_RATE_PER_WEBSITE", {"a.test": "fast"}), ("POLITENESS_RATE_PER_WEBSITE", "[1]"),
     ("POLITENESS_BREAKER_EXCEPTIONS", ["builtins.int"]), ("POLITENESS_REFRESH_SECONDS", "soon"),
+    ("POLITENESS_ADAPTIVE_DECREASE", 1), ("POLITENESS_ADAPTIVE_INCREASE", 1), ("POLITENESS_ADAPTIVE_MIN_RATE", 0),
+    ("POLITENESS_ADAPTIVE_LATENCY_FACTOR", 0.5), ("POLITENESS_ADAPTIVE_WINDOW_SECONDS", 0),
+    ("POLITENESS_ADAPTIVE_WEBSITES", [3]),
 ])
 def test_bad_values_stop_the_crawl_naming_the_setting(name: str, value: Any) -> None:
     with pytest.raises(ValueError, match=name.split("[", maxsplit=1)[0]):
         config(**{name: value})
+
+
+def test_adaptive_slow_down_is_off_by_default_and_on_per_website() -> None:
+    assert not config().adaptive.websites and not config().adaptive.applies("shop-a.test")
+    some = config(POLITENESS_ADAPTIVE_WEBSITES="Shop-A.test, b.test").adaptive
+    assert some.applies("shop-a.test") and some.applies("b.test") and not some.applies("c.test")
+    assert config(POLITENESS_ADAPTIVE_WEBSITES=["*"]).adaptive.applies("c.test")
+
+
+@pytest.mark.parametrize(("rps", "rate"), [(40.5, Rate(40, 1.0)), (1, Rate(1, 1.0)), (0.5, Rate(1, 2.0)),
+                                           (0.2, Rate(1, 5.0))])
+def test_a_rate_per_second_as_a_gate(rps: float, rate: Rate) -> None:
+    assert Rate.from_per_second(rps) == rate
 
 
 def test_per_website_rates_from_json_and_none() -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import json
 import socket
 import time
+import urllib.request
 from typing import TYPE_CHECKING
 
 import pytest
@@ -137,6 +139,26 @@ def test_admin_paths_are_not_logged(demo_site: DemoSite) -> None:
     mark = demo_site.mark()
     demo_site.log(mark)
     assert demo_site.mark() == mark
+
+
+def test_slow_span_delays_every_answer_but_robots_txt(demo_site: DemoSite) -> None:
+    host = DEFAULT_SITES[0].host
+    mark = demo_site.mark()
+    admin = f"{demo_site.server.url}/_demo/%s?host={host}"
+    with urllib.request.urlopen(admin % "slow" + "&seconds=600&ms=2000", timeout=10) as r:
+        assert json.loads(r.read())["kind"] == "slow"
+    try:
+        assert split(raw_get(demo_site.port, host, "/list/1"))[0].endswith(" 200 OK")
+        assert split(raw_get(demo_site.port, host, "/robots.txt"))[0].endswith(" 200 OK")
+    finally:
+        urllib.request.urlopen(admin % "clear", timeout=10).close()
+    assert split(raw_get(demo_site.port, host, "/list/1"))[0].endswith(" 200 OK")
+    # The server's own times: /list/1 answered >= 2 s after the request while slow (1 ms: the
+    # log's rounding); robots.txt, and /list/1 after the span, not held back (bound: < 2 s, a
+    # margin of 2 s for a busy machine on a ~1 ms answer).
+    slow, robots, fast = [r for r in demo_site.log(mark) if r["host"] == host]
+    assert slow["t_end"] - slow["t"] >= 2 - 0.001
+    assert robots["t_end"] - robots["t"] < 2 and fast["t_end"] - fast["t"] < 2
 
 
 def test_site_config_round_trip_and_validation() -> None:

@@ -322,7 +322,7 @@ def test_throttle_without_retry_after_and_with_an_http_date(site: DemoSite) -> N
 
 
 @pytest.mark.parametrize("call", ["throttle?host=nope.test&seconds=1", "fail?host=admin.test",
-                                  "fail?host=admin.test&seconds=1&status=7"])
+                                  "fail?host=admin.test&seconds=1&status=7", "slow?host=admin.test&seconds=1"])
 def test_bad_admin_calls_get_400(site: DemoSite, call: str) -> None:
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(f"{site.server.url}/_demo/{call}", timeout=10)

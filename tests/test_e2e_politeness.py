@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -40,6 +41,7 @@ import redis
 from demosite import analysis, profiles
 from demosite.sites import SiteConfig
 from devtools.services import ROOT, start_demosite
+from middlewares.politeness.config import Rate
 from tests.conftest import DemoSite, assert_clean_log, start_crawl, wait_crawl
 
 if TYPE_CHECKING:
@@ -65,6 +67,9 @@ SITES = (
     _site("free.test", 60, slow_ms=50),
     profiles.crawl_delay("cd.test", 0.5, items=10, per_page=10, errors=0, redirect_every=10**9, related=1),
     _site("rt.test", 60, per_page=20),
+    _site("ad.test", 1500, per_page=50, slow_ms=20),
+    profiles.crawl_delay("rr.test", 0, items=10, per_page=10, errors=0, redirect_every=10**9, related=1,
+                         request_rate="2/1"),
 )
 SPIDER = "politeness_probe"
 
@@ -171,7 +176,8 @@ class Cluster:
                     c.proc.wait(30)
         for result in results:
             assert result.returncode == 0, result.log[-3000:]
-            assert_clean_log(result.log, allowed=("Gave up retrying", "circuit breaker of", "breaker open again"))
+            assert_clean_log(result.log, allowed=("Gave up retrying", "circuit breaker of", "breaker open again",
+                                                  "slowed down to"))
         return results
 
 
@@ -295,6 +301,23 @@ def test_crawl_delay_holds_across_three_workers(site: DemoSite, redis_url: str, 
 
 
 @pytest.mark.e2e
+def test_robots_request_rate_holds_across_three_workers(site: DemoSite, redis_url: str, tmp_path: Path) -> None:
+    # robots.txt "Request-rate: 2/1" (no Crawl-delay): honoured as one request per 0.5 s.
+    requests, window = 2, 1.0
+    cluster = Cluster(site, redis_url, tmp_path, {})
+    cluster.seed("rr.test")
+    results = cluster.finish()
+    log = cluster.save(tmp_path)
+    rr = pages(log, "rr.test")
+    assert fetched(log, "rr.test") == expected_pages(SITES[7])
+    assert analysis.max_requests_in_any_window(rr, "rr.test", window) <= requests
+    smallest = analysis.min_gap(rr, "rr.test")
+    assert smallest is not None and smallest >= window / requests - CLOCK, sorted(analysis.gaps(rr, "rr.test"))[:5]
+    assert stat(results, "politeness/denied/delay") > 0  # three workers did compete for it
+    print(f"\nRequest-rate {requests}/{window:g}s: {len(rr)} requests, min gap {smallest:.3f}s")
+
+
+@pytest.mark.e2e
 def test_request_rate_and_a_run_time_change_within_5_s(site: DemoSite, redis_url: str, tmp_path: Path) -> None:
     before, after, window = 10, 4, 1.0
     cluster = Cluster(site, redis_url, tmp_path, {"POLITENESS_RATE_PER_WEBSITE": {"rt.test": f"{before}/{window:g}"}})
@@ -322,3 +345,52 @@ def test_request_rate_and_a_run_time_change_within_5_s(site: DemoSite, redis_url
     print(f"\nrate {before}/{window}s -> {after}/{window}s; every worker had it after {applied:.2f}s; "
           f"max per window before {analysis.max_requests_in_any_window(old, 'rt.test', window)}, "
           f"after {analysis.max_requests_in_any_window(new, 'rt.test', window)}")
+
+
+@pytest.mark.e2e
+def test_adaptive_slow_down_lowers_the_rate_cluster_wide_and_recovers(site: DemoSite, redis_url: str,
+                                                                      tmp_path: Path) -> None:
+    # The site answers in ~20 ms; then for `span` s every answer waits 300 ms more.
+    span, refresh = 5.0, 0.5
+    cluster = Cluster(site, redis_url, tmp_path, {
+        "POLITENESS_ADAPTIVE_WEBSITES": "ad.test", "POLITENESS_ADAPTIVE_WINDOW_SECONDS": "1",
+        "POLITENESS_ADAPTIVE_MIN_RATE": "2", "POLITENESS_ADAPTIVE_INCREASE": "1.5",
+        "POLITENESS_REFRESH_SECONDS": str(refresh)})
+    cluster.seed("ad.test")
+    start = cluster.first("ad.test", 200)
+    # The baseline: a few judged windows of the site's usual answers.
+    wait_for("three windows of crawling", lambda: time.time() > start["t"] + 3, 10)
+    admin(site, f"slow?host=ad.test&seconds={span}&ms=300")
+    slow_from = time.time()
+
+    def slowed() -> list[float]:
+        return [float(x) for c in cluster.crawls
+                for x in re.findall(r"ad\.test slowed down to ([0-9.]+) requests/s", c.log_path.read_text())]
+
+    first_rates = wait_for("a worker's slow-down decision", slowed, span, cluster.crawls)
+    seen = time.time()
+    results = cluster.finish(timeout=180)
+    log = cluster.save(tmp_path)
+
+    ad = pages(log, "ad.test")
+    rates = slowed()
+    # Each change logged once, by the worker whose report made it: one line per rate, all different.
+    assert len(rates) == stat(results, "politeness/adaptive/slowed") == len(set(rates)) >= 1
+    # While the site stays slow every window is worse, so the rate only goes down: from (every
+    # worker has it: one refresh, plus NEWS for what was on its way) to the end of the span, no
+    # window of the server's log holds more than the first lowered rate allows.
+    first = max(first_rates)
+    limit = Rate.from_per_second(first)
+    held = [r for r in ad if seen + refresh + NEWS <= r["t"] < slow_from + span]
+    assert held, "the span ended before the decision reached every worker"
+    assert analysis.max_requests_in_any_window(held, "ad.test", limit.window) <= limit.requests
+    # Lower than before by a clear factor: at most half the rate of the 2 s before the span.
+    before = analysis.requests_during(log, "ad.test", slow_from - 2, slow_from)
+    during = len(held) / (slow_from + span - seen - refresh - NEWS)
+    assert during <= 0.5 * len(before) / 2, (during, len(before) / 2)
+    # It recovered: raised step by step (or lifted), and the site was crawled to the end.
+    assert stat(results, "politeness/adaptive/raised") + stat(results, "politeness/adaptive/restored") >= 1
+    assert fetched(log, "ad.test") == expected_pages(SITES[6])
+    print(f"\nrequests/s before {len(before) / 2:.1f}, while slowed {during:.1f}; rates {sorted(rates, reverse=True)}; "
+          f"raised {stat(results, 'politeness/adaptive/raised')}, "
+          f"restored {stat(results, 'politeness/adaptive/restored')}")

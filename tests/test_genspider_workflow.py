@@ -26,12 +26,9 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.e2e
 
 BIN = Path(sys.executable).parent
-# No permanently failing pages on this site (errors=0): on a site this small, the
-# /broken pages (always 500) become every circuit-breaker probe once the good pages
-# are done, and each failed probe doubles the cooling period, so the crawl outlasts
-# the test. A known politeness defect (docs/politeness.md, "Known limits"), not
-# what this walkthrough tests.
-SITE = SiteConfig(host="example.test", kind="news", items=12, per_page=4, page_bytes=1500, errors=0)
+# The default site profile, broken pages included: /broken (always 500), /busy
+# (always 429) and /missing (404), as a real site has them.
+SITE = SiteConfig(host="example.test", kind="news", items=12, per_page=4, page_bytes=1500)
 TIMEOUT = 180  # a hung command fails the test; not a timing assertion
 
 

@@ -155,6 +155,52 @@ def test_breaker_opens_after_k_failures_one_probe_reopens_longer_and_closes(redi
     run(redis_url, body)
 
 
+def test_the_failure_streak_counts_distinct_urls(redis_url: str) -> None:
+    async def body(store: PolitenessStore) -> None:
+        first = await store.report(SITE, FAIL, "", None, 1.0, url="u1")
+        assert (first.transition, first.count) == ("failed", 1)
+        for _ in range(3):  # retries and requeued copies of u1
+            again = await store.report(SITE, FAIL, "", None, 1.0, url="u1")
+            assert (again.transition, again.count) == ("", 1)
+        assert (await store.report(SITE, FAIL, "", None, 1.0, url="u2")).count == 2
+        # A success sent after the streak began ends it: u1 counts again in the next one.
+        assert (await store.report(SITE, OK, "", None, 1.0, first.now + 1)).clean
+        assert (await store.report(SITE, FAIL, "", None, 1.0, url="u1")).count == 1
+
+    run(redis_url, body)
+
+
+def test_a_probe_on_a_url_known_to_fail_is_inconclusive(redis_url: str) -> None:
+    async def body(store: PolitenessStore) -> None:
+        for url in ("u1", "u2"):
+            await store.report(SITE, FAIL, "", None, 1.0, url=url)
+        opened = await store.report(SITE, FAIL, "", None, 1.0, url="u3")
+        assert opened.transition == "opened"
+        await until_server_time(store, opened.until)
+        # For the grace period (probe wait, cool / 2 here) a known-failing URL leaves the probe to others.
+        held = await store.admit(SITE, "a", 0, 0, 0, 1, url="u1")
+        grace = store.config.probe_wait
+        if held.now < opened.until + grace:
+            assert (held.permits, held.reason) == (0, "probe")
+            assert held.not_before == pytest.approx(opened.until + grace, abs=1e-3)
+        await until_server_time(store, opened.until + grace)
+        probe = await store.admit(SITE, "a", 0, 0, 0, 1, url="u1")
+        assert probe.probe
+        inconclusive = await store.report(SITE, FAIL, "a", None, 1.0, url="u1")
+        assert (inconclusive.transition, inconclusive.until) == ("inconclusive", opened.until)
+        # Not parked again: another URL is the next probe, at once; a new failing URL reopens.
+        assert (await store.admit(SITE, "b", 0, 0, 0, 1, url="u9")).probe
+        reopened = await store.report(SITE, FAIL, "b", None, 1.0, url="u9")
+        assert reopened.transition == "reopened"
+        await until_server_time(store, reopened.until)
+        assert (await store.admit(SITE, "c", 0, 0, 0, 1, url="u8")).probe
+        closed = await store.report(SITE, OK, "c", None, 1.0)
+        assert closed.transition == "closed"
+        assert not await store.redis.exists(website_keys("t", SITE)[3])  # the failing URLs are forgotten
+
+    run(redis_url, body)
+
+
 def test_probe_timeout_lets_another_probe_go(redis_url: str) -> None:
     async def body(store: PolitenessStore) -> None:
         rep = await store.report(SITE, RATE, "", None, 1.0)
@@ -228,3 +274,43 @@ def test_script_flush_recovery(redis_url: str) -> None:
     run(redis_url, body)
     with redis.Redis.from_url(redis_url) as r:
         assert r.exists(website_keys("t", SITE)[0]) == 0  # a clean website leaves no state behind
+
+
+def test_adaptive_rule_slows_down_against_the_baseline_and_recovers_slowly(redis_url: str) -> None:
+    # Windows of 0.2 s, judged when they close with >= 5 responses.
+    async def body(store: PolitenessStore) -> None:
+        async def window(n: int, latency: float, errors: int = 0) -> Any:
+            first = await store.adapt(SITE, n, n * latency, errors)
+            assert first.change == ""  # the window is still open
+            sec, usec = await store.redis.time()
+            await until_server_time(store, sec + usec / 1e6 + 0.21)
+            return await store.adapt(SITE, 0, 0.0, 0)
+
+        base = await window(20, 0.01)
+        assert (base.change, base.rate) == ("", 0) and base.base_latency == pytest.approx(0.01)
+        healthy = await window(20, 0.02)  # below 3 x baseline: healthy, the baseline follows
+        assert healthy.change == "" and healthy.base_latency == pytest.approx(0.0125)
+        slowed = await window(20, 0.2)
+        assert slowed.change == "slowed" and slowed.rate > 0
+        assert slowed.base_latency == pytest.approx(0.0125)  # a worse window does not move the baseline
+        again = await window(20, 0.2)
+        assert again.change == "slowed" and again.rate == pytest.approx(max(0.5, slowed.rate / 2), rel=0.01)
+        errors = await window(20, 0.01, errors=10)  # fast, but half of them failed
+        assert errors.change in ("slowed", "")  # "" once at the floor
+        floor = again
+        while floor.rate > 0.5 + 1e-9:
+            floor = await window(20, 0.2)
+        assert (await window(20, 0.2)).change == ""  # at the floor: no change, nothing to log
+        rate, changes = floor.rate, []
+        while True:
+            up = await window(20, 0.01)
+            changes.append(up.change)
+            if up.change == "restored":
+                assert up.rate == 0
+                break
+            assert up.change == "raised" and up.rate == pytest.approx(rate * 1.5, rel=0.01)
+            rate = up.rate
+        assert len(changes) >= 3  # slowly: several healthy windows
+
+    run(redis_url, body, POLITENESS_ADAPTIVE_WEBSITES=[SITE], POLITENESS_ADAPTIVE_WINDOW_SECONDS=0.2,
+        POLITENESS_ADAPTIVE_MIN_RATE=0.5, POLITENESS_ADAPTIVE_INCREASE=1.5)

@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from scrapy import Request
 from scrapy.http import Headers, HtmlResponse
 from scrapy.utils.misc import build_from_crawler
@@ -178,4 +179,88 @@ def test_retries_of_one_broken_url_do_not_open_the_breaker(redis_url: str) -> No
 
     stats = run(redis_url, {"POLITENESS_BREAKER_FAILURES": 3}, body)
     assert stats.get("politeness/transition/opened") is None
+    assert stats["politeness/transition/failed"] == 1
+
+
+def test_requeued_copies_of_one_broken_url_count_once(redis_url: str) -> None:
+    # A 500 that arrives while its website is parked (a 429 elsewhere on it) is requeued
+    # without a Scrapy retry: the copy is fetched again as a first attempt. The breaker's
+    # streak counts distinct URLs, so two broken pages never reach K = 3.
+    async def body(mw: PolitenessMiddleware) -> None:
+        for meta in ({}, {"politeness_requeues": 1}, {"politeness_requeues": 2}, {"retry_times": 1}):
+            request = Request("http://shop-a.test/broken/1", meta=dict(meta))
+            await mw.process_response(request, response(request, 500))
+        request = Request("http://shop-a.test/broken/2")
+        assert await mw.process_response(request, response(request, 500)) is not None
+        assert await mw.process_request(Request("http://shop-a.test/item/1")) is None
+
+    stats = run(redis_url, {"POLITENESS_BREAKER_FAILURES": 3}, body)
+    assert stats.get("politeness/transition/opened") is None
+    assert stats["politeness/transition/failed"] == 2
+
+
+async def _admitted(mw: PolitenessMiddleware, request: Request, timeout: float = 10) -> Request:
+    """Ask until ``request`` is let through (the event), or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await mw.process_request(request) is None:
+            return request
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{request} not admitted within {timeout}s")
+
+
+def test_a_probe_on_a_url_known_to_fail_is_inconclusive(redis_url: str) -> None:
+    # The breaker opened on /broken/1 and /broken/2 (always 500). A probe that is one of
+    # them says nothing about the website: no longer cooling, and another URL goes first.
+    async def body(mw: PolitenessMiddleware) -> None:
+        for k in (1, 2):
+            request = Request(f"http://small.test/broken/{k}")
+            await mw.process_response(request, response(request, 500))
+        # While any other request may take the probe, a known-failing URL leaves it to them
+        # for a grace period (half the cooling period here) after the park ends.
+        until = mw.view.parked["small.test"]
+        while mw.view.server_now() < until:
+            await asyncio.sleep(0.01)
+        asked = mw.view.server_now()
+        denied = await mw.process_request(Request("http://small.test/broken/1", meta={"retry_times": 1}))
+        if asked < until + grace - 0.05:  # asked within the grace (a stalled test may not have)
+            assert isinstance(denied, Request)
+            assert denied.meta["frontier_not_before"] == pytest.approx(until + grace, abs=0.01)
+        good = await _admitted(mw, Request("http://small.test/item/1"))
+        assert good.meta.get("politeness_probe")
+        assert await mw.process_response(good, response(good, 200)) is not None  # closed
+        # Open it again; then the only request left is a known-failing one: it becomes the
+        # probe after the grace, fails, and the breaker does not reopen for longer.
+        for k in (3, 4):
+            request = Request(f"http://small.test/broken/{k}")
+            await mw.process_response(request, response(request, 500))
+        probe = await _admitted(mw, Request("http://small.test/broken/3", meta={"retry_times": 1}))
+        assert probe.meta.get("politeness_probe")
+        resp = response(probe, 500)
+        assert await mw.process_response(probe, resp) is resp  # to RetryMiddleware
+        nxt = await mw.process_request(Request("http://small.test/item/2"))
+        assert nxt is None  # not parked again: the next request is the probe at once
+
+    grace = 0.5  # POLITENESS_BREAKER_COOL_SECONDS / 2, at most 0.5 s
+    stats = run(redis_url, {"POLITENESS_BREAKER_FAILURES": 2, "POLITENESS_BREAKER_COOL_SECONDS": 1}, body)
+    assert stats["politeness/transition/opened"] == 2
+    assert stats["politeness/transition/closed"] == 1
+    assert stats["politeness/transition/inconclusive"] == 1
+    assert stats.get("politeness/transition/reopened") is None
+
+
+def test_a_500_while_parked_by_a_429_goes_to_retry_not_back_to_the_frontier(redis_url: str) -> None:
+    # Only an open breaker requeues a failure. A 500 that arrives while its website is
+    # parked by a 429 goes to RetryMiddleware (whose retry then waits for the park):
+    # requeued, it was fetched up to POLITENESS_MAX_REQUEUES more times than its retries.
+    async def body(mw: PolitenessMiddleware) -> None:
+        busy = Request("http://shop-a.test/busy/1")
+        assert isinstance(await mw.process_response(busy, response(busy, 429, {"Retry-After": "30"})), Request)
+        broken = Request("http://shop-a.test/broken/1")
+        resp = response(broken, 500)
+        assert await mw.process_response(broken, resp) is resp
+        assert mw.view.parked_until("shop-a.test") is not None  # the park still holds its retry
+
+    stats = run(redis_url, {}, body)
+    assert stats.get("politeness/requeued/breaker") is None
     assert stats["politeness/transition/failed"] == 1

@@ -242,12 +242,13 @@ def test_spider_runs_from_the_egg_in_scrapyd(
     assert summary["distinct"] == sum(site.expected_pages().values()) + 1  # + robots.txt
     # RetryMiddleware fetches each 500 page 3 times; a 429 page (always 429,
     # Retry-After: 1) is fetched once, again after each of politeness's 3 parks,
-    # then twice more by RetryMiddleware; on a loaded machine up to 3 more (not
-    # yet explained: see tests/test_e2e_workers.py).
+    # then twice more by RetryMiddleware: exactly (see tests/test_e2e_workers.py).
     errors = min(site.errors, site.pages)
     dup = summary["duplicates"]
     assert dup["robots"] == 0 and dup["unexplained"] == 0, summary
-    assert 2 * errors + 5 * errors <= dup["retries"] <= 2 * errors + 8 * errors, summary
+    assert summary["error_fetches"] == {**{f"/broken/{k}": 3 for k in range(1, errors + 1)},
+                                        **{f"/busy/{k}": 1 + 3 + 2 for k in range(1, errors + 1)}}, summary
+    assert dup["retries"] == 2 * errors + 5 * errors, summary
     assert stats["downloader/response_count"] == summary["requests"]
 
     with MongoClient(mongo_server_uri) as client:

@@ -39,6 +39,17 @@ class Rate:
     def __str__(self) -> str:
         return f"{self.requests}/{self.window:g}s"
 
+    @property
+    def per_second(self) -> float:
+        return self.requests / self.window
+
+    @classmethod
+    def from_per_second(cls, rps: float) -> Rate:
+        """``rps`` requests per second as a gate that spreads them: 1 per ``1/rps`` s below 1/s."""
+        if rps >= 1:
+            return cls(int(rps), 1.0)
+        return cls(1, round(1 / rps, 3))
+
 
 def parse_rate(name: str, raw: Any) -> Rate | None:
     """``"10/60"`` (requests / seconds), ``[10, 60]`` or None / ``"none"`` (no limit)."""
@@ -69,6 +80,44 @@ def _dict_setting(settings: BaseSettings, name: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ValueError(f"{name} must be a dict or JSON object, got {raw!r}")
     return {str(k).lower().rstrip("."): v for k, v in raw.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class AdaptiveConfig:
+    """Adaptive slow-down (``POLITENESS_ADAPTIVE_*``): the rule's parameters (docs/politeness.md)."""
+
+    websites: frozenset[str]  # websites it is on for; "*": every website; empty: off
+    window: float  # seconds of responses compared with the baseline
+    min_samples: int  # responses a window needs before it is judged
+    latency_factor: float  # worse: mean latency >= factor x baseline ...
+    error_margin: float  # ... or error rate >= baseline + margin
+    decrease: float  # worse: rate x decrease
+    increase: float  # healthy while slowed: rate x increase
+    min_rate: float  # requests per second, the floor
+
+    def applies(self, website: str) -> bool:
+        return bool(self.websites) and ("*" in self.websites or website in self.websites)
+
+    @classmethod
+    def from_settings(cls, settings: BaseSettings) -> Self:
+        raw = settings.getlist("POLITENESS_ADAPTIVE_WEBSITES", [])
+        if not all(isinstance(w, str) and w.strip() for w in raw):
+            raise ValueError(f"POLITENESS_ADAPTIVE_WEBSITES must be a list of websites or '*', got {raw!r}")
+        decrease = float_setting(settings, "POLITENESS_ADAPTIVE_DECREASE", 0.5, minimum=0, exclusive=True)
+        if decrease >= 1:
+            raise ValueError(f"POLITENESS_ADAPTIVE_DECREASE must be a number > 0 and < 1, got {decrease!r}")
+        return cls(
+            websites=frozenset(w.strip().lower().rstrip(".") for w in raw),
+            window=float_setting(settings, "POLITENESS_ADAPTIVE_WINDOW_SECONDS", 10, minimum=0, exclusive=True),
+            min_samples=int_setting(settings, "POLITENESS_ADAPTIVE_MIN_SAMPLES", 5, minimum=1),
+            latency_factor=float_setting(settings, "POLITENESS_ADAPTIVE_LATENCY_FACTOR", 3, minimum=1,
+                                         exclusive=True),
+            error_margin=float_setting(settings, "POLITENESS_ADAPTIVE_ERROR_MARGIN", 0.2, minimum=0,
+                                       exclusive=True),
+            decrease=decrease,
+            increase=float_setting(settings, "POLITENESS_ADAPTIVE_INCREASE", 1.25, minimum=1, exclusive=True),
+            min_rate=float_setting(settings, "POLITENESS_ADAPTIVE_MIN_RATE", 0.2, minimum=0, exclusive=True),
+        )
 
 
 def _statuses(settings: BaseSettings, name: str, default: list[int]) -> frozenset[int]:
@@ -126,11 +175,24 @@ class PolitenessConfig:
     # How long requests that find the probe out wait before they ask again: the frontier's
     # not-before marks only ever lengthen a park, so this stays short (half the shortest park).
     probe_wait: float
+    adaptive: AdaptiveConfig
     # plumbing
     refresh: float
     prefix: str
     redis: RedisClientConfig
     website_mode: str
+
+    def summary(self) -> str:
+        """The effective configuration, for the start-up log line."""
+        a = self.adaptive
+        adaptive = (f"adaptive slow-down on {sorted(a.websites)} (latency x{a.latency_factor:g} or errors "
+                    f"+{a.error_margin:g} over {a.window:g}s windows)" if a.websites else "adaptive slow-down off")
+        per = {k: str(v) if v else "none" for k, v in self.rate_per_website.items()}
+        return (f"Retry-After on {sorted(self.retry_after_statuses)} (cap {self.retry_after_max:g}s), backoff "
+                f"{self.backoff_base:g}s x{self.backoff_factor:g} up to {self.backoff_max:g}s; breaker after "
+                f"{self.breaker_failures} failures, cooling {self.breaker_cool:g}s; robots.txt Crawl-delay and "
+                f"Request-rate {f'honoured up to {self.crawl_delay_max:g}s' if self.crawl_delay else 'ignored'}; "
+                f"rate default {self.rate_default or 'none'}, per website {per}; {adaptive}")
 
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> Self:
@@ -168,6 +230,7 @@ class PolitenessConfig:
             gate_margin=float_setting(settings, "POLITENESS_GATE_MARGIN_SECONDS", 0.05, minimum=0),
             gate_park_max=park_max,
             probe_wait=min(park_max, _PROBE_WAIT, backoff_base / 2, cool / 2),
+            adaptive=AdaptiveConfig.from_settings(settings),
             lease_permits=int_setting(settings, "POLITENESS_RATE_LEASE_PERMITS", 32, minimum=1),
             lease_seconds=float_setting(settings, "POLITENESS_RATE_LEASE_SECONDS", 1.0, minimum=0, exclusive=True),
             refresh=float_setting(settings, "POLITENESS_REFRESH_SECONDS", 1.0, minimum=0, exclusive=True),

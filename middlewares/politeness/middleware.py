@@ -12,17 +12,16 @@
   (``POLITENESS_BREAKER_EXCEPTIONS`` / ``_STATUSES``) open the breaker: the
   website is parked for ``POLITENESS_BREAKER_COOL_SECONDS``, then exactly one
   probe goes, cluster-wide; success closes it, failure reopens it for longer.
-* **Gates**: robots.txt ``Crawl-delay`` (at most one request per *d* seconds
-  from the whole cluster) and a request rate per website
-  (``POLITENESS_RATE_*``, run-time overrides: ``python -m middlewares.politeness``).
+* **Gates**: robots.txt ``Crawl-delay`` / ``Request-rate`` and a request rate per
+  website (``POLITENESS_RATE_*``, run-time overrides: ``python -m middlewares.politeness``).
+* **Adaptive slow-down** (optional, :mod:`.adaptive`): a website much slower than its
+  own baseline gets a lower rate, cluster-wide.
 
-Every wait is a frontier not-before mark (the request is returned with meta
-``frontier_requeue`` / ``frontier_not_before``): no worker sleeps or holds a
-download slot. State lives in Redis (:mod:`.store`, Lua scripts on the Redis
-clock); a website with no signal and no limit costs no Redis round trip
-(:mod:`.view`). Redis unreachable: gated and watched websites fail closed
-(requests wait, retried with backoff up to ``POLITENESS_GATE_PARK_MAX_SECONDS``);
-a signal still parks its website on this worker; quiet websites flow.
+Every wait is a frontier not-before mark (meta ``frontier_requeue`` /
+``frontier_not_before``): no worker sleeps or holds a download slot. State lives
+in Redis (:mod:`.store`, Lua on the Redis clock); a website with no signal and no
+limit costs no Redis round trip (:mod:`.view`). Redis unreachable: gated and
+watched websites fail closed; a signal still parks its website on this worker.
 
 Settings: every ``POLITENESS_*`` (docs/politeness.md); ``WEBSITE_KEY`` picks the website.
 """
@@ -46,9 +45,11 @@ from scrapy.utils.request import request_httprepr
 
 from crawler.scrapy_internals import DownloadHeld, add_download_hold
 from crawler.website import website_key
+from middlewares.politeness.adaptive import AdaptiveSlowdown
 from middlewares.politeness.config import PolitenessConfig
+from middlewares.politeness.health import RedisHealth, log_transition
 from middlewares.politeness.signals import FAIL, OK, RATE, backoff_delay, classify_status, parse_retry_after
-from middlewares.politeness.store import Event, PolitenessStore
+from middlewares.politeness.store import Event, PolitenessStore, url_id
 from middlewares.politeness.view import PolitenessView, ViewSync
 from middlewares.robotstxt import robots_crawl_delay
 
@@ -84,8 +85,8 @@ class PolitenessMiddleware:
         self._sync: ViewSync | None = None
         self._websites: dict[str, str] = {}  # netloc -> website key
         self._counts: dict[str, int] = {}  # per-request counters, added to the stats at each refresh
-        self._redis_down = False
-        self._fail_wait = 0.0  # fail-closed backoff while Redis is down
+        self.health = RedisHealth(crawler, config.gate_park_max)
+        self.adaptive = AdaptiveSlowdown(config.adaptive, self.view, crawler, self.health.error)
         self._background: set[asyncio.Task[Any]] = set()
         self._leasing: dict[str, asyncio.Future[None]] = {}  # website -> its lease call in flight
         crawler.signals.connect(self.spider_opened, signal=signals.spider_opened)
@@ -103,23 +104,14 @@ class PolitenessMiddleware:
     async def spider_opened(self) -> None:
         redis = self.config.redis.async_client()
         self.store = PolitenessStore(redis, self.config)
-        self._sync = ViewSync(self.view, self.store, redis, self._redis_error, self._refreshed)
+        self._sync = ViewSync(self.view, self.store, redis, self.health.error, self._refreshed)
         await self._sync.start()
         if not add_download_hold(self.crawler, self._hold):
             logger.warning("Politeness: DOWNLOADER is not crawler.scrapy_internals.Downloader; requests that "
                            "wait in a download slot while their website is parked are not held back",
                            extra={"spider": self.crawler.spider})
-        c = self.config
-        logger.info(
-            "Politeness: Retry-After on %(ra)s (cap %(cap)gs), backoff %(base)gs x%(factor)g up to %(max)gs; "
-            "breaker after %(k)d failures, cooling %(cool)gs; Crawl-delay %(cd)s; rate default %(rate)s, "
-            "per website %(per)s; Redis unavailable: fail closed",
-            {"ra": sorted(c.retry_after_statuses), "cap": c.retry_after_max, "base": c.backoff_base,
-             "factor": c.backoff_factor, "max": c.backoff_max, "k": c.breaker_failures, "cool": c.breaker_cool,
-             "cd": f"honoured up to {c.crawl_delay_max:g}s" if c.crawl_delay else "ignored",
-             "rate": c.rate_default or "none", "per": {k: str(v) for k, v in c.rate_per_website.items()}},
-            extra={"spider": self.crawler.spider},
-        )
+        logger.info("Politeness: %(config)s; Redis unavailable: fail closed", {"config": self.config.summary()},
+                    extra={"spider": self.crawler.spider})
 
     async def spider_closed(self) -> None:
         if self._sync is not None:
@@ -131,11 +123,17 @@ class PolitenessMiddleware:
             self.stats.set_value("politeness/redis_calls", self.store.calls)
             await self.store.redis.aclose()
 
-    def robots_crawl_delay(self, netloc: str, url: str, delay: float | None, **kwargs: Any) -> None:
-        self.view.set_delay(website_key(url, self.config.website_mode), delay)
+    def robots_crawl_delay(self, netloc: str, url: str, delay: float | None,
+                           request_rate: tuple[int, float] | None = None, **kwargs: Any) -> None:
+        website = website_key(url, self.config.website_mode)
+        self.view.set_delay(website, delay)
+        if request_rate is not None:  # Request-rate: n/m, honoured as one request per m/n seconds
+            self.view.set_delay(website, request_rate[1] / request_rate[0])
 
     def _refreshed(self, changed: dict[str, str]) -> None:
         self._flush_counts()
+        if self.store is not None and self.config.adaptive.websites:
+            self._spawn(self.adaptive.flush(self.store))
         if not changed:
             return
         logger.info("Politeness: run-time request rates changed: %(changed)s; in force: %(all)s",
@@ -225,19 +223,17 @@ class PolitenessMiddleware:
         try:
             adm = await self.store.admit(website, token, delay + c.gate_margin if delay else 0.0,
                                          rate.requests if rate else 0, rate.window + c.gate_margin if rate else 0.0,
-                                         want)
+                                         want, url_id(request.method, request.url) if watched else "")
             if adm.permits > 1:
                 view.permits[website] = (adm.permits - 1, started + c.lease_seconds)
         except RedisError as exc:
-            self._redis_error(exc)
             # Fail closed, like the byte budget: no request to a gated or watched website without Redis.
-            self._fail_wait = min(max(self._fail_wait * 2, 0.25), c.gate_park_max)
-            return self._deny(request, view.server_now() + self._fail_wait, "redis_unavailable")
+            return self._deny(request, view.server_now() + self.health.failed_closed(exc), "redis_unavailable")
         finally:
             if lease is not None:
                 del self._leasing[website]
                 lease.set_result(None)
-        self._redis_back()
+        self.health.back()
         view.clock(adm.now)
         self._count("politeness/checked")
         if not adm.permits:
@@ -294,12 +290,14 @@ class PolitenessMiddleware:
         if self._exempt(request):
             return response
         kind = classify_status(response.status, self.config)
+        if self.config.adaptive.websites:
+            self._sample(request, kind is not None, float(request.meta.get("download_latency") or 0))
         token = str(request.meta.get(META_PROBE) or "")
         if kind is None:
             if token or self.view.watched:
                 website = self._website(request)
                 if token or website in self.view.watched:
-                    await self._report(website, OK, token, None, self._sent(request))
+                    await self._report(website, OK, token, None, request, self._sent(request))
             return response
         website = self._website(request)
         if kind == RATE:
@@ -310,11 +308,9 @@ class PolitenessMiddleware:
             # Hold the website here at once; Redis's answer (the cluster's level) follows.
             guess = retry_after if retry_after is not None else backoff_delay(0, self.config, -1)
             self.view.park(website, self.view.server_now() + guess)
-            until, _ = await self._report(website, RATE, token, retry_after)
+            until, _ = await self._report(website, RATE, token, retry_after, request)
             return self._requeue(request, until, "rate_limited") or response
-        if self._retried(request, token):
-            return response
-        until, open_now = await self._report(website, FAIL, token, None)
+        until, open_now = await self._report(website, FAIL, token, None, request)
         if open_now and not token:
             return self._requeue(request, until, "breaker") or response
         # The breaker is closed, or this was its probe: RetryMiddleware retries as usual.
@@ -322,14 +318,10 @@ class PolitenessMiddleware:
         # would otherwise keep the breaker open for ever (cooling doubling each time).
         return response
 
-    @staticmethod
-    def _retried(request: Request, token: str) -> bool:
-        """A RetryMiddleware retry (not a probe): its URL failed before and is not counted again.
-
-        Failures count per URL, so a few URLs that always fail (a broken page
-        retried by Scrapy) do not open the breaker of a website that works.
-        """
-        return not token and bool(request.meta.get("retry_times"))
+    def _sample(self, request: Request, error: bool, latency: float) -> None:
+        website = self._website(request)
+        if self.adaptive.applies(website):
+            self.adaptive.sample(website, latency, error)
 
     def _sent(self, request: Request) -> float:
         """When ``request`` was sent, on the Redis clock."""
@@ -346,30 +338,36 @@ class PolitenessMiddleware:
             return self._deny(request, exception.until, "held")
         if self._exempt(request) or not isinstance(exception, self.config.breaker_exceptions):
             return None
+        if self.config.adaptive.websites:
+            self._sample(request, True, time.time() - float(request.meta.get(META_SENT) or time.time()))
         token = str(request.meta.get(META_PROBE) or "")
-        if self._retried(request, token):
-            return None
-        until, open_now = await self._report(self._website(request), FAIL, token, None)
+        until, open_now = await self._report(self._website(request), FAIL, token, None, request)
         if open_now and not token:  # a failed probe goes to RetryMiddleware (see process_response)
             return self._requeue(request, until, "breaker")
         return None
 
-    async def _report(self, website: str, kind: str, token: str, retry_after: float | None,
+    async def _report(self, website: str, kind: str, token: str, retry_after: float | None, request: Request,
                       sent: float = 0.0) -> tuple[float, bool]:
-        """Tell Redis; returns (parked until, whether the website is parked now)."""
+        """Tell Redis; returns (parked until, whether its open breaker holds the website now).
+
+        Failures count once per URL (lua/report.lua): a broken page retried by
+        Scrapy, or requeued, does not open the breaker of a website that works.
+        """
         assert self.store is not None
         view = self.view
         jitter = 1 + self.config.backoff_jitter * random.uniform(-1, 1)
+        url = url_id(request.method, request.url) if kind == FAIL else ""
         try:
-            rep = await self.store.report(website, kind, token, retry_after, jitter, sent)
+            rep = await self.store.report(website, kind, token, retry_after, jitter, sent, url)
         except RedisError as exc:
-            self._redis_error(exc)
+            self.health.error(exc)
             return view.report_locally(website, kind, retry_after, jitter)
-        self._redis_back()
+        self.health.back()
         view.clock(rep.now)
         if rep.transition:
             self.stats.inc_value(f"politeness/transition/{rep.transition}")
-            self._log_transition(website, rep.transition, rep.until, rep.now, rep.count, retry_after)
+            log_transition(self.crawler, website, rep.transition, rep.until - rep.now, rep.count, retry_after,
+                           self.config.breaker_failures)
         # Exactly the cluster's park (the local guess made before the call may be longer).
         if rep.until > rep.now:
             view.parked[website] = rep.until
@@ -380,53 +378,20 @@ class PolitenessMiddleware:
             try:
                 await self.store.announce(Event(website, rep.until, rep.transition), rep.now)
             except RedisError as exc:
-                self._redis_error(exc)
+                self.health.error(exc)
         elif rep.clean and website in view.watched and website not in view.parked:
             view.watched.discard(website)
             self._spawn(self._forget(website, rep.now))
-        return rep.until, rep.until > rep.now
-
-    def _log_transition(self, website: str, transition: str, until: float, now: float, count: int,
-                        retry_after: float | None) -> None:
-        spider = {"spider": self.crawler.spider}
-        args = {"website": website, "wait": until - now, "count": count}
-        if transition == "parked":
-            how = "Retry-After" if retry_after is not None else f"backoff level {count}"
-            logger.info("Politeness: %(website)s parked for %(wait).1fs (%(how)s)", {**args, "how": how},
-                        extra=spider)
-        elif transition == "opened":
-            logger.warning("Politeness: circuit breaker of %(website)s opened after %(k)d failures; "
-                           "cooling %(wait).1fs", {**args, "k": self.config.breaker_failures}, extra=spider)
-        elif transition == "reopened":
-            logger.warning("Politeness: probe of %(website)s failed; breaker open again for %(wait).1fs",
-                           args, extra=spider)
-        elif transition == "closed":
-            logger.info("Politeness: probe of %(website)s succeeded; circuit breaker closed", args, extra=spider)
-        elif transition == "recovered":
-            logger.info("Politeness: probe of %(website)s succeeded; no longer rate limited", args, extra=spider)
-
-    # -- Redis health ----------------------------------------------------------
-
-    def _redis_error(self, exc: Exception) -> None:
-        self.stats.inc_value(f"politeness/redis_error/{type(exc).__name__}")
-        if not self._redis_down:
-            self._redis_down = True
-            logger.error("Politeness: Redis unavailable (%(exc)s); gated and watched websites wait until it "
-                         "is back, signals park websites on this worker only", {"exc": exc},
-                         extra={"spider": self.crawler.spider})
-
-    def _redis_back(self) -> None:
-        if self._redis_down:
-            self._redis_down = False
-            self._fail_wait = 0.0
-            logger.info("Politeness: Redis is back", extra={"spider": self.crawler.spider})
+        # A failure while the website is parked for a 429 goes to RetryMiddleware (its retry
+        # waits for the park): only an open breaker requeues, so each page's fetches are exact.
+        return rep.until, rep.until > rep.now and rep.breaker_open
 
     async def _forget(self, website: str, clean_at: float) -> None:
         assert self.store is not None
         try:
             await self.store.forget(website, clean_at)
         except RedisError as exc:
-            self._redis_error(exc)
+            self.health.error(exc)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

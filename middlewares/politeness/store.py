@@ -2,15 +2,19 @@
 
 Per website (hash-tagged, so one script touches one cluster slot):
 ``<p>:pol:{W}:state`` (parks, backoff level, breaker, probe), ``<p>:pol:{W}:next``
-(Crawl-delay gate), ``<p>:pol:{W}:log`` (request-rate permits). For the whole
+(Crawl-delay gate), ``<p>:pol:{W}:log`` (request-rate permits), ``<p>:pol:{W}:fails``
+(URLs of the failure streak, and the URLs known to fail while the breaker is open),
+``<p>:pol:{W}:adapt`` (adaptive slow-down: the open window, the baseline, the rate). For the whole
 cluster: ``<p>:pol:active`` (websites with state, so every worker checks them),
-``<p>:pol:rate`` (run-time rate overrides, written by the CLI) and the pub/sub
+``<p>:pol:rate`` (run-time rate overrides, written by the CLI),
+``<p>:pol:adaptive`` (rates lowered by the adaptive slow-down) and the pub/sub
 channel ``<p>:pol:events`` (parks and breaker transitions, so other workers hold a
 website within milliseconds instead of at their next refresh).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
@@ -22,14 +26,32 @@ if TYPE_CHECKING:
     from middlewares.politeness.config import PolitenessConfig
 
 
+_BASELINE_ALPHA = 0.25  # weight of a new healthy window in the adaptive baseline
+
+
 def website_keys(prefix: str, website: str) -> list[str]:
-    """KEYS of ``admit.lua`` (``report.lua`` uses the first)."""
+    """KEYS of ``admit.lua`` (``report.lua`` uses the first and the last)."""
     base = f"{prefix}:pol:{{{website}}}"
-    return [f"{base}:state", f"{base}:next", f"{base}:log"]
+    return [f"{base}:state", f"{base}:next", f"{base}:log", f"{base}:fails"]
+
+
+def url_id(method: str, url: str) -> str:
+    """A short id of a request's URL for the failure streak (retries and requeued copies share it)."""
+    return hashlib.blake2b(f"{method} {url}".encode(), digest_size=8).hexdigest()
 
 
 def active_key(prefix: str) -> str:
     return f"{prefix}:pol:active"
+
+
+def adapt_key(prefix: str, website: str) -> str:
+    """KEYS[1] of ``adapt.lua``."""
+    return f"{prefix}:pol:{{{website}}}:adapt"
+
+
+def adaptive_rates_key(prefix: str) -> str:
+    """Hash website -> requests per second in force by the adaptive slow-down."""
+    return f"{prefix}:pol:adaptive"
 
 
 def rate_overrides_key(prefix: str) -> str:
@@ -66,11 +88,24 @@ class Admission:
 class Report:
     """The answer of ``report.lua``."""
 
-    transition: str  # "", "parked", "opened", "reopened", "closed", "recovered", "failed"
+    transition: str  # "", "parked", "opened", "reopened", "closed", "recovered", "failed", "inconclusive"
     until: float
     now: float
     count: int  # backoff level, opens or failures, per transition
     clean: bool
+    breaker_open: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Adaptation:
+    """The answer of ``adapt.lua``."""
+
+    change: str  # "", "slowed", "raised", "restored"
+    rate: float  # requests per second in force; 0: no adaptive limit
+    latency: float  # mean latency of the window just judged
+    base_latency: float
+    error_rate: float
+    base_error_rate: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,28 +139,50 @@ class PolitenessStore:
         self._admit = load_script(redis, "admit")
         self._report = load_script(redis, "report")
         self._forget = load_script(redis, "forget")
+        self._adapt = load_script(redis, "adapt")
         self.calls = 0
 
     async def admit(self, website: str, token: str, delay: float, rate_n: int, rate_window: float,
-                    want: int) -> Admission:
+                    want: int, url: str = "") -> Admission:
+        """``url``: the request's URL id (:func:`url_id`), so a URL known to fail is the probe last."""
         c = self.config
         self.calls += 1
         r = await self._admit(keys=website_keys(c.prefix, website),
                               args=[token, delay, rate_n, rate_window, want, c.lease_seconds, c.probe_timeout,
-                                    c.probe_wait])
+                                    c.probe_wait, url, c.probe_wait])
         return Admission(int(r[0]), float(r[1]), float(r[2]), bool(int(r[3])), _text(r[4]), bool(int(r[5])))
 
     async def report(self, website: str, kind: str, token: str, retry_after: float | None,
-                     jitter: float, sent_at: float = 0.0) -> Report:
+                     jitter: float, sent_at: float = 0.0, url: str = "") -> Report:
+        """``url``: the request's URL id (:func:`url_id`); failures count once per URL."""
         c = self.config
         self.calls += 1
+        keys = website_keys(c.prefix, website)
         r = await self._report(
-            keys=website_keys(c.prefix, website)[:1],
+            keys=[keys[0], keys[3]],
             args=[kind, token, -1 if retry_after is None else retry_after, c.backoff_base, c.backoff_factor,
                   c.backoff_max, c.backoff_forgive, jitter, c.breaker_failures, c.breaker_cool,
-                  c.breaker_cool_factor, c.breaker_cool_max, sent_at],
+                  c.breaker_cool_factor, c.breaker_cool_max, sent_at, url],
         )
-        return Report(_text(r[0]), float(r[1]), float(r[2]), int(r[3]), bool(int(r[4])))
+        return Report(_text(r[0]), float(r[1]), float(r[2]), int(r[3]), bool(int(r[4])), bool(int(r[5])))
+
+    async def adapt(self, website: str, responses: int, latency: float, errors: int) -> Adaptation:
+        """Add this worker's responses to the website's window (``lua/adapt.lua``)."""
+        a = self.config.adaptive
+        self.calls += 1
+        r = await self._adapt(keys=[adapt_key(self.config.prefix, website)],
+                              args=[responses, latency, errors, a.window, a.min_samples, a.latency_factor,
+                                    a.error_margin, a.decrease, a.increase, a.min_rate, _BASELINE_ALPHA])
+        return Adaptation(_text(r[0]), *(float(x) for x in r[1:6]))
+
+    async def publish_adaptive(self, website: str, rate: float) -> None:
+        """Put the website's adaptive rate (0: none) where every worker's refresh reads it."""
+        self.calls += 1
+        key = adaptive_rates_key(self.config.prefix)
+        if rate > 0:
+            await self.redis.hset(key, website, f"{rate:.6f}")
+        else:
+            await self.redis.hdel(key, website)
 
     async def announce(self, event: Event, marked_at: float) -> None:
         """Put the website on the active list and tell every worker now (one round trip)."""
@@ -139,15 +196,22 @@ class PolitenessStore:
         self.calls += 1
         return bool(await self._forget(keys=[active_key(self.config.prefix)], args=[website, clean_at]))
 
-    async def snapshot(self) -> tuple[list[str], dict[str, str], float]:
-        """Active websites, run-time rate overrides and the Redis time, in one round trip."""
+    async def snapshot(self) -> tuple[list[str], dict[str, str], dict[str, float], float]:
+        """Active websites, run-time rate overrides, adaptive rates and the Redis time, in one round trip."""
         self.calls += 1
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zrange(active_key(self.config.prefix), 0, -1)
             pipe.hgetall(rate_overrides_key(self.config.prefix))
+            pipe.hgetall(adaptive_rates_key(self.config.prefix))
             pipe.time()
-            active, overrides, now = await pipe.execute()
-        return ([_text(w) for w in active], {_text(k): _text(v) for k, v in overrides.items()},
+            active, overrides, adaptive, now = await pipe.execute()
+        rates: dict[str, float] = {}
+        for k, v in adaptive.items():
+            try:
+                rates[_text(k)] = float(_text(v))
+            except ValueError:
+                continue
+        return ([_text(w) for w in active], {_text(k): _text(v) for k, v in overrides.items()}, rates,
                 float(now[0]) + float(now[1]) / 1e6)
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
-from middlewares.politeness.config import parse_rate
+from middlewares.politeness.config import Rate, parse_rate
 from middlewares.politeness.signals import OK, RATE
 from middlewares.politeness.store import Event, events_channel
 
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from redis import asyncio as aioredis
 
-    from middlewares.politeness.config import PolitenessConfig, Rate
+    from middlewares.politeness.config import PolitenessConfig
     from middlewares.politeness.store import PolitenessStore
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class PolitenessView:
         self.watched: set[str] = set()  # websites with cluster-wide state
         self.delays: dict[str, float] = {}  # website -> robots.txt Crawl-delay (capped), > 0
         self.overrides: dict[str, Rate | None] = {}  # run-time rates (CLI)
+        self.adaptive: dict[str, Rate] = {}  # rates lowered by the adaptive slow-down
         self.permits: dict[str, tuple[int, float]] = {}  # website -> (leased permits left, monotonic expiry)
         self.offset = 0.0  # Redis clock - local clock
         self._local_failures: dict[str, int] = {}  # breaker failures counted here while Redis is down
@@ -62,14 +63,30 @@ class PolitenessView:
 
     def needs_check(self, website: str) -> bool:
         return (self.rates_everywhere or website in self.watched or website in self.delays
-                or website in self.overrides or website in self.config.rate_per_website)
+                or website in self.overrides or website in self.config.rate_per_website
+                or website in self.adaptive)
 
     def rate_for(self, website: str) -> Rate | None:
+        """The configured (or run-time) rate, or the adaptive one if it is lower."""
         if website in self.overrides:
-            return self.overrides[website]
-        if website in self.config.rate_per_website:
-            return self.config.rate_per_website[website]
-        return self.config.rate_default
+            rate = self.overrides[website]
+        elif website in self.config.rate_per_website:
+            rate = self.config.rate_per_website[website]
+        else:
+            rate = self.config.rate_default
+        adaptive = self.adaptive.get(website)
+        if adaptive is not None and (rate is None or adaptive.per_second < rate.per_second):
+            return adaptive
+        return rate
+
+    def set_adaptive(self, website: str, rps: float) -> None:
+        rate = Rate.from_per_second(rps) if rps > 0 else None
+        if rate != self.adaptive.get(website):
+            self.permits.pop(website, None)  # a lease under the old rate ends now
+        if rate is None:
+            self.adaptive.pop(website, None)
+        else:
+            self.adaptive[website] = rate
 
     def server_now(self) -> float:
         return time.time() + self.offset
@@ -140,9 +157,12 @@ class PolitenessView:
             # Hosts of one website with different delays: the longest holds.
             self.delays[website] = delay
 
-    def snapshot(self, active: list[str], raw_overrides: dict[str, str], server_now: float) -> dict[str, str]:
+    def snapshot(self, active: list[str], raw_overrides: dict[str, str], adaptive: dict[str, float],
+                 server_now: float) -> dict[str, str]:
         """Apply a refresh; returns the overrides that changed (website -> new value), for the log."""
         self.clock(server_now)
+        for website in set(self.adaptive) | set(adaptive):
+            self.set_adaptive(website, adaptive.get(website, 0.0))
         for website, until in list(self.parked.items()):
             if until <= server_now:
                 del self.parked[website]
@@ -195,11 +215,11 @@ class ViewSync:
 
     async def refresh(self) -> None:
         try:
-            active, overrides, now = await self._store.snapshot()
+            active, overrides, adaptive, now = await self._store.snapshot()
         except RedisError as exc:
             self._on_error(exc)
             return
-        self._on_refresh(self._view.snapshot(active, overrides, now))
+        self._on_refresh(self._view.snapshot(active, overrides, adaptive, now))
 
     async def _refresh_loop(self) -> None:
         while not self._stop.is_set():

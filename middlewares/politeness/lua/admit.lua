@@ -1,8 +1,10 @@
 -- May a request to this website go now? Parks, the half-open probe, Crawl-delay and request rate, atomically.
 --
--- KEYS[1]  state hash <p>:pol:{W}:state (until, probe, probe_token, probe_until, level, last, fails, opens, breaker)
+-- KEYS[1]  state hash <p>:pol:{W}:state (until, probe, probe_token, probe_until, probe_since, level, last,
+--          fails, fail_since, opens, breaker)
 -- KEYS[2]  Crawl-delay gate <p>:pol:{W}:next: string, Unix time (Redis clock) of the next allowed request
 -- KEYS[3]  request-rate log <p>:pol:{W}:log: zset of permits, score = latest time a permit may be used
+-- KEYS[4]  failing URLs <p>:pol:{W}:fails: set of URL ids known to fail (see report.lua)
 -- ARGV[1]  token: the request's identity (a requeued probe keeps its token and is let through again)
 -- ARGV[2]  Crawl-delay d in seconds, margin included (0: no Crawl-delay)
 -- ARGV[3]  request rate: at most r requests ... (0: no rate limit)
@@ -11,6 +13,9 @@
 -- ARGV[6]  lease seconds: a lease's permits are logged at now + lease, the latest time they may be used
 -- ARGV[7]  probe timeout seconds: another probe may go if the first gave no answer by then
 -- ARGV[8]  retry seconds: when to ask again while the probe is out
+-- ARGV[9]  URL id of the request ("": unknown)
+-- ARGV[10] grace seconds: a URL known to fail becomes the probe only if no other request took it
+--          within this long after the probe became free (a broken page says nothing of the website)
 --
 -- Returns {permits granted (0: denied), not-before (string, 0 when granted), now (string),
 --          1 if this request is the probe else 0, reason ("" when granted; "parked", "probe",
@@ -28,7 +33,7 @@ local want = tonumber(ARGV[5])
 local lease = tonumber(ARGV[6])
 local function fmt(x) return string.format('%.6f', x) end
 
-local h = redis.call('HMGET', st, 'until', 'probe', 'probe_token', 'probe_until', 'fails')
+local h = redis.call('HMGET', st, 'until', 'probe', 'probe_token', 'probe_until', 'fails', 'probe_since')
 local parked = tonumber(h[1] or '0')
 local clean = 0
 if parked <= now and h[2] ~= '1' and tonumber(h[5] or '0') == 0 then clean = 1 end
@@ -38,6 +43,12 @@ end
 local probing = h[2] == '1'
 if probing and h[3] and h[3] ~= token and tonumber(h[4] or '0') > now then
   return {0, fmt(math.min(tonumber(h[4]), now + tonumber(ARGV[8]))), fmt(now), 0, 'probe', 0}
+end
+if probing and h[3] ~= token and ARGV[9] ~= '' and redis.call('SISMEMBER', KEYS[4], ARGV[9]) == 1 then
+  local free = tonumber(h[6] or h[1] or '0') + tonumber(ARGV[10])
+  if free > now then
+    return {0, fmt(free), fmt(now), 0, 'probe', 0}
+  end
 end
 
 if delay > 0 then
