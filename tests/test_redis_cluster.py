@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from typing import TYPE_CHECKING
 
 import pytest
 import redis
+from pymongo import MongoClient
 from redis.cluster import RedisCluster as SyncRedisCluster
 from scrapy import Request
 from scrapy.settings import Settings
 
 from crawler.redis_client import RedisClientConfig
+from devtools.demo import analyse
 from devtools.services import Server, free_port, start_redis, start_redis_cluster
+from tests.conftest import TEST_SITES, assert_clean_log, start_crawl, wait_crawl
 from tests.frontier_helpers import Schedulers, drain
 
 if TYPE_CHECKING:
@@ -21,6 +25,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from devtools.services import RedisCluster
+    from tests.conftest import DemoSite
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +77,33 @@ async def test_frontier_on_a_cluster(cluster_url: str, dedupe: str) -> None:
         assert len(await drain(b)) == 20
     finally:
         await schedulers.close_all()
+
+
+def test_two_workers_crawl_a_website_on_a_cluster(
+    demo_site: DemoSite, cluster_url: str, mongo_server_uri: str, mongo_db: str, tmp_path: Path
+) -> None:
+    """The whole stack (frontier, seeds, byte budget, politeness, pipelines) with REDIS_URL a cluster."""
+    site = TEST_SITES[0]
+    client = SyncRedisCluster.from_url(cluster_url.replace("redis+cluster://", "redis://").split(",")[0])
+    client.lpush("shop_a:start_urls", json.dumps({"url": demo_site.url(site.host)}))
+    client.close()
+    mark = demo_site.mark()
+    env = {"REDIS_URL": cluster_url, "MONGO_URI": mongo_server_uri, "MONGO_DATABASE": mongo_db,
+           "RESOLVE_HOSTS": "*.test:127.0.0.1"}
+    # A budget (10 MB per 60 s: not binding) so that every download runs the byte budget's scripts too.
+    settings = {"FRONTIER_IDLE_CLOSE_SECONDS": "2", "CONCURRENT_REQUESTS_PER_DOMAIN": "8",
+                "BYTE_BUDGET_DEFAULT": "10000000"}
+    results = [wait_crawl(c) for c in [start_crawl(tmp_path, "shop_a", settings, env, name=f"c{i}") for i in (1, 2)]]
+    for result in results:
+        assert result.returncode == 0, result.log[-3000:]
+        assert result.stats["finish_reason"] == "finished"
+        assert_clean_log(result.log)
+        assert not [k for k in result.stats if "redis_error" in k]
+    assert sum(r.stats.get("byte_budget/settled", 0) for r in results) > 0
+    summary = analyse([r for r in demo_site.log(mark) if r["host"] == site.host], {"shop_a": site.host})[site.host]
+    assert summary["distinct"] == sum(site.expected_pages().values()) + 1  # every page, robots.txt
+    with MongoClient(mongo_server_uri) as mongo:
+        assert mongo[mongo_db]["product"].count_documents({}) == site.items
 
 
 @pytest.fixture(scope="module")

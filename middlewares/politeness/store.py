@@ -185,26 +185,31 @@ class PolitenessStore:
             await self.redis.hdel(key, website)
 
     async def announce(self, event: Event, marked_at: float) -> None:
-        """Put the website on the active list and tell every worker now (one round trip)."""
-        self.calls += 1
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(active_key(self.config.prefix), {event.website: marked_at}, gt=True)
-            pipe.publish(events_channel(self.config.prefix), event.encode())
-            await pipe.execute()
+        """Put the website on the active list and tell every worker now.
+
+        Two calls, not one pipeline: a Redis Cluster client refuses a pipelined
+        PUBLISH. A park is an event per website state change, not per request.
+        """
+        self.calls += 2
+        await self.redis.zadd(active_key(self.config.prefix), {event.website: marked_at}, gt=True)
+        await self.redis.publish(events_channel(self.config.prefix), event.encode())
 
     async def forget(self, website: str, clean_at: float) -> bool:
         self.calls += 1
         return bool(await self._forget(keys=[active_key(self.config.prefix)], args=[website, clean_at]))
 
     async def snapshot(self) -> tuple[list[str], dict[str, str], dict[str, float], float]:
-        """Active websites, run-time rate overrides, adaptive rates and the Redis time, in one round trip."""
-        self.calls += 1
+        """Active websites, run-time rate overrides, adaptive rates and the Redis time, in two round trips.
+
+        TIME apart: a Redis Cluster client refuses a pipelined TIME (it has no key to route by).
+        """
+        self.calls += 2
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zrange(active_key(self.config.prefix), 0, -1)
             pipe.hgetall(rate_overrides_key(self.config.prefix))
             pipe.hgetall(adaptive_rates_key(self.config.prefix))
-            pipe.time()
-            active, overrides, adaptive, now = await pipe.execute()
+            active, overrides, adaptive = await pipe.execute()
+        now = await self.redis.time()
         rates: dict[str, float] = {}
         for k, v in adaptive.items():
             try:
