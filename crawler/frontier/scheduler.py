@@ -6,10 +6,13 @@ encodes a request (:mod:`.codec`) into the :mod:`.outbox`, stored in batches
 (``lua/push.lua``); ``next_request`` serves the :mod:`.prefetch` buffer,
 refilled (:mod:`.refill`, ``lua/pop.lua``) fairly across the websites that
 may be served now; the :mod:`.cluster_view` heartbeat keeps the cluster idle
-close informed. Redis failures go through :mod:`.redis_health` (one WARNING,
-one INFO per outage), tasks through :mod:`.tasks` (none dies silently),
-start-up problems through :mod:`.startup`. On close, what the worker holds
-goes back to Redis within ``FRONTIER_CLOSE_TIMEOUT``. docs/frontier.md
+close informed. Popped requests are leased to this worker until their
+outcome is processed (:mod:`.delivery`, :mod:`.leases`); requests that
+finally fail go to the failed list (:mod:`.failures`). Redis failures go
+through :mod:`.redis_health` (one WARNING, one INFO per outage), tasks
+through :mod:`.tasks` (none dies silently), start-up problems through
+:mod:`.startup`. On close, what the worker holds goes back to Redis within
+``FRONTIER_CLOSE_TIMEOUT``. docs/frontier.md
 describes the design and every ``FRONTIER_*`` setting.
 """
 
@@ -31,10 +34,9 @@ from scrapy.utils.request import RequestFingerprinter
 
 from crawler.frontier.closing import hand_back, stop_tasks
 from crawler.frontier.cluster_view import ClusterView
-from crawler.frontier.codec import UndecodableRequestError, UnencodableRequestError, decode_request, encode_request
+from crawler.frontier.codec import UnencodableRequestError, encode_request
 from crawler.frontier.config import FrontierConfig
-from crawler.frontier.gate import GateConfig, MetaWarnings, filter_entry_meta
-from crawler.frontier.in_flight import InFlight
+from crawler.frontier.delivery import Delivery
 from crawler.frontier.outbox import Outbox
 from crawler.frontier.prefetch import Buffered, PrefetchBuffer
 from crawler.frontier.redis_health import RedisHealth, safe_url
@@ -45,9 +47,7 @@ from crawler.frontier.store import (
     MODE_DONT_FILTER,
     MODE_REQUEUE,
     FrontierStore,
-    PopReceipts,
     PushEntry,
-    split_member,
 )
 from crawler.frontier.tasks import Tasks
 from crawler.scrapy_internals import downloader_slots, new_slot_concurrency, wake_engine
@@ -110,14 +110,11 @@ class FrontierScheduler:
         # Cleared on the next turn, when they have reached their download slot (a
         # downloader middleware that awaits first delays that: not counted meanwhile).
         self._turn: dict[str, int] = {}
-        self._receipts = PopReceipts()
-        self._refill = Refill(config, self._pop_batch, self._prefetch.__len__, self._popped, self._start_task)
-        self._in_flight = InFlight(crawler)
+        self._delivery = Delivery(crawler, config, self.worker_id, self._outbox, self._health.call, self._start_task)
+        self._refill = Refill(config, self._delivery.pop, self._prefetch.__len__, self._popped, self._start_task)
         self._cluster = ClusterView(config)
         self._heartbeat: asyncio.Task[None] | None = None
-        # Entries read from Redis are untrusted input (crawler/frontier/gate.py).
-        self._gate = GateConfig.from_settings(crawler.settings)
-        self._meta_warnings = MetaWarnings(crawler, None)
+        self._gate = self._delivery.gate
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -133,7 +130,6 @@ class FrontierScheduler:
 
     async def _open(self, spider: Spider) -> None:
         self.spider = spider
-        self._meta_warnings.spider = spider
         problem = getattr(spider, "frontier_startup_error", None)
         if problem:
             self._startup.fail(problem, spider)
@@ -142,6 +138,7 @@ class FrontierScheduler:
         prefix = self.config.key_prefix % {"spider": spider.name}
         self.redis = self.config.redis.async_client()
         self.store = FrontierStore(self.redis, prefix)
+        self._delivery.open(self.store, spider)
         self.seeds_key = getattr(spider, "redis_key", None)
         try:
             # Registers this worker as busy.
@@ -163,9 +160,10 @@ class FrontierScheduler:
         self.crawler.signals.connect(self._start_heartbeat, signal=signals.spider_opened)
         logger.info(
             "Frontier open: worker %(worker)s, keys %(prefix)s:*, website key %(mode)s, prefetch %(prefetch)d, "
-            "flush delay %(delay).3fs, idle close %(close)ss; %(sites)d websites queued",
+            "flush delay %(delay).3fs, idle close %(close)ss, lease %(lease)s; %(sites)d websites queued",
             {"worker": self.worker_id, "prefix": prefix, "mode": self.config.website_mode,
              "prefetch": self.config.prefetch, "delay": self.config.flush_delay,
+             "lease": f"{self.config.lease:g}s" if self.config.lease else "off",
              "close": self.config.idle_close or "never", "sites": self._cluster.sites_with_work},
             extra={"spider": spider},
         )
@@ -197,17 +195,19 @@ class FrontierScheduler:
             self.stats.inc_value("frontier/lost_on_close", lost)
         if self.store is not None:
             self.stats.set_value("frontier/redis_calls", self.store.calls)
+        if len(self._delivery.failed):
+            self.stats.inc_value("frontier/failed_unrecorded", len(self._delivery.failed))
         if self.redis is not None:
             # Closing the connection pool does not wait for Redis.
             await self.redis.aclose()
 
     async def _close_parts(self) -> None:
-        assert self._tasks is not None and self.store is not None
-        store = self.store
-        await stop_tasks(self._heartbeat, self._refill, [t for t in self._tasks.running if t is not self._outbox.task])
+        assert self._tasks is not None
+        delivery = self._delivery
+        writers = (self._outbox.task, delivery.failed.task)
+        await stop_tasks(self._heartbeat, self._refill, [t for t in self._tasks.running if t not in writers])
         self._return_buffer()
-        returned = await hand_back(self._outbox, lambda: self._health.call(store.release(self.worker_id,
-                                                                                          self._receipts)))
+        returned = await hand_back(self._outbox, delivery.failed, delivery.release)
         if returned:
             self.stats.inc_value("frontier/returned_unanswered", returned)
 
@@ -283,7 +283,7 @@ class FrontierScheduler:
                 # a sign FRONTIER_PREFETCH is too small for this crawl's speed.
                 self.stats.inc_value("frontier/prefetch_empty")
             return None
-        self._in_flight.add(item.request, item.fingerprint)
+        self._delivery.handed_out(item)
         self.stats.inc_value("scheduler/dequeued/redis")
         return item.request
 
@@ -332,6 +332,15 @@ class FrontierScheduler:
         """Whether seeds should be read now (not closing, not too many requests waiting to be stored)."""
         return not self._closing and len(self._outbox) < _SEED_BACKLOG
 
+    def record_failure(self, request: Request, reason: str) -> None:
+        """``request`` finally failed: it goes to the spider's failed list (crawler.frontier.failures)."""
+        try:
+            payload = encode_request(request, self.spider, self._gate)
+        except UnencodableRequestError:
+            payload = b"{}"
+        fp = self.crawler.request_fingerprinter.fingerprint(request).hex()
+        self._delivery.record_failure(request, reason, self._website(request), fp, payload)
+
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` as a task the scheduler waits for when it closes (before its last flush)."""
         assert self._tasks is not None, "spawn needs an open scheduler"
@@ -376,26 +385,9 @@ class FrontierScheduler:
         for website, item in items:
             self._outbox.append(PushEntry(website, item.fingerprint, MODE_REQUEUE, item.score,
                                           self._prefetch.not_before(website), item.payload))
+            self._delivery.leases.done(item.lease)
         if items:
             self.stats.inc_value(stat, len(items))
-
-    def _add_popped(self, website: str, member: bytes) -> bool:
-        fp, payload = split_member(member)
-        try:
-            request = decode_request(payload, self.spider, self._gate)
-        except UndecodableRequestError as exc:
-            self.stats.inc_value(f"frontier/gate/refused/{exc.reason}")
-            logger.error("Undecodable request in the frontier (%(website)s), moved to %(key)s: %(reason)s",
-                         {"website": website, "key": self.store.dead_key if self.store else "?", "reason": exc},
-                         extra={"spider": self.spider})
-            self.stats.inc_value("frontier/undecodable")
-            if self.store is not None:
-                self.spawn(self._health.call(self.store.dead_letter(self.store.dead_key, [member])))
-            return False
-        dropped = filter_entry_meta(request.meta, website, self._gate)
-        self._meta_warnings.dropped("frontier entry", dropped, "FRONTIER_ENTRY_META_ALLOW")
-        self._prefetch.add(website, Buffered(request, fp, -request.priority, payload))
-        return True
 
     # -- enqueue -------------------------------------------------------
 
@@ -422,25 +414,28 @@ class FrontierScheduler:
 
     # -- popping -----------------------------------------------------------
 
-    async def _pop_batch(self, n: int) -> PopResult:
-        assert self.store is not None
-        return await self._health.call(self.store.pop(n, self.worker_id, self._receipts))
-
     def _popped(self, result: PopResult) -> None:
         self._cluster.popped(result)
-        added = sum(self._add_popped(site, member) for site, member in result.items)
-        if added:
+        added = False
+        for website, lease, member in result.items:
+            item = self._delivery.decode(website, lease, member)
+            if item is not None:
+                self._prefetch.add(website, item)
+                added = True
+        if added or result.reclaimed:
             self._wake_engine()
 
     # -- the heartbeat's host (crawler.frontier.cluster_view.HeartbeatHost) ----
 
     def locally_busy(self) -> bool:
-        self._in_flight.sweep()
-        return bool(len(self._prefetch) or self._outbox.busy or len(self._in_flight))
+        self._delivery.in_flight.sweep()
+        return bool(len(self._prefetch) or self._outbox.busy or len(self._delivery.in_flight))
+
+    def renew_due(self) -> bool:
+        return self._delivery.leases.renew_due()
 
     async def cluster_status(self, busy: bool, with_seeds: bool) -> Status:
-        assert self.store is not None
-        return await self._health.call(self.store.status(self.worker_id, busy, self.seeds_key if with_seeds else None))
+        return await self._delivery.status(busy, self.seeds_key if with_seeds else None)
 
     def seeds_waiting(self, count: int) -> None:
         hook = getattr(self.spider, "frontier_seeds_waiting", None)
