@@ -29,9 +29,8 @@ from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 from scrapy import signals
 from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.defer import deferred_from_coro
-from scrapy.utils.httpobj import urlparse_cached
-from scrapy.utils.request import RequestFingerprinter
 
+from crawler.frontier import intake
 from crawler.frontier.closing import hand_back, stop_tasks
 from crawler.frontier.cluster_view import ClusterView
 from crawler.frontier.codec import UnencodableRequestError, encode_request
@@ -43,15 +42,12 @@ from crawler.frontier.redis_health import RedisHealth, safe_url
 from crawler.frontier.refill import Refill
 from crawler.frontier.startup import StartupCheck
 from crawler.frontier.store import (
-    MODE_DEDUPE,
-    MODE_DONT_FILTER,
     MODE_REQUEUE,
     FrontierStore,
     PushEntry,
 )
 from crawler.frontier.tasks import Tasks
 from crawler.scrapy_internals import downloader_slots, new_slot_concurrency, wake_engine
-from crawler.website import website_key
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Coroutine
@@ -66,8 +62,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-META_REQUEUE = "frontier_requeue"
-META_NOT_BEFORE = "frontier_not_before"
+META_REQUEUE = intake.META_REQUEUE
+META_NOT_BEFORE = intake.META_NOT_BEFORE
 # No more seeds are read while this many requests wait in the outbox.
 _SEED_BACKLOG = 5000
 T = TypeVar("T")
@@ -99,11 +95,6 @@ class FrontierScheduler:
         self._tasks: Tasks | None = None
         self._outbox = Outbox(config, self.stats, self._push_batch, self._pushed, self._start_task,
                              crawler.settings.getbool("DUPEFILTER_DEBUG"))
-        # The outbox's caches of what Redis has seen, read on enqueue_request's hot path.
-        self._seen = self._outbox.seen
-        self._seen_urls = self._outbox.seen_urls
-        self._url_cache = type(crawler.request_fingerprinter) is RequestFingerprinter and bool(config.seen_cache)
-        self._websites: dict[str, str] = {}  # netloc -> website key
         # prefetch buffer: website -> requests, served round-robin
         self._prefetch = PrefetchBuffer()
         # Requests handed out in this event-loop turn, by website (see PrefetchBuffer.take).
@@ -115,6 +106,7 @@ class FrontierScheduler:
         self._cluster = ClusterView(config)
         self._heartbeat: asyncio.Task[None] | None = None
         self._gate = self._delivery.gate
+        self._intake = intake.Intake(crawler, config, self._outbox, self._gate, self._server_now)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -129,7 +121,7 @@ class FrontierScheduler:
         return deferred_from_coro(self._open(spider))
 
     async def _open(self, spider: Spider) -> None:
-        self.spider = spider
+        self.spider = self._intake.spider = spider
         problem = getattr(spider, "frontier_startup_error", None)
         if problem:
             self._startup.fail(problem, spider)
@@ -229,47 +221,14 @@ class FrontierScheduler:
         return bool(len(self._prefetch) or self._outbox.busy or self._refill.task or self._cluster.sites_with_work)
 
     def enqueue_request(self, request: Request) -> bool:
-        meta = request.meta
-        requeue = bool(meta.pop(META_REQUEUE, False))
-        raw_until = meta.pop(META_NOT_BEFORE, 0)
-        try:
-            not_before = float(raw_until or 0)
-        except (TypeError, ValueError):
-            logger.error("meta %(key)s of %(request)s must be a Unix time in seconds, got %(value)r; ignored",
-                         {"key": META_NOT_BEFORE, "request": request, "value": raw_until},
-                         extra={"spider": self.spider})
-            not_before = 0.0
-        if not_before:
-            not_before = self._cap_not_before(request, not_before)
-        url_key = (request.url if self._url_cache and request.method == "GET" and not request.body
-                   and not requeue else None)
-        if url_key is not None and not request.dont_filter and url_key in self._seen_urls:
-            self._outbox.filtered(request)
+        entry = self._intake.entry(request)
+        if entry is None:
             return False
-        fp = self.crawler.request_fingerprinter.fingerprint(request).hex()
-        if requeue:
-            mode = MODE_REQUEUE
-        elif request.dont_filter:
-            mode = MODE_DONT_FILTER
-        else:
-            mode = MODE_DEDUPE
-            if fp in self._seen:
-                self._outbox.filtered(request)
-                return False
-        website = self._website(request)
-        meta.setdefault("download_slot", website)
-        try:
-            payload = encode_request(request, self.spider, self._gate)
-        except UnencodableRequestError as exc:
-            logger.error("Cannot store %(request)s in the frontier, dropped (no fingerprint kept): %(reason)s",
-                         {"request": request, "reason": exc}, extra={"spider": self.spider})
-            self.stats.inc_value("frontier/unserializable")
-            return False
-        self._outbox.append(PushEntry(website, fp, mode, -request.priority, not_before, payload, url_key))
-        if requeue:
+        self._outbox.append(entry)
+        if entry.mode == MODE_REQUEUE:
             self.stats.inc_value("frontier/requeued")
-            if not_before > self._server_now():
-                self._hold_website(website, not_before)
+            if entry.not_before > self._server_now():
+                self._hold_website(entry.website, entry.not_before)
         self._outbox.schedule()
         return True
 
@@ -292,23 +251,12 @@ class FrontierScheduler:
     async def mark_not_before(self, website: str, until: float) -> float:
         """No worker serves ``website`` before ``until`` (Unix time, Redis clock); returns the mark in force."""
         assert self.store is not None
-        until = self._cap_not_before(website, until)
+        until = self._intake.cap_not_before(website, until)
         self._hold_website(website, until)
         mark = float(await self._health.call(self.store.mark_not_before(website, until)))
         self._hold_website(website, mark)
         self.stats.inc_value("frontier/not_before_marked")
         return mark
-
-    def _cap_not_before(self, what: object, until: float) -> float:
-        """A not-before mark at most FRONTIER_MAX_NOT_BEFORE_SECONDS ahead (a far-future mark parks a website)."""
-        capped = self._gate.cap_not_before(until, self._server_now())
-        if capped < until:
-            logger.warning("Not-before mark for %(what)s capped: %(until).0f is more than "
-                           "FRONTIER_MAX_NOT_BEFORE_SECONDS (%(max).0f s) ahead",
-                           {"what": what, "until": until, "max": self._gate.max_not_before},
-                           extra={"spider": self.spider})
-            self.stats.inc_value("frontier/not_before_capped")
-        return capped
 
     def cluster_idle_seconds(self) -> float:
         """How long the whole cluster has had nothing queued, no seeds and no busy worker (0: busy now)."""
@@ -339,7 +287,7 @@ class FrontierScheduler:
         except UnencodableRequestError:
             payload = b"{}"
         fp = self.crawler.request_fingerprinter.fingerprint(request).hex()
-        self._delivery.record_failure(request, reason, self._website(request), fp, payload)
+        self._delivery.record_failure(request, reason, self._intake.website(request), fp, payload)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` as a task the scheduler waits for when it closes (before its last flush)."""
@@ -400,17 +348,6 @@ class FrontierScheduler:
         self._cluster.pushed(sites_with_work)
         if stored:
             self._refill.pop_now()
-
-    def _website(self, request: Request) -> str:
-        # website_key() is a pure function of the host: cache it per netloc
-        # (urlparse_cached is shared with Scrapy's downloader).
-        netloc = urlparse_cached(request).netloc
-        key = self._websites.get(netloc)
-        if key is None:
-            if len(self._websites) > 100_000:
-                self._websites.clear()
-            key = self._websites[netloc] = website_key(request.url, self.config.website_mode)
-        return key
 
     # -- popping -----------------------------------------------------------
 
