@@ -58,8 +58,11 @@ class Delivery:
         self.spider: Spider | None = None
         self._receipts = PopReceipts()
         self.failed = FailedLog(self._write_failed, start, self._stats)
-        self.leases = Leases(config.lease, [outbox, self.failed])
+        self.leases = Leases(config.lease, [outbox, self.failed], config.prefetch)
         self.in_flight = InFlight(crawler, self.leases.done)
+        # Requests downloading plus as many responses waiting to be parsed: what a crash can make
+        # fetched twice stays bounded (docs/frontier.md, "Leased delivery").
+        self._max_in_flight = 2 * crawler.settings.getint("CONCURRENT_REQUESTS")
         # Entries read from Redis are untrusted input (crawler/frontier/gate.py).
         self.gate = GateConfig.from_settings(crawler.settings)
         self._meta_warnings = MetaWarnings(crawler, None)
@@ -133,6 +136,13 @@ class Delivery:
         assert self.store is not None
         await self._health(self.store.dead_letter(self.store.dead_key, [member]))
         self.leases.done(lease)
+
+    def may_hand_out(self) -> bool:
+        """Fewer than 2 x CONCURRENT_REQUESTS requests of this worker are unfinished (leases only)."""
+        if not self._config.lease or len(self.in_flight) < self._max_in_flight:
+            return True
+        self.in_flight.sweep()
+        return len(self.in_flight) < self._max_in_flight
 
     def handed_out(self, item: Buffered) -> None:
         self.in_flight.add(item.request, item.lease)

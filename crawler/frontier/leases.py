@@ -10,7 +10,8 @@ stored in Redis (the outbox, the failed list), so a crash in between loses
 nothing: the request is delivered again instead. Acknowledgements ride on
 the worker's next pop, heartbeat or close (no round trip of their own); each
 of those calls renews the lease, and the heartbeat makes one when
-``FRONTIER_LEASE_SECONDS / 4`` passed without any.
+``FRONTIER_LEASE_SECONDS / 4`` passed without any, or when
+``FRONTIER_PREFETCH`` acknowledgements wait.
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ class Progress(Protocol):
 class Leases:
     """Acknowledgements waiting for their turn, and when the lease was last renewed."""
 
-    def __init__(self, seconds: float, writes: Iterable[Progress]) -> None:
+    def __init__(self, seconds: float, writes: Iterable[Progress], batch: int = 32) -> None:
         """``seconds``: FRONTIER_LEASE_SECONDS (0: leases off, acknowledged on receipt);
-        ``writes``: what must be stored before a done request is acknowledged."""
+        ``writes``: what must be stored before a done request is acknowledged; ``batch``: this many
+        acknowledgements waiting make the heartbeat send them if no pop did (FRONTIER_PREFETCH)."""
         self.seconds = seconds
+        self._batch = batch
         self._writes = list(writes)
         self._waiting: deque[tuple[tuple[int, ...], str]] = deque()  # (writes appended when done, field)
         self._ready: list[str] = []  # acknowledgements to send with the next call
@@ -76,5 +79,7 @@ class Leases:
         self._renewed = time.monotonic()
 
     def renew_due(self) -> bool:
-        """A quarter of the lease time passed since the last call that renewed it."""
-        return bool(self.seconds) and time.monotonic() - self._renewed >= self.seconds / 4
+        """A quarter of the lease time passed since the last call that renewed it, or a batch of
+        acknowledgements waits (no pop carried them: nothing is ready in Redis, say)."""
+        return bool(self.seconds) and (time.monotonic() - self._renewed >= self.seconds / 4
+                                       or len(self) >= self._batch)

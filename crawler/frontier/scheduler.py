@@ -233,6 +233,8 @@ class FrontierScheduler:
         return True
 
     def next_request(self) -> Request | None:
+        if not self._delivery.may_hand_out():
+            return None  # the engine asks again when one of its requests is done
         item = self._take()
         if len(self._prefetch) * 2 <= self.config.prefetch:
             self._refill.want()
