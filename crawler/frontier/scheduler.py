@@ -198,7 +198,8 @@ class FrontierScheduler:
         delivery = self._delivery
         writers = (self._outbox.task, delivery.failed.task)
         await stop_tasks(self._heartbeat, self._refill, [t for t in self._tasks.running if t not in writers])
-        self._return_buffer()
+        # Prefetched requests go back to Redis (without the dupefilter).
+        self._hand_back(self._prefetch.drain(), "frontier/returned_on_close")
         returned = await hand_back(self._outbox, delivery.failed, delivery.release)
         if returned:
             self.stats.inc_value("frontier/returned_unanswered", returned)
@@ -206,10 +207,6 @@ class FrontierScheduler:
     def _give_up(self, reason: str) -> None:
         engine = self.crawler.engine
         self.spawn(engine.close_spider_async(reason=reason))
-
-    def _return_buffer(self) -> None:
-        """Prefetched requests go back to Redis (without the dupefilter) when this worker stops."""
-        self._hand_back(self._prefetch.drain(), "frontier/returned_on_close")
 
     # -- Scrapy's scheduler interface ----------------------------------
 
