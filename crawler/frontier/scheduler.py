@@ -182,8 +182,10 @@ class FrontierScheduler:
                          extra={"spider": self.spider})
         lost = len(self._outbox) + len(self._prefetch)
         if lost:
-            logger.error("Frontier closing (%(reason)s): %(n)d requests could not be stored in Redis and are lost",
-                         {"reason": reason, "n": lost}, extra={"spider": self.spider})
+            logger.error("Frontier closing (%(reason)s): %(n)d requests could not be stored in Redis%(fate)s",
+                         {"reason": reason, "n": lost, "fate": "; they or the requests that produced them come "
+                          "back after FRONTIER_LEASE_SECONDS" if self.config.lease else " and are lost"},
+                         extra={"spider": self.spider})
             self.stats.inc_value("frontier/lost_on_close", lost)
         if self.store is not None:
             self.stats.set_value("frontier/redis_calls", self.store.calls)
