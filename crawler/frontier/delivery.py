@@ -147,7 +147,13 @@ class Delivery:
     def handed_out(self, item: Buffered) -> None:
         self.in_flight.add(item.request, item.lease)
 
-    def record_failure(self, request: Request, reason: str, website: str, fingerprint: str, payload: bytes) -> None:
+    def record_failure(self, request: Request, reason: str,
+                       describe: Callable[[Request], tuple[str, str, bytes]]) -> None:
+        """``request`` finally failed: to the failed list, if it is the frontier's (not robots.txt, say);
+        ``describe`` gives its website, fingerprint and encoded form."""
+        if request not in self.in_flight:
+            return
+        website, fingerprint, payload = describe(request)
         logger.debug("Request %(request)s finally failed (%(reason)s): recorded in the failed list",
                        {"request": request, "reason": reason}, extra={"spider": self.spider})
         self.failed.add({"reason": reason, "url": request.url, "website": website, "fingerprint": fingerprint,

@@ -31,6 +31,9 @@ class InFlight:
     def __len__(self) -> int:
         return len(self._requests)
 
+    def __contains__(self, request: Request) -> bool:
+        return request in self._requests
+
     def add(self, request: Request, lease: str) -> None:
         self._requests[request] = lease
 

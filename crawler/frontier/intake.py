@@ -93,6 +93,14 @@ class Intake:
             return None
         return PushEntry(website, fp, mode, -request.priority, not_before, payload, url_key)
 
+    def describe(self, request: Request) -> tuple[str, str, bytes]:
+        """(website, fingerprint, encoded request; ``{}`` if it cannot be encoded), for the failed list."""
+        try:
+            payload = encode_request(request, self.spider, self._gate)
+        except UnencodableRequestError:
+            payload = b"{}"
+        return self.website(request), self._crawler.request_fingerprinter.fingerprint(request).hex(), payload
+
     def cap_not_before(self, what: object, until: float) -> float:
         """A not-before mark at most FRONTIER_MAX_NOT_BEFORE_SECONDS ahead (a far-future mark parks a website)."""
         capped = self._gate.cap_not_before(until, self._server_now())

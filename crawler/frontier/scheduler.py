@@ -33,7 +33,6 @@ from scrapy.utils.defer import deferred_from_coro
 from crawler.frontier import intake
 from crawler.frontier.closing import hand_back, stop_tasks
 from crawler.frontier.cluster_view import ClusterView
-from crawler.frontier.codec import UnencodableRequestError, encode_request
 from crawler.frontier.config import FrontierConfig
 from crawler.frontier.delivery import Delivery
 from crawler.frontier.outbox import Outbox
@@ -283,12 +282,7 @@ class FrontierScheduler:
 
     def record_failure(self, request: Request, reason: str) -> None:
         """``request`` finally failed: it goes to the spider's failed list (crawler.frontier.failures)."""
-        try:
-            payload = encode_request(request, self.spider, self._gate)
-        except UnencodableRequestError:
-            payload = b"{}"
-        fp = self.crawler.request_fingerprinter.fingerprint(request).hex()
-        self._delivery.record_failure(request, reason, self._intake.website(request), fp, payload)
+        self._delivery.record_failure(request, reason, self._intake.describe)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` as a task the scheduler waits for when it closes (before its last flush)."""
