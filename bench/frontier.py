@@ -11,7 +11,9 @@ interleaved ``--repeats`` times:
   (``crawler.frontier.scheduler.FrontierScheduler``), items not stored;
 * ``ours_gc_off``: the same with ``GC_TUNING_ENABLED=False``, to show what the
   stack's GC tuning (``crawler/extensions/gc_tuning.py``) contributes: neither vanilla
-  Scrapy nor scrapy-redis tunes the collector.
+  Scrapy nor scrapy-redis tunes the collector;
+* ``ours_no_leases``: ``ours`` with ``FRONTIER_LEASE_SECONDS=0`` (a pop is
+  acknowledged on receipt): what leased delivery costs (``leases_vs_no_leases``).
 
 Redis figures per crawled page: commands from ``INFO commandstats`` (this
 includes the commands our Lua scripts run inside Redis), and round trips
@@ -24,7 +26,7 @@ Also the CPU time of each worker process per page, less sensitive to other
 load on a shared machine than pages/s.
 
 Last line: ``{"ours_vs_vanilla", "ours_vs_scrapy_redis", "round_trips_per_request",
-"ours_kept_at_2ms", "scrapy_redis_kept_at_2ms", ...}``.
+"ours_kept_at_2ms", "scrapy_redis_kept_at_2ms", "leases_vs_no_leases", ...}``.
 """
 
 from __future__ import annotations
@@ -97,6 +99,8 @@ def _run(servers: BenchServers, kind: str, label: str, redis_url: str | None) ->
         settings = {"ITEM_PIPELINES": "{}"}
         if kind == "ours_gc_off":
             settings["GC_TUNING_ENABLED"] = "False"
+        elif kind == "ours_no_leases":
+            settings["FRONTIER_LEASE_SECONDS"] = "0"
         result = servers.crawl(label, stack_cmd("shop_a", settings), servers.env(REDIS_URL=redis_url))
     result.stats["_commands"], result.stats["_evals"] = _commands(servers)
     return result
@@ -123,7 +127,7 @@ def main(argv: list[str]) -> int:
     with BenchServers(site) as servers:
         assert servers.redis is not None
         direct = servers.redis.url
-        kinds = ["vanilla", "scrapy_redis", "ours", "ours_gc_off"]
+        kinds = ["vanilla", "scrapy_redis", "ours", "ours_gc_off", "ours_no_leases"]
         for i in range(args.repeats):
             print(f"repeat {i + 1}/{args.repeats}, direct", flush=True)
             k = i % len(kinds)
@@ -151,7 +155,8 @@ def main(argv: list[str]) -> int:
         return median([r.stats.get(key, 0) / r.pages for r in res.get(name, [])])
 
     rows = []
-    for name in ("vanilla", "scrapy_redis", "ours", "ours_gc_off", "scrapy_redis_latency", "ours_latency"):
+    for name in ("vanilla", "scrapy_redis", "ours", "ours_gc_off", "ours_no_leases", "scrapy_redis_latency",
+                 "ours_latency"):
         rs = res[name]
         kind = name.removesuffix("_latency")
         base = med.get(kind, 0.0)
@@ -174,6 +179,7 @@ def main(argv: list[str]) -> int:
     emit({
         "ours_vs_vanilla": round(med["ours"] / med["vanilla"], 3),
         "ours_vs_scrapy_redis": round(med["ours"] / med["scrapy_redis"], 3),
+        "leases_vs_no_leases": round(med["ours"] / med["ours_no_leases"], 3),
         "ours_gc_off_vs_vanilla": round(med["ours_gc_off"] / med["vanilla"], 3),
         "ours_gc_off_vs_scrapy_redis": round(med["ours_gc_off"] / med["scrapy_redis"], 3),
         "round_trips_per_request": round(trips["ours"], 3),
@@ -188,6 +194,7 @@ def main(argv: list[str]) -> int:
         "vanilla_cpu_ms_per_page": round(1000 * per_page("vanilla", "_cpu"), 3),
         "scrapy_redis_cpu_ms_per_page": round(1000 * per_page("scrapy_redis", "_cpu"), 3),
         "ours_cpu_ms_per_page": round(1000 * per_page("ours", "_cpu"), 3),
+        "ours_no_leases_cpu_ms_per_page": round(1000 * per_page("ours_no_leases", "_cpu"), 3),
         "ours_gc_off_cpu_ms_per_page": round(1000 * per_page("ours_gc_off", "_cpu"), 3),
         "latency_ms_each_way": args.latency_ms,
         "repeats": args.repeats,

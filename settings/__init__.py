@@ -97,6 +97,9 @@ DOWNLOADER_MIDDLEWARES = {
     "middlewares.robotstxt.RobotsTxtOffsiteMiddleware": 49,
     # After HttpProxyMiddleware (750): proxied requests are not bound.
     "middlewares.ipv6_bind.middleware.IPv6BindMiddleware": 760,
+    # Outside every other middleware: sees only what RetryMiddleware gave up on
+    # (crawler/frontier/failures.py), for the frontier's failed list.
+    "crawler.frontier.failures.FrontierFailuresMiddleware": 30,
 }
 # Random IPv6 source addresses: off until the host routes a prefix to itself
 # (docs/ipv6-bind.md).

@@ -42,6 +42,19 @@ class BadRequestSpider(FrontierSpider):
             yield response.follow("/robots.txt")
 
 
+class RaisingSpider(FrontierSpider):
+    """Its second page's callback raises; its third page's server refuses the connection (no errback)."""
+
+    name = "frontier_raising"
+
+    def parse(self, response: Response) -> Iterator[Request]:
+        yield response.follow("/robots.txt", callback=self.parse_broken)
+        yield response.follow("http://refused.test:1/", callback=self.parse_broken)
+
+    def parse_broken(self, response: Response) -> None:
+        raise ValueError("no parser for this page")
+
+
 class PostponeOnceMiddleware:
     """Does what a byte budget does when a website is over budget, once: postpones a request.
 

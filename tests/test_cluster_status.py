@@ -115,11 +115,11 @@ async def test_depth_index_follows_every_script_that_moves_requests(redis_url: s
         popped = await store.pop(6, "w1", receipts)  # two from each website (its fair share)
         assert len(popped.items) == 6
         assert await store.deepest(10) == ([("s2.test", 2), ("s1.test", 1)], 2, 3)
-        receipts.failed(receipts.next_id())  # the next pop's reply "never arrives": its requests stay recorded
+        handled = [field for _, field, _ in popped.items]  # the worker processed the first six
+        receipts.failed(receipts.next_id(), 4)  # a pop whose reply "never arrives"
         await store.pop(4, "w1", receipts)  # the last three
         assert await store.deepest(10) == ([], 0, 0) and await store.queued() == 0
-        receipts.received = []
-        assert await store.release("w1", receipts) == 3  # release.lua: back to their queues
+        assert await store.release("w1", handled, receipts) == 3  # release.lua: the unhandled back to their queues
         top, websites, total = await store.deepest(10)
         assert (top, websites, total) == ([("s2.test", 2), ("s1.test", 1)], 2, 3)
         assert {w.decode() for w in await client.zrange(store.sites_key, 0, -1)} == {"s1.test", "s2.test"}
@@ -240,7 +240,11 @@ def test_a_live_two_worker_crawl(redis_url: str, mongo_server_uri: str, mongo_db
             assert sum(depths.values()) == seen["queued_total"]
             parked = {row["website"]: row for row in seen["parked"]}
             budgeted = [parked[h] for h in hosts if h in parked]
-            assert budgeted and all(row["until"] > seen["now"] and "byte_budget" in row["reasons"] for row in budgeted)
+            assert budgeted and all(row["until"] > seen["now"] for row in budgeted)
+            # Each says the byte budget, but a mark that is just ending: its window (the reason) may have
+            # ended a moment before the mark itself, set to the window's end plus the worker's pop latency.
+            assert any("byte_budget" in row["reasons"] for row in budgeted), budgeted
+            assert all("byte_budget" in row["reasons"] or row["in"] < 1.0 for row in budgeted), budgeted
             held = parked[throttled.host]  # parked by politeness until Retry-After's 600 s are over
             assert held["reasons"] == ["retry_after"] and 600 - TIMEOUT < held["until"] - seen["now"] <= 600
             assert [(p["website"], p["reason"]) for p in seen["politeness"]] == [(throttled.host, "retry_after")]

@@ -182,3 +182,22 @@ def test_seen_check_and_forget_a_url(redis_url: str) -> None:
     out = cli(redis_url, "seen", "shop_a", "forget", "http://shop-a.test/gone")
     assert out.returncode == 0 and "forgot 1" in out.stdout, out.stderr
     assert asyncio.run(push())  # stored again: a later run crawls it
+@pytest.mark.asyncio
+async def test_failed_lists_and_requeues(redis_url: str) -> None:
+    client = AsyncRedis.from_url(redis_url)
+    store = FrontierStore(client, "{shop_a}")
+    payload = '{"v":1,"url":"http://shop-a.test/x","meta":{"retry_times":2,"keep":1}}'
+    await store.record_failed([{"reason": "HTTP 500 after 2 retries", "url": "http://shop-a.test/x",
+                                "website": "shop-a.test", "fingerprint": "f1", "score": -3, "time": 0,
+                                "payload": payload}])
+    out = cli(redis_url, "failed", "shop_a")
+    assert out.returncode == 0, out.stderr
+    assert "http://shop-a.test/x  HTTP 500 after 2 retries" in out.stdout and "1 failed requests" in out.stdout
+    assert cli(redis_url, "failed", "shop_a", "--requeue").returncode == 2  # --yes needed
+    out = cli(redis_url, "failed", "shop_a", "--requeue", "--yes")
+    assert out.returncode == 0 and "re-queued 1 of 1" in out.stdout, out.stderr
+    queued = await client.zrange(store.queue_key("shop-a.test"), 0, -1, withscores=True)
+    assert len(queued) == 1 and queued[0][1] == -3  # its priority kept
+    assert queued[0][0].endswith(b':{"v":1,"url":"http://shop-a.test/x","meta":{"keep":1}}')  # retries reset
+    assert await client.llen(store.failed_key) == 0
+    await client.aclose()

@@ -160,6 +160,26 @@ def test_unencodable_request_fails_loudly_in_a_real_crawl(demo_site: DemoSite, r
         assert r.scard("{frontier_bad}:seen") == 2  # the seed and /robots.txt: nothing for /bad
 
 
+def test_requests_that_finally_fail_are_in_the_failed_list(demo_site: DemoSite, redis_url: str,
+                                                          run_crawl: Callable[..., CrawlResult]) -> None:
+    """A callback that raises and a download error nobody handles (after the retries) are recorded with their
+    reason; robots.txt of the refusing host, not a frontier request, is not."""
+    with redis.Redis.from_url(redis_url) as r:
+        r.lpush("frontier_raising:start_urls", demo_site.url("shop-a.test", "/"))
+    result = run_crawl("frontier_raising", {"SPIDER_MODULES": TEST_SPIDERS, "FRONTIER_IDLE_CLOSE_SECONDS": "1",
+                                            "ITEM_PIPELINES": "{}"}, env={**ENV, "REDIS_URL": redis_url})
+    assert result.returncode == 0, result.log[-3000:]
+    with redis.Redis.from_url(redis_url) as r:
+        failed = {json.loads(rec)["url"]: json.loads(rec)["reason"] for rec in r.lrange("{frontier_raising}:failed",
+                                                                                       0, -1)}
+    robots = demo_site.url("shop-a.test", "/robots.txt")
+    assert set(failed) == {robots, "http://refused.test:1/"}, failed
+    assert failed[robots] == "callback raised ValueError: no parser for this page"
+    assert failed["http://refused.test:1/"].startswith("DownloadConnectionRefusedError")
+    # Retries ran out twice: the refused page and its host's robots.txt (not recorded: not a frontier request).
+    assert result.stats["frontier/failed"] == 2 and result.stats["retry/max_reached"] == 2
+
+
 def test_requeue_contract_in_a_real_crawl(demo_site: DemoSite, redis_url: str,
                                           run_crawl: Callable[..., CrawlResult]) -> None:
     """A downloader middleware postpones a request: fetched once, not before T; nothing lost, nothing twice."""

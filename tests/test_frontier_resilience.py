@@ -112,7 +112,7 @@ async def test_a_pop_whose_reply_times_out_is_delivered_again(private_redis: Ser
             await store.pop(3, "w", receipts)
     finally:
         os.kill(private_redis.proc.pid, signal.SIGCONT)
-    assert receipts.lost == ["1"]
+    assert receipts.lost == [("1", 3)]
     with redis.Redis.from_url(private_redis.url) as r:
         while not r.hlen(store.pops_key("w")):  # the pop sent before SIGCONT has run by now, or soon
             await asyncio.sleep(0.01)
@@ -136,14 +136,14 @@ async def test_closing_worker_returns_pops_it_never_received(private_redis: Serv
     finally:
         os.kill(private_redis.proc.pid, signal.SIGCONT)
     with redis.Redis.from_url(private_redis.url) as r:
-        while not r.hexists(store.pops_key("w"), "2"):  # the lost pop has run (it acknowledged pop 1)
+        while not r.hexists(store.pops_key("w"), "2.1"):  # the lost pop has run
             await asyncio.sleep(0.01)
-    assert await store.release("w", receipts) == 2
+    assert await store.release("w", [lease for _, lease, _ in got.items], receipts) == 2
     rest = await store.pop(10, "other")
     assert len(got.items) == 1 and len(rest.items) == 3
-    assert {m for _, m in rest.items}.isdisjoint({m for _, m in got.items})
+    assert {m for _, _, m in rest.items}.isdisjoint({m for _, _, m in got.items})
     # Their priority is kept: the highest (score -3) first.
-    assert [m.split(b":")[1] for _, m in rest.items] == [f"{i:040x}".encode() for i in (2, 1, 0)]
+    assert [m.split(b":")[1] for _, _, m in rest.items] == [f"{i:040x}".encode() for i in (2, 1, 0)]
     await client.aclose()
 
 

@@ -67,7 +67,7 @@ async def test_fair_across_websites(store: FrontierStore) -> None:
     entries += [PushEntry(site, f"{site}{i}", MODE_DEDUPE, 0, 0, b"{}")
                 for site in ("small1.test", "small2.test", "small3.test") for i in range(4)]
     await store.push(entries, "w")
-    batches = [[site for site, _ in (await store.pop(8, "w")).items] for _ in range(3)]
+    batches = [[site for site, _, _ in (await store.pop(8, "w")).items] for _ in range(3)]
     assert Counter(batches[0]) == {"huge.test": 2, "small1.test": 2, "small2.test": 2, "small3.test": 2}
     # The small websites are done after two pops; the huge one never took more than its share.
     assert Counter(batches[0] + batches[1])["huge.test"] == 4
@@ -83,7 +83,7 @@ async def test_pop_never_returns_more_than_asked(store: FrontierStore, n: int, s
     popped = (await store.pop(n, "w")).items
     assert len(popped) == n
     # Still fair: no website got two more than another.
-    counts = Counter(site for site, _ in popped)
+    counts = Counter(site for site, _, _ in popped)
     assert max(counts.values()) - min(counts.values()) <= 1
 
 

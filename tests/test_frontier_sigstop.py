@@ -3,6 +3,7 @@ it held is lost. Judged from the demo server's log."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -82,10 +83,12 @@ def test_worker_closes_while_redis_is_stopped_and_loses_nothing(demo_site: DemoS
 def test_sigterm_hands_back_at_once_and_the_other_worker_finishes(demo_site: DemoSite, private_redis: Server,
                                                                    tmp_path: Path) -> None:
     """SIGTERM (a deploy, scrapyd's cancel) mid-crawl: the worker returns what it holds and exits within
-    FRONTIER_CLOSE_TIMEOUT + margin; the other worker fetches every page, no lease time to wait for."""
+    FRONTIER_CLOSE_TIMEOUT + margin; the other worker fetches every page, no lease time to wait for (the
+    lease is longer than the whole test may take, and the idle close waits for every lease). Requests that
+    finally failed (500 and 429 pages after their retries) are in the spider's failed list."""
     settings = {"ITEM_PIPELINES": "{}", "BYTE_BUDGET_ENABLED": "False", "FRONTIER_IDLE_CLOSE_SECONDS": "1",
                 "FRONTIER_CLOSE_TIMEOUT": str(CLOSE_TIMEOUT), "DOWNLOAD_DELAY": "0.02",
-                "CONCURRENT_REQUESTS_PER_DOMAIN": "2", "FRONTIER_PREFETCH": "16"}
+                "CONCURRENT_REQUESTS_PER_DOMAIN": "2", "FRONTIER_PREFETCH": "16", "FRONTIER_LEASE_SECONDS": "600"}
     env = {**ENV, "REDIS_URL": private_redis.url}
     with redis.Redis.from_url(private_redis.url) as r:
         r.lpush("shop_a:start_urls", demo_site.url("shop-a.test", "/"))
@@ -107,4 +110,7 @@ def test_sigterm_hands_back_at_once_and_the_other_worker_finishes(demo_site: Dem
     paths = {rec["path"] for rec in _fetched(demo_site, mark)}
     assert len(paths) == sum(TEST_SITES[0].expected_pages().values()) + 1  # + robots.txt: nothing lost
     with redis.Redis.from_url(private_redis.url) as r:
-        assert not r.keys("{shop_a}:pops:*") and not r.keys("{shop_a}:q:*")
+        assert not r.keys("{shop_a}:pops:*") and not r.keys("{shop_a}:q:*") and not r.zcard("{shop_a}:leases")
+        failed = {json.loads(rec)["url"].split(str(demo_site.port))[1] for rec in r.lrange("{shop_a}:failed", 0, -1)}
+    errors = min(TEST_SITES[0].errors, TEST_SITES[0].pages)
+    assert failed == {f"/{kind}/{k}" for kind in ("broken", "busy") for k in range(1, errors + 1)}

@@ -9,6 +9,7 @@ Commands::
     python -m crawler reindex SPIDER                                rebuild the per-website depth index
     python -m crawler seen SPIDER check|forget URL ... [--fingerprint]
                                                                     was a URL seen; forget it (crawl it again)
+    python -m crawler failed SPIDER [--limit N] [--requeue --yes]   requests that finally failed; re-queue them
 
 Redis and key names come from the project settings (``REDIS_URL``,
 ``FRONTIER_KEY_PREFIX``, ``REDIS_START_URLS_KEY``, a spider's ``redis_key``);
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
 from pathlib import Path
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from crawler.frontier.gate import GateConfig, GateError, parse_seed
 from crawler.frontier.seen import SeenConfig
-from crawler.frontier.store import FrontierStore
+from crawler.frontier.store import MODE_REQUEUE, FrontierStore, PushEntry
 from crawler.redis_client import RedisClientConfig
 
 if TYPE_CHECKING:
@@ -117,6 +119,37 @@ async def _queues(redis: Redis, store: FrontierStore, seeds_key: str, limit: int
     return "\n".join(lines)
 
 
+def _fresh_payload(payload: str) -> bytes:
+    """The stored request with its retry count reset (a re-queued request gets its retries again)."""
+    data = json.loads(payload)
+    if isinstance(data.get("meta"), dict):
+        data["meta"].pop("retry_times", None)
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+async def _failed(redis: Redis, store: FrontierStore, args: argparse.Namespace) -> int:
+    raw: Any = await redis.lrange(store.failed_key, 0, -1)
+    records = [json.loads(r) for r in raw]
+    if not args.requeue:
+        for rec in records[-args.limit:]:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(rec.get("time", 0)))
+            print(f"{when} UTC  {rec['url']}  {rec['reason']}")
+        print(f"{len(records)} failed requests in {store.failed_key}")
+        return 0
+    if not args.yes:
+        print(f"this puts the {len(records)} requests of {store.failed_key} back in their queues; add --yes",
+              file=sys.stderr)
+        return 2
+    entries = [PushEntry(r["website"], r["fingerprint"], MODE_REQUEUE, float(r["score"]), 0,
+                         _fresh_payload(r["payload"])) for r in records if r.get("payload", "{}") != "{}"]
+    for i in range(0, len(entries), _PUSH_CHUNK):
+        await store.push(entries[i:i + _PUSH_CHUNK], "cli")
+    # Failures recorded meanwhile were appended after these: only the ones re-queued go.
+    await redis.ltrim(store.failed_key, len(records), -1)
+    print(f"re-queued {len(entries)} of {len(records)} failed requests")
+    return 0
+
+
 async def _seed_command(args: argparse.Namespace, settings: Settings, cls: type, redis: Redis,
                         seeds_key: str) -> int:
     lines = _seed_lines(args)
@@ -191,6 +224,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
             if args.seeds:
                 deleted += await redis.delete(seeds_key, seeds_key + ":dead")
             print(f"deleted {deleted} keys")
+        elif args.command == "failed":
+            return await _failed(redis, store, args)
         return 0
     finally:
         await redis.aclose()
@@ -227,5 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     seen.add_argument("action", choices=["check", "forget"])
     seen.add_argument("urls", nargs="+", metavar="URL")
     seen.add_argument("--fingerprint", action="store_true", help="the arguments are fingerprints (hex), not URLs")
+    failed = sub.add_parser("failed", parents=[common], help="requests that finally failed, with their reason")
+    failed.add_argument("spider")
+    failed.add_argument("--limit", type=int, default=50, help="how many to list (newest last)")
+    failed.add_argument("--requeue", action="store_true", help="put them back in their queues")
+    failed.add_argument("--yes", action="store_true", help="really re-queue")
     args = parser.parse_args(argv)
     return asyncio.run(_run(args, _settings()))

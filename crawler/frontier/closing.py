@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
 
+    from crawler.frontier.failures import FailedLog
     from crawler.frontier.outbox import Outbox
     from crawler.frontier.refill import Refill
 
@@ -35,12 +36,14 @@ async def stop_tasks(heartbeat: asyncio.Task[Any] | None, refill: Refill, others
         await asyncio.gather(*others, return_exceptions=True)
 
 
-async def hand_back(outbox: Outbox, release: Callable[[], Awaitable[int]]) -> int:
-    """Flush the outbox (prefetched requests already in it), then return the pops whose reply never came.
+async def hand_back(outbox: Outbox, failed: FailedLog, release: Callable[[], Awaitable[int]]) -> int:
+    """Flush the outbox (prefetched requests already in it) and the failed list, then acknowledge what is
+    done and return the rest of this worker's leased requests (pops whose reply never came, for one).
 
     Returns how many requests ``release`` put back in their queues.
     """
     await outbox.close(RETRY_PAUSE)
+    await failed.close(RETRY_PAUSE)
     while True:
         try:
             return await release()

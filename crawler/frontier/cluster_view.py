@@ -3,8 +3,11 @@
 Part of :mod:`crawler.frontier.scheduler`. A heartbeat task records this worker as busy
 (at least every ``min(1, FRONTIER_IDLE_CLOSE_SECONDS / 4)`` seconds; pushes and
 pops report it too) and, while it is idle, polls the cluster (queued websites,
-seeds, last busy worker) every ``FRONTIER_IDLE_POLL_SECONDS`` for
-:class:`crawler.frontier.spider.FrontierSpider`'s cluster-wide idle close. A busy
+seeds, last busy worker, workers holding leases) every
+``FRONTIER_IDLE_POLL_SECONDS`` for
+:class:`crawler.frontier.spider.FrontierSpider`'s cluster-wide idle close,
+which waits while any lease is outstanding. Its calls carry the worker's
+acknowledgements and renew its lease (:mod:`.leases`). A busy
 worker takes new seeds too (scrapy-redis reads them only when idle). What the
 heartbeat learns goes to its :class:`HeartbeatHost` (the scheduler).
 """
@@ -27,6 +30,9 @@ class HeartbeatHost(Protocol):
 
     def locally_busy(self) -> bool:
         """This worker holds or handles requests (checked once per tick)."""
+
+    def renew_due(self) -> bool:
+        """This worker's lease wants renewing (no call renewed it lately)."""
 
     async def cluster_status(self, busy: bool, with_seeds: bool) -> Status:
         """The cluster view from Redis; records this worker as busy when ``busy``."""
@@ -76,8 +82,8 @@ class ClusterView:
     def idle_seconds(self, locally_busy: bool) -> float:
         """How long the whole cluster has had nothing queued, no seeds and no busy worker (0: busy now)."""
         st = self._status
-        if st is None or locally_busy or st.sites_with_work or st.seeds:
-            return 0.0
+        if st is None or locally_busy or st.sites_with_work or st.seeds or st.leased:
+            return 0.0  # a lease outstanding: its requests may come back (a crashed worker's, after its lease)
         last = st.last_busy if st.last_busy is not None else st.now
         return max(0.0, st.now - last) + (time.monotonic() - self._status_at)
 
@@ -98,7 +104,7 @@ class ClusterView:
                         host.seeds_waiting(status.seeds)
                     if status.sites_ready:
                         host.work_ready()
-                elif busy and now - self.last_busy_report >= self._interval:
+                elif busy and (now - self.last_busy_report >= self._interval or host.renew_due()):
                     status = await host.cluster_status(True, False)
                     self.apply(status)
                     self.last_busy_report = now

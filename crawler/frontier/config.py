@@ -29,6 +29,7 @@ class FrontierConfig:
     idle_poll: float
     idle_close: float
     close_timeout: float
+    lease: float
     website_mode: str
     seen: SeenConfig
 
@@ -58,6 +59,7 @@ class FrontierConfig:
             idle_poll=float_setting(settings, "FRONTIER_IDLE_POLL_SECONDS", 0.25, minimum=0.01),
             idle_close=float_setting(settings, "FRONTIER_IDLE_CLOSE_SECONDS", 0, minimum=0),
             close_timeout=float_setting(settings, "FRONTIER_CLOSE_TIMEOUT", 30, minimum=0, exclusive=True),
+            lease=float_setting(settings, "FRONTIER_LEASE_SECONDS", 60, minimum=0),
             website_mode=website_key_mode(settings),
             seen=SeenConfig.from_settings(settings),
         )

@@ -57,6 +57,9 @@ class Outbox:
         self._stored = stored
         self._start_task = start
         self.entries: list[PushEntry] = []
+        # Entries ever appended, and how many of the first ones are stored (FIFO: a failed batch goes back first).
+        self.appended = 0
+        self.stored = 0
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.closing = False
@@ -94,6 +97,7 @@ class Outbox:
 
     def append(self, entry: PushEntry) -> None:
         self.entries.append(entry)
+        self.appended += 1
 
     def schedule(self) -> None:
         """Flush now, or within ``FRONTIER_FLUSH_DELAY``."""
@@ -123,6 +127,7 @@ class Outbox:
                 await asyncio.sleep(min(0.1 * 2 ** self._failures, _RETRY_CAP))
         else:
             self._failures = 0
+            self.stored += len(batch)
             self._remember(batch, flags)
             self._stats.inc_value("scheduler/enqueued/redis", sum(flags))
             self._stored(sites, sum(flags))

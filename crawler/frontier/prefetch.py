@@ -23,6 +23,7 @@ class Buffered:
     fingerprint: str
     score: float
     payload: bytes
+    lease: str = ""  # its field in this worker's pops hash (crawler.frontier.leases)
 
 
 class PrefetchBuffer:

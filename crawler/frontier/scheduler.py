@@ -6,10 +6,13 @@ encodes a request (:mod:`.codec`) into the :mod:`.outbox`, stored in batches
 (``lua/push.lua``); ``next_request`` serves the :mod:`.prefetch` buffer,
 refilled (:mod:`.refill`, ``lua/pop.lua``) fairly across the websites that
 may be served now; the :mod:`.cluster_view` heartbeat keeps the cluster idle
-close informed. Redis failures go through :mod:`.redis_health` (one WARNING,
-one INFO per outage), tasks through :mod:`.tasks` (none dies silently),
-start-up problems through :mod:`.startup`. On close, what the worker holds
-goes back to Redis within ``FRONTIER_CLOSE_TIMEOUT``. docs/frontier.md
+close informed. Popped requests are leased to this worker until their
+outcome is processed (:mod:`.delivery`, :mod:`.leases`); requests that
+finally fail go to the failed list (:mod:`.failures`). Redis failures go
+through :mod:`.redis_health` (one WARNING, one INFO per outage), tasks
+through :mod:`.tasks` (none dies silently), start-up problems through
+:mod:`.startup`. On close, what the worker holds goes back to Redis within
+``FRONTIER_CLOSE_TIMEOUT``. docs/frontier.md
 describes the design and every ``FRONTIER_*`` setting.
 """
 
@@ -26,32 +29,24 @@ from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 from scrapy import signals
 from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.defer import deferred_from_coro
-from scrapy.utils.httpobj import urlparse_cached
-from scrapy.utils.request import RequestFingerprinter
 
+from crawler.frontier import intake
 from crawler.frontier.closing import hand_back, stop_tasks
 from crawler.frontier.cluster_view import ClusterView
-from crawler.frontier.codec import UndecodableRequestError, UnencodableRequestError, decode_request, encode_request
 from crawler.frontier.config import FrontierConfig
-from crawler.frontier.gate import GateConfig, MetaWarnings, filter_entry_meta
-from crawler.frontier.in_flight import InFlight
+from crawler.frontier.delivery import Delivery
 from crawler.frontier.outbox import Outbox
 from crawler.frontier.prefetch import Buffered, PrefetchBuffer
 from crawler.frontier.redis_health import RedisHealth, safe_url
 from crawler.frontier.refill import Refill
 from crawler.frontier.startup import StartupCheck
 from crawler.frontier.store import (
-    MODE_DEDUPE,
-    MODE_DONT_FILTER,
     MODE_REQUEUE,
     FrontierStore,
-    PopReceipts,
     PushEntry,
-    split_member,
 )
 from crawler.frontier.tasks import Tasks
 from crawler.scrapy_internals import downloader_slots, new_slot_concurrency, wake_engine
-from crawler.website import website_key
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Coroutine
@@ -66,8 +61,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-META_REQUEUE = "frontier_requeue"
-META_NOT_BEFORE = "frontier_not_before"
+META_REQUEUE = intake.META_REQUEUE
+META_NOT_BEFORE = intake.META_NOT_BEFORE
 # No more seeds are read while this many requests wait in the outbox.
 _SEED_BACKLOG = 5000
 T = TypeVar("T")
@@ -99,25 +94,18 @@ class FrontierScheduler:
         self._tasks: Tasks | None = None
         self._outbox = Outbox(config, self.stats, self._push_batch, self._pushed, self._start_task,
                              crawler.settings.getbool("DUPEFILTER_DEBUG"))
-        # The outbox's caches of what Redis has seen, read on enqueue_request's hot path.
-        self._seen = self._outbox.seen
-        self._seen_urls = self._outbox.seen_urls
-        self._url_cache = type(crawler.request_fingerprinter) is RequestFingerprinter and bool(config.seen_cache)
-        self._websites: dict[str, str] = {}  # netloc -> website key
         # prefetch buffer: website -> requests, served round-robin
         self._prefetch = PrefetchBuffer()
         # Requests handed out in this event-loop turn, by website (see PrefetchBuffer.take).
         # Cleared on the next turn, when they have reached their download slot (a
         # downloader middleware that awaits first delays that: not counted meanwhile).
         self._turn: dict[str, int] = {}
-        self._receipts = PopReceipts()
-        self._refill = Refill(config, self._pop_batch, self._prefetch.__len__, self._popped, self._start_task)
-        self._in_flight = InFlight(crawler)
+        self._delivery = Delivery(crawler, config, self.worker_id, self._outbox, self._health.call, self._start_task)
+        self._refill = Refill(config, self._delivery.pop, self._prefetch.__len__, self._popped, self._start_task)
         self._cluster = ClusterView(config)
         self._heartbeat: asyncio.Task[None] | None = None
-        # Entries read from Redis are untrusted input (crawler/frontier/gate.py).
-        self._gate = GateConfig.from_settings(crawler.settings)
-        self._meta_warnings = MetaWarnings(crawler, None)
+        self._gate = self._delivery.gate
+        self._intake = intake.Intake(crawler, config, self._outbox, self._gate, self._server_now)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -132,8 +120,7 @@ class FrontierScheduler:
         return deferred_from_coro(self._open(spider))
 
     async def _open(self, spider: Spider) -> None:
-        self.spider = spider
-        self._meta_warnings.spider = spider
+        self.spider = self._intake.spider = spider
         problem = getattr(spider, "frontier_startup_error", None)
         if problem:
             self._startup.fail(problem, spider)
@@ -142,6 +129,7 @@ class FrontierScheduler:
         prefix = self.config.key_prefix % {"spider": spider.name}
         self.redis = self.config.redis.async_client()
         self.store = FrontierStore(self.redis, prefix, self.config.seen.spec)
+        self._delivery.open(self.store, spider)
         self.seeds_key = getattr(spider, "redis_key", None)
         try:
             # Registers this worker as busy.
@@ -163,9 +151,10 @@ class FrontierScheduler:
         self.crawler.signals.connect(self._start_heartbeat, signal=signals.spider_opened)
         logger.info(
             "Frontier open: worker %(worker)s, keys %(prefix)s:*, website key %(mode)s, prefetch %(prefetch)d, "
-            "flush delay %(delay).3fs, idle close %(close)ss; %(sites)d websites queued",
+            "flush delay %(delay).3fs, idle close %(close)ss, lease %(lease)s; %(sites)d websites queued",
             {"worker": self.worker_id, "prefix": prefix, "mode": self.config.website_mode,
              "prefetch": self.config.prefetch, "delay": self.config.flush_delay,
+             "lease": f"{self.config.lease:g}s" if self.config.lease else "off",
              "close": self.config.idle_close or "never", "sites": self._cluster.sites_with_work},
             extra={"spider": spider},
         )
@@ -192,32 +181,33 @@ class FrontierScheduler:
                          extra={"spider": self.spider})
         lost = len(self._outbox) + len(self._prefetch)
         if lost:
-            logger.error("Frontier closing (%(reason)s): %(n)d requests could not be stored in Redis and are lost",
-                         {"reason": reason, "n": lost}, extra={"spider": self.spider})
+            logger.error("Frontier closing (%(reason)s): %(n)d requests could not be stored in Redis%(fate)s",
+                         {"reason": reason, "n": lost, "fate": "; they or the requests that produced them come "
+                          "back after FRONTIER_LEASE_SECONDS" if self.config.lease else " and are lost"},
+                         extra={"spider": self.spider})
             self.stats.inc_value("frontier/lost_on_close", lost)
         if self.store is not None:
             self.stats.set_value("frontier/redis_calls", self.store.calls)
+        if len(self._delivery.failed):
+            self.stats.inc_value("frontier/failed_unrecorded", len(self._delivery.failed))
         if self.redis is not None:
             # Closing the connection pool does not wait for Redis.
             await self.redis.aclose()
 
     async def _close_parts(self) -> None:
-        assert self._tasks is not None and self.store is not None
-        store = self.store
-        await stop_tasks(self._heartbeat, self._refill, [t for t in self._tasks.running if t is not self._outbox.task])
-        self._return_buffer()
-        returned = await hand_back(self._outbox, lambda: self._health.call(store.release(self.worker_id,
-                                                                                          self._receipts)))
+        assert self._tasks is not None
+        delivery = self._delivery
+        writers = (self._outbox.task, delivery.failed.task)
+        await stop_tasks(self._heartbeat, self._refill, [t for t in self._tasks.running if t not in writers])
+        # Prefetched requests go back to Redis (without the dupefilter).
+        self._hand_back(self._prefetch.drain(), "frontier/returned_on_close")
+        returned = await hand_back(self._outbox, delivery.failed, delivery.release)
         if returned:
             self.stats.inc_value("frontier/returned_unanswered", returned)
 
     def _give_up(self, reason: str) -> None:
         engine = self.crawler.engine
         self.spawn(engine.close_spider_async(reason=reason))
-
-    def _return_buffer(self) -> None:
-        """Prefetched requests go back to Redis (without the dupefilter) when this worker stops."""
-        self._hand_back(self._prefetch.drain(), "frontier/returned_on_close")
 
     # -- Scrapy's scheduler interface ----------------------------------
 
@@ -229,51 +219,20 @@ class FrontierScheduler:
         return bool(len(self._prefetch) or self._outbox.busy or self._refill.task or self._cluster.sites_with_work)
 
     def enqueue_request(self, request: Request) -> bool:
-        meta = request.meta
-        requeue = bool(meta.pop(META_REQUEUE, False))
-        raw_until = meta.pop(META_NOT_BEFORE, 0)
-        try:
-            not_before = float(raw_until or 0)
-        except (TypeError, ValueError):
-            logger.error("meta %(key)s of %(request)s must be a Unix time in seconds, got %(value)r; ignored",
-                         {"key": META_NOT_BEFORE, "request": request, "value": raw_until},
-                         extra={"spider": self.spider})
-            not_before = 0.0
-        if not_before:
-            not_before = self._cap_not_before(request, not_before)
-        url_key = (request.url if self._url_cache and request.method == "GET" and not request.body
-                   and not requeue else None)
-        if url_key is not None and not request.dont_filter and url_key in self._seen_urls:
-            self._outbox.filtered(request)
+        entry = self._intake.entry(request)
+        if entry is None:
             return False
-        fp = self.crawler.request_fingerprinter.fingerprint(request).hex()
-        if requeue:
-            mode = MODE_REQUEUE
-        elif request.dont_filter:
-            mode = MODE_DONT_FILTER
-        else:
-            mode = MODE_DEDUPE
-            if fp in self._seen:
-                self._outbox.filtered(request)
-                return False
-        website = self._website(request)
-        meta.setdefault("download_slot", website)
-        try:
-            payload = encode_request(request, self.spider, self._gate)
-        except UnencodableRequestError as exc:
-            logger.error("Cannot store %(request)s in the frontier, dropped (no fingerprint kept): %(reason)s",
-                         {"request": request, "reason": exc}, extra={"spider": self.spider})
-            self.stats.inc_value("frontier/unserializable")
-            return False
-        self._outbox.append(PushEntry(website, fp, mode, -request.priority, not_before, payload, url_key))
-        if requeue:
+        self._outbox.append(entry)
+        if entry.mode == MODE_REQUEUE:
             self.stats.inc_value("frontier/requeued")
-            if not_before > self._server_now():
-                self._hold_website(website, not_before)
+            if entry.not_before > self._server_now():
+                self._hold_website(entry.website, entry.not_before)
         self._outbox.schedule()
         return True
 
     def next_request(self) -> Request | None:
+        if not self._delivery.may_hand_out():
+            return None  # the engine asks again when one of its requests is done
         item = self._take()
         if len(self._prefetch) * 2 <= self.config.prefetch:
             self._refill.want()
@@ -283,7 +242,7 @@ class FrontierScheduler:
                 # a sign FRONTIER_PREFETCH is too small for this crawl's speed.
                 self.stats.inc_value("frontier/prefetch_empty")
             return None
-        self._in_flight.add(item.request, item.fingerprint)
+        self._delivery.handed_out(item)
         self.stats.inc_value("scheduler/dequeued/redis")
         return item.request
 
@@ -292,23 +251,12 @@ class FrontierScheduler:
     async def mark_not_before(self, website: str, until: float) -> float:
         """No worker serves ``website`` before ``until`` (Unix time, Redis clock); returns the mark in force."""
         assert self.store is not None
-        until = self._cap_not_before(website, until)
+        until = self._intake.cap_not_before(website, until)
         self._hold_website(website, until)
         mark = float(await self._health.call(self.store.mark_not_before(website, until)))
         self._hold_website(website, mark)
         self.stats.inc_value("frontier/not_before_marked")
         return mark
-
-    def _cap_not_before(self, what: object, until: float) -> float:
-        """A not-before mark at most FRONTIER_MAX_NOT_BEFORE_SECONDS ahead (a far-future mark parks a website)."""
-        capped = self._gate.cap_not_before(until, self._server_now())
-        if capped < until:
-            logger.warning("Not-before mark for %(what)s capped: %(until).0f is more than "
-                           "FRONTIER_MAX_NOT_BEFORE_SECONDS (%(max).0f s) ahead",
-                           {"what": what, "until": until, "max": self._gate.max_not_before},
-                           extra={"spider": self.spider})
-            self.stats.inc_value("frontier/not_before_capped")
-        return capped
 
     def cluster_idle_seconds(self) -> float:
         """How long the whole cluster has had nothing queued, no seeds and no busy worker (0: busy now)."""
@@ -331,6 +279,10 @@ class FrontierScheduler:
     def wants_seeds(self) -> bool:
         """Whether seeds should be read now (not closing, not too many requests waiting to be stored)."""
         return not self._closing and len(self._outbox) < _SEED_BACKLOG
+
+    def record_failure(self, request: Request, reason: str) -> None:
+        """``request`` finally failed: it goes to the spider's failed list (crawler.frontier.failures)."""
+        self._delivery.record_failure(request, reason, self._intake.describe)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` as a task the scheduler waits for when it closes (before its last flush)."""
@@ -376,26 +328,9 @@ class FrontierScheduler:
         for website, item in items:
             self._outbox.append(PushEntry(website, item.fingerprint, MODE_REQUEUE, item.score,
                                           self._prefetch.not_before(website), item.payload))
+            self._delivery.leases.done(item.lease)
         if items:
             self.stats.inc_value(stat, len(items))
-
-    def _add_popped(self, website: str, member: bytes) -> bool:
-        fp, payload = split_member(member)
-        try:
-            request = decode_request(payload, self.spider, self._gate)
-        except UndecodableRequestError as exc:
-            self.stats.inc_value(f"frontier/gate/refused/{exc.reason}")
-            logger.error("Undecodable request in the frontier (%(website)s), moved to %(key)s: %(reason)s",
-                         {"website": website, "key": self.store.dead_key if self.store else "?", "reason": exc},
-                         extra={"spider": self.spider})
-            self.stats.inc_value("frontier/undecodable")
-            if self.store is not None:
-                self.spawn(self._health.call(self.store.dead_letter(self.store.dead_key, [member])))
-            return False
-        dropped = filter_entry_meta(request.meta, website, self._gate)
-        self._meta_warnings.dropped("frontier entry", dropped, "FRONTIER_ENTRY_META_ALLOW")
-        self._prefetch.add(website, Buffered(request, fp, -request.priority, payload))
-        return True
 
     # -- enqueue -------------------------------------------------------
 
@@ -409,38 +344,30 @@ class FrontierScheduler:
         if stored:
             self._refill.pop_now()
 
-    def _website(self, request: Request) -> str:
-        # website_key() is a pure function of the host: cache it per netloc
-        # (urlparse_cached is shared with Scrapy's downloader).
-        netloc = urlparse_cached(request).netloc
-        key = self._websites.get(netloc)
-        if key is None:
-            if len(self._websites) > 100_000:
-                self._websites.clear()
-            key = self._websites[netloc] = website_key(request.url, self.config.website_mode)
-        return key
-
     # -- popping -----------------------------------------------------------
-
-    async def _pop_batch(self, n: int) -> PopResult:
-        assert self.store is not None
-        return await self._health.call(self.store.pop(n, self.worker_id, self._receipts))
 
     def _popped(self, result: PopResult) -> None:
         self._cluster.popped(result)
-        added = sum(self._add_popped(site, member) for site, member in result.items)
-        if added:
+        added = False
+        for website, lease, member in result.items:
+            item = self._delivery.decode(website, lease, member)
+            if item is not None:
+                self._prefetch.add(website, item)
+                added = True
+        if added or result.reclaimed:
             self._wake_engine()
 
     # -- the heartbeat's host (crawler.frontier.cluster_view.HeartbeatHost) ----
 
     def locally_busy(self) -> bool:
-        self._in_flight.sweep()
-        return bool(len(self._prefetch) or self._outbox.busy or len(self._in_flight))
+        self._delivery.in_flight.sweep()
+        return bool(len(self._prefetch) or self._outbox.busy or len(self._delivery.in_flight))
+
+    def renew_due(self) -> bool:
+        return self._delivery.leases.renew_due()
 
     async def cluster_status(self, busy: bool, with_seeds: bool) -> Status:
-        assert self.store is not None
-        return await self._health.call(self.store.status(self.worker_id, busy, self.seeds_key if with_seeds else None))
+        return await self._delivery.status(busy, self.seeds_key if with_seeds else None)
 
     def seeds_waiting(self, count: int) -> None:
         hook = getattr(self.spider, "frontier_seeds_waiting", None)

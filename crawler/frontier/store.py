@@ -28,19 +28,26 @@ key                        type    content
                                    ``:<filter>:<segment>``, ``lua/seen_lib.lua``)
 ``<p>:seq``                string  sequence counter
 ``<p>:workers``            zset    worker id -> last time it was busy
-``<p>:pops:<worker>``      hash    pop id -> the requests that pop returned
-                                   (JSON), until the worker acknowledges them
-                                   (``lua/pop.lua``, ``lua/release.lua``)
+``<p>:pops:<worker>``      hash    ``<pop id>.<i>`` -> a request leased to the
+                                   worker (JSON: website, member, score), until
+                                   the worker acknowledges it (``lua/pop.lua``,
+                                   ``lua/leases.lua``, ``lua/release.lua``)
+``<p>:leases``             zset    worker id -> lease deadline (Redis clock), for
+                                   every worker holding leased requests
+``<p>:failed``             list    requests that finally failed (JSON: reason,
+                                   url, website, fingerprint, score, payload)
 ``<p>:dead``               list    stored payloads no worker could decode
 ``<redis_key>``            list    seeds (scrapy-redis compatible), not hash-tagged
 ``<redis_key>:dead``       list    rejected seeds, unchanged
 =========================  ======  ==============================================
 
-Every hot-path method (push, pop, mark_not_before) is one Redis round trip.
+Every hot-path method (push, pop, mark_not_before) is one Redis round trip;
+acknowledgements and lease renewals ride on pops and heartbeats.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -76,8 +83,9 @@ class PopResult:
     now: float
     sites_with_work: int
     next_ready: float | None
-    items: list[tuple[str, bytes]]  # (website, member)
+    items: list[tuple[str, str, bytes]]  # (website, lease field, member)
     found: list[str] = field(default_factory=list)  # the unanswered pop ids delivered again
+    reclaimed: int = 0  # requests of expired leases put back in their queues by this call
 
 
 class PopReceipts:
@@ -86,21 +94,19 @@ class PopReceipts:
     _MAX_LOST = 50
 
     def __init__(self) -> None:
-        self.received: list[str] = []  # replied since the last successful pop: acknowledged by the next
-        self.lost: list[str] = []  # no reply: asked for again by the next pop
+        self.lost: list[tuple[str, int]] = []  # (pop id, n asked) without a reply: asked for again
         self._seq = 0
 
     def next_id(self) -> str:
         self._seq += 1
         return str(self._seq)
 
-    def failed(self, pop_id: str) -> None:
-        self.lost = [*self.lost, pop_id][-self._MAX_LOST:]
+    def failed(self, pop_id: str, n: int) -> None:
+        self.lost = [*self.lost, (pop_id, n)][-self._MAX_LOST:]
 
-    def succeeded(self, pop_id: str, result: PopResult) -> None:
-        self.received = [pop_id]
+    def succeeded(self, result: PopResult) -> None:
         # A lost pop not found yet may still run (its connection was closed with the command sent).
-        self.lost = [x for x in self.lost if x not in result.found]
+        self.lost = [x for x in self.lost if x[0] not in result.found]
 
 
 @dataclass(slots=True)
@@ -110,6 +116,8 @@ class Status:
     sites_ready: int
     last_busy: float | None
     seeds: int
+    leased: int = 0  # workers holding leased requests
+    reclaimed: int = 0  # requests of expired leases put back in their queues by this call
 
 
 @dataclass(slots=True)
@@ -141,6 +149,8 @@ class FrontierStore:
         self.dead_key = f"{prefix}:dead"
         self.depths_key = f"{prefix}:depths"
         self.queued_key = f"{prefix}:queued"
+        self.leases_key = f"{prefix}:leases"
+        self.failed_key = f"{prefix}:failed"
         self.queue_prefix = f"{prefix}:q:"
         self.calls = 0  # Redis round trips made through this store
         self._push = redis.register_script(_script("push.lua"))
@@ -185,39 +195,43 @@ class FrontierStore:
         self.calls += 1
         return int(await self._seen(keys=[self.seen_key], args=[self.seen_spec, "count"]))
 
-    async def pop(self, n: int, worker: str, receipts: PopReceipts | None = None) -> PopResult:
+    async def pop(self, n: int, worker: str, receipts: PopReceipts | None = None, lease: float = 0.0,
+                  acks: list[str] | None = None) -> PopResult:
         """Up to ``n`` requests from websites that may be served now (and those of ``receipts.lost``).
 
-        With ``receipts``, the pop is recorded until acknowledged, and ``receipts`` is updated.
+        With ``receipts``, the requests are leased to ``worker`` (for ``lease``
+        seconds, renewed by its later calls) until acknowledged, and
+        ``receipts`` is updated; ``acks`` are lease fields acknowledged.
         """
         self.calls += 1
         pop_id = receipts.next_id() if receipts is not None else ""
-        acks = receipts.received if receipts is not None else []
         lost = receipts.lost if receipts is not None else []
+        acks = acks or []
         try:
             out = await self._pop(keys=[self.sites_key, self.not_before_key, self.workers_key, self.pops_key(worker),
-                                        self.depths_key, self.queued_key],
-                                  args=[self.queue_prefix, n, worker, pop_id, len(acks), *acks, len(lost), *lost])
+                                        self.leases_key, self.depths_key, self.queued_key],
+                                  args=[self.queue_prefix, n, worker, pop_id, lease, self.pops_key(""),
+                                        len(acks), *acks, len(lost), *(x for pair in lost for x in pair)])
         except BaseException:  # a timeout, or cancelled: the reply may never come
             if receipts is not None:
-                receipts.failed(pop_id)
+                receipts.failed(pop_id, n)
             raise
         nxt = float(out[2])
-        items = [(out[i].decode("utf-8"), out[i + 1]) for i in range(4, len(out), 2)]
+        items = [(out[i].decode("utf-8"), out[i + 1].decode("ascii"), out[i + 2]) for i in range(5, len(out), 3)]
         result = PopResult(float(out[0]), int(out[1]), None if nxt < 0 else nxt, items,
-                           out[3].decode().split(",") if out[3] else [])
+                           out[3].decode().split(",") if out[3] else [], int(out[4]))
         if receipts is not None:
-            receipts.succeeded(pop_id, result)
+            receipts.succeeded(result)
         return result
 
-    async def release(self, worker: str, receipts: PopReceipts) -> int:
-        """A closing worker: its pops without a reply go back to their queues; returns how many requests."""
+    async def release(self, worker: str, acks: list[str], receipts: PopReceipts | None = None) -> int:
+        """A closing worker: what it holds unacknowledged goes back to the queues; returns how many requests."""
         self.calls += 1
-        out = await self._release(keys=[self.sites_key, self.not_before_key, self.pops_key(worker),
+        out = await self._release(keys=[self.sites_key, self.not_before_key, self.pops_key(worker), self.leases_key,
                                         self.depths_key, self.queued_key],
-                                  args=[self.queue_prefix, *receipts.received])
-        receipts.received = []
-        receipts.lost = []
+                                  args=[self.queue_prefix, worker, *acks])
+        if receipts is not None:
+            receipts.lost = []
         return int(out)
 
     async def mark_not_before(self, website: str, until: float) -> float:
@@ -236,15 +250,37 @@ class FrontierStore:
             removed, _ = await pipe.execute()
         return bool(removed)
 
-    async def status(self, worker: str, busy: bool, seeds_key: str | None) -> Status:
-        """Cluster view (and a heartbeat when ``busy``); seeds waiting at ``seeds_key``."""
+    async def status(self, worker: str, busy: bool, seeds_key: str | None, lease: float = 0.0,
+                     acks: list[str] | None = None) -> Status:
+        """Cluster view (and a heartbeat when ``busy``); seeds waiting at ``seeds_key``.
+
+        Also acknowledges ``acks``, renews the worker's lease and reclaims expired ones (``lua/status.lua``).
+        """
         # Two calls when seeds are asked for: the seed list is not under the
         # frontier's hash tag, and a pipelined script costs a SCRIPT EXISTS.
         self.calls += 1 + bool(seeds_key)
-        out = await self._status(keys=[self.sites_key, self.workers_key], args=[worker, int(busy)])
+        out = await self._status(keys=[self.sites_key, self.workers_key, self.not_before_key, self.pops_key(worker),
+                                       self.leases_key, self.depths_key, self.queued_key],
+                                 args=[worker, int(busy), lease, self.queue_prefix, self.pops_key(""), *(acks or [])])
         seeds = int(await self.redis.llen(seeds_key)) if seeds_key else 0
         last = float(out[3])
-        return Status(float(out[0]), int(out[1]), int(out[2]), None if last < 0 else last, seeds)
+        return Status(float(out[0]), int(out[1]), int(out[2]), None if last < 0 else last, seeds,
+                      int(out[4]), int(out[5]))
+
+    async def leases(self) -> list[tuple[str, float, int]]:
+        """(worker, lease deadline, requests held) of every worker holding leases (for people and tests)."""
+        held: Any = await self.redis.zrange(self.leases_key, 0, -1, withscores=True)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for worker, _ in held:
+                pipe.hlen(self.pops_key(worker.decode()))
+            sizes = await pipe.execute()
+        return [(w.decode(), float(t), int(n)) for (w, t), n in zip(held, sizes, strict=True)]
+
+    async def record_failed(self, records: list[dict[str, Any]]) -> None:
+        """Append requests that finally failed to the failed list (one call)."""
+        if records:
+            self.calls += 1
+            await self.redis.rpush(self.failed_key, *(json.dumps(r, separators=(",", ":")) for r in records))
 
     async def pop_seeds(self, key: str, n: int, max_bytes: int) -> tuple[list[tuple[int, bytes]], int]:
         """Up to ``n`` seeds from the head of list ``key``, atomically, as (size, seed); and how many are left.

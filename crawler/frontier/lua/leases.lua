@@ -1,0 +1,55 @@
+-- Included by pop.lua, status.lua and release.lua (not a script of its own;
+-- they include depth.lua first): a worker's leased requests and their
+-- return to their websites' queues, counted in the depth index.
+--
+-- A worker's pops hash (<p>:pops:<worker>) holds one field per request it
+-- was given, '<pop id>.<i>' -> cjson [website, member, score], until the
+-- worker acknowledges it (its outcome processed, what it produced stored).
+-- The leases zset (<p>:leases) holds worker -> deadline (Redis clock) for
+-- every worker whose pops hash is not empty; each call of the worker renews
+-- it. A worker past its deadline is dead: the first caller to see it puts
+-- its requests back, so reclaiming costs O(expired requests), never a scan.
+
+-- The request e = {website, member, score} back in its website's queue,
+-- keeping its priority and the website's not-before; delta[website] counts
+-- what was added (for add_depths).
+local function requeue(sites_key, nb_key, qprefix, now, e, delta)
+  local site = e[1]
+  delta[site] = (delta[site] or 0) + redis.call('ZADD', qprefix .. site, e[3], e[2])
+  local ready = now
+  local nb = redis.call('ZSCORE', nb_key, site)
+  if nb and tonumber(nb) > ready then ready = tonumber(nb) end
+  redis.call('ZADD', sites_key, 'NX', ready, site)
+end
+
+-- Every request left in pops hash pkey back in its queue; the hash goes.
+local function requeue_all(sites_key, nb_key, qprefix, now, pkey, delta)
+  local n = 0
+  for _, rec in ipairs(redis.call('HVALS', pkey)) do
+    requeue(sites_key, nb_key, qprefix, now, cjson.decode(rec), delta)
+    n = n + 1
+  end
+  redis.call('DEL', pkey)
+  return n
+end
+
+-- The requests of up to `limit` workers whose lease expired, back in their
+-- queues; returns how many requests.
+local function reclaim(leases_key, sites_key, nb_key, qprefix, pprefix, now, limit, delta)
+  local n = 0
+  for _, w in ipairs(redis.call('ZRANGEBYSCORE', leases_key, '-inf', now, 'LIMIT', 0, limit)) do
+    n = n + requeue_all(sites_key, nb_key, qprefix, now, pprefix .. w, delta)
+    redis.call('ZREM', leases_key, w)
+  end
+  return n
+end
+
+-- The worker's lease: renewed to now + seconds while it holds requests,
+-- gone when it holds none (or when leases are off: seconds = 0).
+local function renew(leases_key, pkey, worker, now, seconds)
+  if seconds > 0 and redis.call('EXISTS', pkey) == 1 then
+    redis.call('ZADD', leases_key, now + seconds, worker)
+  else
+    redis.call('ZREM', leases_key, worker)
+  end
+end
