@@ -18,7 +18,10 @@ Per spider (every spider of the project when none is named):
   ``BYTE_BUDGET_DEFAULT`` for the websites shown);
 * seeds waiting, rejected seeds, undecodable requests, fingerprints seen.
 
-Leases outstanding are not shown yet (the frontier has none so far).
+* leases: the workers holding leased requests (popped, not yet acknowledged),
+  how many each holds and when its lease ends (a worker past its deadline is
+  dead: its requests go back to their queues at the next pop or heartbeat of
+  any worker); requests that finally failed (``python -m crawler failed``).
 
 Cost: three pipelined round trips of a fixed number of commands plus a few per
 website *shown* (``--top`` per list, and the budgeted websites); never
@@ -71,6 +74,9 @@ class SpiderStatus:
     undecodable: int = 0
     seen: int = 0
     index_missing: int = 0  # websites with queued requests the depth index lacks (see `crawler reindex`)
+    leases: list[dict[str, Any]] = field(default_factory=list)  # {"worker", "held", "deadline_in"}
+    lease_workers: int = 0  # workers holding leases
+    failed: int = 0  # requests in the failed list
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +126,11 @@ async def read_status(redis: Redis, spider: str, keys: StatusKeys, *, top: int,
                       per_website: dict[str, Any], default_budget: Any) -> SpiderStatus:
     """Read one spider's status: three round trips, their commands bounded by ``top`` (module docstring)."""
     f = keys.frontier
+    secs, micros = await redis.time()  # apart: a Redis Cluster client refuses a pipelined TIME
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.time()
+        pipe.zrange(f("leases"), 0, top - 1, withscores=True)  # soonest deadline first
+        pipe.zcard(f("leases"))
+        pipe.llen(f("failed"))
         pipe.zrange(f("depths"), 0, top - 1, desc=True, withscores=True)
         pipe.zcard(f("depths"))
         pipe.get(f("queued"))
@@ -133,8 +142,8 @@ async def read_status(redis: Redis, spider: str, keys: StatusKeys, *, top: int,
         pipe.llen(keys.seeds + ":dead")
         pipe.llen(f("dead"))
         pipe.hgetall(overrides_key(keys.budget_prefix))
-        ((secs, micros), deepest, websites, queued, sites, workers, workers_total, seen, seeds, rejected, dead,
-         overrides) = await pipe.execute()
+        (leases, lease_workers, failed, deepest, websites, queued, sites, workers, workers_total, seen, seeds,
+         rejected, dead, overrides) = await pipe.execute()
     now = secs + micros / 1e6
     if keys.seen_spec:  # generations or a Bloom filter: lua/seen.lua counts them (one call)
         seen = await FrontierStore(redis, keys.prefix, keys.seen_spec).seen_count()
@@ -143,14 +152,22 @@ async def read_status(redis: Redis, spider: str, keys: StatusKeys, *, top: int,
                           seeds_rejected=int(rejected), undecodable=int(dead),
                           index_missing=max(int(sites) - int(websites), 0))
     status.workers = [{"id": w.decode(), "last_busy_ago": round(now - t, 1)} for w, t in workers]
+    status.lease_workers, status.failed = int(lease_workers), int(failed)
+    leases = [(w.decode(), float(t)) for w, t in leases]
     deepest = [(w.decode(), int(d)) for w, d in deepest]
     recent, status.politeness_total = await active_websites(redis, keys.politeness_prefix, top)
     async with redis.pipeline(transaction=False) as pipe:
         if deepest:
             pipe.zmscore(f("sites"), [w for w, _ in deepest])
+        for worker, _ in leases:
+            pipe.hlen(f(f"pops:{worker}"))
         pipe.zrange(f("not_before"), f"({now!r}", "+inf", byscore=True, offset=0, num=top, withscores=True)
         pipe.zcount(f("not_before"), f"({now!r}", "+inf")
         *ready, marks, parked_total = await pipe.execute()
+    held = ready[len(ready) - len(leases):]
+    ready = ready[:len(ready) - len(leases)]
+    status.leases = [{"worker": w, "held": int(h), "deadline_in": round(t - now, 1)}
+                     for (w, t), h in zip(leases, held, strict=True)]
     ready_at = ready[0] if deepest else []
     status.top = [{"website": w, "queued": d, "ready_in": round(max(0.0, (r or now) - now), 1)}
                   for (w, d), r in zip(deepest, ready_at, strict=True)]
@@ -239,8 +256,14 @@ def render(statuses: list[SpiderStatus]) -> str:
             lines.append("byte budget (bytes counted in the current window / b):")
             lines += [f"  {b['website']:<40} {b['used']:>12} / "
                       f"{'unlimited' if b['budget'] is None else b['budget']}  ({b['source']})" for b in s.budgets]
+        lines.append(f"leases: {sum(x['held'] for x in s.leases)} requests held by {s.lease_workers} workers"
+                     + "".join(f"\n  {x['worker']}  {x['held']} held, lease "
+                               + (f"ends in {x['deadline_in']:.0f}s" if x["deadline_in"] >= 0
+                                  else f"expired {-x['deadline_in']:.0f}s ago (dead: reclaimed at the next pop)")
+                               for x in s.leases))
         lines.append(f"seeds waiting {s.seeds_waiting}, rejected {s.seeds_rejected}; undecodable requests "
-                     f"{s.undecodable}; fingerprints seen {s.seen}")
+                     f"{s.undecodable}; fingerprints seen {s.seen}; failed requests {s.failed}"
+                     + (f" (python -m crawler failed {s.spider})" if s.failed else ""))
         lines.append("")
     return "\n".join(lines)
 

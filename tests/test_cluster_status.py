@@ -292,3 +292,23 @@ async def test_fingerprints_seen_in_every_dedupe_mode(redis_url: str, seen: Seen
         assert status.seen == 40 and status.queued_total == 40
     finally:
         await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_status_shows_leases_and_failed_requests(redis_url: str) -> None:
+    client = AsyncRedis.from_url(redis_url)
+    store = FrontierStore(client, KEYS.prefix)
+    try:
+        await store.push([PushEntry("a.test", f"fp{i}", MODE_DEDUPE, 0, 0, b"{}") for i in range(5)], "w1")
+        popped = await store.pop(3, "w1", PopReceipts(), lease=60)
+        await client.rpush(store.failed_key, b'{"reason": "test"}')
+        status = await _status(redis_url)
+        assert status.lease_workers == 1 and status.failed == 1
+        assert [(x["worker"], x["held"]) for x in status.leases] == [("w1", 3)]
+        assert 0 < status.leases[0]["deadline_in"] <= 60
+        text = render([status])
+        assert "leases: 3 requests held by 1 workers" in text and "failed requests 1" in text
+        await store.pop(0, "w1", PopReceipts(), lease=60, acks=[field for _, field, _ in popped.items])
+        assert (await _status(redis_url)).lease_workers == 0  # all acknowledged: the lease is gone
+    finally:
+        await client.aclose()
