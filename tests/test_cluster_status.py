@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import pytest_asyncio
 import redis
 from redis.asyncio import Redis as AsyncRedis
 from scrapy.settings import Settings
@@ -28,6 +29,7 @@ from middlewares.politeness.store import Event, PolitenessStore
 from tests.conftest import start_crawl, wait_crawl
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
 WEBSITES = 1000
@@ -102,38 +104,42 @@ async def test_redis_cost_grows_with_websites_shown_never_with_the_queue(redis_u
         await r.aclose()
 
 
-@pytest.mark.asyncio
-async def test_depth_index_follows_every_script_that_moves_requests(redis_url: str) -> None:
+@pytest_asyncio.fixture
+async def store(redis_url: str) -> AsyncIterator[FrontierStore]:
+    """shop_a's frontier store on the test Redis (its client closed after the test)."""
     client = AsyncRedis.from_url(redis_url)
-    store = FrontierStore(client, KEYS.prefix)
-    try:
-        await store.push([PushEntry(f"s{w}.test", f"{w}-{i}", MODE_DEDUPE, 0, 0, b"{}")
-                          for w in range(3) for i in range(w + 2)], "w1")
-        await store.push([PushEntry("s0.test", "0-0", MODE_DEDUPE, 0, 0, b"{}")], "w1")  # a duplicate: not stored
-        assert await store.deepest(10) == ([("s2.test", 4), ("s1.test", 3), ("s0.test", 2)], 3, 9)
-        receipts = PopReceipts()
-        popped = await store.pop(6, "w1", receipts)  # two from each website (its fair share)
-        assert len(popped.items) == 6
-        assert await store.deepest(10) == ([("s2.test", 2), ("s1.test", 1)], 2, 3)
-        handled = [field for _, field, _ in popped.items]  # the worker processed the first six
-        receipts.failed(receipts.next_id(), 4)  # a pop whose reply "never arrives"
-        await store.pop(4, "w1", receipts)  # the last three
-        assert await store.deepest(10) == ([], 0, 0) and await store.queued() == 0
-        assert await store.release("w1", handled, receipts) == 3  # release.lua: the unhandled back to their queues
-        top, websites, total = await store.deepest(10)
-        assert (top, websites, total) == ([("s2.test", 2), ("s1.test", 1)], 2, 3)
-        assert {w.decode() for w in await client.zrange(store.sites_key, 0, -1)} == {"s1.test", "s2.test"}
-        # A frontier written before the index existed: reindex rebuilds it.
-        await client.delete(store.depths_key, store.queued_key)
-        assert (await _status(redis_url)).index_missing == websites
-        out = subprocess.run([sys.executable, "-m", "crawler", "reindex", "shop_a", "--redis-url", redis_url],
-                             cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
-        assert out.returncode == 0 and "depth index rebuilt: 3 requests queued" in out.stdout, out.stderr
-        assert await store.deepest(10) == (top, websites, total)
-        await client.delete(store.depths_key, store.queued_key)
-        assert await store.reindex() == 3 and await store.deepest(10) == (top, websites, total)
-    finally:
-        await client.aclose()
+    yield FrontierStore(client, KEYS.prefix)
+    await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_depth_index_follows_every_script_that_moves_requests(redis_url: str, store: FrontierStore) -> None:
+    client = store.redis
+    await store.push([PushEntry(f"s{w}.test", f"{w}-{i}", MODE_DEDUPE, 0, 0, b"{}")
+                      for w in range(3) for i in range(w + 2)], "w1")
+    await store.push([PushEntry("s0.test", "0-0", MODE_DEDUPE, 0, 0, b"{}")], "w1")  # a duplicate: not stored
+    assert await store.deepest(10) == ([("s2.test", 4), ("s1.test", 3), ("s0.test", 2)], 3, 9)
+    receipts = PopReceipts()
+    popped = await store.pop(6, "w1", receipts)  # two from each website (its fair share)
+    assert len(popped.items) == 6
+    assert await store.deepest(10) == ([("s2.test", 2), ("s1.test", 1)], 2, 3)
+    handled = [field for _, field, _ in popped.items]  # the worker processed the first six
+    receipts.failed(receipts.next_id(), 4)  # a pop whose reply "never arrives"
+    await store.pop(4, "w1", receipts)  # the last three
+    assert await store.deepest(10) == ([], 0, 0) and await store.queued() == 0
+    assert await store.release("w1", handled, receipts) == 3  # release.lua: the unhandled back to their queues
+    top, websites, total = await store.deepest(10)
+    assert (top, websites, total) == ([("s2.test", 2), ("s1.test", 1)], 2, 3)
+    assert {w.decode() for w in await client.zrange(store.sites_key, 0, -1)} == {"s1.test", "s2.test"}
+    # A frontier written before the index existed: reindex rebuilds it.
+    await client.delete(store.depths_key, store.queued_key)
+    assert (await _status(redis_url)).index_missing == websites
+    out = subprocess.run([sys.executable, "-m", "crawler", "reindex", "shop_a", "--redis-url", redis_url],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0 and "depth index rebuilt: 3 requests queued" in out.stdout, out.stderr
+    assert await store.deepest(10) == (top, websites, total)
+    await client.delete(store.depths_key, store.queued_key)
+    assert await store.reindex() == 3 and await store.deepest(10) == (top, websites, total)
 
 
 @pytest.mark.asyncio
@@ -295,20 +301,16 @@ async def test_fingerprints_seen_in_every_dedupe_mode(redis_url: str, seen: Seen
 
 
 @pytest.mark.asyncio
-async def test_status_shows_leases_and_failed_requests(redis_url: str) -> None:
-    client = AsyncRedis.from_url(redis_url)
-    store = FrontierStore(client, KEYS.prefix)
-    try:
-        await store.push([PushEntry("a.test", f"fp{i}", MODE_DEDUPE, 0, 0, b"{}") for i in range(5)], "w1")
-        popped = await store.pop(3, "w1", PopReceipts(), lease=60)
-        await client.rpush(store.failed_key, b'{"reason": "test"}')
-        status = await _status(redis_url)
-        assert status.lease_workers == 1 and status.failed == 1
-        assert [(x["worker"], x["held"]) for x in status.leases] == [("w1", 3)]
-        assert 0 < status.leases[0]["deadline_in"] <= 60
-        text = render([status])
-        assert "leases: 3 requests held by 1 workers" in text and "failed requests 1" in text
-        await store.pop(0, "w1", PopReceipts(), lease=60, acks=[field for _, field, _ in popped.items])
-        assert (await _status(redis_url)).lease_workers == 0  # all acknowledged: the lease is gone
-    finally:
-        await client.aclose()
+async def test_status_shows_leases_and_failed_requests(redis_url: str, store: FrontierStore) -> None:
+    client = store.redis
+    await store.push([PushEntry("a.test", f"fp{i}", MODE_DEDUPE, 0, 0, b"{}") for i in range(5)], "w1")
+    popped = await store.pop(3, "w1", PopReceipts(), lease=60)
+    await client.rpush(store.failed_key, b'{"reason": "test"}')
+    status = await _status(redis_url)
+    assert status.lease_workers == 1 and status.failed == 1
+    assert [(x["worker"], x["held"]) for x in status.leases] == [("w1", 3)]
+    assert 0 < status.leases[0]["deadline_in"] <= 60
+    text = render([status])
+    assert "leases: 3 requests held by 1 workers" in text and "failed requests 1" in text
+    await store.pop(0, "w1", PopReceipts(), lease=60, acks=[field for _, field, _ in popped.items])
+    assert (await _status(redis_url)).lease_workers == 0  # all acknowledged: the lease is gone

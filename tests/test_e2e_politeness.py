@@ -284,14 +284,19 @@ def test_circuit_breaker_lets_one_probe_per_cooling_period(site: DemoSite, redis
           f"probes counted by the workers: {stat(results, 'politeness/probes')}")
 
 
+def crawl_one(site: DemoSite, redis_url: str, tmp_path: Path, host: str) -> tuple[Any, Any, Any]:
+    """3 workers crawl ``host`` with the default settings: (their results, the server's log, its pages)."""
+    cluster = Cluster(site, redis_url, tmp_path, {})
+    cluster.seed(host)
+    results = cluster.finish()
+    log = cluster.save(tmp_path)
+    return results, log, pages(log, host)
+
+
 @pytest.mark.e2e
 def test_crawl_delay_holds_across_three_workers(site: DemoSite, redis_url: str, tmp_path: Path) -> None:
     delay = 0.5
-    cluster = Cluster(site, redis_url, tmp_path, {})
-    cluster.seed("cd.test")
-    results = cluster.finish()
-    log = cluster.save(tmp_path)
-    cd = pages(log, "cd.test")
+    results, log, cd = crawl_one(site, redis_url, tmp_path, "cd.test")
     assert fetched(log, "cd.test") == expected_pages(SITES[4])
     smallest = analysis.min_gap(cd, "cd.test")
     assert smallest is not None and smallest >= delay - CLOCK, sorted(analysis.gaps(cd, "cd.test"))[:5]
@@ -304,11 +309,7 @@ def test_crawl_delay_holds_across_three_workers(site: DemoSite, redis_url: str, 
 def test_robots_request_rate_holds_across_three_workers(site: DemoSite, redis_url: str, tmp_path: Path) -> None:
     # robots.txt "Request-rate: 2/1" (no Crawl-delay): honoured as one request per 0.5 s.
     requests, window = 2, 1.0
-    cluster = Cluster(site, redis_url, tmp_path, {})
-    cluster.seed("rr.test")
-    results = cluster.finish()
-    log = cluster.save(tmp_path)
-    rr = pages(log, "rr.test")
+    results, log, rr = crawl_one(site, redis_url, tmp_path, "rr.test")
     assert fetched(log, "rr.test") == expected_pages(SITES[7])
     assert analysis.max_requests_in_any_window(rr, "rr.test", window) <= requests
     smallest = analysis.min_gap(rr, "rr.test")
