@@ -19,10 +19,12 @@ import ipaddress
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from scrapy.utils.httpobj import urlparse_cached
 from tldextract import TLDExtract
 from w3lib.url import parse_url
 
 if TYPE_CHECKING:
+    from scrapy import Request
     from scrapy.settings import BaseSettings
 
 WEBSITE_KEY_MODES = ("domain", "host")
@@ -63,3 +65,22 @@ def website_key_mode(settings: BaseSettings) -> str:
     if mode not in WEBSITE_KEY_MODES:
         raise ValueError(f"WEBSITE_KEY must be one of {WEBSITE_KEY_MODES}, got {mode!r}")
     return str(mode)
+
+
+class WebsiteKeys:
+    """``website_key`` of requests on a hot path: cached per netloc (``urlparse_cached`` is shared with Scrapy)."""
+
+    _MAX = 100_000
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self._keys: dict[str, str] = {}  # netloc -> website key
+
+    def __call__(self, request: Request) -> str:
+        netloc = urlparse_cached(request).netloc
+        key = self._keys.get(netloc)
+        if key is None:
+            if len(self._keys) > self._MAX:
+                self._keys.clear()
+            key = self._keys[netloc] = website_key(request.url, self.mode)
+        return key

@@ -12,12 +12,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from scrapy.utils.httpobj import urlparse_cached
 from scrapy.utils.request import RequestFingerprinter
 
 from crawler.frontier.codec import UnencodableRequestError, encode_request
 from crawler.frontier.store import MODE_DEDUPE, MODE_DONT_FILTER, MODE_REQUEUE, PushEntry
-from crawler.website import website_key
+from crawler.website import WebsiteKeys
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -52,7 +51,7 @@ class Intake:
         self._seen = outbox.seen
         self._seen_urls = outbox.seen_urls
         self._url_cache = type(crawler.request_fingerprinter) is RequestFingerprinter and bool(config.seen_cache)
-        self._websites: dict[str, str] = {}  # netloc -> website key
+        self.website = WebsiteKeys(config.website_mode)
 
     def entry(self, request: Request) -> PushEntry | None:
         meta = request.meta
@@ -112,13 +111,3 @@ class Intake:
             self._stats.inc_value("frontier/not_before_capped")
         return capped
 
-    def website(self, request: Request) -> str:
-        # website_key() is a pure function of the host: cache it per netloc
-        # (urlparse_cached is shared with Scrapy's downloader).
-        netloc = urlparse_cached(request).netloc
-        key = self._websites.get(netloc)
-        if key is None:
-            if len(self._websites) > 100_000:
-                self._websites.clear()
-            key = self._websites[netloc] = website_key(request.url, self._config.website_mode)
-        return key

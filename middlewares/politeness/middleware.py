@@ -39,12 +39,11 @@ from redis.exceptions import RedisError
 from scrapy import signals
 from scrapy.exceptions import NotConfigured
 from scrapy.utils.asyncio import is_asyncio_available
-from scrapy.utils.httpobj import urlparse_cached
 from scrapy.utils.python import global_object_name
 from scrapy.utils.request import request_httprepr
 
 from crawler.scrapy_internals import DownloadHeld, add_download_hold
-from crawler.website import website_key
+from crawler.website import WebsiteKeys, website_key
 from middlewares.politeness.adaptive import AdaptiveSlowdown
 from middlewares.politeness.config import PolitenessConfig
 from middlewares.politeness.health import RedisHealth, log_transition
@@ -83,7 +82,7 @@ class PolitenessMiddleware:
         self.view = PolitenessView(config)
         self.store: PolitenessStore | None = None
         self._sync: ViewSync | None = None
-        self._websites: dict[str, str] = {}  # netloc -> website key
+        self._website = WebsiteKeys(self.config.website_mode)
         self._counts: dict[str, int] = {}  # per-request counters, added to the stats at each refresh
         self.health = RedisHealth(crawler, config.gate_park_max)
         self.adaptive = AdaptiveSlowdown(config.adaptive, self.view, crawler, self.health.error)
@@ -148,14 +147,6 @@ class PolitenessMiddleware:
         for key, n in counts.items():
             self.stats.inc_value(key, n)
 
-    def _website(self, request: Request) -> str:
-        netloc = urlparse_cached(request).netloc
-        website = self._websites.get(netloc)
-        if website is None:
-            if len(self._websites) > 100_000:
-                self._websites.clear()
-            website = self._websites[netloc] = website_key(request.url, self.config.website_mode)
-        return website
 
     @staticmethod
     def _exempt(request: Request) -> bool:
