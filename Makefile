@@ -19,6 +19,7 @@ demo: deps
 
 test: deps
 	$(PY) -m pytest
+	$(PY) -m pytest --redis-cluster -m cluster
 
 deps: $(VENV)/.installed $(SECANTUS_VENV)/.installed /usr/bin/redis-server /usr/sbin/ip
 

@@ -27,7 +27,16 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from demosite.sites import SiteConfig
-from devtools.services import ROOT, Server, start_demosite, start_redis, start_secantus
+from devtools.services import (
+    ROOT,
+    RedisCluster,
+    Server,
+    start_demosite,
+    start_redis,
+    start_redis_cluster,
+    start_secantus,
+)
+from tests.redis_clients import flush
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -45,19 +54,34 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("state")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--redis-cluster", action="store_true",
+                     help="redis_url is a local 3-master Redis Cluster (for the tests marked cluster)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--redis-cluster"):
+        skip = pytest.mark.skip(reason="not marked cluster: runs against a single Redis only")
+        for item in items:
+            if "cluster" not in item.keywords:
+                item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
-def redis_server(state_dir: Path) -> Iterator[Server]:
-    server = start_redis(state_dir)
+def redis_server(state_dir: Path, request: pytest.FixtureRequest) -> Iterator[Server | RedisCluster]:
+    server: Server | RedisCluster
+    if request.config.getoption("--redis-cluster"):
+        server = start_redis_cluster(state_dir / "cluster")
+    else:
+        server = start_redis(state_dir)
     yield server
     server.stop()
 
 
 @pytest.fixture
-def redis_url(redis_server: Server) -> str:
-    import redis
-
-    with redis.Redis.from_url(redis_server.url) as r:
-        r.flushall()
+def redis_url(redis_server: Server | RedisCluster) -> str:
+    """A Redis with no keys: a single server, or with ``--redis-cluster`` a 3-master cluster's URL."""
+    flush(redis_server.url)
     return redis_server.url
 
 

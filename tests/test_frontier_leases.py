@@ -10,20 +10,22 @@ from dataclasses import dataclass
 
 import pytest
 import pytest_asyncio
-from redis.asyncio import Redis as AsyncRedis
 from scrapy import Request
 
 from crawler.frontier.codec import encode_request
 from crawler.frontier.leases import Leases
 from crawler.frontier.store import MODE_DEDUPE, FrontierStore, PopReceipts, PushEntry
 from tests.frontier_helpers import Schedulers, drain
+from tests.redis_clients import async_redis
+
+pytestmark = pytest.mark.cluster  # also run against a Redis Cluster (tests/conftest.py --redis-cluster)
 
 LEASE = 30.0
 
 
 @pytest_asyncio.fixture
 async def store(redis_url: str) -> FrontierStore:
-    return FrontierStore(AsyncRedis.from_url(redis_url, socket_timeout=5), "{lease}")
+    return FrontierStore(async_redis(redis_url, socket_timeout=5), "{lease}")
 
 
 def fps(items: list[tuple[str, str, bytes]]) -> list[str]:
@@ -111,7 +113,7 @@ def test_without_leases_a_pop_is_acknowledged_on_receipt() -> None:
 async def test_no_cluster_idle_while_a_lease_is_outstanding_and_the_survivor_serves_it(redis_url: str) -> None:
     """A worker dies holding two requests: the survivor never counts the cluster idle meanwhile (idle close 1 s,
     watched for 3 s), and serves them once their lease expires."""
-    store = FrontierStore(AsyncRedis.from_url(redis_url, socket_timeout=5), "{frontier_test}")
+    store = FrontierStore(async_redis(redis_url, socket_timeout=5), "{frontier_test}")
     await store.push([PushEntry("a.test", f"{i:040x}", MODE_DEDUPE, 0, 0,
                                 encode_request(Request(f"http://a.test/{i}"), None)) for i in (1, 2)], "w")
     dead = await store.pop(10, "dead", PopReceipts(), LEASE)

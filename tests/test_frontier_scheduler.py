@@ -10,8 +10,6 @@ from typing import TYPE_CHECKING
 
 import pytest
 import pytest_asyncio
-import redis
-from redis.asyncio import Redis as AsyncRedis
 from scrapy import Request
 from scrapy.core.downloader import Slot
 from scrapy.core.engine import ExecutionEngine
@@ -19,11 +17,14 @@ from scrapy.core.engine import ExecutionEngine
 from crawler.frontier.config import FrontierConfig
 from crawler.frontier.store import MODE_DEDUPE, FrontierStore, PushEntry
 from tests.frontier_helpers import Schedulers, drain
+from tests.redis_clients import async_redis, sync_redis
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from crawler.frontier.scheduler import FrontierScheduler
+
+pytestmark = pytest.mark.cluster  # also run against a Redis Cluster (tests/conftest.py --redis-cluster)
 
 
 def req(host: str, path: str, **kwargs: object) -> Request:
@@ -39,7 +40,7 @@ async def schedulers(redis_url: str) -> AsyncIterator[Schedulers]:
 
 @pytest_asyncio.fixture
 async def store(redis_url: str) -> AsyncIterator[FrontierStore]:
-    client = AsyncRedis.from_url(redis_url)
+    client = async_redis(redis_url)
     yield FrontierStore(client, "{store_test}")
     await client.aclose()
 
@@ -177,7 +178,7 @@ async def test_unencodable_request_leaves_no_fingerprint(schedulers: Schedulers,
     assert len(errors) == 2 and all("Cannot store <GET http://a.test/bad" in e for e in errors)
     assert "callback" in errors[0] and "meta['x']" in errors[1]
     assert s.crawler.stats.get_value("frontier/unserializable") == 2
-    with redis.Redis.from_url(redis_url) as r:
+    with sync_redis(redis_url) as r:
         assert r.scard("{frontier_test}:seen") == 1  # only the good request's fingerprint
 
 
@@ -204,7 +205,7 @@ async def test_undecodable_payload_goes_to_dead_list(schedulers: Schedulers, red
     s.enqueue_request(req("a.test", "good"))
     assert [r.url for r in await drain(s)] == ["http://a.test/good"]
     await schedulers.close(s)  # waits for the dead letter to be stored
-    with redis.Redis.from_url(redis_url) as r:
+    with sync_redis(redis_url) as r:
         dead = r.lrange("{frontier_test}:dead", 0, -1)
     assert len(dead) == 1 and dead[0].endswith(b'{"v": 1, "url": "http://a.test/x"}')
 

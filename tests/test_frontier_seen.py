@@ -8,16 +8,20 @@ from typing import TYPE_CHECKING
 
 import pytest
 import pytest_asyncio
-from redis.asyncio import Redis as AsyncRedis
 from scrapy import Request
 from scrapy.settings import Settings
 
 from crawler.frontier.seen import SeenConfig
 from crawler.frontier.store import MODE_DEDUPE, MODE_DONT_FILTER, FrontierStore, PushEntry
 from tests.frontier_helpers import Schedulers, drain
+from tests.redis_clients import async_redis
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+    from redis.asyncio import Redis as AsyncRedis
+
+pytestmark = pytest.mark.cluster  # also run against a Redis Cluster (tests/conftest.py --redis-cluster)
 
 
 def fingerprints(n: int) -> list[str]:
@@ -27,7 +31,7 @@ def fingerprints(n: int) -> list[str]:
 
 @pytest_asyncio.fixture
 async def client(redis_url: str) -> AsyncIterator[AsyncRedis]:
-    c = AsyncRedis.from_url(redis_url)
+    c = async_redis(redis_url)
     yield c
     async for key in c.scan_iter(match="{seen_test*"):
         await c.delete(key)

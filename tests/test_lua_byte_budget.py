@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-import redis
-from redis import asyncio as aioredis
 
 from middlewares.byte_budget.store import load_script, website_keys
+from tests.redis_clients import async_redis, sync_redis
+
+if TYPE_CHECKING:
+    import redis
+
+pytestmark = pytest.mark.cluster  # also run against a Redis Cluster (tests/conftest.py --redis-cluster)
 
 PREFIX = "t"
 SITE = "shop-a.test"
@@ -68,7 +72,7 @@ def wait_until_server_time(r: redis.Redis, t: float) -> None:
 
 @pytest.fixture
 def r(redis_url: str) -> redis.Redis:
-    client = redis.Redis.from_url(redis_url)
+    client = sync_redis(redis_url)
     yield client
     client.close()
 
@@ -189,7 +193,7 @@ def test_token_needs_the_budget_not_overdrawn(r: redis.Redis) -> None:
 
 def test_50_concurrent_drawers_get_one_overdraft(redis_url: str) -> None:
     async def main() -> list[Any]:
-        client = aioredis.Redis.from_url(redis_url, max_connections=60)
+        client = async_redis(redis_url, max_connections=60)
         draw = load_script(client, "draw")
         keys = website_keys(PREFIX, SITE)
         results = await asyncio.gather(*[
@@ -299,7 +303,7 @@ def test_50_concurrent_reservers_never_exceed_the_budget(redis_url: str) -> None
     budget, window = 20_000, 0.4
 
     async def main() -> list[tuple[float, int]]:
-        client = aioredis.Redis.from_url(redis_url, max_connections=60)
+        client = async_redis(redis_url, max_connections=60)
         reserve, settle = load_script(client, "reserve"), load_script(client, "settle")
         keys = website_keys(PREFIX, SITE)
         log: list[tuple[float, float, int]] = []  # (grant, settle, bytes) by the server's clock

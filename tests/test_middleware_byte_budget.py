@@ -7,7 +7,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import redis
 from scrapy import Request, signals
 from scrapy.downloadermiddlewares.stats import get_header_size, get_status_size
 from scrapy.exceptions import StopDownload
@@ -21,9 +20,12 @@ from middlewares.byte_budget.cli import main as cli
 from middlewares.byte_budget.config import ByteBudgetConfig
 from middlewares.byte_budget.middleware import ByteBudgetMiddleware
 from middlewares.byte_budget.store import website_keys
+from tests.redis_clients import sync_redis
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+
+pytestmark = pytest.mark.cluster  # also run against a Redis Cluster (tests/conftest.py --redis-cluster)
 
 
 def settings(redis_url: str, **extra: Any) -> dict[str, Any]:
@@ -58,7 +60,7 @@ def wire_size(resp: HtmlResponse) -> int:
 
 
 def server_time(redis_url: str) -> float:
-    with redis.Redis.from_url(redis_url) as r:
+    with sync_redis(redis_url) as r:
         sec, usec = r.time()
     return sec + usec / 1e6
 
@@ -121,7 +123,7 @@ def test_unbudgeted_website_is_not_touched(redis_url: str) -> None:
     stats = run(redis_url, {"BYTE_BUDGET_PER_WEBSITE": {"shop-a.test": 1000}}, body)
     assert stats["byte_budget/unlimited"] == 1
     assert "byte_budget/granted" not in stats
-    with redis.Redis.from_url(redis_url) as r:
+    with sync_redis(redis_url) as r:
         assert r.keys("t:bb:*") == []
 
 
@@ -155,7 +157,7 @@ def test_grant_settle_and_requeue(redis_url: str) -> None:
     assert stats["byte_budget/denied"] == 1
     assert stats["byte_budget/exhausted"] == 1
     assert stats["byte_budget/bytes_settled"] == out["size"]
-    with redis.Redis.from_url(redis_url) as r:
+    with sync_redis(redis_url) as r:
         state = website_keys("t", "shop-a.test")[2]
         assert float(r.hget(state, "used")) == out["size"]
 
@@ -179,7 +181,7 @@ def test_a_page_above_its_grant_draws_the_rest_and_is_not_stopped(redis_url: str
     assert stats["byte_budget/draws"] == 1
     assert stats["byte_budget/bytes_drawn"] == out["full"] - 4000
     assert stats["byte_budget/bytes_settled"] == out["full"]
-    with redis.Redis.from_url(redis_url) as r:
+    with sync_redis(redis_url) as r:
         keys = website_keys("t", "shop-a.test")
         assert r.zcard(keys[1]) == 0  # the reservation and the draw, both settled
         assert float(r.hget(keys[2], "used")) == out["full"]
@@ -355,7 +357,7 @@ def test_clock_skew_does_not_matter(redis_url: str, monkeypatch: pytest.MonkeyPa
     """Workers whose clocks are an hour off still agree: all times are Redis TIME."""
     results = []
     for skew in (-3600.0, 0.0, 3600.0):
-        with redis.Redis.from_url(redis_url) as r:
+        with sync_redis(redis_url) as r:
             r.flushall()
         monkeypatch.setattr(time, "time", lambda skew=skew: _real_time() + skew)
 
@@ -404,7 +406,7 @@ def test_cli_rejects_bad_input(redis_url: str) -> None:
         cli(["--redis-url", redis_url, "set", "shop-a.test", "-5"])
     with pytest.raises(SystemExit):
         cli(["--redis-url", redis_url, "set", "www.shop-a.test", "5"])  # not a website key
-    with redis.Redis.from_url(redis_url) as r:
+    with sync_redis(redis_url) as r:
         assert r.keys("*") == []
 
 
@@ -471,7 +473,7 @@ def test_lease_serves_many_downloads_with_one_reservation(redis_url: str) -> Non
     # The next lease is reserved once 3 of 4 downloads are handed out, and
     # replaces the open one: 3 + 3 + 3 + 1 downloads.
     assert stats["byte_budget/leases"] == 4
-    with redis.Redis.from_url(redis_url) as r:
+    with sync_redis(redis_url) as r:
         keys = website_keys("t", "shop-a.test")
         assert r.zcard(keys[1]) == 0
         assert r.zcard(keys[0]) == 4
@@ -502,7 +504,7 @@ def test_lease_spare_room_takes_a_page_above_the_estimate(redis_url: str) -> Non
         requests = [Request(f"http://shop-a.test/{n}", meta={"byte_budget_size": 1000}) for n in range(4)]
         for request in requests:  # 4 x 1000 bytes handed out of a 5000-byte lease
             assert await mw.process_request(request) is None
-        with redis.Redis.from_url(redis_url) as r:
+        with sync_redis(redis_url) as r:
             out["reserved"] = [m.decode() for m in r.zrange(website_keys("t", "shop-a.test")[1], 0, -1)]
         headers = Headers({"Content-Type": "text/html", "Content-Length": "1500"})
         size = get_header_size(headers) + get_status_size(200) + 4 + 1500
@@ -527,7 +529,7 @@ def test_next_lease_is_reserved_in_the_background(redis_url: str) -> None:
         for request in requests[:3]:
             assert await mw.process_request(request) is None
         await mw.idle()  # the renewal, done while the first lease still serves
-        with redis.Redis.from_url(redis_url) as r:
+        with sync_redis(redis_url) as r:
             out["inflight"] = r.zcard(website_keys("t", "shop-a.test")[1])
         # The 4th download comes from the renewed lease, without a reservation of its own.
         assert await mw.process_request(requests[3]) is None
@@ -540,7 +542,7 @@ def test_next_lease_is_reserved_in_the_background(redis_url: str) -> None:
     assert out["inflight"] == 2  # the first lease and the one reserved ahead
     assert stats["byte_budget/leases"] == 2
     assert stats["byte_budget/granted"] == 4
-    with redis.Redis.from_url(redis_url) as r:
+    with sync_redis(redis_url) as r:
         keys = website_keys("t", "shop-a.test")
         assert r.zcard(keys[1]) == 0  # both settled at close
         assert float(r.hget(keys[2], "used")) == out["size"]
