@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 from scrapy import Request, signals
+from scrapy.downloadermiddlewares.redirect import RedirectMiddleware
 from scrapy.downloadermiddlewares.stats import get_header_size, get_status_size
 from scrapy.exceptions import StopDownload
-from scrapy.http import Headers, HtmlResponse
+from scrapy.http import Headers, HtmlResponse, Response
 from scrapy.settings import Settings
 from scrapy.utils.misc import build_from_crawler
 from scrapy.utils.test import get_crawler
@@ -144,7 +145,9 @@ def test_grant_settle_and_requeue(redis_url: str) -> None:
     requeued = out["requeued"]
     assert isinstance(requeued, Request)
     assert requeued.url == "http://shop-a.test/item/2"
-    assert requeued.dont_filter  # the dupefilter must not drop it
+    # The frontier requeues without its dupefilter; a dont_filter=True would be
+    # copied by RedirectMiddleware to the redirect's target (fetched twice).
+    assert not requeued.dont_filter
     assert requeued.meta["mine"] == 2
     assert requeued.meta["frontier_requeue"] is True
     assert requeued.meta["byte_budget_denials"] == 1
@@ -158,6 +161,27 @@ def test_grant_settle_and_requeue(redis_url: str) -> None:
     with redis.Redis.from_url(redis_url) as r:
         state = website_keys("t", "shop-a.test")[2]
         assert float(r.hget(state, "used")) == out["size"]
+
+
+def test_a_denied_request_that_redirects_leaves_its_target_to_the_dupefilter(redis_url: str) -> None:
+    """A requeued request's redirect target is deduplicated: fetched once even if it is also linked."""
+    out: dict[str, Any] = {}
+
+    async def body(mw: ByteBudgetMiddleware) -> None:
+        first = Request("http://shop-a.test/item/1")
+        assert await mw.process_request(first) is None
+        await mw.process_response(first, response(first, b"x" * 3000))
+        denied = await mw.process_request(Request("http://shop-a.test/old/2"))
+        assert isinstance(denied, Request)
+        redirect = build_from_crawler(RedirectMiddleware, mw.crawler)
+        moved = Response(denied.url, status=301, headers={"Location": "/item/2"}, request=denied)
+        out["target"] = redirect.process_response(denied, moved)
+
+    run(redis_url, {"BYTE_BUDGET_PER_WEBSITE": {"shop-a.test": 4000}, "BYTE_BUDGET_DEFAULT_ESTIMATE": 2000}, body)
+    target = out["target"]
+    assert isinstance(target, Request)
+    assert target.url == "http://shop-a.test/item/2"
+    assert not target.dont_filter
 
 
 def test_a_page_above_its_grant_draws_the_rest_and_is_not_stopped(redis_url: str) -> None:

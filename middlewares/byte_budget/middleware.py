@@ -12,8 +12,8 @@ before decompression, what Scrapy's ``downloader/response_bytes`` counts.
 Request bytes are not counted.
 
 A request that may not be downloaded yet goes back to the frontier with
-``frontier_requeue=True`` and ``frontier_not_before=<Unix time>`` (and
-``dont_filter=True``, so no dupefilter drops it); the middleware never sleeps.
+``frontier_requeue=True`` and ``frontier_not_before=<Unix time>``, which the
+frontier stores again without its dupefilter; the middleware never sleeps.
 
 Settings (docs/byte-budget.md): ``BYTE_BUDGET_ENABLED``, ``BYTE_BUDGET_DEFAULT``,
 ``BYTE_BUDGET_PER_WEBSITE``, ``BYTE_BUDGET_WINDOW_SECONDS``, ``BYTE_BUDGET_STRICT``,
@@ -251,7 +251,9 @@ class ByteBudgetMiddleware:
         if not_before is not None:
             meta["frontier_not_before"] = not_before
         meta["byte_budget_denials"] = int(meta.get("byte_budget_denials", 0)) + 1
-        return request.replace(meta=meta, dont_filter=True)
+        # No dont_filter: RedirectMiddleware would copy it to the redirect's
+        # target, which would then be fetched again if it is also linked.
+        return request.replace(meta=meta)
 
     # -- byte counting (synchronous signals: local state only) ----------------
 
