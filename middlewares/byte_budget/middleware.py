@@ -97,6 +97,7 @@ class ByteBudgetMiddleware:
         self._refresher: asyncio.Task[None] | None = None
         self._grants: dict[Request, Grant] = {}
         self._websites: dict[str, str] = {}  # netloc -> website key (website_key parses the URL)
+        self._turns: dict[str, asyncio.Event] = {}  # website -> set when one of its downloads is settled
         # Per-request counters, added to the crawl's stats every
         # BYTE_BUDGET_REFRESH_SECONDS and at close (a stats call costs more
         # than the rest of a non-binding request's bookkeeping).
@@ -235,6 +236,10 @@ class ByteBudgetMiddleware:
             if budget is None:
                 return None
             grant = await self._leases.reserve(request, website, budget, known, overdraft or known > budget)
+        if not isinstance(grant, Grant) and grant[0] - grant[1] <= self.config.retry:
+            grant = await self._wait_for_turn(request, website, known, overdraft, grant)
+            if grant is None:
+                return None
         if isinstance(grant, Grant):
             self._grants[request] = grant
             self._count("byte_budget/granted")
@@ -245,6 +250,37 @@ class ByteBudgetMiddleware:
         # change reaches parked websites within REFRESH + PARK_MAX seconds.
         not_before, now = grant
         return self._requeue(request, min(not_before, now + self.config.park_max))
+
+    async def _wait_for_turn(self, request: Request, website: str, known: int, overdraft: bool,
+                             denied: tuple[float, float]) -> Grant | tuple[float, float] | None:
+        """Denied only until the token's holder is done: one request per website waits in place for its turn.
+
+        Sent back to the frontier, it would come back far later than the turn
+        (the frontier parks the website), and a website whose downloads take
+        turns would be served a few a second. Woken when a download of the
+        website is settled here, and every BYTE_BUDGET_RETRY_SECONDS / 10 for
+        the other workers' downloads; for at most BYTE_BUDGET_PARK_MAX_SECONDS.
+        None: the website has no budget any more.
+        """
+        if website in self._turns:
+            return denied
+        settled = self._turns[website] = asyncio.Event()
+        grant: Grant | tuple[float, float] = denied
+        try:
+            deadline = asyncio.get_running_loop().time() + self.config.park_max
+            while asyncio.get_running_loop().time() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(settled.wait(), self.config.retry / 10)
+                settled.clear()
+                budget = self.budget_for(website)
+                if budget is None:
+                    return None
+                grant = await self._leases.grant(request, website, budget, known, overdraft)
+                if isinstance(grant, Grant) or grant[0] - grant[1] > self.config.retry:
+                    break
+        finally:
+            del self._turns[website]
+        return grant
 
     def _requeue(self, request: Request, not_before: float | None) -> Request:
         meta = {**request.meta, "frontier_requeue": True}
@@ -282,7 +318,9 @@ class ByteBudgetMiddleware:
 
     def _meter(self, grant: Grant) -> None:
         """Keep the bytes of a download covered: draw more, or stop it when it may not have more."""
-        if grant.overdraft or grant.local or not self.config.strict:
+        # The token's holder draws too (never denied), so what it took is
+        # counted as it arrives: the token is free again as soon as it is done.
+        if grant.local or not self.config.strict:
             return
         received = grant.head + grant.body
         if grant.denied:
@@ -390,6 +428,14 @@ class ByteBudgetMiddleware:
 
     async def _settle_grant(self, grant: Grant, size: int, learn: int) -> float | None:
         """Settle in Redis (or locally); the server time, when Redis answered."""
+        try:
+            return await self._settle(grant, size, learn)
+        finally:
+            turn = self._turns.get(grant.website)
+            if turn is not None:
+                turn.set()  # the request waiting for its turn tries again
+
+    async def _settle(self, grant: Grant, size: int, learn: int) -> float | None:
         self._count("byte_budget/settled")
         self._count("byte_budget/bytes_settled", size)
         if grant.local:
