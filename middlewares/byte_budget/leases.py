@@ -10,6 +10,7 @@ background, and settles a lease once it is closed and its downloads are done.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import uuid
@@ -21,6 +22,8 @@ from redis.exceptions import RedisError
 from middlewares.byte_budget.store import Reserved
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from scrapy import Request
     from scrapy.crawler import Crawler
 
@@ -106,6 +109,48 @@ class Leases:
         self._closing = False  # the spider is closing: no more renewals
         self._worker = uuid.uuid4().hex[:12]
         self._holders = itertools.count()
+        self._turns: dict[str, asyncio.Event] = {}  # website -> its request waiting for its turn
+
+    async def wait_for_turn(self, request: Request, website: str, known: int, overdraft: bool,
+                            budget_for: Callable[[str], int | None],
+                            denied: tuple[float, float]) -> Grant | tuple[float, float] | None:
+        """Wait in place while only the token's holder (or a download in flight) is in the way.
+
+        Sent back to the frontier, a request comes back far later than its turn
+        (the frontier parks the website), so a website whose downloads take
+        turns would get a few a second. One request per website and worker
+        waits: woken when a download of the website is settled here
+        (``turn_done``), and every ``BYTE_BUDGET_RETRY_SECONDS`` / 10 for the
+        other workers', for at most ``BYTE_BUDGET_PARK_MAX_SECONDS``. Returns
+        the grant, or when to try again (``denied`` if another request waits
+        already), or None if the website has no budget any more.
+        """
+        if website in self._turns:
+            return denied
+        settled = self._turns[website] = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        grant: Grant | tuple[float, float] = denied
+        try:
+            deadline = loop.time() + self.config.park_max
+            while loop.time() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(settled.wait(), self.config.retry / 10)
+                settled.clear()
+                budget = budget_for(website)
+                if budget is None:
+                    return None
+                grant = await self.grant(request, website, budget, known, overdraft)
+                if isinstance(grant, Grant) or grant[0] - grant[1] > self.config.retry:
+                    break
+        finally:
+            del self._turns[website]
+        return grant
+
+    def turn_done(self, website: str) -> None:
+        """A download of ``website`` was settled: the request waiting for its turn tries again."""
+        settled = self._turns.get(website)
+        if settled is not None:
+            settled.set()
 
     def new_holder(self) -> str:
         """A cluster-unique id of one download (for the overdraft token)."""

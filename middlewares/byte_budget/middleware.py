@@ -27,10 +27,11 @@ Run-time overrides: ``python -m middlewares.byte_budget set shop-a.test 200000``
 (see :mod:`middlewares.byte_budget.cli`).
 
 This module is the middleware: life cycle, requests, responses and the byte
-counting signals. Its parts: :mod:`middlewares.byte_budget.config` (the
-settings), :mod:`middlewares.byte_budget.leases` (this worker's grants and
-leases), :mod:`middlewares.byte_budget.store` (Redis keys and scripts, and the
-local budget while Redis is down).
+counting signals. Its parts: :mod:`~middlewares.byte_budget.config` (the
+settings), :mod:`~middlewares.byte_budget.budgets` (each website's budget),
+:mod:`~middlewares.byte_budget.leases` (this worker's grants, leases and
+turns), :mod:`~middlewares.byte_budget.store` (Redis keys and scripts, and
+the local budget while Redis is down).
 """
 
 from __future__ import annotations
@@ -48,9 +49,10 @@ from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.httpobj import urlparse_cached
 
 from crawler.website import website_key
-from middlewares.byte_budget.config import ByteBudgetConfig, parse_budget
+from middlewares.byte_budget.budgets import Budgets
+from middlewares.byte_budget.config import ByteBudgetConfig
 from middlewares.byte_budget.leases import Grant, Leases
-from middlewares.byte_budget.store import BudgetStore, overrides_key
+from middlewares.byte_budget.store import BudgetStore
 
 if TYPE_CHECKING:
     from typing import Self
@@ -93,11 +95,10 @@ class ByteBudgetMiddleware:
         self.stats = crawler.stats
         self._store = BudgetStore(crawler, config)  # Redis, or this worker's memory while it is down
         self._leases = Leases(crawler, config, self._store)
-        self._overrides: dict[str, int | None] = {}
+        self._budgets = Budgets(crawler, config, self._store)
         self._refresher: asyncio.Task[None] | None = None
         self._grants: dict[Request, Grant] = {}
         self._websites: dict[str, str] = {}  # netloc -> website key (website_key parses the URL)
-        self._turns: dict[str, asyncio.Event] = {}  # website -> set when one of its downloads is settled
         # Per-request counters, added to the crawl's stats every
         # BYTE_BUDGET_REFRESH_SECONDS and at close (a stats call costs more
         # than the rest of a non-binding request's bookkeeping).
@@ -180,36 +181,13 @@ class ByteBudgetMiddleware:
         return size
 
     async def refresh_overrides(self) -> None:
-        """Run-time overrides from Redis (``python -m middlewares.byte_budget set ...``)."""
-        redis = self._store.redis
-        assert redis is not None
-        try:
-            raw = await redis.hgetall(overrides_key(self.config.prefix))
-        except RedisError as exc:
-            self._store.redis_error(exc)
-            return
-        overrides = {}
-        for site, value in raw.items():
-            name = site.decode() if isinstance(site, bytes) else site
-            try:
-                text = value.decode() if isinstance(value, bytes) else value
-                overrides[name] = parse_budget(f"override for {name}", text)
-            except ValueError:
-                logger.error("Ignoring invalid byte budget override %(site)s=%(value)r",
-                             {"site": name, "value": value}, extra={"spider": self.crawler.spider})
-        if overrides != self._overrides:
-            logger.info("Byte budget run-time overrides: %(o)s", {"o": overrides},
-                        extra={"spider": self.crawler.spider})
-        self._overrides = overrides
+        """Read the run-time overrides; send the settles kept while Redis was down."""
+        await self._budgets.refresh()
         await self._store.flush_unsettled()
 
     def budget_for(self, website: str) -> int | None:
         """Bytes per window for ``website``: run-time override, setting, default."""
-        if website in self._overrides:
-            return self._overrides[website]
-        if website in self.config.per_website:
-            return self.config.per_website[website]
-        return self.config.default
+        return self._budgets.budget_for(website)
 
     # -- requests -----------------------------------------------------------
 
@@ -237,9 +215,11 @@ class ByteBudgetMiddleware:
                 return None
             grant = await self._leases.reserve(request, website, budget, known, overdraft or known > budget)
         if not isinstance(grant, Grant) and grant[0] - grant[1] <= self.config.retry:
-            grant = await self._wait_for_turn(request, website, known, overdraft, grant)
-            if grant is None:
-                return None
+            turn = await self._leases.wait_for_turn(request, website, known, overdraft, self.budget_for,
+                                                    grant)
+            if turn is None:
+                return None  # no budget any more
+            grant = turn
         if isinstance(grant, Grant):
             self._grants[request] = grant
             self._count("byte_budget/granted")
@@ -250,37 +230,6 @@ class ByteBudgetMiddleware:
         # change reaches parked websites within REFRESH + PARK_MAX seconds.
         not_before, now = grant
         return self._requeue(request, min(not_before, now + self.config.park_max))
-
-    async def _wait_for_turn(self, request: Request, website: str, known: int, overdraft: bool,
-                             denied: tuple[float, float]) -> Grant | tuple[float, float] | None:
-        """Denied only until the token's holder is done: one request per website waits in place for its turn.
-
-        Sent back to the frontier, it would come back far later than the turn
-        (the frontier parks the website), and a website whose downloads take
-        turns would be served a few a second. Woken when a download of the
-        website is settled here, and every BYTE_BUDGET_RETRY_SECONDS / 10 for
-        the other workers' downloads; for at most BYTE_BUDGET_PARK_MAX_SECONDS.
-        None: the website has no budget any more.
-        """
-        if website in self._turns:
-            return denied
-        settled = self._turns[website] = asyncio.Event()
-        grant: Grant | tuple[float, float] = denied
-        try:
-            deadline = asyncio.get_running_loop().time() + self.config.park_max
-            while asyncio.get_running_loop().time() < deadline:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(settled.wait(), self.config.retry / 10)
-                settled.clear()
-                budget = self.budget_for(website)
-                if budget is None:
-                    return None
-                grant = await self._leases.grant(request, website, budget, known, overdraft)
-                if isinstance(grant, Grant) or grant[0] - grant[1] > self.config.retry:
-                    break
-        finally:
-            del self._turns[website]
-        return grant
 
     def _requeue(self, request: Request, not_before: float | None) -> Request:
         meta = {**request.meta, "frontier_requeue": True}
@@ -431,9 +380,7 @@ class ByteBudgetMiddleware:
         try:
             return await self._settle(grant, size, learn)
         finally:
-            turn = self._turns.get(grant.website)
-            if turn is not None:
-                turn.set()  # the request waiting for its turn tries again
+            self._leases.turn_done(grant.website)
 
     async def _settle(self, grant: Grant, size: int, learn: int) -> float | None:
         self._count("byte_budget/settled")
