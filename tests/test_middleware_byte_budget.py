@@ -184,6 +184,34 @@ def test_a_denied_request_that_redirects_leaves_its_target_to_the_dupefilter(red
     assert not target.dont_filter
 
 
+def test_requests_wait_in_place_for_their_turn_with_the_token(redis_url: str) -> None:
+    """Nothing learned of a tight budget: downloads take turns with the token, the next as soon as one is done."""
+    out: dict[str, Any] = {}
+
+    async def body(mw: ByteBudgetMiddleware) -> None:
+        first = Request("http://shop-a.test/item/1")
+        assert await mw.process_request(first) is None  # the token's holder
+        second, third = Request("http://shop-a.test/item/2"), Request("http://shop-a.test/item/3")
+        waiting = [asyncio.create_task(mw.process_request(r)) for r in (second, third)]
+        await asyncio.sleep(0.2)
+        assert not any(task.done() for task in waiting)
+        await mw.process_response(first, response(first, b"x" * 3000))
+        out["second"] = await asyncio.wait_for(waiting[0], 5)  # first come, first served
+        assert not waiting[1].done()
+        await mw.process_response(second, response(second, b"x" * 3000))
+        out["third"] = await asyncio.wait_for(waiting[1], 5)
+        await mw.process_response(third, response(third, b"x" * 3000))
+
+    # Other workers' turns are polled every RETRY / 10 = 3 s: these come from the settles here.
+    stats = run(redis_url, {"BYTE_BUDGET_PER_WEBSITE": {"shop-a.test": 100_000},
+                            "BYTE_BUDGET_PARK_MAX_SECONDS": 60, "BYTE_BUDGET_RETRY_SECONDS": 30}, body)
+    assert out["second"] is None and out["third"] is None  # granted, not sent back to the frontier
+    assert stats["byte_budget/granted"] == 3
+    assert stats["byte_budget/overdrafts"] == 3
+    assert "byte_budget/denied" not in stats
+    assert "byte_budget/exhausted" not in stats  # waiting for the token is not exhaustion
+
+
 def test_a_page_above_its_grant_draws_the_rest_and_is_not_stopped(redis_url: str) -> None:
     out: dict[str, Any] = {}
 

@@ -10,6 +10,7 @@ background, and settles a lease once it is closed and its downloads are done.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
 # The middleware's logger: its lines keep the name they had before the
 # byte_budget_*.py split, and logging set-ups aimed at it keep working.
 logger = logging.getLogger("middlewares.byte_budget.middleware")
+
+# Requests per website and worker that wait in place for their turn with the
+# overdraft token (each holds one of Scrapy's CONCURRENT_REQUESTS meanwhile).
+TURN_WAITERS = 8
 
 
 @dataclass(slots=True, eq=False)
@@ -109,7 +114,7 @@ class Leases:
         self._closing = False  # the spider is closing: no more renewals
         self._worker = uuid.uuid4().hex[:12]
         self._holders = itertools.count()
-        self._turns: dict[str, asyncio.Event] = {}  # website -> its request waiting for its turn
+        self._turns: dict[str, collections.deque[asyncio.Event]] = {}  # website -> requests waiting for a turn
 
     async def wait_for_turn(self, request: Request, website: str, known: int, overdraft: bool,
                             budget_for: Callable[[str], int | None],
@@ -118,39 +123,49 @@ class Leases:
 
         Sent back to the frontier, a request comes back far later than its turn
         (the frontier parks the website), so a website whose downloads take
-        turns would get a few a second. One request per website and worker
-        waits: woken when a download of the website is settled here
-        (``turn_done``), and every ``BYTE_BUDGET_RETRY_SECONDS`` / 10 for the
-        other workers', for at most ``BYTE_BUDGET_PARK_MAX_SECONDS``. Returns
-        the grant, or when to try again (``denied`` if another request waits
-        already), or None if the website has no budget any more.
+        turns would get a few a second. Up to ``TURN_WAITERS`` requests per
+        website and worker wait, first come first served: the first is woken
+        when a download of the website is settled here (``turn_done``) and
+        every ``BYTE_BUDGET_RETRY_SECONDS`` / 10 for the other workers'; each
+        waits at most ``BYTE_BUDGET_PARK_MAX_SECONDS``. Returns the grant, or
+        when to try again (``denied`` when the queue is full), or None if the
+        website has no budget any more.
         """
-        if website in self._turns:
+        queue = self._turns.setdefault(website, collections.deque())
+        if len(queue) >= TURN_WAITERS:
             return denied
-        settled = self._turns[website] = asyncio.Event()
+        me = asyncio.Event()
+        queue.append(me)
         loop = asyncio.get_running_loop()
         grant: Grant | tuple[float, float] = denied
+        deadline = loop.time() + self.config.park_max
         try:
-            deadline = loop.time() + self.config.park_max
-            while loop.time() < deadline:
+            while (left := deadline - loop.time()) > 0:
+                first = queue[0] is me
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(settled.wait(), self.config.retry / 10)
-                settled.clear()
+                    await asyncio.wait_for(me.wait(), min(left, self.config.retry / 10) if first else left)
+                me.clear()
+                if queue[0] is not me:
+                    continue
                 budget = budget_for(website)
                 if budget is None:
                     return None
                 grant = await self.grant(request, website, budget, known, overdraft)
-                if isinstance(grant, Grant) or grant[0] - grant[1] > self.config.retry:
+                if isinstance(grant, Grant) or grant[0] - grant[1] > self.config.retry + 0.01:
                     break
         finally:
-            del self._turns[website]
+            queue.remove(me)
+            if queue:
+                queue[0].set()  # the next one tries at once
+            else:
+                del self._turns[website]
         return grant
 
     def turn_done(self, website: str) -> None:
-        """A download of ``website`` was settled: the request waiting for its turn tries again."""
-        settled = self._turns.get(website)
-        if settled is not None:
-            settled.set()
+        """A download of ``website`` was settled: the first request waiting for its turn tries again."""
+        queue = self._turns.get(website)
+        if queue:
+            queue[0].set()
 
     def new_holder(self) -> str:
         """A cluster-unique id of one download (for the overdraft token)."""

@@ -37,8 +37,6 @@
 -- ARGV[9]  1: this download must run as the overdraft (a page known to be
 --          larger than b, or a retried stopped page of unknown size); it is
 --          granted its full size while the token is free and used <= b
--- ARGV[10] stop slack in bytes: what a server may have pushed of a download
---          beyond what the worker read when it stops it (BYTE_BUDGET_STOP_SLACK)
 -- Without the token a download reserves its exposure x (the largest learned
 -- size); with it, its estimate n, when x does not fit and n does.
 -- Returns  {1, member, now, per, granted, overdraft}  granted >= per bytes reserved,
@@ -82,11 +80,6 @@ else
   n = math.min(n, math.max(math.floor(budget / 4), 1))
 end
 n = math.max(math.floor(n), 1)
--- A download of unknown size may turn out huge: it is then stopped, after
--- the server pushed up to the stop slack of it, so it is exposed to at least that.
-if known <= 0 then
-  x = math.max(x, tonumber(ARGV[10] or '0'))
-end
 x = math.max(math.floor(x), n)
 
 -- Keys live for two windows plus an expiry past the last activity.
