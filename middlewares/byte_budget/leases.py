@@ -37,7 +37,7 @@ logger = logging.getLogger("middlewares.byte_budget.middleware")
 
 # Requests per website and worker that wait in place for their turn with the
 # overdraft token (each holds one of Scrapy's CONCURRENT_REQUESTS meanwhile).
-TURN_WAITERS = 8
+TURN_WAITERS = 16
 
 
 @dataclass(slots=True, eq=False)

@@ -163,7 +163,7 @@ class BudgetStore:
         result: list[Any] = await self._reserve(
             keys=website_keys(c.prefix, website),
             args=[budget, c.window, known, c.default_estimate, c.reservation_expiry, c.retry,
-                  c.lease_downloads + c.lease_downloads // 4, holder, 1 if overdraft else 0],
+                  c.lease_downloads + c.lease_downloads // 4, holder, 1 if overdraft else 0, c.stop_slack],
         )
         self._answered()
         if int(result[0]) == 1:
