@@ -179,6 +179,23 @@ def test_draws_cover_a_download_past_its_grant_then_one_overdraft(r: redis.Redis
     assert b.used() == 2000 + 4000 + 4000 + 4000 + 2000
 
 
+def test_bytes_that_arrived_early_count_from_then(r: redis.Redis) -> None:
+    """A long download's reservation and first draws had arrived before its end: they leave the window earlier."""
+    b = Budget(r, budget=10_000, window=0.5)
+    g = b.reserve(1000)
+    d1 = b.draw(2000, "a")
+    d2 = b.draw(2000, "a")
+    wait_until_server_time(r, d2["now"] + 0.3)
+    end = b.settle([f"{g['member']}@{d1['now']!r}", f"{d1['member']}@{d2['now']!r}", d2["member"]], 4500)
+    log = [(m.decode().split(":")[1], score) for m, score in r.zrange(b.keys[0], 0, -1, withscores=True)]
+    assert log == [("1000", pytest.approx(d1["now"])), ("2000", pytest.approx(d2["now"])),
+                   ("1500", pytest.approx(end))]
+    assert b.used() == 4500
+    wait_until_server_time(r, d2["now"] + 0.5)
+    assert b.reserve(8500)["granted"]  # the first 3000 bytes have left the window, the last 1500 not
+    assert not b.reserve(1)["granted"]
+
+
 def test_token_needs_the_budget_not_overdrawn(r: redis.Redis) -> None:
     b = Budget(r, budget=1000, window=60)
     g = b.reserve(1000)

@@ -95,6 +95,7 @@ class Grant:
     holder: str = ""  # id of the download for the overdraft token ("" until needed)
     overdraft: bool = False  # holds the website's overdraft token: never stopped, draws nothing
     draws: list[str] = field(default_factory=list)  # draw.lua members, settled with the download
+    drawn_at: list[float] = field(default_factory=list)  # Redis time of each draw
     drawing: asyncio.Task[None] | None = None  # the draw in flight (one at a time)
     denied: bool = False  # a draw was denied: stop unless the rest is already on the wire
 

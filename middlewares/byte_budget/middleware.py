@@ -75,6 +75,24 @@ def _chunked_overhead(body: int) -> int:
     return len(b"Transfer-Encoding: chunked\r\n") + len(b"%x\r\n\r\n" % body) + len(b"0\r\n\r\n")
 
 
+def _ended(grant: Grant, reservation: bool) -> list[str]:
+    """The download's members (its reservation if ``reservation``, its draws), each with
+    the Redis time by which its bytes had all arrived, where known.
+
+    A download of unknown size draws once its bytes pass what it has (half an
+    increment ahead from its second draw on), so its reservation had all
+    arrived by its first draw, and each draw by the draw after the next.
+    settle.lua counts those bytes from then rather than from the end.
+    """
+    members = [f"{m}@{grant.drawn_at[k + 2]!r}" if k + 2 < len(grant.drawn_at) and grant.expected < 0 else m
+               for k, m in enumerate(grant.draws)]
+    if not reservation:
+        return members
+    if grant.drawn_at and grant.expected < 0:  # with Content-Length it drew with the headers
+        return [f"{grant.member}@{grant.drawn_at[0]!r}", *members]
+    return [grant.member, *members]
+
+
 def _is_robots(request: Request) -> bool:
     return request.url.endswith("/robots.txt")
 
@@ -318,6 +336,7 @@ class ByteBudgetMiddleware:
         self._count("byte_budget/draws")
         self._count("byte_budget/bytes_drawn", amount)
         grant.draws.append(drawn.member)
+        grant.drawn_at.append(drawn.now)
         grant.reserved += amount
         if drawn.overdraft and not grant.overdraft:
             grant.overdraft = True
@@ -395,6 +414,7 @@ class ByteBudgetMiddleware:
             # Its share of the lease goes back with the lease; what it took
             # beyond that is settled now, with its draws (and the token).
             await self._leases.release(grant.lease, min(size, grant.base), learn)
-            return await self._store.settle(grant.website, grant.draws, max(size - grant.base, 0), [-1],
-                                            grant.holder)
-        return await self._store.settle(grant.website, [grant.member, *grant.draws], size, [learn], grant.holder)
+            return await self._store.settle(grant.website, _ended(grant, reservation=False), max(size - grant.base, 0),
+                                            [-1], grant.holder)
+        return await self._store.settle(grant.website, _ended(grant, reservation=True), size, [learn],
+                                        grant.holder)
