@@ -31,7 +31,8 @@ counting signals. Its parts: :mod:`~middlewares.byte_budget.config` (the
 settings), :mod:`~middlewares.byte_budget.budgets` (each website's budget),
 :mod:`~middlewares.byte_budget.leases` (this worker's grants, leases and
 turns), :mod:`~middlewares.byte_budget.store` (Redis keys and scripts, and
-the local budget while Redis is down).
+the local budget while Redis is down), :mod:`~middlewares.byte_budget.wire`
+(what a download cost on the wire).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from middlewares.byte_budget.budgets import Budgets
 from middlewares.byte_budget.config import ByteBudgetConfig
 from middlewares.byte_budget.leases import Grant, Leases
 from middlewares.byte_budget.store import BudgetStore
+from middlewares.byte_budget.wire import arrived_members, chunked_overhead
 
 if TYPE_CHECKING:
     from typing import Self
@@ -62,35 +64,6 @@ if TYPE_CHECKING:
     from scrapy.http import Response
 
 logger = logging.getLogger(__name__)
-
-
-def _chunked_overhead(body: int) -> int:
-    """Wire bytes of a chunked body that Scrapy's response does not show.
-
-    Twisted drops the ``Transfer-Encoding: chunked`` header and the chunk
-    framing. Counted: that header line and the framing of one chunk plus the
-    last one (``%x\r\n``, ``\r\n``, ``0\r\n\r\n``): exact for a body sent in
-    one chunk, a few bytes short per further chunk (under 0.3% for 4 KB chunks).
-    """
-    return len(b"Transfer-Encoding: chunked\r\n") + len(b"%x\r\n\r\n" % body) + len(b"0\r\n\r\n")
-
-
-def _ended(grant: Grant, reservation: bool) -> list[str]:
-    """The download's members (its reservation if ``reservation``, its draws), each with
-    the Redis time by which its bytes had all arrived, where known.
-
-    A download of unknown size draws once its bytes pass what it has (half an
-    increment ahead from its second draw on), so its reservation had all
-    arrived by its first draw, and each draw by the draw after the next.
-    settle.lua counts those bytes from then rather than from the end.
-    """
-    members = [f"{m}@{grant.drawn_at[k + 2]!r}" if k + 2 < len(grant.drawn_at) and grant.expected < 0 else m
-               for k, m in enumerate(grant.draws)]
-    if not reservation:
-        return members
-    if grant.drawn_at and grant.expected < 0:  # with Content-Length it drew with the headers
-        return [f"{grant.member}@{grant.drawn_at[0]!r}", *members]
-    return [grant.member, *members]
 
 
 def _is_robots(request: Request) -> bool:
@@ -169,7 +142,7 @@ class ByteBudgetMiddleware:
             del self._grants[request]
             if grant.drawing is not None:
                 await grant.drawing
-            size = grant.head + grant.body + (_chunked_overhead(grant.body) if grant.chunked else 0)
+            size = grant.head + grant.body + (chunked_overhead(grant.body) if grant.chunked else 0)
             await self._settle_grant(grant, size, learn=-1)
         self._leases.close_all()
         await self._leases.drain()
@@ -352,7 +325,7 @@ class ByteBudgetMiddleware:
             await grant.drawing  # its member is settled with the download
         size = len(response.body) + get_header_size(response.headers) + self._status_size(response.status) + 4
         if grant.chunked:
-            size += _chunked_overhead(len(response.body))
+            size += chunked_overhead(len(response.body))
         if grant.stopped and "download_stopped" in response.flags:
             # Its draw was denied. The server may have pushed more than we read
             # (socket buffers, ours and its own): count up to
@@ -391,7 +364,7 @@ class ByteBudgetMiddleware:
             logger.debug("Byte budget: %(request)s failed (%(exc)r) after %(size)d bytes",
                          {"request": request, "exc": exception, "size": grant.head + grant.body},
                          extra={"spider": self.crawler.spider})
-            size = grant.head + grant.body + (_chunked_overhead(grant.body) if grant.chunked else 0)
+            size = grant.head + grant.body + (chunked_overhead(grant.body) if grant.chunked else 0)
             await self._settle_grant(grant, size, learn=-1)
 
     async def _settle_grant(self, grant: Grant, size: int, learn: int) -> float | None:
@@ -414,7 +387,7 @@ class ByteBudgetMiddleware:
             # Its share of the lease goes back with the lease; what it took
             # beyond that is settled now, with its draws (and the token).
             await self._leases.release(grant.lease, min(size, grant.base), learn)
-            return await self._store.settle(grant.website, _ended(grant, reservation=False), max(size - grant.base, 0),
-                                            [-1], grant.holder)
-        return await self._store.settle(grant.website, _ended(grant, reservation=True), size, [learn],
+            return await self._store.settle(grant.website, arrived_members(grant, reservation=False),
+                                            max(size - grant.base, 0), [-1], grant.holder)
+        return await self._store.settle(grant.website, arrived_members(grant, reservation=True), size, [learn],
                                         grant.holder)
