@@ -120,15 +120,16 @@ class Leases:
     async def wait_for_turn(self, request: Request, website: str, known: int, overdraft: bool,
                             budget_for: Callable[[str], int | None],
                             denied: tuple[float, float]) -> Grant | tuple[float, float] | None:
-        """Wait in place while only the token's holder (or a download in flight) is in the way.
+        """Wait in place for a turn that comes within ``turn_horizon`` seconds.
 
         Sent back to the frontier, a request comes back far later than its turn
         (the frontier parks the website), so a website whose downloads take
         turns would get a few a second. Up to ``TURN_WAITERS`` requests per
         website and worker wait, first come first served: the first is woken
         when a download of the website is settled here (``turn_done``) and
-        every ``BYTE_BUDGET_RETRY_SECONDS`` / 10 for the other workers'; each
-        waits at most ``BYTE_BUDGET_PARK_MAX_SECONDS``. Returns the grant, or
+        every ``BYTE_BUDGET_RETRY_SECONDS`` / 10 for the other workers' (or
+        sleeps until enough bytes have left the window); each waits at most
+        ``turn_horizon``. Returns the grant, or
         when to try again (``denied`` when the queue is full), or None if the
         website has no budget any more.
         """
@@ -139,12 +140,14 @@ class Leases:
         queue.append(me)
         loop = asyncio.get_running_loop()
         grant: Grant | tuple[float, float] = denied
-        deadline = loop.time() + self.config.park_max
+        deadline = loop.time() + self.turn_horizon
         try:
             while (left := deadline - loop.time()) > 0:
-                first = queue[0] is me
+                # The first polls every RETRY / 10, or sleeps until enough bytes have left the window.
+                ahead = denied[0] - denied[1]
+                wait = min(left, max(ahead, self.config.retry / 10)) if queue[0] is me else left
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(me.wait(), min(left, self.config.retry / 10) if first else left)
+                    await asyncio.wait_for(me.wait(), wait)
                 me.clear()
                 if queue[0] is not me:
                     continue
@@ -152,7 +155,10 @@ class Leases:
                 if budget is None:
                     return None
                 grant = await self.grant(request, website, budget, known, overdraft)
-                if isinstance(grant, Grant) or grant[0] - grant[1] > self.config.retry + 0.01:
+                if isinstance(grant, Grant):
+                    break
+                denied = grant
+                if denied[0] - denied[1] > deadline - loop.time():
                     break
         finally:
             queue.remove(me)
@@ -161,6 +167,11 @@ class Leases:
             else:
                 del self._turns[website]
         return grant
+
+    @property
+    def turn_horizon(self) -> float:
+        """How far ahead a turn may be for a request to wait for it in place (1 s by default)."""
+        return min(self.config.park_max, 4 * self.config.retry)
 
     def turn_done(self, website: str) -> None:
         """A download of ``website`` was settled: the first request waiting for its turn tries again."""

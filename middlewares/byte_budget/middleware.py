@@ -205,7 +205,7 @@ class ByteBudgetMiddleware:
             if budget is None:
                 return None
             grant = await self._leases.reserve(request, website, budget, known, overdraft or known > budget)
-        if not isinstance(grant, Grant) and grant[0] - grant[1] <= self.config.retry + 0.01:
+        if not isinstance(grant, Grant) and grant[0] - grant[1] <= self._leases.turn_horizon:
             turn = await self._leases.wait_for_turn(request, website, known, overdraft, self.budget_for,
                                                     grant)
             if turn is None:
