@@ -238,6 +238,9 @@ def _mixed_run(servers: BenchServers, workers: int, budget: int, window: float) 
         "BYTE_BUDGET_PER_WEBSITE": json.dumps({host: budget}),
         "BYTE_BUDGET_WINDOW_SECONDS": str(window),
     }
+    # Seeded first: a worker that starts up in under FRONTIER_IDLE_CLOSE_SECONDS
+    # would close on an empty frontier before a later seed.
+    seed(servers)
     procs = []
     for w in range(workers):
         stats_path = servers.workdir / f"mixed-{workers}-{w}-{time.monotonic_ns()}.json"
@@ -246,8 +249,6 @@ def _mixed_run(servers: BenchServers, workers: int, budget: int, window: float) 
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env=servers.env(), stdin=subprocess.DEVNULL,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     try:
-        time.sleep(3)  # workers start up
-        seed(servers)
         for proc in procs:
             proc.wait(600)  # FRONTIER_IDLE_CLOSE_SECONDS=1: they exit once the site is crawled
     finally:

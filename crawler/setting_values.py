@@ -1,4 +1,4 @@
-"""Checked numeric settings: one rule and one error message for every component.
+"""Checked settings: one rule and one error message for every component.
 
 A bad value stops the crawl at start-up with a ``ValueError`` that names the
 setting and the value (a setting that silently fell back to a default would
@@ -8,8 +8,9 @@ these with its defaults; the defaults live there and nowhere else in code.
 
 from __future__ import annotations
 
+import json
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
@@ -44,3 +45,21 @@ def float_setting(settings: BaseSettings, name: str, default: float, *, minimum:
                   exclusive: bool = False) -> float:
     """``settings[name]`` as a number ``>= minimum`` (``> minimum`` if ``exclusive``)."""
     return _checked(settings, name, default, minimum, exclusive, integer=False)
+
+
+def dict_setting(settings: BaseSettings, name: str) -> dict[Any, Any]:
+    """``settings[name]`` as a dict: a dict, a JSON object string (``-s NAME='{...}'``), or ``{}`` when unset.
+
+    The keys are returned as given: each component normalizes its own.
+    """
+    raw = settings.get(name) or {}
+    error = ValueError(f"{name} must be a dict or JSON object, got {raw!r}")
+    value = raw
+    if isinstance(raw, str):
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            raise error from None
+    if not isinstance(value, dict):
+        raise error
+    return dict(value)

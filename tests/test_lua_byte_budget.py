@@ -36,9 +36,9 @@ class Budget:
         self._settle = load_script(r, "settle")
 
     def reserve(self, n: int = 0, lease: float = LEASE, default_estimate: int = 5000, holder: str = "",
-                overdraft: bool = False) -> dict[str, Any]:
+                overdraft: bool = False, stop_slack: int = 0) -> dict[str, Any]:
         res = self._reserve(keys=self.keys, args=[self.budget, self.window, n, default_estimate, lease, RETRY, 1,
-                                                  holder, int(overdraft)])
+                                                  holder, int(overdraft), stop_slack])
         if int(res[0]):
             return {"granted": True, "member": res[1].decode(), "now": float(res[2]), "n": int(res[3]),
                     "amount": int(res[4]), "overdraft": int(res[5])}
@@ -183,6 +183,23 @@ def test_draws_cover_a_download_past_its_grant_then_one_overdraft(r: redis.Redis
     assert b.used() == 2000 + 4000 + 4000 + 4000 + 2000
 
 
+def test_bytes_that_arrived_early_count_from_then(r: redis.Redis) -> None:
+    """A long download's reservation and first draws had arrived before its end: they leave the window earlier."""
+    b = Budget(r, budget=10_000, window=0.5)
+    g = b.reserve(1000)
+    d1 = b.draw(2000, "a")
+    d2 = b.draw(2000, "a")
+    wait_until_server_time(r, d2["now"] + 0.3)
+    end = b.settle([f"{g['member']}@{d1['now']!r}", f"{d1['member']}@{d2['now']!r}", d2["member"]], 4500)
+    log = [(m.decode().split(":")[1], score) for m, score in r.zrange(b.keys[0], 0, -1, withscores=True)]
+    assert log == [("1000", pytest.approx(d1["now"])), ("2000", pytest.approx(d2["now"])),
+                   ("1500", pytest.approx(end))]
+    assert b.used() == 4500
+    wait_until_server_time(r, d2["now"] + 0.5)
+    assert b.reserve(8500)["granted"]  # the first 3000 bytes have left the window, the last 1500 not
+    assert not b.reserve(1)["granted"]
+
+
 def test_token_needs_the_budget_not_overdrawn(r: redis.Redis) -> None:
     b = Budget(r, budget=1000, window=60)
     g = b.reserve(1000)
@@ -261,6 +278,23 @@ def test_without_learned_sizes_a_tight_budget_serves_one_download_at_a_time(r: r
     assert not b.reserve(0, default_estimate=4000, holder="b")["granted"]
     b.settle(first["member"], 3000, learn=3000, holder="a")  # within what it reserved: the token is free
     assert b.reserve(0, default_estimate=4000, holder="b")["overdraft"] == 1
+
+
+def test_a_download_of_unknown_size_is_exposed_to_the_stop_slack(r: redis.Redis) -> None:
+    """Stopped, it may cost what the server pushed: up to the slack. Two that do not fit take turns."""
+    learning = Budget(r, budget=10**9, window=60)
+    for _ in range(40):
+        g = learning.reserve(0)
+        learning.settle(g["member"], 2000, learn=2000)
+    b = Budget(r, budget=1_000_000, window=60)
+    assert b.reserve(0)["amount"] == 4000  # twice the largest size learned
+    assert b.reserve(0, stop_slack=300_000)["amount"] == 300_000
+    # Two slacks do not fit in b: one download at a time, with the token.
+    first = b.reserve(0, stop_slack=600_000, holder="a")
+    assert first["overdraft"] == 1
+    assert not b.reserve(0, stop_slack=600_000, holder="b")["granted"]
+    b.settle(first["member"], 2000, learn=2000, holder="a")  # within its reservation: the token is free at once
+    assert b.reserve(0, stop_slack=600_000, holder="b")["overdraft"] == 1
 
 
 def test_one_big_page_does_not_inflate_the_estimate(r: redis.Redis) -> None:

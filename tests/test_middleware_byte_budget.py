@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from scrapy import Request, signals
+from scrapy.downloadermiddlewares.redirect import RedirectMiddleware
 from scrapy.downloadermiddlewares.stats import get_header_size, get_status_size
 from scrapy.exceptions import StopDownload
-from scrapy.http import Headers, HtmlResponse
+from scrapy.http import Headers, HtmlResponse, Response
 from scrapy.settings import Settings
 from scrapy.utils.misc import build_from_crawler
 from scrapy.utils.test import get_crawler
@@ -146,7 +147,9 @@ def test_grant_settle_and_requeue(redis_url: str) -> None:
     requeued = out["requeued"]
     assert isinstance(requeued, Request)
     assert requeued.url == "http://shop-a.test/item/2"
-    assert requeued.dont_filter  # the dupefilter must not drop it
+    # The frontier requeues without its dupefilter; a dont_filter=True would be
+    # copied by RedirectMiddleware to the redirect's target (fetched twice).
+    assert not requeued.dont_filter
     assert requeued.meta["mine"] == 2
     assert requeued.meta["frontier_requeue"] is True
     assert requeued.meta["byte_budget_denials"] == 1
@@ -160,6 +163,55 @@ def test_grant_settle_and_requeue(redis_url: str) -> None:
     with sync_redis(redis_url) as r:
         state = website_keys("t", "shop-a.test")[2]
         assert float(r.hget(state, "used")) == out["size"]
+
+
+def test_a_denied_request_that_redirects_leaves_its_target_to_the_dupefilter(redis_url: str) -> None:
+    """A requeued request's redirect target is deduplicated: fetched once even if it is also linked."""
+    out: dict[str, Any] = {}
+
+    async def body(mw: ByteBudgetMiddleware) -> None:
+        first = Request("http://shop-a.test/item/1")
+        assert await mw.process_request(first) is None
+        await mw.process_response(first, response(first, b"x" * 3000))
+        denied = await mw.process_request(Request("http://shop-a.test/old/2"))
+        assert isinstance(denied, Request)
+        redirect = build_from_crawler(RedirectMiddleware, mw.crawler)
+        moved = Response(denied.url, status=301, headers={"Location": "/item/2"}, request=denied)
+        out["target"] = redirect.process_response(denied, moved)
+
+    run(redis_url, {"BYTE_BUDGET_PER_WEBSITE": {"shop-a.test": 4000}, "BYTE_BUDGET_DEFAULT_ESTIMATE": 2000}, body)
+    target = out["target"]
+    assert isinstance(target, Request)
+    assert target.url == "http://shop-a.test/item/2"
+    assert not target.dont_filter
+
+
+def test_requests_wait_in_place_for_their_turn_with_the_token(redis_url: str) -> None:
+    """Nothing learned of a tight budget: downloads take turns with the token, the next as soon as one is done."""
+    out: dict[str, Any] = {}
+
+    async def body(mw: ByteBudgetMiddleware) -> None:
+        first = Request("http://shop-a.test/item/1")
+        assert await mw.process_request(first) is None  # the token's holder
+        second, third = Request("http://shop-a.test/item/2"), Request("http://shop-a.test/item/3")
+        waiting = [asyncio.create_task(mw.process_request(r)) for r in (second, third)]
+        await asyncio.sleep(0.2)
+        assert not any(task.done() for task in waiting)
+        await mw.process_response(first, response(first, b"x" * 3000))
+        out["second"] = await asyncio.wait_for(waiting[0], 5)  # first come, first served
+        assert not waiting[1].done()
+        await mw.process_response(second, response(second, b"x" * 3000))
+        out["third"] = await asyncio.wait_for(waiting[1], 5)
+        await mw.process_response(third, response(third, b"x" * 3000))
+
+    # Other workers' turns are polled every RETRY / 10 = 3 s: these come from the settles here.
+    stats = run(redis_url, {"BYTE_BUDGET_PER_WEBSITE": {"shop-a.test": 100_000},
+                            "BYTE_BUDGET_PARK_MAX_SECONDS": 60, "BYTE_BUDGET_RETRY_SECONDS": 30}, body)
+    assert out["second"] is None and out["third"] is None  # granted, not sent back to the frontier
+    assert stats["byte_budget/granted"] == 3
+    assert stats["byte_budget/overdrafts"] == 3
+    assert "byte_budget/denied" not in stats
+    assert "byte_budget/exhausted" not in stats  # waiting for the token is not exhaustion
 
 
 def test_a_page_above_its_grant_draws_the_rest_and_is_not_stopped(redis_url: str) -> None:
@@ -424,7 +476,7 @@ def test_redis_down_fails_closed(redis_url: str) -> None:
     for t, requeued in out[:3]:
         assert isinstance(requeued, Request)
         assert requeued.meta["frontier_requeue"] is True
-        assert requeued.dont_filter
+        assert not requeued.dont_filter  # the frontier requeues without its dupefilter
         assert requeued.meta["frontier_not_before"] > t
     assert out[3][1] is None
     assert "byte_budget/granted" not in stats

@@ -13,7 +13,7 @@ from scrapy.settings import Settings
 from scrapy.spiderloader import get_spider_loader
 from scrapy.utils.project import get_project_settings
 
-from crawler.setting_values import float_setting, int_setting
+from crawler.setting_values import dict_setting, float_setting, int_setting
 from devtools.services import ROOT
 
 if TYPE_CHECKING:
@@ -116,3 +116,22 @@ def test_numeric_settings_reject_naming_setting_and_value(getter: Callable[..., 
                                                           kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         getter(Settings({"X_SIZE": value}), "X_SIZE", 1, **kwargs)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ({"Shop-A.test": 5}, {"Shop-A.test": 5}),
+    ('{"Shop-A.test": 5, "news.test": null}', {"Shop-A.test": 5, "news.test": None}),
+    (None, {}),
+    ("", {}),
+])
+def test_dict_settings_accept_dicts_and_json_objects(value: object, expected: dict[str, Any]) -> None:
+    """Keys as given: each component normalizes its own (websites: lower case)."""
+    assert dict_setting(Settings({"X_MAP": value}), "X_MAP") == expected
+    assert dict_setting(Settings({}), "X_MAP") == {}
+
+
+@pytest.mark.parametrize("value", ["[1, 2]", "{not json", 7, "null"])
+def test_dict_settings_reject_naming_setting_and_value(value: object) -> None:
+    message = f"X_MAP must be a dict or JSON object, got {value!r}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        dict_setting(Settings({"X_MAP": value}), "X_MAP")

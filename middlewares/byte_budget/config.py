@@ -8,13 +8,12 @@ value stops the crawl with a ``ValueError`` naming the setting and the value.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from crawler.redis_client import RedisClientConfig
-from crawler.setting_values import float_setting, int_setting
+from crawler.setting_values import dict_setting, float_setting, int_setting
 from crawler.website import website_key_mode
 
 if TYPE_CHECKING:
@@ -73,17 +72,9 @@ class ByteBudgetConfig:
 
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> Self:
-        per_raw = settings.get("BYTE_BUDGET_PER_WEBSITE") or {}
-        if isinstance(per_raw, str):
-            try:
-                per_raw = json.loads(per_raw)
-            except ValueError:
-                raise ValueError(f"BYTE_BUDGET_PER_WEBSITE must be a dict or JSON object, got {per_raw!r}") from None
-        if not isinstance(per_raw, dict):
-            raise ValueError(f"BYTE_BUDGET_PER_WEBSITE must be a dict or JSON object, got {per_raw!r}")
         per_website = {
             str(site).lower(): parse_budget(f"BYTE_BUDGET_PER_WEBSITE[{site!r}]", value)
-            for site, value in per_raw.items()
+            for site, value in dict_setting(settings, "BYTE_BUDGET_PER_WEBSITE").items()
         }
         return cls(
             default=parse_budget("BYTE_BUDGET_DEFAULT", settings.get("BYTE_BUDGET_DEFAULT")),

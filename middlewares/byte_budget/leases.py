@@ -10,6 +10,8 @@ background, and settles a lease once it is closed and its downloads are done.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import itertools
 import logging
 import uuid
@@ -21,6 +23,8 @@ from redis.exceptions import RedisError
 from middlewares.byte_budget.store import Reserved
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from scrapy import Request
     from scrapy.crawler import Crawler
 
@@ -30,6 +34,10 @@ if TYPE_CHECKING:
 # The middleware's logger: its lines keep the name they had before the
 # byte_budget_*.py split, and logging set-ups aimed at it keep working.
 logger = logging.getLogger("middlewares.byte_budget.middleware")
+
+# Requests per website and worker that wait in place for their turn with the
+# overdraft token (each holds one of Scrapy's CONCURRENT_REQUESTS meanwhile).
+TURN_WAITERS = 16
 
 
 @dataclass(slots=True, eq=False)
@@ -87,6 +95,7 @@ class Grant:
     holder: str = ""  # id of the download for the overdraft token ("" until needed)
     overdraft: bool = False  # holds the website's overdraft token: never stopped, draws nothing
     draws: list[str] = field(default_factory=list)  # draw.lua members, settled with the download
+    drawn_at: list[float] = field(default_factory=list)  # Redis time of each draw
     drawing: asyncio.Task[None] | None = None  # the draw in flight (one at a time)
     denied: bool = False  # a draw was denied: stop unless the rest is already on the wire
 
@@ -106,6 +115,69 @@ class Leases:
         self._closing = False  # the spider is closing: no more renewals
         self._worker = uuid.uuid4().hex[:12]
         self._holders = itertools.count()
+        self._turns: dict[str, collections.deque[asyncio.Event]] = {}  # website -> requests waiting for a turn
+
+    async def wait_for_turn(self, request: Request, website: str, known: int, overdraft: bool,
+                            budget_for: Callable[[str], int | None],
+                            denied: tuple[float, float]) -> Grant | tuple[float, float] | None:
+        """Wait in place for a turn that comes within ``turn_horizon`` seconds.
+
+        Sent back to the frontier, a request comes back far later than its turn
+        (the frontier parks the website), so a website whose downloads take
+        turns would get a few a second. Up to ``TURN_WAITERS`` requests per
+        website and worker wait, first come first served: the first is woken
+        when a download of the website is settled here (``turn_done``) and
+        every ``BYTE_BUDGET_RETRY_SECONDS`` / 10 for the other workers' (or
+        sleeps until enough bytes have left the window); each waits at most
+        ``turn_horizon``. Returns the grant, or
+        when to try again (``denied`` when the queue is full), or None if the
+        website has no budget any more.
+        """
+        queue = self._turns.setdefault(website, collections.deque())
+        if len(queue) >= TURN_WAITERS:
+            return denied
+        me = asyncio.Event()
+        queue.append(me)
+        loop = asyncio.get_running_loop()
+        grant: Grant | tuple[float, float] = denied
+        deadline = loop.time() + self.turn_horizon
+        try:
+            while (left := deadline - loop.time()) > 0:
+                # The first polls every RETRY / 10, or sleeps until enough bytes have left the window.
+                ahead = denied[0] - denied[1]
+                wait = min(left, max(ahead, self.config.retry / 10)) if queue[0] is me else left
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(me.wait(), wait)
+                me.clear()
+                if queue[0] is not me:
+                    continue
+                budget = budget_for(website)
+                if budget is None:
+                    return None
+                grant = await self.grant(request, website, budget, known, overdraft)
+                if isinstance(grant, Grant):
+                    break
+                denied = grant
+                if denied[0] - denied[1] > deadline - loop.time():
+                    break
+        finally:
+            queue.remove(me)
+            if queue:
+                queue[0].set()  # the next one tries at once
+            else:
+                del self._turns[website]
+        return grant
+
+    @property
+    def turn_horizon(self) -> float:
+        """How far ahead a turn may be for a request to wait for it in place (1 s by default)."""
+        return min(self.config.park_max, 4 * self.config.retry)
+
+    def turn_done(self, website: str) -> None:
+        """A download of ``website`` was settled: the first request waiting for its turn tries again."""
+        queue = self._turns.get(website)
+        if queue:
+            queue[0].set()
 
     def new_holder(self) -> str:
         """A cluster-unique id of one download (for the overdraft token)."""

@@ -12,8 +12,8 @@ before decompression, what Scrapy's ``downloader/response_bytes`` counts.
 Request bytes are not counted.
 
 A request that may not be downloaded yet goes back to the frontier with
-``frontier_requeue=True`` and ``frontier_not_before=<Unix time>`` (and
-``dont_filter=True``, so no dupefilter drops it); the middleware never sleeps.
+``frontier_requeue=True`` and ``frontier_not_before=<Unix time>``, which the
+frontier stores again without its dupefilter; the middleware never sleeps.
 
 Settings (docs/byte-budget.md): ``BYTE_BUDGET_ENABLED``, ``BYTE_BUDGET_DEFAULT``,
 ``BYTE_BUDGET_PER_WEBSITE``, ``BYTE_BUDGET_WINDOW_SECONDS``, ``BYTE_BUDGET_STRICT``,
@@ -27,10 +27,12 @@ Run-time overrides: ``python -m middlewares.byte_budget set shop-a.test 200000``
 (see :mod:`middlewares.byte_budget.cli`).
 
 This module is the middleware: life cycle, requests, responses and the byte
-counting signals. Its parts: :mod:`middlewares.byte_budget.config` (the
-settings), :mod:`middlewares.byte_budget.leases` (this worker's grants and
-leases), :mod:`middlewares.byte_budget.store` (Redis keys and scripts, and the
-local budget while Redis is down).
+counting signals. Its parts: :mod:`~middlewares.byte_budget.config` (the
+settings), :mod:`~middlewares.byte_budget.budgets` (each website's budget),
+:mod:`~middlewares.byte_budget.leases` (this worker's grants, leases and
+turns), :mod:`~middlewares.byte_budget.store` (Redis keys and scripts, and
+the local budget while Redis is down), :mod:`~middlewares.byte_budget.wire`
+(what a download cost on the wire).
 """
 
 from __future__ import annotations
@@ -48,9 +50,11 @@ from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.httpobj import urlparse_cached
 
 from crawler.website import website_key
-from middlewares.byte_budget.config import ByteBudgetConfig, parse_budget
+from middlewares.byte_budget.budgets import Budgets
+from middlewares.byte_budget.config import ByteBudgetConfig
 from middlewares.byte_budget.leases import Grant, Leases
-from middlewares.byte_budget.store import BudgetStore, overrides_key
+from middlewares.byte_budget.store import BudgetStore
+from middlewares.byte_budget.wire import arrived_members, chunked_overhead
 
 if TYPE_CHECKING:
     from typing import Self
@@ -60,17 +64,6 @@ if TYPE_CHECKING:
     from scrapy.http import Response
 
 logger = logging.getLogger(__name__)
-
-
-def _chunked_overhead(body: int) -> int:
-    """Wire bytes of a chunked body that Scrapy's response does not show.
-
-    Twisted drops the ``Transfer-Encoding: chunked`` header and the chunk
-    framing. Counted: that header line and the framing of one chunk plus the
-    last one (``%x\r\n``, ``\r\n``, ``0\r\n\r\n``): exact for a body sent in
-    one chunk, a few bytes short per further chunk (under 0.3% for 4 KB chunks).
-    """
-    return len(b"Transfer-Encoding: chunked\r\n") + len(b"%x\r\n\r\n" % body) + len(b"0\r\n\r\n")
 
 
 def _is_robots(request: Request) -> bool:
@@ -93,7 +86,7 @@ class ByteBudgetMiddleware:
         self.stats = crawler.stats
         self._store = BudgetStore(crawler, config)  # Redis, or this worker's memory while it is down
         self._leases = Leases(crawler, config, self._store)
-        self._overrides: dict[str, int | None] = {}
+        self._budgets = Budgets(crawler, config, self._store)
         self._refresher: asyncio.Task[None] | None = None
         self._grants: dict[Request, Grant] = {}
         self._websites: dict[str, str] = {}  # netloc -> website key (website_key parses the URL)
@@ -149,7 +142,7 @@ class ByteBudgetMiddleware:
             del self._grants[request]
             if grant.drawing is not None:
                 await grant.drawing
-            size = grant.head + grant.body + (_chunked_overhead(grant.body) if grant.chunked else 0)
+            size = grant.head + grant.body + (chunked_overhead(grant.body) if grant.chunked else 0)
             await self._settle_grant(grant, size, learn=-1)
         self._leases.close_all()
         await self._leases.drain()
@@ -179,36 +172,13 @@ class ByteBudgetMiddleware:
         return size
 
     async def refresh_overrides(self) -> None:
-        """Run-time overrides from Redis (``python -m middlewares.byte_budget set ...``)."""
-        redis = self._store.redis
-        assert redis is not None
-        try:
-            raw = await redis.hgetall(overrides_key(self.config.prefix))
-        except RedisError as exc:
-            self._store.redis_error(exc)
-            return
-        overrides = {}
-        for site, value in raw.items():
-            name = site.decode() if isinstance(site, bytes) else site
-            try:
-                text = value.decode() if isinstance(value, bytes) else value
-                overrides[name] = parse_budget(f"override for {name}", text)
-            except ValueError:
-                logger.error("Ignoring invalid byte budget override %(site)s=%(value)r",
-                             {"site": name, "value": value}, extra={"spider": self.crawler.spider})
-        if overrides != self._overrides:
-            logger.info("Byte budget run-time overrides: %(o)s", {"o": overrides},
-                        extra={"spider": self.crawler.spider})
-        self._overrides = overrides
+        """Read the run-time overrides; send the settles kept while Redis was down."""
+        await self._budgets.refresh()
         await self._store.flush_unsettled()
 
     def budget_for(self, website: str) -> int | None:
         """Bytes per window for ``website``: run-time override, setting, default."""
-        if website in self._overrides:
-            return self._overrides[website]
-        if website in self.config.per_website:
-            return self.config.per_website[website]
-        return self.config.default
+        return self._budgets.budget_for(website)
 
     # -- requests -----------------------------------------------------------
 
@@ -235,6 +205,12 @@ class ByteBudgetMiddleware:
             if budget is None:
                 return None
             grant = await self._leases.reserve(request, website, budget, known, overdraft or known > budget)
+        if not isinstance(grant, Grant) and grant[0] - grant[1] <= self._leases.turn_horizon:
+            turn = await self._leases.wait_for_turn(request, website, known, overdraft, self.budget_for,
+                                                    grant)
+            if turn is None:
+                return None  # no budget any more
+            grant = turn
         if isinstance(grant, Grant):
             self._grants[request] = grant
             self._count("byte_budget/granted")
@@ -251,7 +227,9 @@ class ByteBudgetMiddleware:
         if not_before is not None:
             meta["frontier_not_before"] = not_before
         meta["byte_budget_denials"] = int(meta.get("byte_budget_denials", 0)) + 1
-        return request.replace(meta=meta, dont_filter=True)
+        # No dont_filter: RedirectMiddleware would copy it to the redirect's
+        # target, which would then be fetched again if it is also linked.
+        return request.replace(meta=meta)
 
     # -- byte counting (synchronous signals: local state only) ----------------
 
@@ -280,7 +258,9 @@ class ByteBudgetMiddleware:
 
     def _meter(self, grant: Grant) -> None:
         """Keep the bytes of a download covered: draw more, or stop it when it may not have more."""
-        if grant.overdraft or grant.local or not self.config.strict:
+        # The token's holder draws too (never denied), so what it took is
+        # counted as it arrives: the token is free again as soon as it is done.
+        if grant.local or not self.config.strict:
             return
         received = grant.head + grant.body
         if grant.denied:
@@ -329,6 +309,7 @@ class ByteBudgetMiddleware:
         self._count("byte_budget/draws")
         self._count("byte_budget/bytes_drawn", amount)
         grant.draws.append(drawn.member)
+        grant.drawn_at.append(drawn.now)
         grant.reserved += amount
         if drawn.overdraft and not grant.overdraft:
             grant.overdraft = True
@@ -344,7 +325,7 @@ class ByteBudgetMiddleware:
             await grant.drawing  # its member is settled with the download
         size = len(response.body) + get_header_size(response.headers) + self._status_size(response.status) + 4
         if grant.chunked:
-            size += _chunked_overhead(len(response.body))
+            size += chunked_overhead(len(response.body))
         if grant.stopped and "download_stopped" in response.flags:
             # Its draw was denied. The server may have pushed more than we read
             # (socket buffers, ours and its own): count up to
@@ -383,11 +364,17 @@ class ByteBudgetMiddleware:
             logger.debug("Byte budget: %(request)s failed (%(exc)r) after %(size)d bytes",
                          {"request": request, "exc": exception, "size": grant.head + grant.body},
                          extra={"spider": self.crawler.spider})
-            size = grant.head + grant.body + (_chunked_overhead(grant.body) if grant.chunked else 0)
+            size = grant.head + grant.body + (chunked_overhead(grant.body) if grant.chunked else 0)
             await self._settle_grant(grant, size, learn=-1)
 
     async def _settle_grant(self, grant: Grant, size: int, learn: int) -> float | None:
         """Settle in Redis (or locally); the server time, when Redis answered."""
+        try:
+            return await self._settle(grant, size, learn)
+        finally:
+            self._leases.turn_done(grant.website)
+
+    async def _settle(self, grant: Grant, size: int, learn: int) -> float | None:
         self._count("byte_budget/settled")
         self._count("byte_budget/bytes_settled", size)
         if grant.local:
@@ -400,6 +387,7 @@ class ByteBudgetMiddleware:
             # Its share of the lease goes back with the lease; what it took
             # beyond that is settled now, with its draws (and the token).
             await self._leases.release(grant.lease, min(size, grant.base), learn)
-            return await self._store.settle(grant.website, grant.draws, max(size - grant.base, 0), [-1],
-                                            grant.holder)
-        return await self._store.settle(grant.website, [grant.member, *grant.draws], size, [learn], grant.holder)
+            return await self._store.settle(grant.website, arrived_members(grant, reservation=False),
+                                            max(size - grant.base, 0), [-1], grant.holder)
+        return await self._store.settle(grant.website, arrived_members(grant, reservation=True), size, [learn],
+                                        grant.holder)

@@ -86,6 +86,7 @@ class Drawn:
     member: str
     amount: int
     overdraft: bool
+    now: float  # Redis server time of the draw
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +164,7 @@ class BudgetStore:
         result: list[Any] = await self._reserve(
             keys=website_keys(c.prefix, website),
             args=[budget, c.window, known, c.default_estimate, c.reservation_expiry, c.retry,
-                  c.lease_downloads + c.lease_downloads // 4, holder, 1 if overdraft else 0],
+                  c.lease_downloads + c.lease_downloads // 4, holder, 1 if overdraft else 0, c.stop_slack],
         )
         self._answered()
         if int(result[0]) == 1:
@@ -180,7 +181,7 @@ class BudgetStore:
                                              args=[budget, c.window, amount, c.reservation_expiry, holder, covered])
         self._answered()
         if int(result[0]) == 1:
-            return Drawn(result[1].decode(), amount, bool(int(result[3])))
+            return Drawn(result[1].decode(), amount, bool(int(result[3])), float(result[2]))
         return None
 
     def _answered(self) -> None:

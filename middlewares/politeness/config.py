@@ -8,7 +8,6 @@ line (:mod:`middlewares.politeness.cli`).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from scrapy.utils.misc import load_object
 
 from crawler.redis_client import RedisClientConfig
-from crawler.setting_values import float_setting, int_setting
+from crawler.setting_values import dict_setting, float_setting, int_setting
 from crawler.website import website_key_mode
 
 if TYPE_CHECKING:
@@ -70,16 +69,8 @@ def parse_rate(name: str, raw: Any) -> Rate | None:
     return Rate(requests, window)
 
 
-def _dict_setting(settings: BaseSettings, name: str) -> dict[str, Any]:
-    raw = settings.get(name) or {}
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except ValueError:
-            raise ValueError(f"{name} must be a dict or JSON object, got {raw!r}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{name} must be a dict or JSON object, got {raw!r}")
-    return {str(k).lower().rstrip("."): v for k, v in raw.items()}
+def _per_website(settings: BaseSettings, name: str) -> dict[str, Any]:
+    return {str(k).lower().rstrip("."): v for k, v in dict_setting(settings, name).items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +188,7 @@ class PolitenessConfig:
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> Self:
         per_website = {site: parse_rate(f"POLITENESS_RATE_PER_WEBSITE[{site!r}]", value)
-                       for site, value in _dict_setting(settings, "POLITENESS_RATE_PER_WEBSITE").items()}
+                       for site, value in _per_website(settings, "POLITENESS_RATE_PER_WEBSITE").items()}
         backoff_base = float_setting(settings, "POLITENESS_BACKOFF_BASE_SECONDS", 60, minimum=0, exclusive=True)
         cool = float_setting(settings, "POLITENESS_BREAKER_COOL_SECONDS", 30, minimum=0, exclusive=True)
         park_max = float_setting(settings, "POLITENESS_GATE_PARK_MAX_SECONDS", 2.5, minimum=0, exclusive=True)

@@ -37,6 +37,8 @@
 -- ARGV[9]  1: this download must run as the overdraft (a page known to be
 --          larger than b, or a retried stopped page of unknown size); it is
 --          granted its full size while the token is free and used <= b
+-- ARGV[10] stop slack in bytes: what a server may have pushed of a download
+--          beyond what the worker read when it stops it (BYTE_BUDGET_STOP_SLACK)
 -- Without the token a download reserves its exposure x (the largest learned
 -- size); with it, its estimate n, when x does not fit and n does.
 -- Returns  {1, member, now, per, granted, overdraft}  granted >= per bytes reserved,
@@ -80,6 +82,17 @@ else
   n = math.min(n, math.max(math.floor(budget / 4), 1))
 end
 n = math.max(math.floor(n), 1)
+-- A download of unknown size may turn out larger than any page seen so far:
+-- stopped, it costs what the server pushed before the stop, up to the stop
+-- slack, so it is exposed to at least that.
+-- Where two such downloads would not fit in b, downloads take turns with the
+-- token: a second one could only be stopped, wasting what it cost.
+if known <= 0 then
+  x = math.max(x, tonumber(ARGV[10] or '0'))
+  if 2 * x > budget then
+    x = budget + 1
+  end
+end
 x = math.max(math.floor(x), n)
 
 -- Keys live for two windows plus an expiry past the last activity.

@@ -16,7 +16,8 @@
 -- KEYS[1]  <prefix>:bb:{<website>}:log       sorted set, settled entries
 -- KEYS[2]  <prefix>:bb:{<website>}:inflight  sorted set, granted, not settled
 -- KEYS[3]  <prefix>:bb:{<website>}:state     hash (see reserve.lua)
--- ARGV[1]  members returned by reserve.lua / draw.lua, comma-separated ("" = none)
+-- ARGV[1]  members returned by reserve.lua / draw.lua, comma-separated ("" = none);
+--          "<member>@<time>": its bytes had all arrived by that Redis time
 -- ARGV[2]  bytes to count now (integer >= 0)
 -- ARGV[3]  window length in seconds
 -- ARGV[4]  reservation expiry in seconds (for the key TTL)
@@ -33,7 +34,12 @@ local window = tonumber(ARGV[3])
 
 local used = tonumber(redis.call('HGET', KEYS[3], 'used') or '0')
 local covered = 0
-for member in string.gmatch(ARGV[1], '[^,]+') do
+local ended = {}  -- {time, bytes} of members whose bytes had all arrived by that time
+for item in string.gmatch(ARGV[1], '[^,]+') do
+  local member, at = string.match(item, '^([^@]+)@(.+)$')
+  if not member then
+    member = item
+  end
   local reserved = tonumber(string.match(member, ':(%d+)$'))
   covered = covered + reserved
   -- Still in flight, or moved to the log when it expired: either way it is
@@ -42,11 +48,28 @@ for member in string.gmatch(ARGV[1], '[^,]+') do
   if redis.call('ZREM', KEYS[2], member) == 1 or redis.call('ZREM', KEYS[1], member) == 1 then
     used = used - reserved
   end
+  if at then
+    ended[#ended + 1] = {tonumber(at), reserved}
+  end
 end
-if bytes > 0 then
+-- Bytes count for one window after they arrived: those of a member that
+-- had all arrived earlier (a long download's first increments) from then,
+-- the rest from now.
+local rest = bytes
+for _, e in ipairs(ended) do
+  if e[2] <= rest then
+    rest = rest - e[2]
+    if e[1] > now - window then
+      local seq = redis.call('HINCRBY', KEYS[3], 'seq', 1)
+      redis.call('ZADD', KEYS[1], math.min(e[1], now), seq .. ':' .. e[2])
+      used = used + e[2]
+    end
+  end
+end
+if rest > 0 then
   local seq = redis.call('HINCRBY', KEYS[3], 'seq', 1)
-  redis.call('ZADD', KEYS[1], now, seq .. ':' .. bytes)
-  used = used + bytes
+  redis.call('ZADD', KEYS[1], now, seq .. ':' .. rest)
+  used = used + rest
 end
 if used < 0 then
   used = 0
