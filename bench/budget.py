@@ -46,7 +46,7 @@ import subprocess
 import time
 from typing import Any
 
-from bench.harness import SCRAPY, BenchServers, RunResult, bench_site, emit, median, seed, stack_cmd, table
+from bench.harness import SCRAPY, BenchServers, Paired, RunResult, bench_site, emit, median, seed, stack_cmd, table
 from demosite import analysis, profiles
 from devtools.services import ROOT
 
@@ -108,15 +108,10 @@ def main(argv: list[str]) -> int:
           f"{args.repeats} repeats; one page <= {page} B = {page / args.budget:.4f} b")
     print(table(rows, ["workers", "max window / b (worst)", "max window / b (median)", "utilization (median)",
                        "denied (median)"]))
-    med = {label: median([r.pages_per_s for r in rs]) for label, rs in free.items()}
-    pairs = [w.pages_per_s / wo.pages_per_s for w, wo in zip(free["with"], free["without"], strict=True)]
-    ratio = median(pairs)
-    of_medians = med["with"] / med["without"] if med["without"] else 0.0
-    cpu = {label: median([r.stats["_cpu"] / r.pages for r in rs]) for label, rs in free.items()}
+    paired = Paired.of(free)
+    ratio, of_medians, cpu = paired.ratio, paired.of_medians, paired.cpu
     print(f"\nNon-binding budget, 1 worker, {site.items} items, pages/s")
-    print(table([[label, *(round(r.pages_per_s) for r in rs), round(med[label])] for label, rs in free.items()]
-                + [["with / without", *(f"{p:.3f}" for p in pairs), f"{ratio:.3f}"]],
-                ["middleware", *(f"pair {i + 1}" for i in range(args.nb_repeats)), "median"]))
+    print(paired.table(free, "middleware", "pair"))
     print(f"with / without: median of pairs {ratio:.3f}; ratio of medians {of_medians:.3f}; CPU per page "
           f"{1000 * cpu['with']:.3f} vs {1000 * cpu['without']:.3f} ms (without / with "
           f"{cpu['without'] / cpu['with']:.3f}; start-up included)")

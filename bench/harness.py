@@ -170,3 +170,29 @@ def table(rows: list[list[Any]], header: list[str]) -> str:
 def emit(result: dict[str, Any]) -> None:
     """The last line of every benchmark: one JSON object."""
     print(json.dumps(result, sort_keys=True), flush=True)
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Runs "with" and "without" something, paired run by run: the ratios a benchmark reports."""
+
+    medians: dict[str, float]  # pages/s per arm
+    pairs: list[float]  # with / without, per pair
+    ratio: float  # median of the pairs
+    of_medians: float  # median with / median without
+    cpu: dict[str, float]  # worker CPU seconds per page, median per arm
+
+    @classmethod
+    def of(cls, runs: dict[str, list[RunResult]]) -> Paired:
+        medians = {label: median([r.pages_per_s for r in rs]) for label, rs in runs.items()}
+        pairs = [w.pages_per_s / wo.pages_per_s for w, wo in zip(runs["with"], runs["without"], strict=True)]
+        return cls(medians, pairs, median(pairs),
+                   medians["with"] / medians["without"] if medians["without"] else 0.0,
+                   {label: median([r.stats["_cpu"] / r.pages for r in rs]) for label, rs in runs.items()})
+
+    def table(self, runs: dict[str, list[RunResult]], first: str, run: str) -> str:
+        """pages/s per run and arm, with / without per pair, medians."""
+        return table([[label, *(round(r.pages_per_s) for r in rs), round(self.medians[label])]
+                      for label, rs in runs.items()]
+                     + [["with / without", *(f"{p:.3f}" for p in self.pairs), f"{self.ratio:.3f}"]],
+                     [first, *(f"{run} {i + 1}" for i in range(len(self.pairs))), "median"])

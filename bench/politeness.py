@@ -39,7 +39,7 @@ import subprocess
 import time
 from typing import Any
 
-from bench.harness import BenchServers, RunResult, bench_site, emit, median, seed, stack_cmd, table
+from bench.harness import BenchServers, Paired, RunResult, bench_site, emit, median, seed, stack_cmd
 from devtools.services import ROOT
 
 
@@ -116,17 +116,12 @@ def main(argv: list[str]) -> int:
                 print(f"  run {i + 1}/{args.repeats} {result.label:7s} {result.pages} pages in "
                       f"{result.seconds:.2f}s = {result.pages_per_s:.0f} pages/s", flush=True)
 
-    med = {label: median([r.pages_per_s for r in rs]) for label, rs in runs.items()}
-    pairs = [w.pages_per_s / wo.pages_per_s for w, wo in zip(runs["with"], runs["without"], strict=True)]
-    ratio = median(pairs)
-    of_medians = med["with"] / med["without"] if med["without"] else 0.0
-    cpu = {label: median([r.stats["_cpu"] / r.pages for r in rs]) for label, rs in runs.items()}
+    paired = Paired.of(runs)
+    ratio, of_medians, cpu = paired.ratio, paired.of_medians, paired.cpu
     calls = median([float(r.stats.get("politeness/redis_calls", 0)) / r.pages for r in runs["with"]])
     what = "A/A control (no politeness in either arm)" if args.aa else "politeness configured, not binding"
     print(f"\n{what}: 2 workers side by side, {site.items} items each, pages/s")
-    print(table([[label, *(round(r.pages_per_s) for r in rs), round(med[label])] for label, rs in runs.items()]
-                + [["with / without", *(f"{p:.3f}" for p in pairs), f"{ratio:.3f}"]],
-                ["politeness", *(f"run {i + 1}" for i in range(args.repeats)), "median"]))
+    print(paired.table(runs, "politeness", "run"))
     print(f"with / without: median of runs {ratio:.3f}; ratio of medians {of_medians:.3f}; CPU per page "
           f"{1000 * cpu['with']:.3f} vs {1000 * cpu['without']:.3f} ms; politeness Redis calls per page "
           f"{calls:.4f}")

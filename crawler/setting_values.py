@@ -16,6 +16,20 @@ if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
 
 
+def parse_number(raw: object, error: ValueError) -> float:
+    """``raw`` (an int, a float or a numeric string such as ``"1e6"``) as a float; raises ``error`` for
+    anything else: bools, NaN, text, None."""
+    if isinstance(raw, bool):
+        raise error
+    try:
+        value = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise error from None
+    if math.isnan(value):
+        raise error
+    return value
+
+
 def _checked(settings: BaseSettings, name: str, default: float, minimum: float, exclusive: bool,
              integer: bool) -> float:
     raw = settings.get(name, default)
@@ -23,13 +37,8 @@ def _checked(settings: BaseSettings, name: str, default: float, minimum: float, 
         f"{name} must be {'an integer' if integer else 'a number'} {'>' if exclusive else '>='} {minimum}, "
         f"got {raw!r}"
     )
-    if isinstance(raw, bool):
-        raise error
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise error from None
-    if math.isnan(value) or value < minimum or (exclusive and value == minimum):
+    value = parse_number(raw, error)
+    if value < minimum or (exclusive and value == minimum):
         raise error
     if integer and not value.is_integer():
         raise error

@@ -36,3 +36,18 @@ def test_unknown_benchmark_is_refused() -> None:
                          check=False)
     assert out.returncode == 2
     assert "usage: python -m bench" in out.stderr
+
+
+def test_paired_runs_give_the_median_of_per_pair_ratios() -> None:
+    from bench.harness import Paired, RunResult
+
+    def run(label: str, pages_per_s: float, cpu: float) -> RunResult:
+        return RunResult(label, 100, 100 / pages_per_s, {"_cpu": cpu})
+
+    runs = {"without": [run("without", 100, 1.0), run("without", 50, 1.0), run("without", 200, 1.0)],
+            "with": [run("with", 90, 2.0), run("with", 50, 2.0), run("with", 220, 2.0)]}
+    paired = Paired.of(runs)
+    assert [round(p, 3) for p in paired.pairs] == [0.9, 1.0, 1.1]
+    assert round(paired.ratio, 3) == 1.0 and round(paired.of_medians, 3) == 0.9  # medians 90 / 100
+    assert paired.cpu == {"without": 0.01, "with": 0.02}
+    assert "with / without" in paired.table(runs, "arm", "pair")

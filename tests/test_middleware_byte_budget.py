@@ -21,6 +21,7 @@ from middlewares.byte_budget.cli import main as cli
 from middlewares.byte_budget.config import ByteBudgetConfig
 from middlewares.byte_budget.middleware import ByteBudgetMiddleware
 from middlewares.byte_budget.store import website_keys
+from tests.middleware_helpers import run_middleware
 from tests.redis_clients import sync_redis
 
 if TYPE_CHECKING:
@@ -37,18 +38,7 @@ def settings(redis_url: str, **extra: Any) -> dict[str, Any]:
 
 def run(redis_url: str, extra: dict[str, Any], body: Callable[[ByteBudgetMiddleware], Awaitable[None]]) -> Any:
     """Build the middleware on a real crawler and run ``body`` between open and close."""
-
-    async def main() -> Any:
-        crawler = get_crawler(settings_dict=settings(redis_url, **extra))
-        mw = build_from_crawler(ByteBudgetMiddleware, crawler)
-        await mw.spider_opened()
-        try:
-            await body(mw)
-        finally:
-            await mw.spider_closed()
-        return crawler.stats.get_stats()
-
-    return asyncio.run(main())
+    return run_middleware(ByteBudgetMiddleware, settings(redis_url, **extra), body)
 
 
 def response(request: Request, body: bytes, status: int = 200, flags: list[str] | None = None) -> HtmlResponse:

@@ -9,8 +9,6 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from scrapy import Request
 from scrapy.http import Headers, HtmlResponse
-from scrapy.utils.misc import build_from_crawler
-from scrapy.utils.test import get_crawler
 from twisted.internet.error import ConnectionRefusedError as TxConnectionRefusedError
 
 from crawler.scrapy_internals import DownloadHeld
@@ -18,6 +16,7 @@ from devtools.services import free_port
 from middlewares.politeness.cli import main as cli
 from middlewares.politeness.middleware import PolitenessMiddleware
 from middlewares.robotstxt import robots_crawl_delay
+from tests.middleware_helpers import run_middleware
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -25,19 +24,9 @@ if TYPE_CHECKING:
 
 def run(redis_url: str, extra: dict[str, Any], body: Callable[[PolitenessMiddleware], Awaitable[None]]) -> Any:
     """Build the middleware on a real crawler and run ``body`` between open and close."""
-    async def main() -> Any:
-        crawler = get_crawler(settings_dict={"POLITENESS_ENABLED": True, "REDIS_URL": redis_url,
-                                             "POLITENESS_KEY_PREFIX": "t", "REDIS_RETRIES": 0,
-                                             "REDIS_SOCKET_TIMEOUT": 1, "REDIS_CONNECT_TIMEOUT": 1, **extra})
-        mw = build_from_crawler(PolitenessMiddleware, crawler)
-        await mw.spider_opened()
-        try:
-            await body(mw)
-        finally:
-            await mw.spider_closed()
-        return crawler.stats.get_stats()
-
-    return asyncio.run(main())
+    return run_middleware(PolitenessMiddleware, {
+        "POLITENESS_ENABLED": True, "REDIS_URL": redis_url, "POLITENESS_KEY_PREFIX": "t", "REDIS_RETRIES": 0,
+        "REDIS_SOCKET_TIMEOUT": 1, "REDIS_CONNECT_TIMEOUT": 1, **extra}, body)
 
 
 def response(request: Request, status: int = 200, headers: dict[str, str] | None = None) -> HtmlResponse:

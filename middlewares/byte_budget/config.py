@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from crawler.redis_client import RedisClientConfig
-from crawler.setting_values import dict_setting, float_setting, int_setting
+from crawler.setting_values import dict_setting, float_setting, int_setting, parse_number
 from crawler.website import website_key_mode
 
 if TYPE_CHECKING:
@@ -36,13 +36,8 @@ def parse_budget(name: str, raw: Any) -> int | None:
         return None
     error = ValueError(f"{name} must be a whole number of bytes >= 0 (0 blocks the website) or "
                        f"{UNLIMITED!r} (None), got {raw!r}")
-    if isinstance(raw, bool):
-        raise error
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise error from None
-    if math.isnan(value) or math.isinf(value) or value < 0 or not value.is_integer():
+    value = parse_number(raw, error)
+    if math.isinf(value) or value < 0 or not value.is_integer():
         raise error
     return int(value)
 
