@@ -97,6 +97,16 @@ async def test_redis_outage_loses_nothing_and_logs_once(redis_server: Server, sc
     assert s.crawler.stats.get_value("frontier/redis_outages") == 1
 
 
+
+async def pop_while_stopped(server: Server, store: FrontierStore, n: int, receipts: PopReceipts) -> None:
+    """A pop sent to a SIGSTOPped Redis: it times out (the command stays in the socket and runs at SIGCONT)."""
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(RedisTimeoutError):
+            await store.pop(n, "w", receipts)
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+
 @pytest.mark.asyncio
 async def test_a_pop_whose_reply_times_out_is_delivered_again(private_redis: Server) -> None:
     """Redis stops answering (SIGSTOP) while a pop is sent: the pop runs when Redis resumes, and its
@@ -106,12 +116,7 @@ async def test_a_pop_whose_reply_times_out_is_delivered_again(private_redis: Ser
     await store.push([PushEntry("a.test", f"{i:040x}", MODE_DEDUPE, 0, 0, b"{}") for i in range(5)], "w")
     await store.pop(0, "w")  # the script is loaded (a NOSCRIPT reply would be no pop at all)
     receipts = PopReceipts()
-    os.kill(private_redis.proc.pid, signal.SIGSTOP)
-    try:
-        with pytest.raises(RedisTimeoutError):
-            await store.pop(3, "w", receipts)
-    finally:
-        os.kill(private_redis.proc.pid, signal.SIGCONT)
+    await pop_while_stopped(private_redis, store, 3, receipts)
     assert receipts.lost == [("1", 3)]
     with redis.Redis.from_url(private_redis.url) as r:
         while not r.hlen(store.pops_key("w")):  # the pop sent before SIGCONT has run by now, or soon
@@ -129,12 +134,7 @@ async def test_closing_worker_returns_pops_it_never_received(private_redis: Serv
     await store.push([PushEntry("a.test", f"{i:040x}", MODE_DEDUPE, -i, 0, b"{}") for i in range(4)], "w")
     receipts = PopReceipts()
     got = await store.pop(1, "w", receipts)  # received: handled by this worker, never returned
-    os.kill(private_redis.proc.pid, signal.SIGSTOP)
-    try:
-        with pytest.raises(RedisTimeoutError):
-            await store.pop(2, "w", receipts)
-    finally:
-        os.kill(private_redis.proc.pid, signal.SIGCONT)
+    await pop_while_stopped(private_redis, store, 2, receipts)
     with redis.Redis.from_url(private_redis.url) as r:
         while not r.hexists(store.pops_key("w"), "2.1"):  # the lost pop has run
             await asyncio.sleep(0.01)
