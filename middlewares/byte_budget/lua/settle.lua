@@ -113,45 +113,48 @@ if ARGV[5] ~= '' and state.od_holder == ARGV[5] then
   end
 end
 
-local sizes = {}
-for x in string.gmatch(state.sizes or '', '[^,]+') do
-  sizes[#sizes + 1] = tonumber(x)
-end
-local learned = false
-local new = 0
+-- The exposure: the largest size of the last 256 downloads (kept as the
+-- record and its age, since the list holds 32), so a website whose big
+-- pages are rare still counts with them.
+local xmax = tonumber(state.exposure or '0')
+local xage = tonumber(state.exposure_age or '0')
+local fresh = {}
 for i = 7, #ARGV do
   local x = tonumber(ARGV[i])
   if x >= 0 then
-    sizes[#sizes + 1] = math.floor(x)
-    learned = true
-    new = new + 1
+    -- Kept as the caller's text when whole: turning numbers into text is what costs most here.
+    local whole = math.floor(x)
+    fresh[#fresh + 1] = whole == x and ARGV[i] or whole
+    if x >= xmax then
+      xmax, xage = x, 0
+    else
+      xage = xage + 1
+    end
   end
 end
-if learned then
-  while #sizes > 32 do
-    table.remove(sizes, 1)
+local new = #fresh
+if new > 0 then
+  -- The last 32 sizes: the stored ones, then the new ones (a lease sends up to
+  -- BYTE_BUDGET_LEASE_DOWNLOADS at once: copied, not shifted one by one).
+  local all = {}
+  if new < 32 then
+    for x in string.gmatch(state.sizes or '', '[^,]+') do
+      all[#all + 1] = x
+    end
+  end
+  for i = 1, new do
+    all[#all + 1] = fresh[i]
+  end
+  local sizes = {}
+  for i = math.max(#all - 31, 1), #all do
+    sizes[#sizes + 1] = all[i]
   end
   local sorted = {}
   for i = 1, #sizes do
-    sorted[i] = sizes[i]
+    sorted[i] = tonumber(sizes[i])
   end
   table.sort(sorted)
   local k = math.max(math.ceil(tonumber(ARGV[6]) * #sorted), 1)
-  -- The exposure: the largest size of the last 256 downloads (kept as the
-  -- record and its age, since the list holds 32), so a website whose big
-  -- pages are rare still counts with them.
-  local xmax = tonumber(state.exposure or '0')
-  local xage = tonumber(state.exposure_age or '0')
-  for i = 7, #ARGV do
-    local x = tonumber(ARGV[i])
-    if x >= 0 then
-      if x >= xmax then
-        xmax, xage = x, 0
-      else
-        xage = xage + 1
-      end
-    end
-  end
   if xage >= 256 then
     xmax, xage = sorted[#sorted], 0
   end
