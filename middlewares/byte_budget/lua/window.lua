@@ -79,7 +79,9 @@ end
 if used < 0 or redis.call('EXISTS', KEYS[1], KEYS[2]) == 0 then
   used = 0
 end
-put('used', used)
+if used ~= tonumber(state.used or '0') then
+  put('used', used)  -- a denial that changed nothing writes nothing (but renews the TTLs)
+end
 
 -- The overdraft token: at most one download of the website may run past the
 -- budget. Held while it downloads (od_holder, od_until = its reservation's
