@@ -23,8 +23,13 @@ Figures (``--websites 1000 --queued 1000000`` by default):
 * ``bloom_fp_rate`` at ``--fp-count`` (10M) fingerprints in a filter sized for
   them at 0.1%, measured on 1M fresh fingerprints; ``redis_us_per_request_bloom``:
   the steady-state loop with ``FRONTIER_DEDUPE=bloom``.
+* The byte budget (:mod:`bench.scale_budget`): ``redis_us_per_request_budgeted``
+  (``redis_us_per_request`` plus a reservation and settle on every website,
+  leases of 128 downloads; ``_lease1``: leases of 1), ``redis_us_per_denial_L10``,
+  ``_L1000``, ``_L100k``, ``redis_us_per_overrides_refresh_100k``. Redis CPU
+  time adds up, so the budget's share is measured on its own and added.
 
-Usage: ``python -m bench scale [--queued N] [--websites N] [--fp-count N] [--quick]``.
+Usage: ``python -m bench scale [--queued N] [--websites N] [--fp-count N] [--quick] [--only budget]``.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from redis.asyncio import Redis
 from scrapy import Request
 from scrapy.settings import Settings
 
+from bench import scale_budget
 from bench.harness import emit, table
 from crawler.frontier.codec import encode_request
 from crawler.frontier.seen import SeenConfig
@@ -87,17 +93,19 @@ async def steady_state(redis: Redis, store: FrontierStore, requests: int) -> tup
     """Redis CPU µs per crawled request (its share of a pop of 32, acknowledged by the next, and the push of
     one new request in batches of 200), and per duplicate link pushed (batches of 200)."""
     receipts = PopReceipts()
+    acks: list[str] = []  # lease fields of the last pop: the next pop acknowledges them
     fresh: list[PushEntry] = []
     known: list[str] = []
     n = 0
     next_id = 10_000_000
     before = await cpu(redis)
     while n < requests:
-        result = await store.pop(POP_BATCH, "bench", receipts)
+        result = await store.pop(POP_BATCH, "bench", receipts, lease=600.0, acks=acks)
         if not result.items:
             break
         n += len(result.items)
-        for website, member in result.items:
+        acks = [lease_field for _, lease_field, _ in result.items]
+        for website, _, member in result.items:
             known.append(member.split(b":", 2)[1].decode())
             fresh.extend(entries(website, next_id, 1))
             next_id += 1
@@ -144,6 +152,9 @@ async def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
     redis = Redis.from_url(url, socket_timeout=600)
     out: dict[str, Any] = {}
     try:
+        out.update(await scale_budget.run(redis, url, args.quick))
+        if args.only == "budget":
+            return out
         for mode in ("exact", "bloom"):
             await redis.flushall()
             spec = SeenConfig.from_settings(Settings({"FRONTIER_DEDUPE": mode})).spec
@@ -169,6 +180,10 @@ async def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
                 print("\n".join(f"  {k}: {v['calls']} calls, {v['usec_per_call']} us/call, {v['usec']} us"
                                 for k, v in top))
         out["requests_per_s_per_redis_core"] = round(1e6 / out["redis_us_per_request"])
+        out["redis_us_per_request_budgeted"] = round(
+            out["redis_us_per_request"] + out["redis_us_per_budget_download_lease128"], 2)
+        out["redis_us_per_request_budgeted_lease1"] = round(
+            out["redis_us_per_request"] + out["redis_us_per_budget_download_lease1"], 2)
         await redis.flushall()
         bloom = await bloom_bytes(redis, args.bloom_capacity)
         out["bytes_per_seen_url_bounded"] = round(bloom / args.bloom_capacity, 3)
@@ -190,7 +205,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--bloom-capacity", type=int, default=100_000_000)
     parser.add_argument("--fp-count", type=int, default=10_000_000)
     parser.add_argument("--commandstats", action="store_true", help="print the costliest Redis commands")
-    parser.add_argument("--quick", action="store_true", help="100k queued, 20k requests, 1M fingerprints")
+    parser.add_argument("--quick", action="store_true",
+                        help="100k queued, 20k requests, 1M fingerprints")
+    parser.add_argument("--only", choices=["budget"], help="only the byte budget's figures")
     args = parser.parse_args(argv)
     if args.quick:
         args.queued, args.requests, args.fp_count = 100_000, 20_000, 1_000_000

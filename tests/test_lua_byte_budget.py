@@ -387,3 +387,25 @@ def test_50_concurrent_reservers_never_exceed_the_budget(redis_url: str) -> None
     assert worst <= budget
     # And the reservers kept it busy: well over one budget's worth in 1.5 s.
     assert total > 2 * budget
+
+
+def test_denial_finds_when_room_frees_beyond_1000_entries(r: redis.Redis) -> None:
+    """A denial says when enough settled bytes leave the window even when that is past the 1,000th entry
+    (the log's index by bytes settled: O(log L), not a copy of the first 1,000 entries)."""
+    window = 3600.0
+    b = Budget(r, 1_500_000 - 1, window)
+    for _ in range(1501):
+        b.settle("", 1000)
+    assert r.zcard(b.keys[0]) == 1501 and b.used() == 1_501_000
+    # need = used + n - b = 1,201,001 bytes: the 1,202nd entry brings them (times come back as 14 digits)
+    denied = b.reserve(n=1_200_000)
+    assert not denied["granted"]
+    (_, at), = r.zrange(b.keys[0], 1201, 1201, withscores=True)
+    assert denied["not_before"] == pytest.approx(at + window, abs=1e-3)
+    # Entries that left the window leave the index: with half the log gone, the same need is further on.
+    r.zremrangebyrank(b.keys[0], 0, 749)  # as if they had left the window, ...
+    r.zremrangebyrank(b.keys[3], 0, 749)  # ... which removes them from both
+    r.hset(b.keys[2], "used", 751_000)
+    denied = b.reserve(n=949_000)  # need = 751,000 + 949,000 - 1,499,999 = 200,001 bytes: the 201st entry left
+    (_, at), = r.zrange(b.keys[0], 200, 200, withscores=True)
+    assert denied["not_before"] == pytest.approx(at + window, abs=1e-3)

@@ -435,6 +435,26 @@ def test_runtime_override_via_cli(redis_url: str, capsys: pytest.CaptureFixture[
     assert "news.test" in capsys.readouterr().out
 
 
+def test_refresh_reads_the_overrides_only_when_their_counter_moved(redis_url: str) -> None:
+    """A refresh costs one GET while nothing changed, not a copy of the hash; the command line moves the counter."""
+    async def body(mw: ByteBudgetMiddleware) -> None:
+        with sync_redis(redis_url) as r:
+            r.hset("t:bb:overrides", "shop-a.test", "2000")  # by hand, no counter yet: read at every refresh
+            await mw.refresh_overrides()
+            assert mw.budget_for("shop-a.test") == 2000
+            assert cli(["--redis-url", redis_url, "--prefix", "t", "set", "news.test", "5000"]) == 0
+            await mw.refresh_overrides()
+            assert (mw.budget_for("shop-a.test"), mw.budget_for("news.test")) == (2000, 5000)
+            r.hset("t:bb:overrides", "shop-a.test", "3000")  # by hand again: the counter did not move
+            await mw.refresh_overrides()
+            assert mw.budget_for("shop-a.test") == 2000  # the hash was not read
+            assert cli(["--redis-url", redis_url, "--prefix", "t", "unset", "news.test"]) == 0
+            await mw.refresh_overrides()
+            assert (mw.budget_for("shop-a.test"), mw.budget_for("news.test")) == (3000, 1000)
+
+    run(redis_url, {"BYTE_BUDGET_DEFAULT": 1000, "BYTE_BUDGET_REFRESH_SECONDS": 3600}, body)
+
+
 def test_cli_show_says_when_a_website_is_unknown(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(["show", "nowhere.test", "--redis-url", redis_url, "--prefix", "t"]) == 1
     assert "nowhere.test: unknown website" in capsys.readouterr().out

@@ -8,9 +8,10 @@
     python -m middlewares.byte_budget list
     python -m middlewares.byte_budget show shop-a.test         # the window right now
 
-Overrides live in the Redis hash ``<prefix>:bb:overrides``; every worker reads
-it every ``BYTE_BUDGET_REFRESH_SECONDS`` (2 s), so a change applies within that
-time plus one reservation. Redis URL and prefix come from the project settings
+Overrides live in the Redis hash ``<prefix>:bb:overrides``; after writing it
+the command increments ``<prefix>:bb:overrides:version``, which every worker
+reads every ``BYTE_BUDGET_REFRESH_SECONDS`` (2 s), reading the hash again when
+it moved, so a change applies within that time plus one reservation. Redis URL and prefix come from the project settings
 (``REDIS_URL`` / ``BYTE_BUDGET_REDIS_URL``, ``BYTE_BUDGET_KEY_PREFIX``) unless
 given with ``--redis-url`` / ``--prefix``.
 """
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from crawler.redis_client import RedisClientConfig
 from crawler.website import registrable_domain
 from middlewares.byte_budget.config import UNLIMITED, parse_budget
-from middlewares.byte_budget.store import overrides_key, website_keys
+from middlewares.byte_budget.store import overrides_key, overrides_version_key, website_keys
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
@@ -68,9 +69,11 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as exc:
                 parser.error(str(exc))
             r.hset(key, website, UNLIMITED if budget is None else str(budget))
+            r.incr(overrides_version_key(prefix))  # after the hash: see budgets.Budgets.refresh
             print(f"{website}: {args.budget} (workers apply it within BYTE_BUDGET_REFRESH_SECONDS)")
         elif args.command == "unset":
             removed = r.hdel(key, website)
+            r.incr(overrides_version_key(prefix))
             print(f"{website}: override removed" if removed else f"{website}: had no override")
         elif args.command == "list":
             for site, value in sorted(r.hgetall(key).items()):
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _show(r: Any, prefix: str, website: str, settings: BaseSettings) -> int:
-    log, inflight, state = website_keys(prefix, website)
+    log, inflight, state, _ = website_keys(prefix, website)
     override = r.hget(overrides_key(prefix), website)
     per_website = {str(k).lower() for k in (_per_website(settings))}
     if not r.exists(log, inflight, state) and override is None and website not in per_website:

@@ -36,20 +36,25 @@ def overrides_key(prefix: str) -> str:
     return f"{prefix}:bb:overrides"
 
 
+def overrides_version_key(prefix: str) -> str:
+    """Counter of changes to the overrides: a worker reads the hash again only when it moved."""
+    return f"{prefix}:bb:overrides:version"
+
+
 def website_keys(prefix: str, website: str) -> list[str]:
-    """KEYS of both scripts; the hash tag puts them in one cluster slot."""
+    """KEYS of the scripts (log, in flight, state, log by bytes settled); the hash tag puts them in one slot."""
     base = f"{prefix}:bb:{{{website}}}"
-    return [f"{base}:log", f"{base}:inflight", f"{base}:state"]
+    return [f"{base}:log", f"{base}:inflight", f"{base}:state", f"{base}:cum"]
 
 
 _INCLUDE = "-- @include "
 
 
 def script_source(name: str) -> str:
-    """``lua/<name>.lua`` with each ``-- @include <file>`` line replaced by that file (one level)."""
+    """``lua/<name>.lua`` with each ``-- @include <file>.lua`` line replaced by that file (and its includes)."""
     lua = files("middlewares.byte_budget").joinpath("lua")
     lines = lua.joinpath(f"{name}.lua").read_text(encoding="utf-8").splitlines(keepends=True)
-    return "".join(lua.joinpath(line[len(_INCLUDE):].strip()).read_text(encoding="utf-8")
+    return "".join(script_source(line[len(_INCLUDE):].strip().removesuffix(".lua"))
                    if line.startswith(_INCLUDE) else line for line in lines)
 
 

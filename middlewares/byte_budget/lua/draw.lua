@@ -11,6 +11,7 @@
 -- KEYS[1]  <prefix>:bb:{<website>}:log       sorted set, settled entries
 -- KEYS[2]  <prefix>:bb:{<website>}:inflight  sorted set, granted, not settled
 -- KEYS[3]  <prefix>:bb:{<website>}:state     hash (see reserve.lua)
+-- KEYS[4]  <prefix>:bb:{<website>}:cum       sorted set (see reserve.lua, log.lua)
 -- ARGV[1]  budget b in bytes per window (integer >= 0)
 -- ARGV[2]  window length in seconds (float > 0)
 -- ARGV[3]  bytes to draw (integer >= 1)
@@ -27,10 +28,11 @@
 
 local amount = math.max(math.floor(tonumber(ARGV[3])), 1)
 local covered = tonumber(ARGV[6] or '0')
-if covered > tonumber(redis.call('HGET', KEYS[3], 'exposure') or '0') then
-  redis.call('HSET', KEYS[3], 'exposure', covered, 'exposure_age', 0)
-end
 local expiry = tonumber(ARGV[4])
+if covered > tonumber(state.exposure or '0') then
+  put('exposure', covered)
+  put('exposure_age', 0)
+end
 local holder = ARGV[5]
 local overdraft = 0
 if holder ~= '' and od_holder == holder and now < od_until then
@@ -40,17 +42,17 @@ elseif budget > 0 and used + amount <= budget then
 elseif token_free and holder ~= '' then
   overdraft = 1
 else
+  finish(expiry)
   return {0, '', tostring(now), tostring(used)}
 end
 if overdraft == 1 then
-  redis.call('HSET', KEYS[3], 'od_holder', holder, 'od_until', now + expiry)
+  put('od_holder', holder)
+  put('od_until', now + expiry)
 end
-local seq = redis.call('HINCRBY', KEYS[3], 'seq', 1)
+local seq = tonumber(state.seq or '0') + 1
 local member = seq .. ':' .. amount
 redis.call('ZADD', KEYS[2], now + expiry, member)
-redis.call('HSET', KEYS[3], 'used', used + amount)
-local ttl = math.ceil((2 * window + expiry) * 1000)
-for i = 1, 3 do
-  redis.call('PEXPIRE', KEYS[i], ttl)
-end
+put('seq', seq)
+put('used', used + amount)
+finish(expiry)
 return {1, member, tostring(now), overdraft}

@@ -21,8 +21,12 @@
 --
 -- KEYS[1]  <prefix>:bb:{<website>}:log       sorted set, settled entries
 -- KEYS[2]  <prefix>:bb:{<website>}:inflight  sorted set, granted, not settled
--- KEYS[3]  <prefix>:bb:{<website>}:state     hash: used, seq, sizes, estimate,
---                                            warned_until, od_holder, od_until
+-- KEYS[3]  <prefix>:bb:{<website>}:state     hash: used, seq, cum, sizes, estimate,
+--                                            learned, exposure, exposure_age,
+--                                            warned_until, od_holder, od_until, od_room
+-- KEYS[4]  <prefix>:bb:{<website>}:cum       sorted set, the settled entries by
+--                                            bytes settled (log.lua): when a
+--                                            denied download may try again
 -- ARGV[1]  budget b in bytes per window (integer >= 0)
 -- ARGV[2]  window length in seconds (float > 0)
 -- ARGV[3]  bytes to reserve; 0 = use the learned estimate
@@ -64,8 +68,8 @@ local n, x
 if known > 0 then
   n, x = known, known
 else
-  n = tonumber(redis.call('HGET', KEYS[3], 'estimate') or ARGV[4])
-  if tonumber(redis.call('HGET', KEYS[3], 'learned') or '0') < 32 then
+  n = tonumber(state.estimate or ARGV[4])
+  if tonumber(state.learned or '0') < 32 then
     -- Too little known of the website's sizes: one download at a time (the
     -- token's), unless the budget is far above any page (>= 1024 default
     -- estimates, 32 MiB): then 32 default estimates (1 MiB) each.
@@ -75,7 +79,7 @@ else
       x = budget + 1
     end
   else
-    x = math.max(n, 2 * tonumber(redis.call('HGET', KEYS[3], 'exposure') or '0'))
+    x = math.max(n, 2 * tonumber(state.exposure or '0'))
   end
   -- Capped at b / 4: a first guess never takes the whole window; a page above
   -- its reservation draws the rest (draw.lua) or runs as the overdraft.
@@ -95,23 +99,19 @@ if known <= 0 then
 end
 x = math.max(math.floor(x), n)
 
--- Keys live for two windows plus an expiry past the last activity.
-local ttl = math.ceil((2 * window + expiry) * 1000)
-local function touch()
-  for i = 1, 3 do
-    redis.call('PEXPIRE', KEYS[i], ttl)
-  end
-end
 local function grant(amount, per, overdraft)
-  local seq = redis.call('HINCRBY', KEYS[3], 'seq', 1)
+  local seq = tonumber(state.seq or '0') + 1
   local member = seq .. ':' .. amount
   redis.call('ZADD', KEYS[2], now + expiry, member)
-  redis.call('HSET', KEYS[3], 'used', used + amount)
+  put('seq', seq)
+  put('used', used + amount)
   if overdraft == 1 then
     -- od_room: what it reserved beyond its estimate (not a sign of exhaustion)
-    redis.call('HSET', KEYS[3], 'od_holder', holder, 'od_until', now + expiry, 'od_room', amount - n)
+    put('od_holder', holder)
+    put('od_until', now + expiry)
+    put('od_room', amount - n)
   end
-  touch()
+  finish(expiry)
   return {1, member, tostring(now), per, amount, overdraft}
 end
 
@@ -138,23 +138,28 @@ end
 -- its estimate (then the wait is for the token, not for the budget).
 local od_room = 0
 if od_holder ~= '' and now < od_until then
-  od_room = tonumber(redis.call('HGET', KEYS[3], 'od_room') or '0')
+  od_room = tonumber(state.od_room or '0')
 end
 local exhausted = budget <= 0 or used - od_room + n > budget
 
--- Denied: the earliest time enough settled bytes will have left the window.
+-- Denied: the earliest time enough settled bytes will have left the window:
+-- one window after the first entry at which the bytes settled before and with
+-- it reach what is needed (O(log L), see log.lua); when the settled bytes do
+-- not, the retry delay.
 local not_before = now + tonumber(ARGV[6])
 if budget <= 0 then
   not_before = now + window
 elseif exhausted then
   local need = used + n - budget
-  local freed = 0
-  local entries = redis.call('ZRANGE', KEYS[1], 0, 999, 'WITHSCORES')
-  for i = 1, #entries, 2 do
-    freed = freed + size_of(entries[i])
-    if freed >= need then
-      not_before = tonumber(entries[i + 1]) + window
-      break
+  local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+  if #first > 0 then
+    local before_first = tonumber(first[2]) - size_of(first[1])
+    local hit = redis.call('ZRANGEBYSCORE', KEYS[4], before_first + need, '+inf', 'LIMIT', 0, 1)
+    if #hit > 0 then
+      local at = redis.call('ZSCORE', KEYS[1], hit[1])
+      if at then
+        not_before = tonumber(at) + window
+      end
     end
   end
 end
@@ -162,10 +167,10 @@ if not exhausted and od_holder == '' and od_until > not_before then
   not_before = od_until  -- room for it, but only as the overdraft: when the token is free
 end
 local warn = 0
-local warned_until = tonumber(redis.call('HGET', KEYS[3], 'warned_until') or '0')
+local warned_until = tonumber(state.warned_until or '0')
 if exhausted and now >= warned_until then
-  redis.call('HSET', KEYS[3], 'warned_until', now + window)
+  put('warned_until', now + window)
   warn = 1
 end
-touch()
+finish(expiry)
 return {0, tostring(not_before), tostring(now), n, warn, tostring(used)}

@@ -16,6 +16,7 @@
 -- KEYS[1]  <prefix>:bb:{<website>}:log       sorted set, settled entries
 -- KEYS[2]  <prefix>:bb:{<website>}:inflight  sorted set, granted, not settled
 -- KEYS[3]  <prefix>:bb:{<website>}:state     hash (see reserve.lua)
+-- KEYS[4]  <prefix>:bb:{<website>}:cum       sorted set (see reserve.lua, log.lua)
 -- ARGV[1]  members returned by reserve.lua / draw.lua, comma-separated ("" = none);
 --          "<member>@<time>": its bytes had all arrived by that Redis time
 -- ARGV[2]  bytes to count now (integer >= 0)
@@ -27,12 +28,25 @@
 --          settles the sizes of all its downloads at once
 -- Returns  {now, used}  as strings
 
+-- @include log.lua
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local bytes = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
 
-local used = tonumber(redis.call('HGET', KEYS[3], 'used') or '0')
+-- The state hash: one HMGET, one HSET at the end.
+local FIELDS = {'used', 'seq', 'cum', 'od_holder', 'sizes', 'exposure', 'exposure_age', 'learned'}
+local state = {}
+do
+  local values = redis.call('HMGET', KEYS[3], unpack(FIELDS))
+  for i, f in ipairs(FIELDS) do
+    state[f] = values[i]
+  end
+end
+local update = {}
+local used = tonumber(state.used or '0')
+local seq = tonumber(state.seq or '0')
 local covered = 0
 local ended = {}  -- {time, bytes} of members whose bytes had all arrived by that time
 for item in string.gmatch(ARGV[1], '[^,]+') do
@@ -45,8 +59,11 @@ for item in string.gmatch(ARGV[1], '[^,]+') do
   -- Still in flight, or moved to the log when it expired: either way it is
   -- still counted in `used` and is replaced by the true size. Already gone
   -- from the window: nothing to take back.
-  if redis.call('ZREM', KEYS[2], member) == 1 or redis.call('ZREM', KEYS[1], member) == 1 then
+  if redis.call('ZREM', KEYS[2], member) == 1 then
     used = used - reserved
+  elseif redis.call('ZREM', KEYS[1], member) == 1 then
+    used = used - reserved
+    log_remove({member})
   end
   if at then
     ended[#ended + 1] = {tonumber(at), reserved}
@@ -56,85 +73,104 @@ end
 -- had all arrived earlier (a long download's first increments) from then,
 -- the rest from now.
 local rest = bytes
+local entries = {}
 for _, e in ipairs(ended) do
   if e[2] <= rest then
     rest = rest - e[2]
     if e[1] > now - window then
-      local seq = redis.call('HINCRBY', KEYS[3], 'seq', 1)
-      redis.call('ZADD', KEYS[1], math.min(e[1], now), seq .. ':' .. e[2])
+      seq = seq + 1
+      entries[#entries + 1] = {math.min(e[1], now), seq .. ':' .. e[2]}
       used = used + e[2]
     end
   end
 end
 if rest > 0 then
-  local seq = redis.call('HINCRBY', KEYS[3], 'seq', 1)
-  redis.call('ZADD', KEYS[1], now, seq .. ':' .. rest)
+  seq = seq + 1
+  entries[#entries + 1] = {now, seq .. ':' .. rest}
   used = used + rest
+end
+if #entries > 0 then
+  update[#update + 1] = 'cum'
+  update[#update + 1] = log_add(entries, tonumber(state.cum or '0'))
+  update[#update + 1] = 'seq'
+  update[#update + 1] = seq
 end
 if used < 0 then
   used = 0
 end
-redis.call('HSET', KEYS[3], 'used', used)
+update[#update + 1] = 'used'
+update[#update + 1] = used
 
 -- The token's holder is done: if it ran past what it reserved, no other
 -- download may do so until its bytes have left the window; if not, at once.
-if ARGV[5] ~= '' and redis.call('HGET', KEYS[3], 'od_holder') == ARGV[5] then
+if ARGV[5] ~= '' and state.od_holder == ARGV[5] then
   local busy = now
   if bytes > covered then
     busy = now + window
   end
-  redis.call('HSET', KEYS[3], 'od_holder', '', 'od_until', busy, 'od_room', 0)
+  for _, v in ipairs({'od_holder', '', 'od_until', busy, 'od_room', 0}) do
+    update[#update + 1] = v
+  end
 end
 
-local sizes = {}
-for x in string.gmatch(redis.call('HGET', KEYS[3], 'sizes') or '', '[^,]+') do
-  sizes[#sizes + 1] = tonumber(x)
-end
-local learned = false
-local new = 0
+-- The exposure: the largest size of the last 256 downloads (kept as the
+-- record and its age, since the list holds 32), so a website whose big
+-- pages are rare still counts with them.
+local xmax = tonumber(state.exposure or '0')
+local xage = tonumber(state.exposure_age or '0')
+local fresh = {}
 for i = 7, #ARGV do
   local x = tonumber(ARGV[i])
   if x >= 0 then
-    sizes[#sizes + 1] = math.floor(x)
-    learned = true
-    new = new + 1
+    -- Kept as the caller's text when whole: turning numbers into text is what costs most here.
+    local whole = math.floor(x)
+    fresh[#fresh + 1] = whole == x and ARGV[i] or whole
+    if x >= xmax then
+      xmax, xage = x, 0
+    else
+      xage = xage + 1
+    end
   end
 end
-if learned then
-  while #sizes > 32 do
-    table.remove(sizes, 1)
+local new = #fresh
+if new > 0 then
+  -- The last 32 sizes: the stored ones, then the new ones (a lease sends up to
+  -- BYTE_BUDGET_LEASE_DOWNLOADS at once: copied, not shifted one by one).
+  local all = {}
+  if new < 32 then
+    for x in string.gmatch(state.sizes or '', '[^,]+') do
+      all[#all + 1] = x
+    end
+  end
+  for i = 1, new do
+    all[#all + 1] = fresh[i]
+  end
+  local sizes = {}
+  for i = math.max(#all - 31, 1), #all do
+    sizes[#sizes + 1] = all[i]
   end
   local sorted = {}
   for i = 1, #sizes do
-    sorted[i] = sizes[i]
+    sorted[i] = tonumber(sizes[i])
   end
   table.sort(sorted)
   local k = math.max(math.ceil(tonumber(ARGV[6]) * #sorted), 1)
-  -- The exposure: the largest size of the last 256 downloads (kept as the
-  -- record and its age, since the list holds 32), so a website whose big
-  -- pages are rare still counts with them.
-  local xmax = tonumber(redis.call('HGET', KEYS[3], 'exposure') or '0')
-  local xage = tonumber(redis.call('HGET', KEYS[3], 'exposure_age') or '0')
-  for i = 7, #ARGV do
-    local x = tonumber(ARGV[i])
-    if x >= 0 then
-      if x >= xmax then
-        xmax, xage = x, 0
-      else
-        xage = xage + 1
-      end
-    end
-  end
   if xage >= 256 then
     xmax, xage = sorted[#sorted], 0
   end
-  local count = tonumber(redis.call('HGET', KEYS[3], 'learned') or '0')
-  redis.call('HSET', KEYS[3], 'sizes', table.concat(sizes, ','), 'estimate', sorted[k],
-             'exposure', xmax, 'exposure_age', xage, 'learned', count + new)
+  local count = tonumber(state.learned or '0')
+  for _, v in ipairs({'sizes', table.concat(sizes, ','), 'estimate', sorted[k], 'exposure', xmax,
+                      'exposure_age', xage, 'learned', count + new}) do
+    update[#update + 1] = v
+  end
 end
+redis.call('HSET', KEYS[3], unpack(update))
 
 local ttl = math.ceil((2 * window + tonumber(ARGV[4])) * 1000)
 for i = 1, 3 do
   redis.call('PEXPIRE', KEYS[i], ttl)
+end
+if written[4] then
+  redis.call('PEXPIRE', KEYS[4], ttl)
 end
 return {tostring(now), tostring(used)}
