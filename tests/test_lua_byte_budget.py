@@ -36,9 +36,9 @@ class Budget:
         self._settle = load_script(r, "settle")
 
     def reserve(self, n: int = 0, lease: float = LEASE, default_estimate: int = 5000, holder: str = "",
-                overdraft: bool = False, stop_slack: int = 0) -> dict[str, Any]:
-        res = self._reserve(keys=self.keys, args=[self.budget, self.window, n, default_estimate, lease, RETRY, 1,
-                                                  holder, int(overdraft), stop_slack])
+                overdraft: bool = False, stop_slack: int = 0, downloads: int = 1) -> dict[str, Any]:
+        res = self._reserve(keys=self.keys, args=[self.budget, self.window, n, default_estimate, lease, RETRY,
+                                                  downloads, holder, int(overdraft), stop_slack])
         if int(res[0]):
             return {"granted": True, "member": res[1].decode(), "now": float(res[2]), "n": int(res[3]),
                     "amount": int(res[4]), "overdraft": int(res[5])}
@@ -418,3 +418,15 @@ def test_denial_finds_when_room_frees_beyond_1000_entries(r: redis.Redis) -> Non
     denied = b.reserve(n=949_000)  # need = 751,000 + 949,000 - 1,499,999 = 200,001 bytes: the 201st entry left
     (_, at), = r.zrange(b.keys[0], 200, 200, withscores=True)
     assert denied["not_before"] == pytest.approx(at + window, abs=1e-3)
+
+
+def test_a_lease_is_capped_at_a_quarter_of_the_room_not_refused(r: redis.Redis) -> None:
+    # Unknown sizes are exposed to the 4 MiB stop slack: 160 of them (a lease's wish) never fit in
+    # 100 MB, but a lease capped at a quarter of the room left does, so downloads share one reservation.
+    slack = 4 * 1024 * 1024
+    g = Budget(r, budget=100_000_000, window=60).reserve(stop_slack=slack, downloads=160)
+    assert g["granted"] and g["n"] == slack
+    assert g["amount"] == slack + (100_000_000 - slack) // 4
+    # Where the capped lease would not cover two downloads, a single reservation.
+    small = Budget(r, budget=10_000_000, window=60, site="small.test").reserve(stop_slack=slack, downloads=160)
+    assert small["granted"] and small["amount"] == slack

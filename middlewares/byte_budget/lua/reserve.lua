@@ -34,9 +34,9 @@
 -- ARGV[5]  reservation expiry in seconds: an unsettled reservation counts as
 --          ended at grant + expiry (a crashed worker cannot hold the budget for ever)
 -- ARGV[6]  retry delay in seconds when only in-flight downloads block
--- ARGV[7]  lease size in downloads L (1: no lease): reserve L * n bytes for
---          several downloads of one worker, but only while that is at most a
---          quarter of the room the budget has left
+-- ARGV[7]  lease size in downloads L (1: no lease): reserve up to L * x bytes
+--          for several downloads of one worker, capped at a quarter of the
+--          room the budget has left beyond this download (at least 2 x)
 -- ARGV[8]  holder: id of the download, for the overdraft token ("" = none)
 -- ARGV[9]  1: this download must run as the overdraft (a page known to be
 --          larger than b, or a retried stopped page of unknown size); it is
@@ -118,8 +118,11 @@ end
 local as_overdraft = budget > 0 and (n > budget or ARGV[9] == '1')
 if not as_overdraft and budget > 0 and used + x <= budget then
   local granted = x
-  local wish = x * (tonumber(ARGV[7] or '1') or 1)
-  if wish > x and budget - used - x >= 4 * (wish - x) then
+  -- A lease: up to L downloads' worth, but never more than a quarter of the
+  -- room left beyond this download (capped, not refused: with exposures of
+  -- megabytes, L of them rarely fit whole); worth it from two downloads on.
+  local wish = math.min(x * (tonumber(ARGV[7] or '1') or 1), x + math.floor((budget - used - x) / 4))
+  if wish >= 2 * x then
     granted = wish
   end
   return grant(granted, x, 0)
