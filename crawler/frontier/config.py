@@ -32,6 +32,7 @@ class FrontierConfig:
     lease: float
     website_mode: str
     seen: SeenConfig
+    partitions: int = 1
 
     @classmethod
     def placeholder(cls) -> Self:
@@ -62,4 +63,5 @@ class FrontierConfig:
             lease=float_setting(settings, "FRONTIER_LEASE_SECONDS", 60, minimum=0),
             website_mode=website_key_mode(settings),
             seen=SeenConfig.from_settings(settings),
+            partitions=int_setting(settings, "FRONTIER_PARTITIONS", 1, minimum=1),
         )

@@ -1,0 +1,229 @@
+"""One spider's frontier sharded across FRONTIER_PARTITIONS hash-tagged partitions, on a real Redis (and Cluster)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import pytest
+import pytest_asyncio
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from scrapy import Request
+from scrapy.settings import Settings
+
+from crawler.frontier.codec import encode_request
+from crawler.frontier.config import FrontierConfig
+from crawler.frontier.partitions import PartitionedStore, partition_of, partition_prefixes
+from crawler.frontier.store import MODE_DEDUPE, PopReceipts, PushEntry
+from tests.frontier_helpers import Schedulers, drain
+from tests.redis_clients import async_redis
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from redis.asyncio import Redis
+
+pytestmark = pytest.mark.cluster  # also run against a Redis Cluster (tests/conftest.py --redis-cluster)
+
+N = 3
+PREFIXES = partition_prefixes("{frontier_test}", N)
+LEASE = 60.0
+BASE = {"REDIS_URL": "redis://127.0.0.1:1"}
+
+
+def websites(count: int) -> list[str]:
+    return [f"site{i}.test" for i in range(count)]
+
+
+def one_per_partition() -> list[str]:
+    """A website in each partition, in partition order."""
+    found: dict[int, str] = {}
+    for w in websites(100):
+        found.setdefault(partition_of(w, N), w)
+    return [found[i] for i in range(N)]
+
+
+@pytest_asyncio.fixture
+async def schedulers(redis_url: str) -> AsyncIterator[Schedulers]:
+    opened = Schedulers(redis_url)
+    yield opened
+    await opened.close_all()
+
+
+@pytest_asyncio.fixture
+async def client(redis_url: str) -> AsyncIterator[Redis]:
+    c = async_redis(redis_url)
+    yield c
+    await c.aclose()
+
+
+def entry(website: str, i: int) -> PushEntry:
+    return PushEntry(website, f"{hash((website, i)) & (2**160 - 1):040x}", MODE_DEDUPE, 0, 0,
+                     encode_request(Request(f"http://{website}/{i}"), None))
+
+
+# -- the setting and the layout -------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0, -1, "x", 1.5, "2.5"])
+def test_a_bad_partition_count_names_the_setting(value: object) -> None:
+    with pytest.raises(ValueError, match=f"FRONTIER_PARTITIONS.*{re.escape(repr(value))}"):
+        FrontierConfig.from_settings(Settings({**BASE, "FRONTIER_PARTITIONS": value}))
+
+
+def test_partition_count_default_and_value() -> None:
+    assert FrontierConfig.from_settings(Settings(BASE)).partitions == 1
+    assert FrontierConfig.from_settings(Settings({**BASE, "FRONTIER_PARTITIONS": "4"})).partitions == 4
+
+
+def test_partition_prefixes_keep_one_partition_and_spread_over_the_slots() -> None:
+    assert partition_prefixes("{frontier_test}", 1) == ["{frontier_test}"]
+    for n in (2, 3, 6):
+        prefixes = partition_prefixes("crawl:{frontier_test}", n)
+        assert len(set(prefixes)) == n
+        for i, p in enumerate(prefixes):
+            assert p.startswith(f"crawl:{{frontier_test.{i}")
+            # partition i's slot is in the i-th of n equal slices: one partition per master of n
+            assert key_slot(f"{p}:sites".encode()) * n // REDIS_CLUSTER_HASH_SLOTS == i
+    assert partition_prefixes("{frontier_test}", 3) == PREFIXES  # stable
+
+
+def test_websites_spread_over_partitions_stably() -> None:
+    counts = [0] * N
+    for w in websites(3000):
+        counts[partition_of(w, N)] += 1
+        assert partition_of(w, N) == partition_of(w, N)
+    assert all(800 < c < 1200 for c in counts), counts  # ~1000 each; the margin is 6 standard deviations
+    assert partition_of("a.test", 1) == 0
+
+
+# -- the scheduler over three partitions ------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_every_request_is_popped_once_and_dedupe_holds_per_partition(schedulers: Schedulers,
+                                                                          client: Redis) -> None:
+    a = await schedulers.open(FRONTIER_PARTITIONS=N, FRONTIER_PREFETCH=16)
+    b = await schedulers.open(FRONTIER_PARTITIONS=N, FRONTIER_PREFETCH=16)
+    urls = [f"http://{w}/{i}" for w in websites(30) for i in range(10)]
+    for s in (a, b):  # both workers push every URL: each is stored once
+        for url in urls:
+            s.enqueue_request(Request(url))
+        await s.settled()
+    got: list[str] = []
+    for _ in range(200):
+        before = len(got)
+        got += [r.url for r in await drain(a)] + [r.url for r in await drain(b)]
+        if len(got) == before:
+            break
+    assert sorted(got) == sorted(urls)
+    # Every partition got its websites' requests and fingerprints, and only those.
+    for i, p in enumerate(PREFIXES):
+        mine = [w for w in websites(30) if partition_of(w, N) == i]
+        assert mine and await client.scard(f"{p}:seen") == 10 * len(mine)
+    # Pushed again, by either worker, nothing comes back.
+    for s in (a, b):
+        for url in urls[::7]:
+            s.enqueue_request(Request(url, dont_filter=False))
+        await s.settled()
+    assert await drain(a) == [] and await drain(b) == []
+    assert sum(s.stats.get_value("scheduler/dequeued/redis", 0) for s in (a, b)) == 300
+
+
+@pytest.mark.asyncio
+async def test_pops_start_at_each_partition_in_turn(schedulers: Schedulers) -> None:
+    sites = one_per_partition()
+    s = await schedulers.open(FRONTIER_PARTITIONS=N, FRONTIER_PREFETCH=1)
+    for w in sites:
+        for i in range(5):
+            s.enqueue_request(Request(f"http://{w}/{i}"))
+    await s.settled()
+    first = [r.url.split("/")[2] for r in await drain(s, limit=N)]
+    assert sorted(first) == sorted(sites)  # one pop per partition, not three from the first one
+
+
+@pytest.mark.asyncio
+async def test_a_dead_workers_leases_come_back_from_every_partition_and_idle_close_waits(
+        schedulers: Schedulers, client: Redis) -> None:
+    dead = PartitionedStore(client, "{frontier_test}", "", N)
+    await dead.push([entry(w, i) for w in websites(12) for i in range(3)], "dead")
+    receipts = PopReceipts()
+    held = 0
+    for _ in range(20):
+        held += len((await dead.pop(10, "dead", receipts, LEASE)).items)
+    assert held == 36
+    for p in PREFIXES:  # leased in every partition
+        assert await client.zscore(f"{p}:leases", "dead") is not None
+    s = await schedulers.open(FRONTIER_PARTITIONS=N, FRONTIER_IDLE_CLOSE_SECONDS=0.5,
+                              FRONTIER_IDLE_POLL_SECONDS=0.05, FRONTIER_LEASE_SECONDS=LEASE)
+    assert await drain(s) == []
+    # Only the last partition's lease is outstanding: the cluster is still not idle.
+    for p in PREFIXES[:-1]:
+        await client.zadd(f"{p}:leases", {"dead": 0})
+    last = [w for w in websites(12) if partition_of(w, N) == N - 1]
+    assert 0 < len(last) < 12
+    got: list[str] = []
+    deadline = time.monotonic() + 30
+    while len(got) < 36 - 3 * len(last) and time.monotonic() < deadline:
+        got += [r.url for r in await drain(s)]
+        await asyncio.sleep(0.05)
+    assert sorted(got) == sorted(f"http://{w}/{i}" for w in websites(12) if w not in last for i in range(3))
+    watch_until = time.monotonic() + 1.5  # three idle-close periods
+    while time.monotonic() < watch_until:
+        assert s.cluster_idle_seconds() == 0
+        await asyncio.sleep(0.05)
+    await client.zadd(f"{PREFIXES[-1]}:leases", {"dead": 0})
+    deadline = time.monotonic() + 30
+    while len(got) < 36 and time.monotonic() < deadline:
+        got += [r.url for r in await drain(s)]
+        await asyncio.sleep(0.05)
+    assert sorted(got) == sorted(f"http://{w}/{i}" for w in websites(12) for i in range(3))
+    assert s.crawler.stats.get_value("frontier/leases_reclaimed") == 36
+    deadline = time.monotonic() + 30
+    while s.cluster_idle_seconds() == 0 and time.monotonic() < deadline:
+        s.idle_tick()
+        await asyncio.sleep(0.05)
+    assert s.cluster_idle_seconds() > 0
+
+
+@pytest.mark.asyncio
+async def test_status_aggregates_every_partition(client: Redis) -> None:
+    store = PartitionedStore(client, "{frontier_test}", "", N)
+    # site1.test twice, the others once
+    await store.push([entry(w, i) for w in websites(9) for i in range(w.count("1") + 1)], "w")
+    status = await store.status("probe", False, "frontier_test:start_urls")
+    assert status.sites_with_work == status.sites_ready == 9
+    top, sites, total = await store.deepest(3)
+    assert (sites, total) == (9, 10) and top[0] == ("site1.test", 2)
+    assert await store.queued() == 10 and len(await store.queues()) == 9
+    assert await store.seen_count() == 10
+    popped = await store.pop(4, "w", PopReceipts(), LEASE)
+    status = await store.status("probe", False, None)
+    taken = Counter(w for w, _, _ in popped.items)
+    assert status.sites_with_work == 9 - sum(1 for w, k in taken.items() if k == w.count("1") + 1)
+    assert status.leased >= 1 and {w for w, _, _ in await store.leases()} == {"w"}
+
+
+@pytest.mark.asyncio
+async def test_another_partition_count_is_refused(schedulers: Schedulers, caplog: pytest.LogCaptureFixture) -> None:
+    one = await schedulers.open()
+    one.enqueue_request(Request("http://a.test/1"))
+    await one.settled()
+    await schedulers.close(one)
+    with caplog.at_level(logging.ERROR):
+        three = await schedulers.open(FRONTIER_PARTITIONS=N)
+    assert three.store is not None and not three.store.partitions[0].calls  # nothing popped nor pushed
+    errors = [r.getMessage() for r in caplog.records if "Frontier cannot start" in r.getMessage()]
+    assert len(errors) == 1 and "FRONTIER_PARTITIONS=3" in errors[0] and "with 1 partition" in errors[0]
+    await schedulers.close(three)
+    # The other way round: a frontier of three partitions refuses one.
+    caplog.clear()
+    await (await schedulers.open(FRONTIER_PARTITIONS=2, FRONTIER_KEY_PREFIX="{other}")).settled()
+    with caplog.at_level(logging.ERROR):
+        await schedulers.open(FRONTIER_KEY_PREFIX="{other}")
+    assert any("FRONTIER_PARTITIONS=1" in r.getMessage() and "with 2 partition" in r.getMessage()
+               for r in caplog.records)
