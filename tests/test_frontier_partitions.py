@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
+import subprocess
+import sys
 import time
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -19,6 +22,7 @@ from crawler.frontier.codec import encode_request
 from crawler.frontier.config import FrontierConfig
 from crawler.frontier.partitions import PartitionedStore, partition_of, partition_prefixes
 from crawler.frontier.store import MODE_DEDUPE, PopReceipts, PushEntry
+from devtools.services import ROOT
 from tests.frontier_helpers import Schedulers, drain
 from tests.redis_clients import async_redis
 
@@ -227,3 +231,51 @@ async def test_another_partition_count_is_refused(schedulers: Schedulers, caplog
         await schedulers.open(FRONTIER_KEY_PREFIX="{other}")
     assert any("FRONTIER_PARTITIONS=1" in r.getMessage() and "with 2 partition" in r.getMessage()
                for r in caplog.records)
+
+
+# -- the CLI and the status over every partition -----------------------------------
+
+
+def cli(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "crawler", "--redis-url", redis_url, *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.asyncio
+async def test_cli_and_status_read_every_partition(redis_url: str, client: Redis) -> None:
+    store = PartitionedStore(client, "{shop_a}", "", N)
+    await store.check_layout()  # as the first worker does
+    entries = [entry(w, i) for w in websites(9) for i in range(2)]
+    await store.push(entries, "worker-1")
+    failed = one_per_partition()
+    await store.record_failed([{"reason": "HTTP 500", "url": f"http://{w}/f", "website": w, "fingerprint": f"f{w}",
+                                "score": 0, "time": 0, "payload": json.dumps({"v": 1, "url": f"http://{w}/f"})}
+                               for w in failed])
+    for p in store.partitions:  # one record in each partition's list
+        assert await client.llen(p.failed_key) == 1
+    refused = cli(redis_url, "queues", "shop_a")  # the project's FRONTIER_PARTITIONS: 1
+    assert refused.returncode == 2 and "FRONTIER_PARTITIONS=1" in refused.stderr and "3 partition" in refused.stderr
+    out = cli(redis_url, "queues", "shop_a", "--partitions", "3")
+    assert out.returncode == 0, out.stderr
+    assert "total queued 18 in 9 websites; seen fingerprints 18" in out.stdout and "worker-1" in out.stdout
+    status = subprocess.run([sys.executable, "-m", "crawler", "status", "shop_a", "--partitions", "3", "--json",
+                             "--redis-url", redis_url], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert status.returncode == 0, status.stderr
+    got = json.loads(status.stdout)["shop_a"]
+    assert (got["queued_total"], got["websites_queued"], got["seen"], got["failed"]) == (18, 9, 18, 3)
+    assert got["workers_total"] == 1 and len(got["top"]) == 9
+    out = cli(redis_url, "failed", "shop_a", "--partitions", "3")
+    assert out.returncode == 0 and "3 failed requests" in out.stdout, out.stderr
+    out = cli(redis_url, "failed", "shop_a", "--partitions", "3", "--requeue", "--yes")
+    assert out.returncode == 0 and "re-queued 3 of 3" in out.stdout, out.stderr
+    assert await store.queued() == 21 and [await client.llen(k) for k, _ in await store.failed_records()] == [0] * N
+    fps = [e.fingerprint for e in entries[:4]]
+    out = cli(redis_url, "seen", "shop_a", "check", "--fingerprint", *fps, "--partitions", "3")
+    assert out.stdout.count("not seen") == 0 and out.stdout.count("seen") == 4, out.stdout + out.stderr
+    assert cli(redis_url, "seen", "shop_a", "forget", "--fingerprint", *fps, "--partitions", "3").returncode == 0
+    out = cli(redis_url, "seen", "shop_a", "check", "--fingerprint", *fps, "--partitions", "3")
+    assert out.stdout.count("not seen") == 4, out.stdout + out.stderr
+    out = cli(redis_url, "clear", "shop_a", "--partitions", "3", "--yes")
+    assert out.returncode == 0, out.stderr
+    assert await store.queued() == 0 and await client.get(store.layout_key) is None

@@ -106,15 +106,15 @@ class PartitionedStore:
     def of(self, website: str) -> FrontierStore:
         return self.partitions[partition_of(website, len(self.partitions))]
 
-    async def check_layout(self) -> None:
+    async def check_layout(self, record: bool = True) -> None:
         """Refuse (:class:`PartitionLayoutError`) a frontier written with another number of partitions;
-        record the number for a new one (N > 1 only: one partition writes no key, as before)."""
+        ``record`` the number for a new one (N > 1 only: one partition writes no key, as before)."""
         n = len(self.partitions)
         raw = await self.redis.get(self.layout_key)
         if raw is None and n > 1:
             if await self.redis.exists(*(f"{self.prefix}:{k}" for k in _LEGACY_KEYS)):
                 raw = b"1"
-            elif not await self.redis.set(self.layout_key, n, nx=True):
+            elif record and not await self.redis.set(self.layout_key, n, nx=True):
                 raw = await self.redis.get(self.layout_key)  # another worker recorded it first
         found = int(raw) if raw is not None else n
         if found != n:
