@@ -9,8 +9,10 @@ store's interface over all of them:
 
 * pushes are grouped per partition: one round trip per partition a batch touches;
 * each pop starts at the next partition in turn and asks the following ones
-  only while it has fewer requests than it wants (and they are known to have
-  work), so the partitions are served fairly without a round trip per partition;
+  only while it has fewer requests than it wants; a partition known to be
+  empty (as of its last reply, refreshed by the heartbeat's status every
+  second while busy) is skipped, so the partitions are served fairly without
+  a round trip per partition;
 * acknowledgements ride on the next call to their request's partition (a lease
   field names its partition: ``<i>-<pop id>.<n>``); a partition not called
   for a quarter of the lease is called anyway, so no lease expires;
@@ -181,7 +183,11 @@ class PartitionedStore:
             want = n - (len(merged.items) if merged else 0)
             lost = receipts is not None and any(x[0].startswith(f"{i}-") for x in receipts.lost)
             due = len(self._acks[i]) >= _ACK_BATCH or (lease > 0 and now_m - self._called[i] >= lease / 4)
-            if k and not lost and not due and not (want > 0 and self._sites[i]):
+            # A partition known to be empty is skipped (the heartbeat's status refreshes what is known,
+            # every second while busy); when all are, the last in this turn is asked (new work may have
+            # come), so every partition is asked at least once in N such pops.
+            last_chance = merged is None and k == count - 1
+            if not (lost or due or (want > 0 and self._sites[i]) or last_chance):
                 continue
             ask = max(want, 0)
             result: PopResult = await self._call(i, lambda p, a, m=ask: p.pop(m, worker, receipts, lease, a))

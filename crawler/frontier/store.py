@@ -42,7 +42,9 @@ key                        type    content
 =========================  ======  ==============================================
 
 Every hot-path method (push, pop, mark_not_before) is one Redis round trip;
-acknowledgements and lease renewals ride on pops and heartbeats.
+acknowledgements and lease renewals ride on pops and heartbeats. With
+``FRONTIER_PARTITIONS`` > 1, one store per partition
+(:mod:`crawler.frontier.partitions`), each under its own prefix.
 """
 
 from __future__ import annotations
