@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING
 import pytest
 import pytest_asyncio
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from redis.exceptions import ResponseError
 from scrapy import Request
 from scrapy.settings import Settings
 
 from crawler.frontier.codec import encode_request
 from crawler.frontier.config import FrontierConfig
 from crawler.frontier.partitions import PartitionedStore, partition_of, partition_prefixes
-from crawler.frontier.store import MODE_DEDUPE, PopReceipts, PushEntry
+from crawler.frontier.store import MODE_DEDUPE, MODE_REQUEUE, PopReceipts, PushEntry
 from devtools.services import ROOT
 from tests.frontier_helpers import Schedulers, drain
 from tests.redis_clients import async_redis
@@ -192,6 +193,34 @@ async def test_a_dead_workers_leases_come_back_from_every_partition_and_idle_clo
         s.idle_tick()
         await asyncio.sleep(0.05)
     assert s.cluster_idle_seconds() > 0
+
+
+@pytest.mark.asyncio
+async def test_a_pop_failing_in_a_later_partition_still_delivers_what_the_first_gave(client: Redis) -> None:
+    first, second, _ = one_per_partition()
+    store = PartitionedStore(client, "{frontier_test}", "", N)
+    await store.push([entry(first, i) for i in range(3)] + [entry(second, i) for i in range(3)], "w")
+    await client.delete(f"{PREFIXES[1]}:sites")
+    await client.set(f"{PREFIXES[1]}:sites", "not a zset")  # partition 1's pop fails (WRONGTYPE)
+    receipts = PopReceipts()
+    result = await store.pop(10, "w", receipts, LEASE)  # starts at partition 0
+    assert sorted(w for w, _, _ in result.items) == [first] * 3
+    assert [pop_id for pop_id, _ in receipts.lost] == ["1-2"]  # asked for again by partition 1's next pop
+
+
+@pytest.mark.asyncio
+async def test_a_push_retried_after_failing_in_one_partition_stores_nothing_twice(client: Redis) -> None:
+    first, second, _ = one_per_partition()
+    store = PartitionedStore(client, "{frontier_test}", "", N)
+    batch = [PushEntry(e.website, e.fingerprint, MODE_REQUEUE, 0, 0, e.payload)  # requeues: never deduplicated
+             for e in [entry(first, i) for i in range(3)] + [entry(second, i) for i in range(3)]]
+    await client.set(f"{PREFIXES[1]}:sites", "not a zset")  # partition 1's push fails (WRONGTYPE)
+    with pytest.raises(ResponseError):
+        await store.push(batch, "w")
+    await client.delete(f"{PREFIXES[1]}:sites")
+    flags, _ = await store.push(batch, "w")  # the outbox's retry: the same batch
+    assert flags == [True] * 6
+    assert await store.queued() == 6 and await client.zcard(f"{PREFIXES[0]}:q:{first}") == 3
 
 
 @pytest.mark.asyncio

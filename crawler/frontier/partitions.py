@@ -190,7 +190,14 @@ class PartitionedStore:
             if not (lost or due or (want > 0 and self._sites[i]) or last_chance):
                 continue
             ask = max(want, 0)
-            result: PopResult = await self._call(i, lambda p, a, m=ask: p.pop(m, worker, receipts, lease, a))
+            try:
+                result: PopResult = await self._call(i, lambda p, a, m=ask: p.pop(m, worker, receipts, lease, a))
+            except Exception:
+                if merged is None:
+                    raise
+                # What the partitions before gave is leased to this worker: it must reach it. The failed
+                # pop is in ``receipts.lost`` and asked for again by the next pop of its partition.
+                break
             self._sites[i] = result.sites_with_work
             merged = result if merged is None else _merge_pops(merged, result)
         assert merged is not None
