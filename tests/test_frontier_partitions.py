@@ -242,14 +242,16 @@ async def test_status_aggregates_every_partition(client: Redis) -> None:
 
 
 @pytest.mark.asyncio
-async def test_another_partition_count_is_refused(schedulers: Schedulers, caplog: pytest.LogCaptureFixture) -> None:
+async def test_another_partition_count_is_refused(schedulers: Schedulers, client: Redis,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
     one = await schedulers.open()
     one.enqueue_request(Request("http://a.test/1"))
     await one.settled()
     await schedulers.close(one)
     with caplog.at_level(logging.ERROR):
         three = await schedulers.open(FRONTIER_PARTITIONS=N)
-    assert three.store is not None and not three.store.partitions[0].calls  # nothing popped nor pushed
+    for p in PREFIXES:  # nothing registered, popped nor pushed in the partitions
+        assert not await client.exists(f"{p}:workers", f"{p}:sites", f"{p}:seen")
     errors = [r.getMessage() for r in caplog.records if "Frontier cannot start" in r.getMessage()]
     assert len(errors) == 1 and "FRONTIER_PARTITIONS=3" in errors[0] and "with 1 partition" in errors[0]
     await schedulers.close(three)
@@ -296,6 +298,8 @@ async def test_cli_and_status_read_every_partition(redis_url: str, client: Redis
     assert got["workers_total"] == 1 and len(got["top"]) == 9
     out = cli(redis_url, "failed", "shop_a", "--partitions", "3")
     assert out.returncode == 0 and "3 failed requests" in out.stdout, out.stderr
+    out = cli(redis_url, "reindex", "shop_a", "--partitions", "3")
+    assert out.returncode == 0 and "depth index rebuilt: 18 requests queued" in out.stdout, out.stderr
     out = cli(redis_url, "failed", "shop_a", "--partitions", "3", "--requeue", "--yes")
     assert out.returncode == 0 and "re-queued 3 of 3" in out.stdout, out.stderr
     assert await store.queued() == 21 and [await client.llen(k) for k, _ in await store.failed_records()] == [0] * N

@@ -112,11 +112,15 @@ class PartitionedStore:
         """Refuse (:class:`PartitionLayoutError`) a frontier written with another number of partitions;
         ``record`` the number for a new one (N > 1 only: one partition writes no key, as before)."""
         n = len(self.partitions)
+        counted = self.partitions[0]
+        counted.calls += 1
         raw = await self.redis.get(self.layout_key)
         if raw is None and n > 1:
+            counted.calls += 2
             if await self.redis.exists(*(f"{self.prefix}:{k}" for k in _LEGACY_KEYS)):
                 raw = b"1"
             elif record and not await self.redis.set(self.layout_key, n, nx=True):
+                counted.calls += 1
                 raw = await self.redis.get(self.layout_key)  # another worker recorded it first
         found = int(raw) if raw is not None else n
         if found != n:
