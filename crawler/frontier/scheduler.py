@@ -156,7 +156,8 @@ class FrontierScheduler:
             "prefetch %(prefetch)d, flush delay %(delay).3fs, idle close %(close)ss, lease %(lease)s; "
             "%(sites)d websites queued",
             {"worker": self.worker_id, "prefix": prefix, "mode": self.config.website_mode,
-             "parts": f" in {self.config.partitions} partitions" if self.config.partitions > 1 else "",
+             "parts": f" in {self.config.partitions} partitions ({', '.join(p.prefix for p in self.store.partitions)})"
+             if self.config.partitions > 1 else "",
              "prefetch": self.config.prefetch, "delay": self.config.flush_delay,
              "lease": f"{self.config.lease:g}s" if self.config.lease else "off",
              "close": self.config.idle_close or "never", "sites": self._cluster.sites_with_work},
