@@ -65,8 +65,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if "cluster" not in item.keywords:
                 item.add_marker(skip)
-            elif "single_redis" in item.keywords:
-                item.add_marker(pytest.mark.skip(reason="single Redis only (see the test's single_redis mark)"))
 
 
 @pytest.fixture(scope="session")
