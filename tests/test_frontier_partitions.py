@@ -224,6 +224,29 @@ async def test_a_push_retried_after_failing_in_one_partition_stores_nothing_twic
 
 
 @pytest.mark.asyncio
+async def test_pops_renew_the_lease_in_a_partition_they_no_longer_pop_from(client: Redis) -> None:
+    """Partition 2 is emptied into this worker's leases; later pops find work in 0 and 1 only, yet the lease in
+    2 is renewed by them (a partition not called for a quarter of the lease is called anyway)."""
+    sites = one_per_partition()
+    store = PartitionedStore(client, "{frontier_test}", "", N)
+    await store.push([entry(sites[2], i) for i in range(2)]
+                     + [entry(w, i) for w in sites[:2] for i in range(200)], "w")
+    receipts, lease = PopReceipts(), 2.0
+    for _ in range(2):  # pops start at partitions 0, 1: the next one starts at 2
+        await store.pop(0, "w", receipts, lease)
+    held = await store.pop(2, "w", receipts, lease)
+    assert [w for w, _, _ in held.items] == [sites[2]] * 2
+    first = await client.zscore(f"{PREFIXES[2]}:leases", "w")
+    assert first is not None
+    deadline = time.monotonic() + 30
+    while await client.zscore(f"{PREFIXES[2]}:leases", "w") == first and time.monotonic() < deadline:
+        result = await store.pop(1, "w", receipts, lease)
+        assert {w for w, _, _ in result.items} <= set(sites[:2])
+        await asyncio.sleep(0.05)
+    assert await client.zscore(f"{PREFIXES[2]}:leases", "w") != first
+
+
+@pytest.mark.asyncio
 async def test_status_aggregates_every_partition(client: Redis) -> None:
     store = PartitionedStore(client, "{frontier_test}", "", N)
     # site1.test twice, the others once
