@@ -37,7 +37,7 @@ class FrontierConfig:
     lease: float
     website_mode: str
     seen: SeenConfig
-    partitions: int = 1
+    partitions: int
 
     @classmethod
     def placeholder(cls) -> Self:
