@@ -32,6 +32,12 @@
    pair alternates, so neither label always runs first. Also reported: the
    ratio of the two labels' medians, and the CPU time per page, without / with.
 
+``--sections`` picks the sections; ``--against DIR`` runs another source tree
+(say ``git archive main | tar -x -C DIR``) in turn with this one in every
+repeat of the mixed and binding sections, so both meet the same machine load
+(its figures under ``before_*`` keys); ``--save-logs DIR`` keeps each run's
+server log for ``demosite.analysis``.
+
 Last line: ``{"max_window_over_b": {"1": .., "2": .., "4": ..}, "utilization": {...},
 "max_window_over_b_plus_page": {...}, "utilization_mixed": {...}, "wasted_bytes_ratio": ..,
 "non_binding_ratio": .., ...}``.
