@@ -17,9 +17,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 demo: deps
 	$(PY) -m devtools.demo
 
+# Tests that judge rates or time gaps from the demo server's log (marked
+# `timing`) run alone, so the suite's own parallelism cannot crowd them; the
+# rest run on two processes, each with its own Redis, MongoDB and demo server.
 test: deps
-	$(PY) -m pytest
-	$(PY) -m pytest --redis-cluster -m cluster
+	$(PY) -m pytest -n 2 --dist loadfile -m "not timing"
+	$(PY) -m pytest -m timing
+	$(PY) -m pytest -n 2 --dist loadfile --redis-cluster -m cluster
 
 deps: $(VENV)/.installed $(SECANTUS_VENV)/.installed /usr/bin/redis-server /usr/sbin/ip
 

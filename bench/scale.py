@@ -29,7 +29,11 @@ Figures (``--websites 1000 --queued 1000000`` by default):
   ``_L1000``, ``_L100k``, ``redis_us_per_overrides_refresh_100k``. Redis CPU
   time adds up, so the budget's share is measured on its own and added.
 
-Usage: ``python -m bench scale [--queued N] [--websites N] [--fp-count N] [--quick] [--only budget]``.
+* One spider on a local 3-master Redis Cluster (:mod:`bench.scale_cluster`):
+  ``cluster_max_master_share``, the busiest master's share of its Redis CPU
+  with ``FRONTIER_PARTITIONS=3`` (``_n1``: with one partition).
+
+Usage: ``python -m bench scale [--queued N] [--websites N] [--fp-count N] [--quick] [--only budget|cluster]``.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from redis.asyncio import Redis
 from scrapy import Request
 from scrapy.settings import Settings
 
-from bench import scale_budget
+from bench import scale_budget, scale_cluster
 from bench.harness import emit, table
 from crawler.frontier.codec import encode_request
 from crawler.frontier.seen import SeenConfig
@@ -207,16 +211,24 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--commandstats", action="store_true", help="print the costliest Redis commands")
     parser.add_argument("--quick", action="store_true",
                         help="100k queued, 20k requests, 1M fingerprints")
-    parser.add_argument("--only", choices=["budget"], help="only the byte budget's figures")
+    parser.add_argument("--only", choices=["budget", "cluster"], help="only the byte budget's or the cluster's figures")
+    parser.add_argument("--cluster-requests", type=int, default=20_000,
+                        help="crawled requests in each cluster run (FRONTIER_PARTITIONS 3, then 1)")
+    parser.add_argument("--cluster-per-site", type=int, default=20, help="requests loaded per website (cluster)")
     args = parser.parse_args(argv)
     if args.quick:
         args.queued, args.requests, args.fp_count = 100_000, 20_000, 1_000_000
     state = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    server = start_redis(state)
-    try:
-        result = asyncio.run(run(server.url, args))
-    finally:
-        server.stop()
+    result: dict[str, Any] = {}
+    if args.only != "cluster":
+        server = start_redis(state)
+        try:
+            result = asyncio.run(run(server.url, args))
+        finally:
+            server.stop()
+    if args.only in (None, "cluster"):
+        result.update(scale_cluster.run(state, scale_cluster.Load(args.websites, args.cluster_per_site,
+                                                                  args.cluster_requests)))
     print(table([[k, v] for k, v in sorted(result.items())], ["figure", "value"]))
     emit(result)
     return 0

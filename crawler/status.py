@@ -18,6 +18,9 @@ Per spider (every spider of the project when none is named):
   ``BYTE_BUDGET_DEFAULT`` for the websites shown);
 * seeds waiting, rejected seeds, undecodable requests, fingerprints seen.
 
+With ``FRONTIER_PARTITIONS`` > 1, every partition is read as above and the
+results merged (counts added, lists merged and cut to ``--top``).
+
 * leases: the workers holding leased requests (popped, not yet acknowledged),
   how many each holds and when its lease ends (a worker past its deadline is
   dead: its requests go back to their queues at the next pop or heartbeat of
@@ -36,9 +39,11 @@ import asyncio
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from crawler.frontier.config import partitions_setting
+from crawler.frontier.partitions import partition_prefixes
 from crawler.frontier.seen import SeenConfig
 from crawler.frontier.store import FrontierStore
 from crawler.redis_client import RedisClientConfig
@@ -88,6 +93,7 @@ class StatusKeys:
     budget_prefix: str
     politeness_prefix: str = "crawler"
     seen_spec: str = ""  # crawler.frontier.seen.SeenConfig.spec: "" for the exact set kept for ever
+    partitions: int = 1  # FRONTIER_PARTITIONS: each partition is read as a frontier, then merged
 
     def frontier(self, field_name: str) -> str:
         return f"{self.prefix}:{field_name}"
@@ -124,7 +130,36 @@ class _Budgets:
 
 async def read_status(redis: Redis, spider: str, keys: StatusKeys, *, top: int,
                       per_website: dict[str, Any], default_budget: Any) -> SpiderStatus:
-    """Read one spider's status: three round trips, their commands bounded by ``top`` (module docstring)."""
+    """Read one spider's status: three round trips per partition, their commands bounded by ``top``
+    (module docstring)."""
+    if keys.partitions == 1:
+        return await _read_partition(redis, spider, keys, top, per_website, default_budget)
+    parts = [await _read_partition(redis, spider, replace(keys, prefix=p, partitions=1), top, per_website,
+                                   default_budget) for p in partition_prefixes(keys.prefix, keys.partitions)]
+    return _merged(parts, top)
+
+
+def _merged(parts: list[SpiderStatus], top: int) -> SpiderStatus:
+    """The partitions' statuses as one: counts added, lists merged and cut to ``top``."""
+    out = replace(parts[0], now=max(p.now for p in parts))
+    for name in ("websites_queued", "queued_total", "parked_total", "undecodable", "seen", "index_missing",
+                 "lease_workers", "failed"):
+        setattr(out, name, sum(getattr(p, name) for p in parts))
+    workers: dict[str, float] = {}
+    for w in (w for p in parts for w in p.workers):
+        workers[w["id"]] = min(workers.get(w["id"], w["last_busy_ago"]), w["last_busy_ago"])
+    out.workers = [{"id": w, "last_busy_ago": t} for w, t in sorted(workers.items(), key=lambda x: x[1])][:top]
+    out.workers_total = max(*(p.workers_total for p in parts), len(workers))
+    out.top = sorted((r for p in parts for r in p.top), key=lambda r: (-r["queued"], r["website"]))[:top]
+    out.parked = sorted((r for p in parts for r in p.parked), key=lambda r: r["until"])[:top]
+    out.leases = sorted((r for p in parts for r in p.leases), key=lambda r: r["deadline_in"])[:top]
+    budgets = {b["website"]: b for p in parts for b in p.budgets}
+    out.budgets = [budgets[w] for w in sorted(budgets)]
+    return out
+
+
+async def _read_partition(redis: Redis, spider: str, keys: StatusKeys, top: int, per_website: dict[str, Any],
+                          default_budget: Any) -> SpiderStatus:
     f = keys.frontier
     secs, micros = await redis.time()  # apart: a Redis Cluster client refuses a pipelined TIME
     async with redis.pipeline(transaction=False) as pipe:
@@ -281,7 +316,7 @@ def _keys(settings: Settings, spider: str) -> StatusKeys:
     budget_prefix = str(settings.get("BYTE_BUDGET_KEY_PREFIX") or settings.get("BOT_NAME") or "crawler")
     politeness_prefix = str(settings.get("POLITENESS_KEY_PREFIX") or settings.get("BOT_NAME") or "crawler")
     return StatusKeys(prefix, str(seeds) % {"name": spider}, budget_prefix, politeness_prefix,
-                      SeenConfig.from_settings(settings).spec)
+                      SeenConfig.from_settings(settings).spec, partitions_setting(settings))
 
 
 async def _read_all(settings: Settings, args: argparse.Namespace) -> list[SpiderStatus]:
@@ -298,6 +333,8 @@ async def _read_all(settings: Settings, args: argparse.Namespace) -> list[Spider
             per_website = spider_settings.get("BYTE_BUDGET_PER_WEBSITE") or {}
             if isinstance(per_website, str):
                 per_website = json.loads(per_website)
+            if args.partitions:
+                spider_settings.set("FRONTIER_PARTITIONS", args.partitions, priority="cmdline")
             out.append(await read_status(redis, spider, _keys(spider_settings, spider), top=args.top,
                                          per_website=dict(per_website),
                                          default_budget=spider_settings.get("BYTE_BUDGET_DEFAULT")))
@@ -311,12 +348,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-url", help="overrides the REDIS_URL setting")
     parser.add_argument("spider", nargs="?", help="one spider (default: every spider of the project)")
     parser.add_argument("--top", type=int, default=20, help="websites shown per list (default 20)")
+    parser.add_argument("--partitions", type=int, help="overrides the FRONTIER_PARTITIONS setting")
     parser.add_argument("--json", action="store_true", help="one JSON object, for programs")
     parser.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
                         help="redraw every SECONDS (default 2) until Ctrl-C")
     args = parser.parse_args(argv)
     if args.top < 1:
         parser.error(f"--top must be >= 1, got {args.top}")
+    if args.partitions is not None and args.partitions < 1:
+        parser.error(f"--partitions must be >= 1, got {args.partitions}")
     from scrapy.utils.project import get_project_settings
 
     settings = get_project_settings()

@@ -113,9 +113,12 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _queued(r: Any, spider: str) -> int:
-    """Requests waiting in a spider's frontier: the total its depth index keeps (crawler/frontier/store.py)."""
-    return int(r.get("{" + spider + "}:queued") or 0)
+def _queued(r: Any, spider: str, partitions: int = 1) -> int:
+    """Requests waiting in a spider's frontier: the total its depth index keeps (crawler/frontier/store.py),
+    in every partition (crawler/frontier/partitions.py)."""
+    from crawler.frontier.partitions import partition_prefixes
+
+    return sum(int(r.get(p + ":queued") or 0) for p in partition_prefixes("{" + spider + "}", partitions))
 
 
 def analyse(records: list[dict[str, Any]], hosts: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -219,8 +222,11 @@ def _run(
     }
     # Each worker serves its Prometheus metrics on a free port (named in the summary).
     extra = ["-s", "FRONTIER_IDLE_CLOSE_SECONDS=3", "-s", "METRICS_ENABLED=1", "-s", "METRICS_PORT=0"]
+    partitions = 1
     for setting in args.set:
         extra += ["-s", setting]
+        if setting.startswith("FRONTIER_PARTITIONS="):
+            partitions = int(setting.split("=", 1)[1])
     started = time.monotonic()
     workers = start_workers(spiders, args.workers, env, run_dir, extra)
     print(f"Running {len(workers)} workers ({args.workers} per spider); logs in {run_dir}", flush=True)
@@ -232,7 +238,7 @@ def _run(
         new = server_log(site, counted)
         counted += len(new)
         per_host.update(rec["host"] for rec in new)
-        queued = sum(_queued(r, s) for s in spiders)
+        queued = sum(_queued(r, s, partitions) for s in spiders)
         items = sum(mongo[DEMO_DB][c].estimated_document_count() for c in ("product", "article"))
         running = sum(w.proc.poll() is None for w in workers)
         sites = " ".join(f"{h.split('.')[0]}={per_host[h]}" for h in hosts.values())

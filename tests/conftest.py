@@ -65,8 +65,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if "cluster" not in item.keywords:
                 item.add_marker(skip)
-            elif "single_redis" in item.keywords:
-                item.add_marker(pytest.mark.skip(reason="single Redis only (see the test's single_redis mark)"))
 
 
 @pytest.fixture(scope="session")
@@ -191,7 +189,22 @@ def start_crawl(
     with open(log_path.with_suffix(".stderr"), "wb") as stderr:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdin=subprocess.DEVNULL,
                                 stdout=stderr, stderr=stderr)
+    _STARTED.append(proc)
     return RunningCrawl(proc, stats_path, log_path)
+
+
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_outlives_its_test() -> Iterator[None]:
+    """A test that failed half-way leaves no worker running into the next test (nor its ResourceWarning)."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
 
 
 def wait_crawl(crawl: RunningCrawl, timeout: float = 120) -> CrawlResult:

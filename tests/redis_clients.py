@@ -11,8 +11,9 @@ from typing import Any
 
 import redis
 import redis.asyncio
-import redis.asyncio.cluster
 import redis.cluster
+
+from crawler.redis_client import AsyncRedisCluster
 
 CLUSTER_SCHEME = "redis+cluster://"
 
@@ -31,11 +32,11 @@ def sync_redis(url: str, **kwargs: Any) -> redis.Redis:
 
 
 def async_redis(url: str, **kwargs: Any) -> redis.asyncio.Redis:
-    """An asyncio client for ``url`` (a cluster client for a ``redis+cluster://`` URL)."""
+    """An asyncio client for ``url`` (the project's cluster client for a ``redis+cluster://`` URL)."""
     if url.startswith(CLUSTER_SCHEME):
         host, port = _first_node(url)
         kwargs.pop("max_connections", None)  # per node in a cluster client: its default suffices
-        return redis.asyncio.cluster.RedisCluster(host=host, port=port, **kwargs)  # type: ignore[return-value]
+        return AsyncRedisCluster(host=host, port=port, **kwargs)  # type: ignore[return-value]
     return redis.asyncio.Redis.from_url(url, **kwargs)
 
 

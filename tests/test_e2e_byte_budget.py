@@ -21,6 +21,9 @@ from devtools.demo import analyse
 from devtools.services import ROOT
 from tests.conftest import TEST_SITES, assert_clean_log, start_crawl, wait_crawl
 
+# Judged on rates and time gaps from the server's log: run alone (`make test`, pyproject.toml).
+pytestmark = pytest.mark.timing
+
 if TYPE_CHECKING:
     from pathlib import Path
 

@@ -31,6 +31,9 @@ from demosite import analysis, profiles
 from devtools.services import start_demosite
 from tests.conftest import DemoSite, assert_clean_log, start_crawl, wait_crawl
 
+# Judged on rates and time gaps from the server's log: run alone (`make test`, pyproject.toml).
+pytestmark = pytest.mark.timing
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path

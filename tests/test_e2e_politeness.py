@@ -44,6 +44,9 @@ from devtools.services import ROOT, start_demosite
 from middlewares.politeness.config import Rate
 from tests.conftest import DemoSite, assert_clean_log, start_crawl, wait_crawl
 
+# Judged on rates and time gaps from the server's log: run alone (`make test`, pyproject.toml).
+pytestmark = pytest.mark.timing
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path

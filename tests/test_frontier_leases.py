@@ -129,7 +129,7 @@ async def test_no_cluster_idle_while_a_lease_is_outstanding_and_the_survivor_ser
         while time.monotonic() < watch_until:
             assert s.cluster_idle_seconds() == 0
             await asyncio.sleep(0.05)
-        await s.store.redis.zadd(s.store.leases_key, {"dead": 0})  # its lease expires
+        await s.store.redis.zadd(s.store.partitions[0].leases_key, {"dead": 0})  # its lease expires
         got: list[str] = []
         deadline = time.monotonic() + 30
         while len(got) < 2 and time.monotonic() < deadline:

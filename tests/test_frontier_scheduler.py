@@ -222,10 +222,6 @@ async def test_push_survives_script_flush(schedulers: Schedulers) -> None:
     assert sorted(r.url for r in await drain(s)) == ["http://a.test/1", "http://a.test/2"]
 
 
-# redis-py 8.1's asyncio RedisCluster client failed here once, on its first commands to a fresh cluster,
-# while opening several connections at once (CLIENT SETINFO on a connection whose writer was None):
-# the client's race, not the script's; the single-Redis run keeps the concurrency check.
-@pytest.mark.single_redis
 @pytest.mark.asyncio
 async def test_concurrent_pushers_store_each_fingerprint_once(store: FrontierStore) -> None:
     entries = [PushEntry("a.test", f"{i:040x}", MODE_DEDUPE, 0, 0, b"{}") for i in range(100)]

@@ -211,10 +211,6 @@ def test_token_needs_the_budget_not_overdrawn(r: redis.Redis) -> None:
     assert not b.reserve(5000, holder="y")["granted"]
 
 
-# redis-py's asyncio RedisCluster client (8.1) failed here under heavy machine load while opening
-# many connections at once ("'NoneType' object has no attribute 'writelines'", with the old scripts
-# too): a client issue, not the scripts'; the single-Redis run keeps the concurrency check.
-@pytest.mark.single_redis
 def test_50_concurrent_drawers_get_one_overdraft(redis_url: str) -> None:
     async def main() -> list[Any]:
         client = async_redis(redis_url, max_connections=60)
@@ -360,7 +356,6 @@ def test_keys_are_hash_tagged_per_website() -> None:
     assert all(k.startswith(f"{PREFIX}:bb:{{{SITE}}}:") for k in keys)
 
 
-@pytest.mark.single_redis  # the same redis-py cluster-client failure as the 50-caller tests, seen here under load
 def test_script_flush_recovery(r: redis.Redis) -> None:
     b = Budget(r, budget=3000, window=60)
     g = b.reserve(1000)
@@ -372,10 +367,6 @@ def test_script_flush_recovery(r: redis.Redis) -> None:
     assert r.script_exists(b._reserve.sha, b._settle.sha) == [True, True]
 
 
-# redis-py's asyncio RedisCluster client (8.1) failed here under heavy machine load while opening
-# many connections at once ("'NoneType' object has no attribute 'writelines'", with the old scripts
-# too): a client issue, not the scripts'; the single-Redis run keeps the concurrency check.
-@pytest.mark.single_redis
 def test_50_concurrent_reservers_never_exceed_the_budget(redis_url: str) -> None:
     budget, window = 20_000, 0.4
 

@@ -12,8 +12,11 @@ Commands::
     python -m crawler failed SPIDER [--limit N] [--requeue --yes]   requests that finally failed; re-queue them
 
 Redis and key names come from the project settings (``REDIS_URL``,
-``FRONTIER_KEY_PREFIX``, ``REDIS_START_URLS_KEY``, a spider's ``redis_key``);
-``--redis-url`` overrides ``REDIS_URL``. Seeds are checked before anything is
+``FRONTIER_KEY_PREFIX``, ``FRONTIER_PARTITIONS``, ``REDIS_START_URLS_KEY``, a
+spider's ``redis_key``); ``--redis-url`` overrides ``REDIS_URL``,
+``--partitions`` ``FRONTIER_PARTITIONS``. Every command reads and acts on
+every partition; one run with another number of partitions than the frontier
+was written with is refused (``clear`` excepted). Seeds are checked before anything is
 pushed, by the workers' own check (:func:`crawler.frontier.gate.parse_seed`):
 one bad line and nothing is pushed, with every bad line reported; meta keys a
 worker would drop are reported as warnings. Redis URLs are printed with their
@@ -28,11 +31,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from crawler.frontier.config import partitions_setting
 from crawler.frontier.gate import GateConfig, GateError, parse_seed
+from crawler.frontier.partitions import PartitionedStore, PartitionLayoutError
 from crawler.frontier.seen import SeenConfig
-from crawler.frontier.store import MODE_REQUEUE, FrontierStore, PushEntry
+from crawler.frontier.store import MODE_REQUEUE, PushEntry
 from crawler.redis_client import RedisClientConfig
 
 if TYPE_CHECKING:
@@ -89,7 +94,7 @@ async def _seed(redis: Redis, seeds_key: str, lines: list[str]) -> int:
     return len(lines)
 
 
-async def _queues(redis: Redis, store: FrontierStore, seeds_key: str, limit: int) -> str:
+async def _queues(redis: Redis, store: PartitionedStore, seeds_key: str, limit: int) -> str:
     queues = await store.queues()
     seconds, micros = await redis.time()
     now = seconds + micros / 1e6
@@ -105,7 +110,7 @@ async def _queues(redis: Redis, store: FrontierStore, seeds_key: str, limit: int
              for r in rows]
     if len(queues) > limit:
         lines.append(f"... {len(queues) - limit} more websites")
-    workers: Any = await redis.zrange(store.workers_key, 0, -1, withscores=True)
+    workers = sorted((await store.workers()).items(), key=lambda x: x[1])
     lines += [
         "",
         f"total queued {sum(q.depth for q in queues)} in {sum(1 for q in queues if q.depth)} websites; "
@@ -114,7 +119,7 @@ async def _queues(redis: Redis, store: FrontierStore, seeds_key: str, limit: int
         f"{await redis.llen(seeds_key + ':dead')} ({seeds_key}:dead); undecodable requests "
         f"{await redis.llen(store.dead_key)} ({store.dead_key})",
         f"workers seen: {len(workers)}" + "".join(
-            f"\n  {w.decode()}  last busy {now - t:.0f}s ago" for w, t in workers[-10:]),
+            f"\n  {w}  last busy {now - t:.0f}s ago" for w, t in workers[-10:]),
     ]
     return "\n".join(lines)
 
@@ -127,17 +132,19 @@ def _fresh_payload(payload: str) -> bytes:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-async def _failed(redis: Redis, store: FrontierStore, args: argparse.Namespace) -> int:
-    raw: Any = await redis.lrange(store.failed_key, 0, -1)
-    records = [json.loads(r) for r in raw]
+async def _failed(redis: Redis, store: PartitionedStore, args: argparse.Namespace) -> int:
+    lists = await store.failed_records()  # one failed list per partition
+    records = [json.loads(r) for _, raw in lists for r in raw]
+    where = ", ".join(key for key, _ in lists)
     if not args.requeue:
+        records.sort(key=lambda rec: rec.get("time", 0))
         for rec in records[-args.limit:]:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(rec.get("time", 0)))
             print(f"{when} UTC  {rec['url']}  {rec['reason']}")
-        print(f"{len(records)} failed requests in {store.failed_key}")
+        print(f"{len(records)} failed requests in {where}")
         return 0
     if not args.yes:
-        print(f"this puts the {len(records)} requests of {store.failed_key} back in their queues; add --yes",
+        print(f"this puts the {len(records)} requests of {where} back in their queues; add --yes",
               file=sys.stderr)
         return 2
     entries = [PushEntry(r["website"], r["fingerprint"], MODE_REQUEUE, float(r["score"]), 0,
@@ -145,7 +152,8 @@ async def _failed(redis: Redis, store: FrontierStore, args: argparse.Namespace) 
     for i in range(0, len(entries), _PUSH_CHUNK):
         await store.push(entries[i:i + _PUSH_CHUNK], "cli")
     # Failures recorded meanwhile were appended after these: only the ones re-queued go.
-    await redis.ltrim(store.failed_key, len(records), -1)
+    for key, raw in lists:
+        await redis.ltrim(key, len(raw), -1)
     print(f"re-queued {len(entries)} of {len(records)} failed requests")
     return 0
 
@@ -186,7 +194,7 @@ def _fingerprints(args: argparse.Namespace, settings: Settings) -> list[str]:
     return [fingerprinter.fingerprint(Request(url)).hex() for url in args.urls]
 
 
-async def _seen_command(args: argparse.Namespace, settings: Settings, store: FrontierStore) -> int:
+async def _seen_command(args: argparse.Namespace, settings: Settings, store: PartitionedStore) -> int:
     fps = _fingerprints(args, settings)
     if args.action == "forget":
         await store.seen("forget", fps)
@@ -197,12 +205,37 @@ async def _seen_command(args: argparse.Namespace, settings: Settings, store: Fro
     return 0
 
 
+async def _layout_refused(store: PartitionedStore) -> bool:
+    """The frontier was written with another number of partitions: said why (nothing is read or written)."""
+    try:
+        await store.check_layout(record=False)
+    except PartitionLayoutError as exc:
+        print(exc, file=sys.stderr)
+        return True
+    return False
+
+
+async def _clear(args: argparse.Namespace, redis: Redis, store: PartitionedStore, seeds_key: str) -> int:
+    if not args.yes:
+        keys = ", ".join(f"{p.prefix}:*" for p in store.partitions)
+        print(f"this deletes every {keys} key; add --yes", file=sys.stderr)
+        return 2
+    deleted = await store.clear()
+    if args.seeds:
+        deleted += await redis.delete(seeds_key, seeds_key + ":dead")
+    print(f"deleted {deleted} keys")
+    return 0
+
+
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
     cls = _spider_class(settings, args.spider)
     prefix, seeds_key = _spider_keys(settings, args.spider, cls)
+    partitions = args.partitions or partitions_setting(settings)
     redis = RedisClientConfig.from_settings(settings, args.redis_url).async_client()
-    store = FrontierStore(redis, prefix, SeenConfig.from_settings(settings).spec)
+    store = PartitionedStore(redis, prefix, SeenConfig.from_settings(settings).spec, partitions)
     try:
+        if args.command != "clear" and await _layout_refused(store):
+            return 2
         if args.command == "seen":
             return await _seen_command(args, settings, store)
         if args.command == "seed":
@@ -217,13 +250,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         elif args.command == "reindex":
             print(f"depth index rebuilt: {await store.reindex()} requests queued")
         elif args.command == "clear":
-            if not args.yes:
-                print(f"this deletes every {prefix}:* key; add --yes", file=sys.stderr)
-                return 2
-            deleted = await store.clear()
-            if args.seeds:
-                deleted += await redis.delete(seeds_key, seeds_key + ":dead")
-            print(f"deleted {deleted} keys")
+            return await _clear(args, redis, store, seeds_key)
         elif args.command == "failed":
             return await _failed(redis, store, args)
         return 0
@@ -231,12 +258,22 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         await redis.aclose()
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m crawler", description=__doc__.splitlines()[0])
     parser.add_argument("--redis-url", help="overrides the REDIS_URL setting")
+    parser.add_argument("--partitions", type=_positive, help="overrides the FRONTIER_PARTITIONS setting")
     # --redis-url is accepted after the command too (SUPPRESS: an absent one does not undo the first).
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--redis-url", default=argparse.SUPPRESS, help="overrides the REDIS_URL setting")
+    common.add_argument("--partitions", type=_positive, default=argparse.SUPPRESS,
+                        help="overrides the FRONTIER_PARTITIONS setting (to drain or clear an older layout)")
     sub = parser.add_subparsers(dest="command", required=True)
     seed = sub.add_parser("seed", parents=[common],
                           help="push seeds (URLs or JSON objects) to a spider's redis_key")

@@ -16,6 +16,11 @@ if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
 
 
+def partitions_setting(settings: BaseSettings) -> int:
+    """``FRONTIER_PARTITIONS`` checked (the workers' config, the CLI and the status read it alike)."""
+    return int_setting(settings, "FRONTIER_PARTITIONS", 1, minimum=1)
+
+
 @dataclass(frozen=True, slots=True)
 class FrontierConfig:
     """The frontier's settings, checked."""
@@ -32,6 +37,7 @@ class FrontierConfig:
     lease: float
     website_mode: str
     seen: SeenConfig
+    partitions: int
 
     @classmethod
     def placeholder(cls) -> Self:
@@ -62,4 +68,5 @@ class FrontierConfig:
             lease=float_setting(settings, "FRONTIER_LEASE_SECONDS", 60, minimum=0),
             website_mode=website_key_mode(settings),
             seen=SeenConfig.from_settings(settings),
+            partitions=partitions_setting(settings),
         )

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from crawler.frontier.config import FrontierConfig
     from crawler.frontier.failures import StartTask
     from crawler.frontier.outbox import Outbox
-    from crawler.frontier.store import FrontierStore, PopResult, Status
+    from crawler.frontier.partitions import PartitionedStore
+    from crawler.frontier.store import PopResult, Status
 
     HealthCall = Callable[[Awaitable[Any]], Awaitable[Any]]
 
@@ -54,7 +55,7 @@ class Delivery:
         self._worker = worker
         self._health = health
         self._start = start
-        self.store: FrontierStore | None = None
+        self.store: PartitionedStore | None = None
         self.spider: Spider | None = None
         self._receipts = PopReceipts()
         self.failed = FailedLog(self._write_failed, start, self._stats)
@@ -67,7 +68,7 @@ class Delivery:
         self.gate = GateConfig.from_settings(crawler.settings)
         self._meta_warnings = MetaWarnings(crawler, None)
 
-    def open(self, store: FrontierStore, spider: Spider) -> None:
+    def open(self, store: PartitionedStore, spider: Spider) -> None:
         self.store = store
         self.spider = self._meta_warnings.spider = spider
 

@@ -36,15 +36,12 @@ from crawler.frontier.cluster_view import ClusterView
 from crawler.frontier.config import FrontierConfig
 from crawler.frontier.delivery import Delivery
 from crawler.frontier.outbox import Outbox
+from crawler.frontier.partitions import PartitionedStore, PartitionLayoutError
 from crawler.frontier.prefetch import Buffered, PrefetchBuffer
 from crawler.frontier.redis_health import RedisHealth, safe_url
 from crawler.frontier.refill import Refill
 from crawler.frontier.startup import StartupCheck
-from crawler.frontier.store import (
-    MODE_REQUEUE,
-    FrontierStore,
-    PushEntry,
-)
+from crawler.frontier.store import MODE_REQUEUE, PushEntry
 from crawler.frontier.tasks import Tasks
 from crawler.scrapy_internals import downloader_slots, new_slot_concurrency, wake_engine
 
@@ -83,7 +80,7 @@ class FrontierScheduler:
         assert crawler.stats is not None
         self.stats = crawler.stats
         self.spider: Spider | None = None
-        self.store: FrontierStore | None = None
+        self.store: PartitionedStore | None = None
         self.redis: Redis | None = None
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.seeds_key: str | None = None
@@ -128,12 +125,17 @@ class FrontierScheduler:
             return
         prefix = self.config.key_prefix % {"spider": spider.name}
         self.redis = self.config.redis.async_client()
-        self.store = FrontierStore(self.redis, prefix, self.config.seen.spec)
+        self.store = PartitionedStore(self.redis, prefix, self.config.seen.spec, self.config.partitions)
         self._delivery.open(self.store, spider)
         self.seeds_key = getattr(spider, "redis_key", None)
         try:
+            await self.store.check_layout()
             # Registers this worker as busy.
             status = await self.store.status(self.worker_id, True, self.seeds_key)
+        except PartitionLayoutError as exc:
+            await self.redis.aclose()
+            self._startup.fail(str(exc), spider)
+            return
         except RedisError as exc:
             self.stats.inc_value(f"frontier/redis_error/{type(exc).__name__}")
             await self.redis.aclose()
@@ -150,9 +152,12 @@ class FrontierScheduler:
         # has opened: a worker whose pipelines refuse to start consumes nothing.
         self.crawler.signals.connect(self._start_heartbeat, signal=signals.spider_opened)
         logger.info(
-            "Frontier open: worker %(worker)s, keys %(prefix)s:*, website key %(mode)s, prefetch %(prefetch)d, "
-            "flush delay %(delay).3fs, idle close %(close)ss, lease %(lease)s; %(sites)d websites queued",
+            "Frontier open: worker %(worker)s, keys %(prefix)s:*%(parts)s, website key %(mode)s, "
+            "prefetch %(prefetch)d, flush delay %(delay).3fs, idle close %(close)ss, lease %(lease)s; "
+            "%(sites)d websites queued",
             {"worker": self.worker_id, "prefix": prefix, "mode": self.config.website_mode,
+             "parts": f" in {self.config.partitions} partitions ({', '.join(p.prefix for p in self.store.partitions)})"
+             if self.config.partitions > 1 else "",
              "prefetch": self.config.prefetch, "delay": self.config.flush_delay,
              "lease": f"{self.config.lease:g}s" if self.config.lease else "off",
              "close": self.config.idle_close or "never", "sites": self._cluster.sites_with_work},

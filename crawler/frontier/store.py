@@ -42,7 +42,9 @@ key                        type    content
 =========================  ======  ==============================================
 
 Every hot-path method (push, pop, mark_not_before) is one Redis round trip;
-acknowledgements and lease renewals ride on pops and heartbeats.
+acknowledgements and lease renewals ride on pops and heartbeats. With
+``FRONTIER_PARTITIONS`` > 1, one store per partition
+(:mod:`crawler.frontier.partitions`), each under its own prefix.
 """
 
 from __future__ import annotations
@@ -97,9 +99,17 @@ class PopReceipts:
         self.lost: list[tuple[str, int]] = []  # (pop id, n asked) without a reply: asked for again
         self._seq = 0
 
-    def next_id(self) -> str:
+    def next_id(self, tag: str = "") -> str:
+        """A new pop id; ``tag`` names a partition (crawler.frontier.partitions): ``<tag><n>``."""
         self._seq += 1
-        return str(self._seq)
+        return f"{tag}{self._seq}"
+
+    def lost_in(self, tag: str) -> list[tuple[str, int]]:
+        return [x for x in self.lost if x[0].startswith(tag)] if tag else self.lost
+
+    def forget(self, tag: str) -> None:
+        """The pops of partition ``tag`` are settled (the worker released what it held there)."""
+        self.lost = [x for x in self.lost if not x[0].startswith(tag)] if tag else []
 
     def failed(self, pop_id: str, n: int) -> None:
         self.lost = [*self.lost, (pop_id, n)][-self._MAX_LOST:]
@@ -137,10 +147,12 @@ def split_member(member: bytes) -> tuple[str, bytes]:
 class FrontierStore:
     """Async access to one spider's frontier in Redis."""
 
-    def __init__(self, redis: Redis, prefix: str, seen_spec: str = "") -> None:
+    def __init__(self, redis: Redis, prefix: str, seen_spec: str = "", receipt_tag: str = "") -> None:
+        """``receipt_tag`` starts this store's pop ids (a partition's, crawler.frontier.partitions)."""
         self.redis = redis
         self.prefix = prefix
         self.seen_spec = seen_spec  # crawler.frontier.seen.SeenConfig.spec
+        self.receipt_tag = receipt_tag
         self.sites_key = f"{prefix}:sites"
         self.not_before_key = f"{prefix}:not_before"
         self.seen_key = f"{prefix}:seen"
@@ -204,8 +216,8 @@ class FrontierStore:
         ``receipts`` is updated; ``acks`` are lease fields acknowledged.
         """
         self.calls += 1
-        pop_id = receipts.next_id() if receipts is not None else ""
-        lost = receipts.lost if receipts is not None else []
+        pop_id = receipts.next_id(self.receipt_tag) if receipts is not None else ""
+        lost = receipts.lost_in(self.receipt_tag) if receipts is not None else []
         acks = acks or []
         try:
             out = await self._pop(keys=[self.sites_key, self.not_before_key, self.workers_key, self.pops_key(worker),
@@ -231,7 +243,7 @@ class FrontierStore:
                                         self.depths_key, self.queued_key],
                                   args=[self.queue_prefix, worker, *acks])
         if receipts is not None:
-            receipts.lost = []
+            receipts.forget(self.receipt_tag)
         return int(out)
 
     async def mark_not_before(self, website: str, until: float) -> float:
