@@ -32,6 +32,12 @@
    pair alternates, so neither label always runs first. Also reported: the
    ratio of the two labels' medians, and the CPU time per page, without / with.
 
+``--sections`` picks the sections; ``--against DIR`` runs another source tree
+(say ``git archive main | tar -x -C DIR``) in turn with this one in every
+repeat of the mixed and binding sections, so both meet the same machine load
+(its figures under ``before_*`` keys); ``--save-logs DIR`` keeps each run's
+server log for ``demosite.analysis``.
+
 Last line: ``{"max_window_over_b": {"1": .., "2": .., "4": ..}, "utilization": {...},
 "max_window_over_b_plus_page": {...}, "utilization_mixed": {...}, "wasted_bytes_ratio": ..,
 "non_binding_ratio": .., ...}``.
@@ -44,6 +50,7 @@ import json
 import signal
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.harness import SCRAPY, BenchServers, Paired, RunResult, bench_site, emit, median, seed, stack_cmd, table
@@ -65,22 +72,75 @@ def main(argv: list[str]) -> int:
                         help="b of the mixed-size runs, bytes per window (default 8000000)")
     parser.add_argument("--mixed-items", type=int, default=200, help="item pages of the mixed site (default 200)")
     parser.add_argument("--mixed-repeats", type=int, default=1, help="repeats of the mixed runs (default 1)")
+    parser.add_argument("--mixed-workers", default=None, help="worker counts of the mixed runs (default --workers)")
+    parser.add_argument("--sections", default="mixed,binding,nonbinding",
+                        help="sections to run, comma-separated (default mixed,binding,nonbinding)")
+    parser.add_argument("--against", type=Path, default=None, metavar="DIR",
+                        help="another source tree (say `git archive main` unpacked): in every repeat of the "
+                             "mixed and binding sections its workers run right before this tree's, and their "
+                             "figures are reported under `before_*` keys")
+    parser.add_argument("--save-logs", type=Path, default=None, metavar="DIR",
+                        help="write the server log of each mixed and binding run there (JSON)")
     args = parser.parse_args(argv)
     counts = [int(n) for n in args.workers.split(",")]
+    sections = set(args.sections.split(","))
+    trees = {"before": args.against.resolve(), "after": ROOT} if args.against else {"after": ROOT}
+    if args.save_logs:
+        args.save_logs.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {}
+    if "mixed" in sections:
+        mixed_counts = [int(n) for n in args.mixed_workers.split(",")] if args.mixed_workers else counts
+        for label, figures in _mixed_section(args, mixed_counts, trees).items():
+            result.update({(k if label == "after" else f"before_{k}"): v for k, v in figures.items()})
+        result.update({"mixed_budget": args.mixed_budget, "mixed_items": args.mixed_items,
+                       "mixed_repeats": args.mixed_repeats})
+    if "binding" in sections:
+        for label, figures in _binding_section(args, counts, trees).items():
+            result.update({(k if label == "after" else f"before_{k}"): v for k, v in figures.items()})
+        result.update({"budget": args.budget, "window_s": args.window, "repeats": args.repeats})
+    if "nonbinding" in sections:
+        result.update(_non_binding_section(args))
+    emit(result)
+    return 0
 
-    mixed = _mixed_section(args, counts)
 
-    site = bench_site(args.items)
-    binding: dict[int, list[dict[str, float]]] = {n: [] for n in counts}
-    free: dict[str, list[RunResult]] = {"without": [], "with": []}
-    with BenchServers(site) as servers:
+def _binding_section(args: argparse.Namespace, counts: list[int],
+                     trees: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """The binding runs, each tree in turn per repeat and worker count: figures per tree."""
+    binding: dict[str, dict[int, list[dict[str, Any]]]] = {label: {n: [] for n in counts} for label in trees}
+    with BenchServers(bench_site(args.items)) as servers:
         for i in range(args.repeats):
             for n in counts:
-                res = _binding_run(servers, n, args.budget, args.window, args.windows)
-                binding[n].append(res)
-                print(f"  repeat {i + 1}/{args.repeats} binding, {n} worker(s): max window {res['max']:.3f} b, "
-                      f"utilization {res['util']:.3f}, biggest page {res['page']} B, "
-                      f"{res['unseen']} responses no worker saw", flush=True)
+                for label, tree in trees.items():
+                    res = _binding_run(servers, n, args.budget, args.window, args.windows, tree,
+                                       _log_path(args, f"binding-{label}-{n}w-{i + 1}"))
+                    binding[label][n].append(res)
+                    print(f"  repeat {i + 1}/{args.repeats} binding, {label}, {n} worker(s): max window "
+                          f"{res['max']:.3f} b, utilization {res['util']:.3f}, biggest page {res['page']} B, "
+                          f"{res['unseen']} responses no worker saw", flush=True)
+    out = {}
+    for label, runs in binding.items():
+        max_over = {str(n): round(max(r["max"] for r in rs), 4) for n, rs in runs.items()}
+        max_med = {str(n): round(median([r["max"] for r in rs]), 4) for n, rs in runs.items()}
+        util = {str(n): round(median([r["util"] for r in rs]), 4) for n, rs in runs.items()}
+        page = max(r["page"] for rs in runs.values() for r in rs)
+        rows = [[f"{n} worker(s)", max_over[str(n)], max_med[str(n)], util[str(n)],
+                 " ".join(f"{r['util']:.3f}" for r in runs[n]),
+                 round(median([r["denied"] for r in runs[n]]))] for n in counts]
+        print(f"\nBinding budget ({label}): b = {args.budget} B per {args.window:g} s window, {args.windows} "
+              f"windows, {args.repeats} repeats; one page <= {page} B = {page / args.budget:.4f} b")
+        print(table(rows, ["workers", "max window / b (worst)", "max window / b (median)", "utilization (median)",
+                           "utilization (runs)", "denied (median)"]))
+        out[label] = {"max_window_over_b": max_over, "max_window_over_b_median": max_med, "utilization": util,
+                      "utilization_runs": {str(n): [round(r["util"], 4) for r in rs] for n, rs in runs.items()},
+                      "one_page_over_b": round(page / args.budget, 4)}
+    return out
+
+
+def _non_binding_section(args: argparse.Namespace) -> dict[str, Any]:
+    site = bench_site(args.items)
+    free: dict[str, list[RunResult]] = {"without": [], "with": []}
+    with BenchServers(site) as servers:
         for i in range(args.nb_repeats):
             # Counterbalanced (ABBA...): on a shared machine the position in a
             # pair is worth several percent by itself, so each label goes first
@@ -97,17 +157,6 @@ def main(argv: list[str]) -> int:
                 free[label].append(result)
                 print(f"  repeat {i + 1}/{args.nb_repeats} non-binding {label:7s} {result.pages} pages in "
                       f"{result.seconds:.2f}s = {result.pages_per_s:.0f} pages/s", flush=True)
-
-    max_over = {str(n): round(max(r["max"] for r in rs), 4) for n, rs in binding.items()}
-    max_med = {str(n): round(median([r["max"] for r in rs]), 4) for n, rs in binding.items()}
-    util = {str(n): round(median([r["util"] for r in rs]), 4) for n, rs in binding.items()}
-    page = max(r["page"] for rs in binding.values() for r in rs)
-    rows = [[f"{n} worker(s)", max_over[str(n)], max_med[str(n)], util[str(n)],
-             round(median([r["denied"] for r in binding[n]]))] for n in counts]
-    print(f"\nBinding budget: b = {args.budget} B per {args.window:g} s window, {args.windows} windows, "
-          f"{args.repeats} repeats; one page <= {page} B = {page / args.budget:.4f} b")
-    print(table(rows, ["workers", "max window / b (worst)", "max window / b (median)", "utilization (median)",
-                       "denied (median)"]))
     paired = Paired.of(free)
     ratio, of_medians, cpu = paired.ratio, paired.of_medians, paired.cpu
     print(f"\nNon-binding budget, 1 worker, {site.items} items, pages/s")
@@ -115,55 +164,58 @@ def main(argv: list[str]) -> int:
     print(f"with / without: median of pairs {ratio:.3f}; ratio of medians {of_medians:.3f}; CPU per page "
           f"{1000 * cpu['with']:.3f} vs {1000 * cpu['without']:.3f} ms (without / with "
           f"{cpu['without'] / cpu['with']:.3f}; start-up included)")
-    emit({
-        **mixed,
-        "max_window_over_b": max_over,
-        "max_window_over_b_median": max_med,
-        "utilization": util,
+    return {
         "non_binding_ratio": round(ratio, 4),
         "non_binding_ratio_of_medians": round(of_medians, 4),
         "non_binding_cpu_ratio": round(cpu["without"] / cpu["with"], 4),
-        "one_page_over_b": round(page / args.budget, 4),
-        "budget": args.budget,
-        "window_s": args.window,
-        "repeats": args.repeats,
         "nb_repeats": args.nb_repeats,
-    })
-    return 0
+    }
 
 
-def _mixed_section(args: argparse.Namespace, counts: list[int]) -> dict[str, Any]:
-    """The mixed-size runs: printed, and their figures for the JSON line."""
-    mixed: dict[int, list[dict[str, float]]] = {n: [] for n in counts}
+def _log_path(args: argparse.Namespace, name: str) -> Path | None:
+    return args.save_logs / f"{name}.json" if args.save_logs else None
+
+
+def _env(servers: BenchServers, tree: Path) -> dict[str, str]:
+    """The workers' environment: ``tree``'s code first on the path (cwd is ``tree`` too, for scrapy.cfg)."""
+    return servers.env(PYTHONPATH=str(tree))
+
+
+def _mixed_section(args: argparse.Namespace, counts: list[int],
+                   trees: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """The mixed-size runs, each tree in turn per repeat and worker count: printed, figures per tree."""
+    mixed: dict[str, dict[int, list[dict[str, Any]]]] = {label: {n: [] for n in counts} for label in trees}
     site = profiles.mixed_sizes("shop-a.test", items=args.mixed_items, errors=0, redirect_every=10**9)
     with BenchServers(site) as servers:
         for i in range(args.mixed_repeats):
             for n in counts:
-                res = _mixed_run(servers, n, args.mixed_budget, args.window)
-                mixed[n].append(res)
-                print(f"  repeat {i + 1}/{args.mixed_repeats} mixed sizes, {n} worker(s): max window "
-                      f"{res['max']:.3f} (b + largest page), utilization {res['util']:.3f}, wasted "
-                      f"{res['wasted']:.4f}, largest page {res['page']} B", flush=True)
+                for label, tree in trees.items():
+                    res = _mixed_run(servers, n, args.mixed_budget, args.window, tree,
+                                     _log_path(args, f"mixed-{label}-{n}w-{i + 1}"))
+                    mixed[label][n].append(res)
+                    print(f"  repeat {i + 1}/{args.mixed_repeats} mixed sizes, {label}, {n} worker(s): max window "
+                          f"{res['max']:.3f} (b + largest page), utilization {res['util']:.3f}, wasted "
+                          f"{res['wasted']:.4f}, largest page {res['page']} B", flush=True)
+    out = {}
+    for label, runs in mixed.items():
+        mixed_max = {str(n): round(max(r["max"] for r in rs), 4) for n, rs in runs.items()}
+        mixed_util = {str(n): round(median([r["util"] for r in rs]), 4) for n, rs in runs.items()}
+        wasted = round(max(r["wasted"] for rs in runs.values() for r in rs), 4)
+        print(f"\nMixed sizes ({label}): b = {args.mixed_budget} B per {args.window:g} s window, "
+              f"{args.mixed_items} items, {args.mixed_repeats} repeat(s)")
+        print(table([[f"{n} worker(s)", mixed_max[str(n)], mixed_util[str(n)],
+                      " ".join(f"{r['util']:.3f}" for r in runs[n]),
+                      round(max(r["wasted"] for r in runs[n]), 4)] for n in counts],
+                    ["workers", "max window / (b + largest page)", "utilization (median)", "utilization (runs)",
+                     "wasted bytes (worst)"]))
+        out[label] = {"max_window_over_b_plus_page": mixed_max, "utilization_mixed": mixed_util,
+                      "utilization_mixed_runs": {str(n): [round(r["util"], 4) for r in rs] for n, rs in runs.items()},
+                      "wasted_bytes_ratio": wasted}
+    return out
 
-    mixed_max = {str(n): round(max(r["max"] for r in rs), 4) for n, rs in mixed.items()}
-    mixed_util = {str(n): round(median([r["util"] for r in rs]), 4) for n, rs in mixed.items()}
-    wasted = round(max(r["wasted"] for rs in mixed.values() for r in rs), 4)
-    print(f"\nMixed sizes: b = {args.mixed_budget} B per {args.window:g} s window, {args.mixed_items} items, "
-          f"{args.mixed_repeats} repeat(s)")
-    print(table([[f"{n} worker(s)", mixed_max[str(n)], mixed_util[str(n)],
-                  round(max(r["wasted"] for r in mixed[n]), 4)] for n in counts],
-                ["workers", "max window / (b + largest page)", "utilization (median)", "wasted bytes (worst)"]))
-    return {
-        "max_window_over_b_plus_page": mixed_max,
-        "utilization_mixed": mixed_util,
-        "wasted_bytes_ratio": wasted,
-        "mixed_budget": args.mixed_budget,
-        "mixed_items": args.mixed_items,
-        "mixed_repeats": args.mixed_repeats,
-    }
 
-
-def _binding_run(servers: BenchServers, workers: int, budget: int, window: float, windows: int) -> dict[str, Any]:
+def _binding_run(servers: BenchServers, workers: int, budget: int, window: float, windows: int,
+                 tree: Path = ROOT, save: Path | None = None) -> dict[str, Any]:
     servers.flush_redis()
     mark = servers.mark()
     settings = {
@@ -179,7 +231,7 @@ def _binding_run(servers: BenchServers, workers: int, budget: int, window: float
                "-s", f"LOG_FILE={stats_path.with_suffix('.log')}"]
         for key, value in settings.items():
             cmd += ["-s", f"{key}={value}"]
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=servers.env(), stdin=subprocess.DEVNULL,
+        procs.append(subprocess.Popen(cmd, cwd=tree, env=_env(servers, tree), stdin=subprocess.DEVNULL,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         paths.append(stats_path)
     try:
@@ -202,13 +254,11 @@ def _binding_run(servers: BenchServers, workers: int, budget: int, window: float
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    entries = [(float(r["t"]), int(r["bytes"])) for r in servers.log(mark)]
-    denied = settled = 0
-    for path in paths:
-        if path.exists():
-            stats = json.loads(path.read_text())
-            denied += int(stats.get("byte_budget/denied", 0))
-            settled += int(stats.get("byte_budget/settled", 0))
+    log = servers.log(mark)
+    if save is not None:
+        save.write_text(json.dumps(log))
+    entries = [(float(r["t"]), int(r["bytes"])) for r in log]
+    denied, settled = _stat(paths, "byte_budget/denied"), _stat(paths, "byte_budget/settled")
     worst, start, running = 0, 0, 0
     for t, size in entries:
         running += size
@@ -223,7 +273,13 @@ def _binding_run(servers: BenchServers, workers: int, budget: int, window: float
             "denied": denied, "unseen": unseen}
 
 
-def _mixed_run(servers: BenchServers, workers: int, budget: int, window: float) -> dict[str, Any]:
+def _stat(paths: list[Path], key: str) -> int:
+    """``key`` summed over the workers' stats files."""
+    return sum(int(json.loads(p.read_text()).get(key, 0)) for p in paths if p.exists())
+
+
+def _mixed_run(servers: BenchServers, workers: int, budget: int, window: float, tree: Path = ROOT,
+               save: Path | None = None) -> dict[str, Any]:
     """``workers`` workers crawl the whole mixed-size site under ``budget``; judged by the server's log."""
     servers.flush_redis()
     mark = servers.mark()
@@ -241,7 +297,7 @@ def _mixed_run(servers: BenchServers, workers: int, budget: int, window: float) 
         stats_path = servers.workdir / f"mixed-{workers}-{w}-{time.monotonic_ns()}.json"
         cmd = [*stack_cmd("shop_a", settings), "-s", f"STATS_FILE_PATH={stats_path}",
                "-s", f"LOG_FILE={stats_path.with_suffix('.log')}"]
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=servers.env(), stdin=subprocess.DEVNULL,
+        procs.append(subprocess.Popen(cmd, cwd=tree, env=_env(servers, tree), stdin=subprocess.DEVNULL,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     try:
         for proc in procs:
@@ -252,6 +308,8 @@ def _mixed_run(servers: BenchServers, workers: int, budget: int, window: float) 
                 proc.kill()
                 proc.wait()
     log = servers.log(mark)
+    if save is not None:
+        save.write_text(json.dumps(log))
     largest = analysis.largest_response(log, host)
     if largest is None:
         raise RuntimeError("no request reached the demo site")

@@ -8,14 +8,8 @@ Sites from :mod:`demosite.profiles`, on a private demo server:
   2 s window, so a crawl takes seconds; nothing in the algorithm depends on
   the window's length but the window itself.
 * ``tiny.test`` (``small_with_one_big``): pages of ~800 B and one of 24 KB
-  with b = 20 KB per window. The issue's case is a 10 s window over two
-  minutes (12 windows); here a 5 s window over 8 windows after the big page:
-  the same pages per window (b / page), so the same share of the budget is
-  paid for the big page per window; the leases (1 s), retry (0.25 s) and
-  parking cap (2.5 s) stay below the window in both, and the test asks for
-  twice the issue's pages per second (while the big page is remembered,
-  downloads take turns with the overdraft token, which is harder at a faster
-  pace) and has fewer windows to amortise the big page over.
+  with b = 20 KB per 10 s window, measured over the two minutes (12 windows)
+  after the big page: the issue's figures (the only long test here, ~2.5 min).
 
 Every figure comes from the demo server's log of bytes handed to the kernel
 (headers and chunk framing included), spread along each big response's
@@ -47,7 +41,7 @@ if TYPE_CHECKING:
     from tests.conftest import CrawlResult
 
 MIXED = profiles.mixed_sizes("mixed.test", items=60, huge_every=10, huge_bytes=(1_000_000, 5_000_000))
-TINY = profiles.small_with_one_big("tiny.test", items=400, page_bytes=800, big_bytes=24_000)
+TINY = profiles.small_with_one_big("tiny.test", items=600, page_bytes=800, big_bytes=24_000)
 EXHAUSTED = re.compile(r"Byte budget of (\S+) exhausted: (\d+) of (\d+) bytes per ([\d.]+)s counted at ([\d.]+)")
 
 
@@ -80,12 +74,12 @@ def crawl(site: DemoSite, redis_url: str, tmp_path: Path, host: str, budget: int
             r.lpush("budget_probe:start_urls", json.dumps({"url": site.url(host, path)}))
     crawls = [start_crawl(tmp_path, "budget_probe", settings, env, name=f"w{i}") for i in range(3)]
     if stop_when is not None:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 240
         while not stop_when() and time.monotonic() < deadline:
             time.sleep(0.2)
         for c in crawls:
             c.proc.send_signal(signal.SIGINT)
-    results = [wait_crawl(c, timeout=180) for c in crawls]
+    results = [wait_crawl(c, timeout=240) for c in crawls]
     for result in results:
         assert result.returncode == 0, result.log[-3000:]
         assert_clean_log(result.log, allowed=("Gave up retrying", f"Byte budget of {host} exhausted"))
@@ -134,7 +128,8 @@ def test_mixed_sizes_hold_b_plus_one_response(sized_site: DemoSite, redis_url: s
 
 @pytest.mark.e2e
 def test_one_big_page_does_not_starve_a_small_site(sized_site: DemoSite, redis_url: str, tmp_path: Path) -> None:
-    window, budget, windows = 5.0, 20_000, 8
+    # The case: b = 20 KB per 10 s window, over the two minutes after the big page.
+    window, budget, windows = 10.0, 20_000, 12
     host = TINY.host
     big = f"/item/{TINY.items - 1}"
     mark = sized_site.mark()

@@ -204,6 +204,40 @@ def test_requests_wait_in_place_for_their_turn_with_the_token(redis_url: str) ->
     assert "byte_budget/exhausted" not in stats  # waiting for the token is not exhaustion
 
 
+def test_a_turn_freed_by_another_worker_is_polled_not_slept_on(redis_url: str) -> None:
+    """The token held in another worker: the first waiter polls every RETRY / 10, not every RETRY.
+
+    A denial for the token says "retry in BYTE_BUDGET_RETRY_SECONDS" only as a
+    guess; the holder may be done any moment. Here RETRY is 10 s (poll 1 s):
+    the waiter must get its turn well within 5 s of the other worker's settle.
+    """
+    extra = {"BYTE_BUDGET_PER_WEBSITE": {"shop-a.test": 100_000}, "BYTE_BUDGET_PARK_MAX_SECONDS": 60,
+             "BYTE_BUDGET_RETRY_SECONDS": 10}
+    out: dict[str, float] = {}
+
+    async def body(mw: ByteBudgetMiddleware) -> None:
+        other: ByteBudgetMiddleware = build_from_crawler(ByteBudgetMiddleware,
+                                                         get_crawler(settings_dict=settings(redis_url, **extra)))
+        await other.spider_opened()
+        try:
+            first = Request("http://shop-a.test/item/1")
+            assert await other.process_request(first) is None  # the other worker holds the token
+            second = Request("http://shop-a.test/item/2")
+            waiting = asyncio.create_task(mw.process_request(second))
+            await asyncio.sleep(0.5)
+            assert not waiting.done()
+            await other.process_response(first, response(first, b"x" * 3000))
+            settled = time.monotonic()
+            assert await asyncio.wait_for(waiting, 20) is None  # granted in place
+            out["after"] = time.monotonic() - settled
+            await mw.process_response(second, response(second, b"x" * 3000))
+        finally:
+            await other.spider_closed()
+
+    run(redis_url, extra, body)
+    assert out["after"] < 5, out
+
+
 def test_a_page_above_its_grant_draws_the_rest_and_is_not_stopped(redis_url: str) -> None:
     out: dict[str, Any] = {}
 

@@ -16,7 +16,7 @@ import itertools
 import logging
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from redis.exceptions import RedisError
 
@@ -38,6 +38,19 @@ logger = logging.getLogger("middlewares.byte_budget.middleware")
 # Requests per website and worker that wait in place for their turn with the
 # overdraft token (each holds one of Scrapy's CONCURRENT_REQUESTS meanwhile).
 TURN_WAITERS = 16
+
+
+class Wait(NamedTuple):
+    """A denial: try again at ``not_before`` (Redis server time; ``now`` is when it was denied).
+
+    ``timed`` False: ``not_before`` is a guess (``now`` +
+    ``BYTE_BUDGET_RETRY_SECONDS``): the overdraft token's holder or downloads
+    in flight hold the budget and may free it any moment.
+    """
+
+    not_before: float
+    now: float
+    timed: bool = True
 
 
 @dataclass(slots=True, eq=False)
@@ -119,7 +132,7 @@ class Leases:
 
     async def wait_for_turn(self, request: Request, website: str, known: int, overdraft: bool,
                             budget_for: Callable[[str], int | None],
-                            denied: tuple[float, float]) -> Grant | tuple[float, float] | None:
+                            denied: Wait) -> Grant | Wait | None:
         """Wait in place for a turn that comes within ``turn_horizon`` seconds.
 
         Sent back to the frontier, a request comes back far later than its turn
@@ -139,12 +152,13 @@ class Leases:
         me = asyncio.Event()
         queue.append(me)
         loop = asyncio.get_running_loop()
-        grant: Grant | tuple[float, float] = denied
+        grant: Grant | Wait = denied
         deadline = loop.time() + self.turn_horizon
         try:
             while (left := deadline - loop.time()) > 0:
-                # The first polls every RETRY / 10, or sleeps until enough bytes have left the window.
-                ahead = denied[0] - denied[1]
+                # The first polls every RETRY / 10 (the token or the downloads in flight may
+                # free the budget any moment), or sleeps until enough bytes have left the window.
+                ahead = denied.not_before - denied.now if denied.timed else 0.0
                 wait = min(left, max(ahead, self.config.retry / 10)) if queue[0] is me else left
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(me.wait(), wait)
@@ -158,7 +172,7 @@ class Leases:
                 if isinstance(grant, Grant):
                     break
                 denied = grant
-                if denied[0] - denied[1] > deadline - loop.time():
+                if denied.not_before - denied.now > deadline - loop.time():
                     break
         finally:
             queue.remove(me)
@@ -198,7 +212,7 @@ class Leases:
         return True
 
     async def grant(self, request: Request, website: str, budget: int, known: int,
-                    overdraft: bool = False) -> Grant | tuple[float, float]:
+                    overdraft: bool = False) -> Grant | Wait:
         """A grant for ``request``, or (not before, now): when to try again, by the Redis server's clock.
 
         ``overdraft``: the download must run as the website's one overdraft
@@ -218,7 +232,7 @@ class Leases:
 
     async def _reserve_single_flight(
         self, request: Request, website: str, budget: int, known: int
-    ) -> Grant | tuple[float, float]:
+    ) -> Grant | Wait:
         if self.config.lease_downloads == 1:
             return await self.reserve(request, website, budget, known)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -232,7 +246,7 @@ class Leases:
 
     async def reserve(
         self, request: Request | str, website: str, budget: int, known: int, overdraft: bool = False
-    ) -> Grant | tuple[float, float]:
+    ) -> Grant | Wait:
         """A grant, or (not before, now): when to try again, by the Redis server's clock."""
         c = self.config
         holder = self.new_holder()
@@ -242,7 +256,7 @@ class Leases:
             self.store.redis_error(exc)
             local = self.store.reserve_locally(website, budget, known)
             if isinstance(local, tuple):
-                return local
+                return Wait(*local)
             return Grant(website, "", local, budget, local, local=True)
         if isinstance(result, Reserved):
             n, granted = result.n, result.granted
@@ -272,7 +286,7 @@ class Leases:
             )
         logger.debug("Byte budget: %(request)s waits until %(nb).3f", {"request": request, "nb": result.not_before},
                      extra={"spider": self.crawler.spider})
-        return result.not_before, result.now
+        return Wait(result.not_before, result.now, result.timed)
 
     async def _grant_from_lease(self, website: str, budget: int, known: int) -> Grant | None:
         lease = self.open_leases.get(website)

@@ -200,12 +200,12 @@ class ByteBudgetMiddleware:
             # Fetched with engine.download_async() (robots.txt), not through the
             # frontier: a returned request would be retried at once, in a loop.
             # Every request of the website waits for this one anyway.
-            await asyncio.sleep(min(max(grant[0] - grant[1], self.config.retry), self.config.park_max))
+            await asyncio.sleep(min(max(grant.not_before - grant.now, self.config.retry), self.config.park_max))
             budget = self.budget_for(website)
             if budget is None:
                 return None
             grant = await self._leases.reserve(request, website, budget, known, overdraft or known > budget)
-        if not isinstance(grant, Grant) and grant[0] - grant[1] <= self._leases.turn_horizon:
+        if not isinstance(grant, Grant) and grant.not_before - grant.now <= self._leases.turn_horizon:
             turn = await self._leases.wait_for_turn(request, website, known, overdraft, self.budget_for,
                                                     grant)
             if turn is None:
@@ -219,8 +219,7 @@ class ByteBudgetMiddleware:
         self.stats.inc_value("byte_budget/denied")
         # Parked for at most BYTE_BUDGET_PARK_MAX_SECONDS, so a run-time budget
         # change reaches parked websites within REFRESH + PARK_MAX seconds.
-        not_before, now = grant
-        return self._requeue(request, min(not_before, now + self.config.park_max))
+        return self._requeue(request, min(grant.not_before, grant.now + self.config.park_max))
 
     def _requeue(self, request: Request, not_before: float | None) -> Request:
         meta = {**request.meta, "frontier_requeue": True}

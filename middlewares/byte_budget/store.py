@@ -82,6 +82,7 @@ class Denied:
     n: int
     warn: bool  # first denial of a window by the budget: log "exhausted" once
     used: int  # bytes counted in the window
+    timed: bool = True  # not_before is when room frees; False: a guess (the token or downloads in flight hold it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +177,7 @@ class BudgetStore:
             return Reserved(result[1].decode(), float(result[2]), int(result[3]), int(result[4]),
                             bool(int(result[5])))
         return Denied(float(result[1]), float(result[2]), int(result[3]), bool(int(result[4])),
-                      int(float(result[5])))
+                      int(float(result[5])), bool(int(result[6])))
 
     async def draw(self, website: str, budget: int, amount: int, holder: str, covered: int) -> Drawn | None:
         """More bytes for a download past its grant (``lua/draw.lua``); None: denied. Raises ``RedisError``."""

@@ -19,7 +19,9 @@
 -- ARGV[5]  holder: id of the download (for the overdraft token)
 -- ARGV[6]  bytes the download has been covered for with this draw: a page
 --          larger than the website's exposure raises it at once, so later
---          downloads reserve for it (or take turns with the token)
+--          downloads reserve for it (or take turns with the token); one more
+--          than twice as large (a surprise) also sets the sizes learned back
+--          to 0, so downloads are exposed to the stop slack again (reserve.lua)
 -- Returns  {1, member, now, overdraft}   drawn; overdraft = 1: the download holds the token
 --          {0, "", now, used}            denied: stop the download
 --          floats are returned as strings.
@@ -29,9 +31,16 @@
 local amount = math.max(math.floor(tonumber(ARGV[3])), 1)
 local covered = tonumber(ARGV[6] or '0')
 local expiry = tonumber(ARGV[4])
-if covered > tonumber(state.exposure or '0') then
+local exposure = tonumber(state.exposure or '0')
+if covered > exposure then
   put('exposure', covered)
   put('exposure_age', 0)
+  -- More than twice the largest page known: a surprise. The website's sizes
+  -- are not known any more; downloads are exposed to the stop slack again
+  -- until 256 more are learned (reserve.lua's TRUST).
+  if covered > 2 * exposure and tonumber(state.learned or '0') > 0 then
+    put('learned', 0)
+  end
 end
 local holder = ARGV[5]
 local overdraft = 0

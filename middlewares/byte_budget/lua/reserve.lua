@@ -48,13 +48,22 @@
 -- Returns  {1, member, now, per, granted, overdraft}  granted >= per bytes reserved,
 --                                                   per for each download (more: a lease);
 --                                                   overdraft = 1: holds the token
---          {0, not_before, now, n, warn, used}      denied; warn = 1 for the first
+--          {0, not_before, now, n, warn, used, timed}
+--                                                   denied; warn = 1 for the first
 --                                                   denial of a window caused by the
---                                                   budget (log it once)
+--                                                   budget (log it once); timed = 1:
+--                                                   not_before is when enough settled
+--                                                   bytes leave the window (or the token
+--                                                   is free); 0: a guess (now + retry),
+--                                                   downloads in flight or the token's
+--                                                   holder may free room any moment
 --          floats are returned as strings (Lua numbers would be truncated).
 
 -- @include window.lua
 
+-- Sizes learned (since the last surprise, draw.lua) from which a download of
+-- unknown size reserves twice the largest size known instead of the stop slack.
+local TRUST = 256
 local known = tonumber(ARGV[3])
 local holder = ARGV[8]
 local expiry = tonumber(ARGV[5])
@@ -88,11 +97,18 @@ end
 n = math.max(math.floor(n), 1)
 -- A download of unknown size may turn out larger than any page seen so far:
 -- stopped, it costs what the server pushed before the stop, up to the stop
--- slack, so it is exposed to at least that.
--- Where two such downloads would not fit in b, downloads take turns with the
+-- slack, so it is exposed to at least that until the website's sizes are
+-- known: TRUST of them since the last surprise (a page more than twice the
+-- largest known: draw.lua raises the exposure to it and sets learned to 0).
+-- From then on a surprise is what the token absorbs (docs/byte-budget.md,
+-- "What it assumes"): with the slack for ever, a website of small pages and
+-- b under twice the slack would be served one download at a time for ever.
+-- Where two exposures would not fit in b, downloads take turns with the
 -- token: a second one could only be stopped, wasting what it cost.
 if known <= 0 then
-  x = math.max(x, tonumber(ARGV[10] or '0'))
+  if tonumber(state.learned or '0') < TRUST then
+    x = math.max(x, tonumber(ARGV[10] or '0'))
+  end
   if 2 * x > budget then
     x = budget + 1
   end
@@ -150,8 +166,9 @@ local exhausted = budget <= 0 or used - od_room + n > budget
 -- it reach what is needed (O(log L), see log.lua); when the settled bytes do
 -- not, the retry delay.
 local not_before = now + tonumber(ARGV[6])
+local timed = 0
 if budget <= 0 then
-  not_before = now + window
+  not_before, timed = now + window, 1
 elseif exhausted then
   local need = used + n - budget
   local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
@@ -161,13 +178,13 @@ elseif exhausted then
     if #hit > 0 then
       local at = redis.call('ZSCORE', KEYS[1], hit[1])
       if at then
-        not_before = tonumber(at) + window
+        not_before, timed = tonumber(at) + window, 1
       end
     end
   end
 end
 if not exhausted and od_holder == '' and od_until > not_before then
-  not_before = od_until  -- room for it, but only as the overdraft: when the token is free
+  not_before, timed = od_until, 1  -- room for it, but only as the overdraft: when the token is free
 end
 local warn = 0
 local warned_until = tonumber(state.warned_until or '0')
@@ -176,4 +193,4 @@ if exhausted and now >= warned_until then
   warn = 1
 end
 finish(expiry)
-return {0, tostring(not_before), tostring(now), n, warn, tostring(used)}
+return {0, tostring(not_before), tostring(now), n, warn, tostring(used), timed}
