@@ -29,7 +29,7 @@ Figures (``--websites 1000 --queued 1000000`` by default):
   ``_L1000``, ``_L100k``, ``redis_us_per_overrides_refresh_100k``. Redis CPU
   time adds up, so the budget's share is measured on its own and added.
 
-Usage: ``python -m bench scale [--queued N] [--websites N] [--fp-count N] [--quick] [--only budget]``.
+Usage: ``python -m bench scale [--queued N] [--websites N] [--fp-count N] [--quick] [--only budget|fp]``.
 """
 
 from __future__ import annotations
@@ -152,6 +152,8 @@ async def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
     redis = Redis.from_url(url, socket_timeout=600)
     out: dict[str, Any] = {}
     try:
+        if args.only == "fp":
+            return await _fp_figures(redis, args)
         out.update(await scale_budget.run(redis, url, args.quick))
         if args.only == "budget":
             return out
@@ -184,17 +186,20 @@ async def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
             out["redis_us_per_request"] + out["redis_us_per_budget_download_lease128"], 2)
         out["redis_us_per_request_budgeted_lease1"] = round(
             out["redis_us_per_request"] + out["redis_us_per_budget_download_lease1"], 2)
-        await redis.flushall()
-        bloom = await bloom_bytes(redis, args.bloom_capacity)
-        out["bytes_per_seen_url_bounded"] = round(bloom / args.bloom_capacity, 3)
-        rate, us_add = await bloom_fp(redis, args.fp_count)
-        out["bloom_fp_rate"] = round(rate, 5)
-        out["bloom_fp_rate_configured"] = 0.001
-        out["bloom_fp_count"] = args.fp_count
-        out["redis_us_per_seen_add_bloom"] = round(us_add, 2)
+        out.update(await _fp_figures(redis, args))
     finally:
         await redis.aclose()
     return out
+
+
+async def _fp_figures(redis: Redis, args: argparse.Namespace) -> dict[str, Any]:
+    """The bounded dedupe's figures: bytes per URL at ``--bloom-capacity``, false positives at ``--fp-count``."""
+    await redis.flushall()
+    bloom = await bloom_bytes(redis, args.bloom_capacity)
+    rate, us_add = await bloom_fp(redis, args.fp_count)
+    return {"bytes_per_seen_url_bounded": round(bloom / args.bloom_capacity, 3), "bloom_fp_rate": round(rate, 5),
+            "bloom_fp_rate_configured": 0.001, "bloom_fp_count": args.fp_count,
+            "redis_us_per_seen_add_bloom": round(us_add, 2)}
 
 
 def main(argv: list[str]) -> int:
@@ -207,10 +212,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--commandstats", action="store_true", help="print the costliest Redis commands")
     parser.add_argument("--quick", action="store_true",
                         help="100k queued, 20k requests, 1M fingerprints")
-    parser.add_argument("--only", choices=["budget"], help="only the byte budget's figures")
+    parser.add_argument("--only", choices=["budget", "fp"],
+                        help="only the byte budget's figures, or only the Bloom filter's (size, false positives)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.queued, args.requests, args.fp_count = 100_000, 20_000, 1_000_000
+        args.queued, args.requests = 100_000, 20_000
+        if "--fp-count" not in " ".join(argv):
+            args.fp_count = 1_000_000
     state = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     server = start_redis(state)
     try:
