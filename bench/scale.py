@@ -29,7 +29,7 @@ Figures (``--websites 1000 --queued 1000000`` by default):
   ``_L1000``, ``_L100k``, ``redis_us_per_overrides_refresh_100k``. Redis CPU
   time adds up, so the budget's share is measured on its own and added.
 
-Usage: ``python -m bench scale [--queued N] [--websites N] [--fp-count N] [--quick] [--only budget|fp]``.
+Usage: ``python -m bench scale [--queued N] [--websites N] [--fp-count N] [--quick] [--only budget|fp|frontier]``.
 """
 
 from __future__ import annotations
@@ -154,7 +154,8 @@ async def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
     try:
         if args.only == "fp":
             return await _fp_figures(redis, args)
-        out.update(await scale_budget.run(redis, url, args.quick))
+        if args.only != "frontier":
+            out.update(await scale_budget.run(redis, url, args.quick))
         if args.only == "budget":
             return out
         for mode in ("exact", "bloom"):
@@ -182,6 +183,8 @@ async def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
                 print("\n".join(f"  {k}: {v['calls']} calls, {v['usec_per_call']} us/call, {v['usec']} us"
                                 for k, v in top))
         out["requests_per_s_per_redis_core"] = round(1e6 / out["redis_us_per_request"])
+        if args.only == "frontier":
+            return out
         out["redis_us_per_request_budgeted"] = round(
             out["redis_us_per_request"] + out["redis_us_per_budget_download_lease128"], 2)
         out["redis_us_per_request_budgeted_lease1"] = round(
@@ -212,8 +215,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--commandstats", action="store_true", help="print the costliest Redis commands")
     parser.add_argument("--quick", action="store_true",
                         help="100k queued, 20k requests, 1M fingerprints")
-    parser.add_argument("--only", choices=["budget", "fp"],
-                        help="only the byte budget's figures, or only the Bloom filter's (size, false positives)")
+    parser.add_argument("--only", choices=["budget", "fp", "frontier"],
+                        help="only the byte budget's figures, the Bloom filter's (size, false positives), "
+                             "or the frontier's (per request, per queued request and seen URL)")
     args = parser.parse_args(argv)
     if args.quick:
         args.queued, args.requests = 100_000, 20_000
