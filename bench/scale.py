@@ -50,7 +50,7 @@ from bench import scale_budget
 from bench.harness import emit, table
 from crawler.frontier.codec import encode_request
 from crawler.frontier.seen import SeenConfig
-from crawler.frontier.store import MODE_DEDUPE, FrontierStore, PopReceipts, PushEntry
+from crawler.frontier.store import MODE_DEDUPE, FrontierStore, PopReceipts, PushEntry, split_member
 from devtools.services import start_redis
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ async def steady_state(redis: Redis, store: FrontierStore, requests: int) -> tup
         n += len(result.items)
         acks = [lease_field for _, lease_field, _ in result.items]
         for website, _, member in result.items:
-            known.append(member.split(b":", 2)[1].decode())
+            known.append(split_member(member)[0])
             fresh.extend(entries(website, next_id, 1))
             next_id += 1
         if len(fresh) >= PUSH_BATCH:
