@@ -126,3 +126,15 @@ async def test_generations_read_hex_fingerprints_until_they_expire(client: Async
     assert (await s.push([entry(fp)], "w"))[0] == [False]
     assert await s.seen("check", [fp]) == [1]
     assert await client.ttl(s.seen_key + ":fmt") > 0  # nothing stays for ever
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("size", [10, 32])
+async def test_a_fingerprint_of_another_length_is_kept_as_its_hex(client: AsyncRedis, size: int) -> None:
+    # A custom REQUEST_FINGERPRINTER_CLASS: 10 bytes are 20 hex characters, as long as a raw SHA1.
+    s = FrontierStore(client, f"{{rawfp_len{size}}}")
+    fp = os.urandom(size).hex()
+    assert (await s.push([entry(fp), entry(fp)], "w"))[0] == [True, False]
+    assert await client.smembers(s.seen_key) == {fp.encode()}
+    popped = await s.pop(1, "w", PopReceipts(), lease=30.0)
+    assert [split_member(m) for _, _, m in popped.items] == [(fp, PAYLOAD)]

@@ -68,7 +68,7 @@ for i = 0, n - 1 do
     end
     a[#a + 1] = ARGV[base + 4]
     -- 20 raw bytes: '<seq>#<fp>' .. payload; any other fingerprint: '<seq>:<fp>:' .. payload
-    if #fp == 20 then
+    if is_raw(fp) then
       a[#a + 1] = string.format('%016x', seq + i) .. '#' .. fp .. ARGV[base + 6]
     else
       a[#a + 1] = string.format('%016x', seq + i) .. ':' .. fp .. ':' .. ARGV[base + 6]

@@ -20,7 +20,7 @@
 --                    set's additions); call once at the end
 --
 -- Fingerprints are 20 raw bytes (a SHA1, as Scrapy's fingerprinter gives them;
--- any other length is kept as the caller sends it, hex). An exact set written
+-- any other length is kept as the caller sends it, hex: is_raw tells them). An exact set written
 -- before raw fingerprints holds 40 hex characters: the string base:fmt says
 -- "raw" (every member raw) or "hex:<until>" (old members may be there until
 -- that Redis time, 0 = for ever); while "hex", a fingerprint is looked up in
@@ -44,9 +44,16 @@ local SEGMENT_BITS = 262128 * 8
 local LN2 = math.log(2)
 local HEX20 = string.rep('%02x', 20)
 
+-- true for a raw 20-byte fingerprint; not for the text of another (the hex
+-- of a 10-byte one is 20 characters too, but all hex digits: a raw SHA1 is
+-- that with a probability of 16^-20)
+local function is_raw(fp)
+  return #fp == 20 and string.find(fp, '[^0-9a-f]') ~= nil
+end
+
 -- the hex form of a raw 20-byte fingerprint (any other: unchanged)
 local function hex_of(fp)
-  if #fp ~= 20 then return fp end
+  if not is_raw(fp) then return fp end
   return string.format(HEX20, string.byte(fp, 1, 20))
 end
 
@@ -99,7 +106,7 @@ local function num48(fp, i)
 end
 
 local function hashes(fp)
-  if #fp == 20 then  -- raw: the same three numbers as its hex form gives
+  if is_raw(fp) then  -- the same three numbers as its hex form gives
     return {num48(fp, 1), num48(fp, 7) * 2 + 1, num48(fp, 13)}
   end
   local a, b, c = tonumber(string.sub(fp, 1, 12), 16), tonumber(string.sub(fp, 13, 24), 16),
@@ -214,7 +221,7 @@ end
 
 -- the members that stand for fp in an exact set (its hex form too while 'hex')
 local function forms(s, fp)
-  if #fp == 20 and exact_format(s) == 'hex' then return {fp, hex_of(fp)} end
+  if is_raw(fp) and exact_format(s) == 'hex' then return {fp, hex_of(fp)} end
   return {fp}
 end
 
@@ -236,7 +243,7 @@ local function seen_prefetch(s, fps)
       s.asked[fp] = true
       uniq[#uniq + 1] = fp
       ask[#ask + 1] = fp
-      if hex and #fp == 20 then ask[#ask + 1] = hex_of(fp) end
+      if hex and is_raw(fp) then ask[#ask + 1] = hex_of(fp) end
     end
   end
   if #uniq == 0 then return end
@@ -250,7 +257,7 @@ local function seen_prefetch(s, fps)
     for _, fp in ipairs(uniq) do
       local isin = found[i] == 1
       i = i + 1
-      if hex and #fp == 20 then
+      if hex and is_raw(fp) then
         isin = isin or found[i] == 1
         i = i + 1
       end
