@@ -74,21 +74,13 @@ local again = pop_id ~= '' and recorded(pop_id, n) > 0
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local sites = again and {} or redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, n)
 local popped = 0
-local depth = {}
 if #sites > 0 then
   local share = math.floor(n / #sites)
   local extra = n % #sites
   local record = {}
-  -- The depth index says how many each queue holds, so that a queue popped
-  -- empty is told from one that is not without a call per website (EXISTS
-  -- only where the index says it may be empty); requests reclaimed above are
-  -- counted in delta.
-  local known = {}
-  for j = 1, #sites, 4000 do
-    local hi = math.min(j + 3999, #sites)
-    local got = redis.call('ZMSCORE', KEYS[6], unpack(sites, j, hi))
-    for k = j, hi do known[k] = got[k - j + 1] end
-  end
+  -- A queue that gave fewer than asked is empty; one that gave all is asked
+  -- (EXISTS). The websites served are moved to the back of the line with one
+  -- ZADD XX, the emptied ones removed with one ZREM.
   local busy, gone = {}, {}
   for i, site in ipairs(sites) do
     local want = share + (i <= extra and 1 or 0)
@@ -103,10 +95,8 @@ if #sites > 0 then
       record[#record + 1] = lease_record(site, got[j], got[j + 1])
     end
     local k = #got / 2
-    depth[site] = known[i] and tonumber(known[i]) or false
     delta[site] = (delta[site] or 0) - k
-    local left = (depth[site] or 0) + delta[site]
-    if k == want and (left > 0 or redis.call('EXISTS', ARGV[1] .. site) == 1) then
+    if k == want and redis.call('EXISTS', ARGV[1] .. site) == 1 then
       busy[#busy + 1] = now_s
       busy[#busy + 1] = site
     else
@@ -123,7 +113,7 @@ if #sites > 0 then
     end
   end
 end
-add_depths(KEYS[6], KEYS[7], delta, empty, depth)
+add_depths(KEYS[6], KEYS[7], delta, empty)
 renew(KEYS[5], KEYS[4], ARGV[3], now, lease, popped > 0 and pop_id ~= '')
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local result = {string.format('%.6f', now), redis.call('ZCARD', KEYS[1]),
