@@ -63,6 +63,7 @@ async def test_fingerprints_are_stored_as_20_raw_bytes(client: AsyncRedis) -> No
     assert (await s.push([entry(fp)], "w"))[0] == [True]
     assert await client.smembers(s.seen_key) == {bytes.fromhex(fp)}
     (member,) = await client.zrange(s.queue_key("a.test"), 0, -1)
+    assert isinstance(member, bytes)
     assert len(member) == 16 + 1 + 20 + len(PAYLOAD)  # '<seq>#' + 20 bytes + the request
     assert split_member(member) == (fp, PAYLOAD)
     assert await s.seen("check", [fp]) == [1]
