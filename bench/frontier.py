@@ -1,14 +1,26 @@
 """``python -m bench frontier``: vanilla Scrapy vs scrapy-redis 0.9.1 vs our frontier, on the demo shop.
 
-One worker per contender, same spider logic, same settings
-(``bench.vanilla_settings`` plus ``CONCURRENT_ITEMS=8`` for all three), run
-interleaved ``--repeats`` times:
+One worker per contender, same spider logic (``parse`` and
+``parse_product`` of ``crawler.spiders.shop_a``), run interleaved
+``--repeats`` times in rotating order. What every contender shares:
+``CONCURRENT_REQUESTS=32``, ``CONCURRENT_REQUESTS_PER_DOMAIN=16``,
+``CONCURRENT_ITEMS=8``, ``LOG_LEVEL`` INFO (``settings.env``), robots.txt
+obeyed, telnet console and remote control off, Scrapy's stats collector,
+Scrapy's default request fingerprinter, Scrapy's default spider and
+downloader middlewares, no item pipeline:
 
-* ``vanilla``: plain Scrapy, in-memory scheduler (no Redis);
+* ``vanilla``: plain Scrapy, in-memory scheduler (no Redis),
+  ``bench.vanilla_settings``;
 * ``scrapy_redis``: scrapy-redis 0.9.1 as shipped (``RedisSpider``, its
-  ``Scheduler``, ``RFPDupeFilter``, ``PriorityQueue``, pickle);
+  ``Scheduler``, ``RFPDupeFilter``, ``PriorityQueue``, pickle) on
+  ``bench.vanilla_settings``;
 * ``ours``: ``scrapy crawl shop_a`` with the project's settings
-  (``crawler.frontier.scheduler.FrontierScheduler``), items not stored;
+  (``crawler.frontier.scheduler.FrontierScheduler``), items not stored
+  (``ITEM_PIPELINES={}``, so also ``ITEM_CONTEXT_ENABLED=False``: that spider
+  middleware only carries responses to the pipelines). The stack's own
+  downloader middlewares stay on (politeness, byte budget with no budget set,
+  robots.txt for offsite hosts, the failed list), as do its downloader
+  (``crawler.scrapy_internals.Downloader``) and its GC tuning;
 * ``ours_gc_off``: the same with ``GC_TUNING_ENABLED=False``, to show what the
   stack's GC tuning (``crawler/extensions/gc_tuning.py``) contributes: neither vanilla
   Scrapy nor scrapy-redis tunes the collector;
@@ -27,6 +39,11 @@ load on a shared machine than pages/s.
 
 Last line: ``{"ours_vs_vanilla", "ours_vs_scrapy_redis", "round_trips_per_request",
 "ours_kept_at_2ms", "scrapy_redis_kept_at_2ms", "leases_vs_no_leases", ...}``.
+The ``ours_vs_*``, ``leases_vs_no_leases`` and ``ours_gc_off_vs_*`` ratios
+are medians over repeats of the ratio within each repeat (contenders
+interleaved, :class:`bench.harness.Paired`), the ratio of the medians next to
+them (``..._of_medians``); "kept" compares the latency runs, a separate phase,
+with the direct ones: a ratio of medians.
 """
 
 from __future__ import annotations
@@ -39,6 +56,7 @@ from typing import Any
 from bench.harness import (
     SCRAPY,
     BenchServers,
+    Paired,
     RunResult,
     bench_site,
     emit,
@@ -96,7 +114,9 @@ def _run(servers: BenchServers, kind: str, label: str, redis_url: str | None) ->
         result = servers.crawl(label, cmd, {**vanilla_env(servers), "REDIS_URL": redis_url})
     else:
         _prepare(servers, "shop_a:start_urls")
-        settings = {"ITEM_PIPELINES": "{}"}
+        # No pipeline, so nothing reads the item context (pipelines/item_context.py): the same
+        # spider middlewares as the other contenders.
+        settings = {"ITEM_PIPELINES": "{}", "ITEM_CONTEXT_ENABLED": "False"}
         if kind == "ours_gc_off":
             settings["GC_TUNING_ENABLED"] = "False"
         elif kind == "ours_no_leases":
@@ -176,12 +196,22 @@ def main(argv: list[str]) -> int:
     print("  round trips/page: counted by the proxy (direct rows: a separate pass with no added delay)")
     print("  cpu ms/page: user+system CPU of the worker process (start-up included), median; less sensitive "
           "than pages/s to other load on a shared machine")
+    def paired(with_: str, without: str) -> Paired:
+        return Paired.of({"with": res[with_], "without": res[without]})
+
+    ratios = {
+        "ours_vs_vanilla": paired("ours", "vanilla"),
+        "ours_vs_scrapy_redis": paired("ours", "scrapy_redis"),
+        "leases_vs_no_leases": paired("ours", "ours_no_leases"),
+        "ours_gc_off_vs_vanilla": paired("ours_gc_off", "vanilla"),
+        "ours_gc_off_vs_scrapy_redis": paired("ours_gc_off", "scrapy_redis"),
+    }
+    for key, p in ratios.items():
+        print(f"  {key}: per repeat {' '.join(f'{r:.3f}' for r in p.pairs)}, median {p.ratio:.3f} "
+              f"(ratio of medians {p.of_medians:.3f})")
     emit({
-        "ours_vs_vanilla": round(med["ours"] / med["vanilla"], 3),
-        "ours_vs_scrapy_redis": round(med["ours"] / med["scrapy_redis"], 3),
-        "leases_vs_no_leases": round(med["ours"] / med["ours_no_leases"], 3),
-        "ours_gc_off_vs_vanilla": round(med["ours_gc_off"] / med["vanilla"], 3),
-        "ours_gc_off_vs_scrapy_redis": round(med["ours_gc_off"] / med["scrapy_redis"], 3),
+        **{key: round(p.ratio, 3) for key, p in ratios.items()},
+        **{f"{key}_of_medians": round(p.of_medians, 3) for key, p in ratios.items()},
         "round_trips_per_request": round(trips["ours"], 3),
         "ours_kept_at_2ms": round(med["ours_latency"] / med["ours"], 3),
         "scrapy_redis_kept_at_2ms": round(med["scrapy_redis_latency"] / med["scrapy_redis"], 3),
