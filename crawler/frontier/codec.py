@@ -57,6 +57,7 @@ _DEFAULTS: dict[str, Any] = {"method": "GET", "headers": [], "body": "", "meta":
                              "priority": 0, "dont_filter": False, "flags": [], "encoding": "utf-8",
                              "callback": None, "errback": None}
 _SCALARS = (str, int, float, bool, type(None))
+_PLAIN = frozenset((str, int, bool, type(None)))  # JSON values as they are (a float must be finite)
 # Fields passed to Request as stored, and fields stored in their _pack form.
 _PLAIN_FIELDS = ("method", "priority", "dont_filter", "encoding")
 _PACKED_FIELDS = ("meta", "cb_kwargs", "cookies", "flags")
@@ -82,11 +83,12 @@ def _pack(value: Any, path: str) -> Any:
         if t is float and not math.isfinite(value):
             raise UnencodableRequestError(f"{path} is {value!r}, which JSON cannot carry")
         return value
+    # Strings, ints, bools and None inside a container are taken as they are: no call, no path built.
     if t is list:
-        return [_pack(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [v if type(v) in _PLAIN else _pack(v, f"{path}[{i}]") for i, v in enumerate(value)]
     if t is dict:
         if all(type(k) is str and not k.startswith("$") for k in value):
-            return {k: _pack(v, f"{path}[{k!r}]") for k, v in value.items()}
+            return {k: v if type(v) in _PLAIN else _pack(v, f"{path}[{k!r}]") for k, v in value.items()}
         return {"$d": [[_pack(k, f"{path} key"), _pack(v, f"{path}[{k!r}]")] for k, v in value.items()]}
     if t is tuple:
         return {"$t": [_pack(v, f"{path}[{i}]") for i, v in enumerate(value)]}
