@@ -1,14 +1,26 @@
 """``python -m bench frontier``: vanilla Scrapy vs scrapy-redis 0.9.1 vs our frontier, on the demo shop.
 
-One worker per contender, same spider logic, same settings
-(``bench.vanilla_settings`` plus ``CONCURRENT_ITEMS=8`` for all three), run
-interleaved ``--repeats`` times:
+One worker per contender, same spider logic (``parse`` and
+``parse_product`` of ``crawler.spiders.shop_a``), run interleaved
+``--repeats`` times in rotating order. What every contender shares:
+``CONCURRENT_REQUESTS=32``, ``CONCURRENT_REQUESTS_PER_DOMAIN=16``,
+``CONCURRENT_ITEMS=8``, ``LOG_LEVEL`` INFO (``settings.env``), robots.txt
+obeyed, telnet console and remote control off, Scrapy's stats collector,
+Scrapy's default request fingerprinter, Scrapy's default spider and
+downloader middlewares, no item pipeline:
 
-* ``vanilla``: plain Scrapy, in-memory scheduler (no Redis);
+* ``vanilla``: plain Scrapy, in-memory scheduler (no Redis),
+  ``bench.vanilla_settings``;
 * ``scrapy_redis``: scrapy-redis 0.9.1 as shipped (``RedisSpider``, its
-  ``Scheduler``, ``RFPDupeFilter``, ``PriorityQueue``, pickle);
+  ``Scheduler``, ``RFPDupeFilter``, ``PriorityQueue``, pickle) on
+  ``bench.vanilla_settings``;
 * ``ours``: ``scrapy crawl shop_a`` with the project's settings
-  (``crawler.frontier.scheduler.FrontierScheduler``), items not stored;
+  (``crawler.frontier.scheduler.FrontierScheduler``), items not stored
+  (``ITEM_PIPELINES={}``, so also ``ITEM_CONTEXT_ENABLED=False``: that spider
+  middleware only carries responses to the pipelines). The stack's own
+  downloader middlewares stay on (politeness, byte budget with no budget set,
+  robots.txt for offsite hosts, the failed list), as do its downloader
+  (``crawler.scrapy_internals.Downloader``) and its GC tuning;
 * ``ours_gc_off``: the same with ``GC_TUNING_ENABLED=False``, to show what the
   stack's GC tuning (``crawler/extensions/gc_tuning.py``) contributes: neither vanilla
   Scrapy nor scrapy-redis tunes the collector;
@@ -21,15 +33,20 @@ counted by a TCP proxy (``bench/redis_proxy.py``) in a separate pass with no
 added delay, also for ``ours`` with ``FRONTIER_PARTITIONS=3``
 (``round_trips_per_request_partitions3``: the demo shop is one website, so one
 partition holds its queue; the others cost the heartbeat's status calls).
-Then both Redis contenders again through the proxy with ``--latency-ms``
-added in each direction (like ``netem delay`` on loopback); "kept" is that
-throughput over the direct zero-latency median.
+Both Redis contenders also run through the proxy with
+``--latency-ms`` added in each direction (like ``netem delay`` on loopback),
+as two more contenders of the same repeats (``--latency-repeats`` of them);
+"kept" is their throughput over the direct run of the same repeat.
 
 Also the CPU time of each worker process per page, less sensitive to other
 load on a shared machine than pages/s.
 
 Last line: ``{"ours_vs_vanilla", "ours_vs_scrapy_redis", "round_trips_per_request",
 "ours_kept_at_2ms", "scrapy_redis_kept_at_2ms", "leases_vs_no_leases", ...}``.
+Every ratio (``ours_vs_*``, ``leases_vs_no_leases``, ``ours_gc_off_vs_*``,
+``*_kept_at_2ms``) is the median over repeats of the ratio within each repeat
+(contenders interleaved, :class:`bench.harness.Paired`), with the ratio of
+the medians next to it (``..._of_medians``).
 """
 
 from __future__ import annotations
@@ -42,6 +59,7 @@ from typing import Any
 from bench.harness import (
     SCRAPY,
     BenchServers,
+    Paired,
     RunResult,
     bench_site,
     emit,
@@ -99,7 +117,9 @@ def _run(servers: BenchServers, kind: str, label: str, redis_url: str | None) ->
         result = servers.crawl(label, cmd, {**vanilla_env(servers), "REDIS_URL": redis_url})
     else:
         _prepare(servers, "shop_a:start_urls")
-        settings = {"ITEM_PIPELINES": "{}"}
+        # No pipeline, so nothing reads the item context (pipelines/item_context.py): the same
+        # spider middlewares as the other contenders.
+        settings = {"ITEM_PIPELINES": "{}", "ITEM_CONTEXT_ENABLED": "False"}
         if kind == "ours_gc_off":
             settings["GC_TUNING_ENABLED"] = "False"
         elif kind == "ours_no_leases":
@@ -109,6 +129,28 @@ def _run(servers: BenchServers, kind: str, label: str, redis_url: str | None) ->
         result = servers.crawl(label, stack_cmd("shop_a", settings), servers.env(REDIS_URL=redis_url))
     result.stats["_commands"], result.stats["_evals"] = _commands(servers)
     return result
+
+
+def _ratios(res: dict[str, list[RunResult]]) -> dict[str, Paired]:
+    """The paired ratios of the last line, each printed with its per-repeat values."""
+
+    def paired(with_: str, without: str) -> Paired:
+        n = min(len(res[with_]), len(res[without]))  # repeats where both ran
+        return Paired.of({"with": res[with_][:n], "without": res[without][:n]})
+
+    ratios = {
+        "ours_vs_vanilla": paired("ours", "vanilla"),
+        "ours_vs_scrapy_redis": paired("ours", "scrapy_redis"),
+        "leases_vs_no_leases": paired("ours", "ours_no_leases"),
+        "ours_gc_off_vs_vanilla": paired("ours_gc_off", "vanilla"),
+        "ours_gc_off_vs_scrapy_redis": paired("ours_gc_off", "scrapy_redis"),
+        "ours_kept_at_2ms": paired("ours_latency", "ours"),
+        "scrapy_redis_kept_at_2ms": paired("scrapy_redis_latency", "scrapy_redis"),
+    }
+    for key, p in ratios.items():
+        print(f"  {key}: per repeat {' '.join(f'{r:.3f}' for r in p.pairs)}, median {p.ratio:.3f} "
+              f"(ratio of medians {p.of_medians:.3f})")
+    return ratios
 
 
 def main(argv: list[str]) -> int:
@@ -132,12 +174,24 @@ def main(argv: list[str]) -> int:
     with BenchServers(site) as servers:
         assert servers.redis is not None
         direct = servers.redis.url
-        kinds = ["vanilla", "scrapy_redis", "ours", "ours_gc_off", "ours_no_leases"]
-        for i in range(args.repeats):
-            print(f"repeat {i + 1}/{args.repeats}, direct", flush=True)
-            k = i % len(kinds)
-            for kind in kinds[k:] + kinds[:k]:  # rotate the order: no contender always goes first
-                record(kind, _run(servers, kind, kind, direct))
+        # The latency runs go through a proxy adding --latency-ms each way; they are interleaved with
+        # the direct runs in the same repeats, so "kept" compares runs made under the same machine load.
+        kinds = ["vanilla", "scrapy_redis", "ours", "ours_gc_off", "ours_no_leases", "scrapy_redis_latency",
+                 "ours_latency"]
+        with RedisProxy(servers.redis.port, args.latency_ms / 1000) as slow:
+            for i in range(max(args.repeats, args.latency_repeats)):
+                todo = [name for name in kinds
+                        if i < (args.latency_repeats if name.endswith("_latency") else args.repeats)]
+                print(f"repeat {i + 1}: direct, and +{args.latency_ms:g} ms each way (_latency)", flush=True)
+                k = i % len(todo)
+                for name in todo[k:] + todo[:k]:  # rotate the order: no contender always goes first
+                    if name.endswith("_latency"):
+                        slow.reset()
+                        result = _run(servers, name.removesuffix("_latency"), name, slow.url)
+                        result.stats["_trips"] = slow.round_trips
+                    else:
+                        result = _run(servers, name, name, direct)
+                    record(name, result)
         print("round trips: through the proxy, no added delay", flush=True)
         with RedisProxy(servers.redis.port) as proxy:
             for kind in ("scrapy_redis", "ours", "ours_partitions3"):
@@ -145,14 +199,6 @@ def main(argv: list[str]) -> int:
                 result = _run(servers, kind, f"{kind}_proxy", proxy.url)
                 record(f"{kind}_proxy", result)
                 trips[kind] = proxy.round_trips / result.pages
-        with RedisProxy(servers.redis.port, args.latency_ms / 1000) as proxy:
-            for i in range(args.latency_repeats):
-                print(f"repeat {i + 1}/{args.latency_repeats}, +{args.latency_ms:g} ms each way", flush=True)
-                for kind in ("scrapy_redis", "ours")[::1 if i % 2 == 0 else -1]:
-                    proxy.reset()
-                    result = _run(servers, kind, f"{kind}_latency", proxy.url)
-                    result.stats["_trips"] = proxy.round_trips
-                    record(f"{kind}_latency", result)
 
     med = {name: median([r.pages_per_s for r in rs]) for name, rs in res.items()}
 
@@ -181,16 +227,12 @@ def main(argv: list[str]) -> int:
     print("  round trips/page: counted by the proxy (direct rows: a separate pass with no added delay)")
     print("  cpu ms/page: user+system CPU of the worker process (start-up included), median; less sensitive "
           "than pages/s to other load on a shared machine")
+    ratios = _ratios(res)
     emit({
-        "ours_vs_vanilla": round(med["ours"] / med["vanilla"], 3),
-        "ours_vs_scrapy_redis": round(med["ours"] / med["scrapy_redis"], 3),
-        "leases_vs_no_leases": round(med["ours"] / med["ours_no_leases"], 3),
-        "ours_gc_off_vs_vanilla": round(med["ours_gc_off"] / med["vanilla"], 3),
-        "ours_gc_off_vs_scrapy_redis": round(med["ours_gc_off"] / med["scrapy_redis"], 3),
+        **{key: round(p.ratio, 3) for key, p in ratios.items()},
+        **{f"{key}_of_medians": round(p.of_medians, 3) for key, p in ratios.items()},
         "round_trips_per_request": round(trips["ours"], 3),
         "round_trips_per_request_partitions3": round(trips["ours_partitions3"], 3),
-        "ours_kept_at_2ms": round(med["ours_latency"] / med["ours"], 3),
-        "scrapy_redis_kept_at_2ms": round(med["scrapy_redis_latency"] / med["scrapy_redis"], 3),
         "scrapy_redis_round_trips_per_request": round(trips["scrapy_redis"], 3),
         "ours_commands_per_request": round(per_page("ours", "_commands"), 3),
         "scrapy_redis_commands_per_request": round(per_page("scrapy_redis", "_commands"), 3),
