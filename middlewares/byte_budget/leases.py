@@ -153,7 +153,7 @@ class Leases:
         queue.append(me)
         loop = asyncio.get_running_loop()
         grant: Grant | Wait = denied
-        deadline = loop.time() + self.horizon(denied)
+        deadline = loop.time() + self.turn_horizon
         try:
             while (left := deadline - loop.time()) > 0:
                 # The first polls every RETRY / 10 (the token or the downloads in flight may
@@ -186,18 +186,6 @@ class Leases:
     def turn_horizon(self) -> float:
         """How far ahead a turn may be for a request to wait for it in place (1 s by default)."""
         return min(self.config.park_max, 4 * self.config.retry)
-
-    def horizon(self, denied: Wait) -> float:
-        """How far ahead ``denied``'s turn may be for its request to wait in place.
-
-        ``turn_horizon``; when the denial is timed (the moment enough bytes
-        leave the window), min(``BYTE_BUDGET_PARK_MAX_SECONDS``, 10 x
-        ``BYTE_BUDGET_RETRY_SECONDS``), 2.5 s by default: sent back to the
-        frontier the request would be parked until then anyway, and come back
-        later than that (the mixed bench site sat idle 0.5-1.8 s after a huge
-        page while the window had room).
-        """
-        return min(self.config.park_max, 10 * self.config.retry) if denied.timed else self.turn_horizon
 
     def turn_done(self, website: str) -> None:
         """A download of ``website`` was settled: the first request waiting for its turn tries again."""

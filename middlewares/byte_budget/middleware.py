@@ -205,7 +205,7 @@ class ByteBudgetMiddleware:
             if budget is None:
                 return None
             grant = await self._leases.reserve(request, website, budget, known, overdraft or known > budget)
-        if not isinstance(grant, Grant) and grant.not_before - grant.now <= self._leases.horizon(grant):
+        if not isinstance(grant, Grant) and grant.not_before - grant.now <= self._leases.turn_horizon:
             turn = await self._leases.wait_for_turn(request, website, known, overdraft, self.budget_for,
                                                     grant)
             if turn is None:
