@@ -33,7 +33,8 @@ Figures (``--websites 1000 --queued 1000000`` by default):
   ``cluster_max_master_share``, the busiest master's share of its Redis CPU
   with ``FRONTIER_PARTITIONS=3`` (``_n1``: with one partition).
 
-Usage: ``python -m bench scale [--queued N] [--websites N] [--fp-count N] [--quick] [--only budget|cluster]``.
+Usage: ``python -m bench scale [--queued N] [--websites N] [--fp-count N] [--quick]
+[--only budget|fp|frontier|cluster]``.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from bench import scale_budget, scale_cluster
 from bench.harness import emit, table
 from crawler.frontier.codec import encode_request
 from crawler.frontier.seen import SeenConfig
-from crawler.frontier.store import MODE_DEDUPE, FrontierStore, PopReceipts, PushEntry
+from crawler.frontier.store import MODE_DEDUPE, FrontierStore, PopReceipts, PushEntry, split_member
 from devtools.services import start_redis
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ async def steady_state(redis: Redis, store: FrontierStore, requests: int) -> tup
         n += len(result.items)
         acks = [lease_field for _, lease_field, _ in result.items]
         for website, _, member in result.items:
-            known.append(member.split(b":", 2)[1].decode())
+            known.append(split_member(member)[0])
             fresh.extend(entries(website, next_id, 1))
             next_id += 1
         if len(fresh) >= PUSH_BATCH:
@@ -156,7 +157,10 @@ async def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
     redis = Redis.from_url(url, socket_timeout=600)
     out: dict[str, Any] = {}
     try:
-        out.update(await scale_budget.run(redis, url, args.quick))
+        if args.only == "fp":
+            return await _fp_figures(redis, args)
+        if args.only != "frontier":
+            out.update(await scale_budget.run(redis, url, args.quick))
         if args.only == "budget":
             return out
         for mode in ("exact", "bloom"):
@@ -184,21 +188,26 @@ async def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
                 print("\n".join(f"  {k}: {v['calls']} calls, {v['usec_per_call']} us/call, {v['usec']} us"
                                 for k, v in top))
         out["requests_per_s_per_redis_core"] = round(1e6 / out["redis_us_per_request"])
+        if args.only == "frontier":
+            return out
         out["redis_us_per_request_budgeted"] = round(
             out["redis_us_per_request"] + out["redis_us_per_budget_download_lease128"], 2)
         out["redis_us_per_request_budgeted_lease1"] = round(
             out["redis_us_per_request"] + out["redis_us_per_budget_download_lease1"], 2)
-        await redis.flushall()
-        bloom = await bloom_bytes(redis, args.bloom_capacity)
-        out["bytes_per_seen_url_bounded"] = round(bloom / args.bloom_capacity, 3)
-        rate, us_add = await bloom_fp(redis, args.fp_count)
-        out["bloom_fp_rate"] = round(rate, 5)
-        out["bloom_fp_rate_configured"] = 0.001
-        out["bloom_fp_count"] = args.fp_count
-        out["redis_us_per_seen_add_bloom"] = round(us_add, 2)
+        out.update(await _fp_figures(redis, args))
     finally:
         await redis.aclose()
     return out
+
+
+async def _fp_figures(redis: Redis, args: argparse.Namespace) -> dict[str, Any]:
+    """The bounded dedupe's figures: bytes per URL at ``--bloom-capacity``, false positives at ``--fp-count``."""
+    await redis.flushall()
+    bloom = await bloom_bytes(redis, args.bloom_capacity)
+    rate, us_add = await bloom_fp(redis, args.fp_count)
+    return {"bytes_per_seen_url_bounded": round(bloom / args.bloom_capacity, 3), "bloom_fp_rate": round(rate, 5),
+            "bloom_fp_rate_configured": 0.001, "bloom_fp_count": args.fp_count,
+            "redis_us_per_seen_add_bloom": round(us_add, 2)}
 
 
 def main(argv: list[str]) -> int:
@@ -211,13 +220,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--commandstats", action="store_true", help="print the costliest Redis commands")
     parser.add_argument("--quick", action="store_true",
                         help="100k queued, 20k requests, 1M fingerprints")
-    parser.add_argument("--only", choices=["budget", "cluster"], help="only the byte budget's or the cluster's figures")
+    parser.add_argument("--only", choices=["budget", "fp", "frontier", "cluster"],
+                        help="only the byte budget's figures, the Bloom filter's (size, false positives), "
+                             "the frontier's (per request, per queued request and seen URL), or the cluster's")
     parser.add_argument("--cluster-requests", type=int, default=20_000,
                         help="crawled requests in each cluster run (FRONTIER_PARTITIONS 3, then 1)")
     parser.add_argument("--cluster-per-site", type=int, default=20, help="requests loaded per website (cluster)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.queued, args.requests, args.fp_count = 100_000, 20_000, 1_000_000
+        args.queued, args.requests = 100_000, 20_000
+        if "--fp-count" not in " ".join(argv):
+            args.fp_count = 1_000_000
     state = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     result: dict[str, Any] = {}
     if args.only != "cluster":

@@ -14,7 +14,7 @@ from scrapy import Request
 
 from crawler.frontier.codec import encode_request
 from crawler.frontier.leases import Leases
-from crawler.frontier.store import MODE_DEDUPE, FrontierStore, PopReceipts, PushEntry
+from crawler.frontier.store import MODE_DEDUPE, FrontierStore, PopReceipts, PushEntry, split_member
 from tests.frontier_helpers import Schedulers, drain
 from tests.redis_clients import async_redis
 
@@ -29,7 +29,7 @@ async def store(redis_url: str) -> FrontierStore:
 
 
 def fps(items: list[tuple[str, str, bytes]]) -> list[str]:
-    return [m.split(b":")[1].decode() for _, _, m in items]
+    return [split_member(m)[0] for _, _, m in items]
 
 
 @pytest.mark.asyncio

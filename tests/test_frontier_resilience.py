@@ -18,7 +18,7 @@ from scrapy.utils.test import get_crawler
 
 from bench.redis_proxy import RedisProxy
 from crawler.frontier import tasks as frontier_tasks
-from crawler.frontier.store import MODE_DEDUPE, FrontierStore, PopReceipts, PushEntry
+from crawler.frontier.store import MODE_DEDUPE, FrontierStore, PopReceipts, PushEntry, split_member
 from crawler.frontier.tasks import Tasks
 from devtools.services import start_redis
 from tests.frontier_helpers import Schedulers, drain
@@ -143,7 +143,7 @@ async def test_closing_worker_returns_pops_it_never_received(private_redis: Serv
     assert len(got.items) == 1 and len(rest.items) == 3
     assert {m for _, _, m in rest.items}.isdisjoint({m for _, _, m in got.items})
     # Their priority is kept: the highest (score -3) first.
-    assert [m.split(b":")[1] for _, _, m in rest.items] == [f"{i:040x}".encode() for i in (2, 1, 0)]
+    assert [split_member(m)[0] for _, _, m in rest.items] == [f"{i:040x}" for i in (2, 1, 0)]
     await client.aclose()
 
 

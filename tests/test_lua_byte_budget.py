@@ -89,6 +89,22 @@ def test_zero_budget_grants_nothing(r: redis.Redis) -> None:
     assert b.used() == 0
 
 
+def test_a_denial_that_changes_nothing_writes_nothing(r: redis.Redis) -> None:
+    b = Budget(r, budget=3000, window=60)
+    b.settle(b.reserve(3000)["member"], 3000)
+    assert b.reserve(1000)["warn"] == 1  # the first denial writes (the warning) and renews the keys
+    full = (2 * 60 + LEASE) * 1000
+    live = [b.keys[0], b.keys[2]]  # the log and the state (nothing in flight)
+    assert all(0 < r.pttl(k) <= full for k in live)
+    for k in live:
+        r.pexpire(k, 100_000)  # as if written a while ago
+    denied = b.reserve(1000)
+    assert not denied["granted"] and denied["warn"] == 0
+    # Read only: the TTLs the last write set run on (a denial renews nothing, replicates nothing).
+    assert all(0 < r.pttl(k) <= 100_000 for k in live)
+    assert b.used() == 3000
+
+
 def test_exact_limit(r: redis.Redis) -> None:
     b = Budget(r, budget=3000, window=60)
     grants = [b.reserve(1000) for _ in range(3)]

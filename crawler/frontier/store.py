@@ -11,8 +11,11 @@ key                        type    content
                                    be served; exactly the websites with queued
                                    requests. Lowest score is served first.
 ``<p>:q:<website>``        zset    the website's requests; score ``-priority``;
-                                   member ``<seq:016x>:<fingerprint>:<json>``
-                                   (seq keeps FIFO order within a priority)
+                                   member ``<seq:016x>#<fingerprint>`` + JSON,
+                                   the fingerprint's 20 raw bytes (written
+                                   before them, and for fingerprints of another
+                                   length: ``<seq:016x>:<hex>:<json>``, still
+                                   read; seq keeps FIFO order within a priority)
 ``<p>:depths``             zset    website -> requests queued: the depth index,
                                    kept by every script that moves requests
                                    (``lua/depth.lua``), so a status reads the
@@ -21,7 +24,9 @@ key                        type    content
 ``<p>:not_before``         zset    website -> time before which it must not be
                                    served (kept while the website's queue is
                                    empty, expired entries pruned on pop)
-``<p>:seen``               set     fingerprints of every request ever stored
+``<p>:seen``               set     fingerprints (20 raw bytes; ``<p>:seen:fmt``
+                                   says whether older hex ones may be there)
+                                   of every request ever stored
                                    (``FRONTIER_DEDUPE=exact``; with a TTL one set
                                    per generation ``<p>:seen:g<n>``; ``bloom``:
                                    ``<p>:seen[:g<n>]:meta`` and segments
@@ -138,10 +143,22 @@ class WebsiteQueue:
     not_before: float | None
 
 
+def fingerprint_arg(fingerprint: str) -> bytes:
+    """What the scripts store for a fingerprint (hex): its 20 raw bytes (``lua/seen_lib.lua``), else its text."""
+    if len(fingerprint) == 40:
+        try:
+            return bytes.fromhex(fingerprint)
+        except ValueError:
+            pass
+    return fingerprint.encode("utf-8")
+
+
 def split_member(member: bytes) -> tuple[str, bytes]:
-    """``(fingerprint, payload)`` of a queue member."""
+    """``(fingerprint (hex), payload)`` of a queue member, of either form (``lua/push.lua``)."""
+    if member[16:17] == b"#":
+        return member[17:37].hex(), member[37:]
     _seq, fp, payload = member.split(b":", 2)
-    return fp.decode("ascii"), payload
+    return fp.decode("utf-8"), payload
 
 
 class FrontierStore:
@@ -185,7 +202,7 @@ class FrontierStore:
         args: list[Any] = [worker, len(entries)]
         for e in entries:
             idx = qkeys.setdefault(e.website, 8 + len(qkeys))
-            args += [idx, e.website, e.fingerprint, e.mode, e.score, e.not_before, e.payload]
+            args += [idx, e.website, fingerprint_arg(e.fingerprint), e.mode, e.score, e.not_before, e.payload]
         args.append(self.seen_spec)
         keys = [self.seen_key, self.sites_key, self.not_before_key, self.seq_key, self.workers_key,
                 self.depths_key, self.queued_key, *(self.queue_key(w) for w in qkeys)]
@@ -199,7 +216,7 @@ class FrontierStore:
         check: 1 if seen; add: 1 if it was new; forget: the next push of it is stored again.
         """
         self.calls += 1
-        out = await self._seen(keys=[self.seen_key], args=[self.seen_spec, op, *fingerprints])
+        out = await self._seen(keys=[self.seen_key], args=[self.seen_spec, op, *map(fingerprint_arg, fingerprints)])
         return [int(x) for x in out] if isinstance(out, list) else [int(out)]
 
     async def seen_count(self) -> int:

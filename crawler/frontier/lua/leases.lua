@@ -3,12 +3,29 @@
 -- return to their websites' queues, counted in the depth index.
 --
 -- A worker's pops hash (<p>:pops:<worker>) holds one field per request it
--- was given, '<pop id>.<i>' -> cjson [website, member, score], until the
--- worker acknowledges it (its outcome processed, what it produced stored).
+-- was given, '<pop id>.<i>' -> '<score> <length of website> <website>' ..
+-- member (binary-safe: members hold raw fingerprints; written before that:
+-- cjson [website, member, score], still read), until the worker
+-- acknowledges it (its outcome processed, what it produced stored).
 -- The leases zset (<p>:leases) holds worker -> deadline (Redis clock) for
 -- every worker whose pops hash is not empty; each call of the worker renews
 -- it. A worker past its deadline is dead: the first caller to see it puts
 -- its requests back, so reclaiming costs O(expired requests), never a scan.
+
+-- The pops hash value of a request popped from website's queue with score
+-- (the string ZPOPMIN gave).
+local function lease_record(site, member, score)
+  return string.format('%s %d ', score, #site) .. site .. member
+end
+
+-- {website, member, score} of a pops hash value.
+local function lease_entry(rec)
+  if string.byte(rec, 1) == 91 then return cjson.decode(rec) end  -- '[': written before lease_record
+  local a = string.find(rec, ' ', 1, true)
+  local b = string.find(rec, ' ', a + 1, true)
+  local len = tonumber(string.sub(rec, a + 1, b - 1))
+  return {string.sub(rec, b + 1, b + len), string.sub(rec, b + len + 1), string.sub(rec, 1, a - 1)}
+end
 
 -- The request e = {website, member, score} back in its website's queue,
 -- keeping its priority and the website's not-before; delta[website] counts
@@ -26,7 +43,7 @@ end
 local function requeue_all(sites_key, nb_key, qprefix, now, pkey, delta)
   local n = 0
   for _, rec in ipairs(redis.call('HVALS', pkey)) do
-    requeue(sites_key, nb_key, qprefix, now, cjson.decode(rec), delta)
+    requeue(sites_key, nb_key, qprefix, now, lease_entry(rec), delta)
     n = n + 1
   end
   redis.call('DEL', pkey)
@@ -46,8 +63,9 @@ end
 
 -- The worker's lease: renewed to now + seconds while it holds requests,
 -- gone when it holds none (or when leases are off: seconds = 0).
-local function renew(leases_key, pkey, worker, now, seconds)
-  if seconds > 0 and redis.call('EXISTS', pkey) == 1 then
+-- held: true when the caller knows the pops hash is not empty.
+local function renew(leases_key, pkey, worker, now, seconds, held)
+  if seconds > 0 and (held or redis.call('EXISTS', pkey) == 1) then
     redis.call('ZADD', leases_key, now + seconds, worker)
   else
     redis.call('ZREM', leases_key, worker)

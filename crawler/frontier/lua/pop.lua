@@ -14,7 +14,7 @@
 -- KEYS[1]  sites zset: website -> time it may next be served
 -- KEYS[2]  not-before zset: website -> not-before time
 -- KEYS[3]  workers zset: worker id -> last time it was busy
--- KEYS[4]  this worker's pops hash: '<pop id>.<i>' -> cjson [website, member, score]
+-- KEYS[4]  this worker's pops hash: '<pop id>.<i>' -> the request (leases.lua)
 -- KEYS[5]  leases zset: worker id -> lease deadline
 -- KEYS[6]  depths zset: website -> queued requests (depth.lua)
 -- KEYS[7]  queued counter: total queued requests (depth.lua)
@@ -40,23 +40,28 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local n = tonumber(ARGV[2])
 local pop_id = ARGV[4]
 local lease = tonumber(ARGV[5])
+local now_s = string.format('%.17g', now)  -- formatted once, not once per website
 local out = {}
 local function recorded(id, max)
+  if redis.call('HEXISTS', KEYS[4], id .. '.1') == 0 then return 0 end
+  local fields = {}
+  for i = 1, max do fields[i] = id .. string.format('.%d', i) end
   local got = 0
-  for i = 1, max do
-    local field = id .. '.' .. i
-    local rec = redis.call('HGET', KEYS[4], field)
-    if not rec then break end
-    local e = cjson.decode(rec)
-    out[#out + 1] = e[1]
-    out[#out + 1] = field
-    out[#out + 1] = e[2]
-    got = got + 1
+  for j = 1, max, 4000 do
+    local recs = redis.call('HMGET', KEYS[4], unpack(fields, j, math.min(j + 3999, max)))
+    for k = 1, #recs do
+      if not recs[k] then return got end
+      local e = lease_entry(recs[k])
+      out[#out + 1] = e[1]
+      out[#out + 1] = fields[j + k - 1]
+      out[#out + 1] = e[2]
+      got = got + 1
+    end
   end
   return got
 end
 local acks = tonumber(ARGV[7])
-for i = 1, acks do redis.call('HDEL', KEYS[4], ARGV[7 + i]) end
+for j = 8, 7 + acks, 4000 do redis.call('HDEL', KEYS[4], unpack(ARGV, j, math.min(j + 3999, 7 + acks))) end
 local base = 7 + acks + 1
 local found = {}
 for i = 1, tonumber(ARGV[base]) do
@@ -73,33 +78,43 @@ if #sites > 0 then
   local share = math.floor(n / #sites)
   local extra = n % #sites
   local record = {}
+  -- A queue that gave fewer than asked is empty; one that gave all is asked
+  -- (EXISTS). The websites served are moved to the back of the line with one
+  -- ZADD XX, the emptied ones removed with one ZREM.
+  local busy, gone = {}, {}
   for i, site in ipairs(sites) do
-    local qkey = ARGV[1] .. site
-    local got = redis.call('ZPOPMIN', qkey, share + (i <= extra and 1 or 0))
+    local want = share + (i <= extra and 1 or 0)
+    local got = redis.call('ZPOPMIN', ARGV[1] .. site, want)
     for j = 1, #got, 2 do
       popped = popped + 1
-      local field = pop_id .. '.' .. popped
+      local field = pop_id .. string.format('.%d', popped)  -- '%d': a number's own tostring is far slower
       out[#out + 1] = site
       out[#out + 1] = field
       out[#out + 1] = got[j]
       record[#record + 1] = field
-      record[#record + 1] = cjson.encode({site, got[j], tonumber(got[j + 1])})
+      record[#record + 1] = lease_record(site, got[j], got[j + 1])
     end
-    delta[site] = (delta[site] or 0) - #got / 2
-    if redis.call('EXISTS', qkey) == 1 then
-      redis.call('ZADD', KEYS[1], 'XX', now, site)
+    local k = #got / 2
+    delta[site] = (delta[site] or 0) - k
+    if k == want and redis.call('EXISTS', ARGV[1] .. site) == 1 then
+      busy[#busy + 1] = now_s
+      busy[#busy + 1] = site
     else
-      redis.call('ZREM', KEYS[1], site)
+      gone[#gone + 1] = site
       empty[site] = true
     end
   end
+  for j = 1, #busy, 4000 do redis.call('ZADD', KEYS[1], 'XX', unpack(busy, j, math.min(j + 3999, #busy))) end
+  for j = 1, #gone, 4000 do redis.call('ZREM', KEYS[1], unpack(gone, j, math.min(j + 3999, #gone))) end
   if popped > 0 then
-    redis.call('ZADD', KEYS[3], now, ARGV[3])
-    if pop_id ~= '' then redis.call('HSET', KEYS[4], unpack(record)) end
+    redis.call('ZADD', KEYS[3], now_s, ARGV[3])
+    if pop_id ~= '' then
+      for j = 1, #record, 4000 do redis.call('HSET', KEYS[4], unpack(record, j, math.min(j + 3999, #record))) end
+    end
   end
 end
 add_depths(KEYS[6], KEYS[7], delta, empty)
-renew(KEYS[5], KEYS[4], ARGV[3], now, lease)
+renew(KEYS[5], KEYS[4], ARGV[3], now, lease, popped > 0 and pop_id ~= '')
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local result = {string.format('%.6f', now), redis.call('ZCARD', KEYS[1]),
                 nxt[2] and string.format('%.6f', tonumber(nxt[2])) or '-1', table.concat(found, ','), reclaimed}

@@ -12,28 +12,43 @@
 -- KEYS[8..] one queue zset per website, referenced by index below
 -- ARGV[1]  worker id
 -- ARGV[2]  number of requests N, then N groups of 7 values:
---          queue KEYS index, website, fingerprint,
+--          queue KEYS index, website, fingerprint (20 raw bytes; any other
+--          length: as the caller gives it, hex),
 --          mode (0 = dedupe, 1 = dont_filter: store and mark seen,
 --                2 = requeue: store, leave the seen set alone),
 --          queue score (-priority), not-before time (0 = none),
 --          and the encoded request
 -- ARGV[3 + 7N]  the seen spec (seen_lib.lua; absent or "" = exact set)
 -- return   {stored flags (1 stored, 0 duplicate) ..., sites with work}
+--
+-- A queue member is '<seq:016x>#' .. fingerprint .. request for a 20-byte
+-- fingerprint, '<seq:016x>:<fingerprint>:' .. request for any other (and for
+-- every member written before raw fingerprints): the 16 hex digits of seq come
+-- first either way, so old and new members keep their FIFO order.
 
 -- @include seen_lib.lua
 -- @include depth.lua
 
+-- One redis.call per key, not per request: the seen set is read in one call
+-- and written in one (seen_prefetch, seen_close), each queue gets its new
+-- members in one ZADD, and the sites and not-before zsets are read for the
+-- websites touched (ZMSCORE), updated here as the per-request ZADD GT / NX
+-- would have done in order, and written in one ZADD each.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local n = tonumber(ARGV[2])
 local seen = seen_open(KEYS[1], ARGV[3 + n * 7], now)
 local seq = redis.call('INCRBY', KEYS[4], n) - n
+local fps = {}
+for i = 0, n - 1 do
+  if ARGV[6 + i * 7] ~= '2' then fps[#fps + 1] = ARGV[5 + i * 7] end
+end
+seen_prefetch(seen, fps)
 local out = {}
-local delta = {}
+local adds, qorder, qsite = {}, {}, {}  -- queue KEYS index -> {score, member, ...}; the indexes in order; websites
+local events = {}  -- per request stored: website, not-before time
 for i = 0, n - 1 do
   local base = 3 + i * 7
-  local qkey = KEYS[tonumber(ARGV[base])]
-  local site = ARGV[base + 1]
   local fp = ARGV[base + 2]
   local mode = ARGV[base + 3]
   local stored = 1
@@ -43,23 +58,116 @@ for i = 0, n - 1 do
     seen_mark(seen, fp)
   end
   if stored == 1 then
-    local member = string.format('%016x', seq + i) .. ':' .. fp .. ':' .. ARGV[base + 6]
-    delta[site] = (delta[site] or 0) + redis.call('ZADD', qkey, tonumber(ARGV[base + 4]), member)
-    local until_t = tonumber(ARGV[base + 5])
-    if until_t > 0 then
-      redis.call('ZADD', KEYS[3], 'GT', until_t, site)
-      redis.call('ZADD', KEYS[2], 'GT', until_t, site)
-    else
-      local ready = now
-      local nb = redis.call('ZSCORE', KEYS[3], site)
-      if nb and tonumber(nb) > ready then ready = tonumber(nb) end
-      redis.call('ZADD', KEYS[2], 'NX', ready, site)
+    local q = ARGV[base]
+    local a = adds[q]
+    if a == nil then
+      a = {}
+      adds[q] = a
+      qorder[#qorder + 1] = q
+      qsite[q] = ARGV[base + 1]
     end
+    a[#a + 1] = ARGV[base + 4]
+    -- 20 raw bytes: '<seq>#<fp>' .. payload; any other fingerprint: '<seq>:<fp>:' .. payload
+    if is_raw(fp) then
+      a[#a + 1] = string.format('%016x', seq + i) .. '#' .. fp .. ARGV[base + 6]
+    else
+      a[#a + 1] = string.format('%016x', seq + i) .. ':' .. fp .. ':' .. ARGV[base + 6]
+    end
+    events[#events + 1] = ARGV[base + 1]
+    events[#events + 1] = tonumber(ARGV[base + 5])
   end
   out[#out + 1] = stored
 end
 seen_close(seen)
+local delta = {}
+for _, q in ipairs(qorder) do
+  local a = adds[q]
+  local added = 0
+  for j = 1, #a, 4000 do
+    added = added + redis.call('ZADD', KEYS[tonumber(q)], unpack(a, j, math.min(j + 3999, #a)))
+  end
+  delta[qsite[q]] = (delta[qsite[q]] or 0) + added
+end
+local now_s = string.format('%.17g', now)  -- formatted once (Redis formats a Lua number per use)
+local timed = false  -- a request with a not-before time
+for j = 2, #events, 2 do
+  if events[j] > 0 then timed = true end
+end
+if #events > 0 and not timed then
+  -- each website into the sites zset (NX) at max(now, its not-before): no
+  -- not-before changes here, so one ZADD NX does what one per request did
+  local names, idx = {}, {}
+  for j = 1, #events, 2 do
+    if idx[events[j]] == nil then
+      names[#names + 1] = events[j]
+      idx[events[j]] = true
+    end
+  end
+  for j = 1, #names, 2000 do
+    local hi = math.min(j + 1999, #names)
+    local nb = redis.call('ZMSCORE', KEYS[3], unpack(names, j, hi))
+    local args = {}
+    for k = j, hi do
+      local v = nb[k - j + 1]
+      args[#args + 1] = (v and tonumber(v) > now) and v or now_s
+      args[#args + 1] = names[k]
+    end
+    redis.call('ZADD', KEYS[2], 'NX', unpack(args))
+  end
+elseif #events > 0 then
+  -- the sites and not-before scores of the websites touched, then each request's
+  -- ZADD not_before GT / sites GT (with a not-before) or sites NX at max(now,
+  -- not-before) (without), in order, as the loop above would have made them
+  local names, idx = {}, {}
+  for j = 1, #events, 2 do
+    local site = events[j]
+    if idx[site] == nil then
+      names[#names + 1] = site
+      idx[site] = #names
+    end
+  end
+  local sv, nv = {}, {}
+  for j = 1, #names, 4000 do
+    local hi = math.min(j + 3999, #names)
+    local ss = redis.call('ZMSCORE', KEYS[2], unpack(names, j, hi))
+    local ns = redis.call('ZMSCORE', KEYS[3], unpack(names, j, hi))
+    for k = j, hi do
+      sv[k] = ss[k - j + 1] and tonumber(ss[k - j + 1]) or false
+      nv[k] = ns[k - j + 1] and tonumber(ns[k - j + 1]) or false
+    end
+  end
+  local s_dirty, n_dirty = {}, {}
+  for j = 1, #events, 2 do
+    local k, until_t = idx[events[j]], events[j + 1]
+    if until_t > 0 then
+      if not nv[k] or until_t > nv[k] then
+        nv[k] = until_t
+        n_dirty[k] = true
+      end
+      if not sv[k] or until_t > sv[k] then
+        sv[k] = until_t
+        s_dirty[k] = true
+      end
+    elseif not sv[k] then
+      sv[k] = (nv[k] and nv[k] > now) and nv[k] or now
+      s_dirty[k] = true
+    end
+  end
+  local sargs, nargs = {}, {}
+  for k, site in ipairs(names) do
+    if s_dirty[k] then
+      sargs[#sargs + 1] = sv[k]
+      sargs[#sargs + 1] = site
+    end
+    if n_dirty[k] then
+      nargs[#nargs + 1] = nv[k]
+      nargs[#nargs + 1] = site
+    end
+  end
+  for j = 1, #sargs, 4000 do redis.call('ZADD', KEYS[2], unpack(sargs, j, math.min(j + 3999, #sargs))) end
+  for j = 1, #nargs, 4000 do redis.call('ZADD', KEYS[3], unpack(nargs, j, math.min(j + 3999, #nargs))) end
+end
 add_depths(KEYS[6], KEYS[7], delta, {})
-redis.call('ZADD', KEYS[5], now, ARGV[1])
+redis.call('ZADD', KEYS[5], now_s, ARGV[1])
 out[#out + 1] = redis.call('ZCARD', KEYS[2])
 return out

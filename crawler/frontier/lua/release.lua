@@ -5,7 +5,7 @@
 --
 -- KEYS[1]  sites zset: website -> time it may next be served
 -- KEYS[2]  not-before zset: website -> not-before time
--- KEYS[3]  the worker's pops hash: '<pop id>.<i>' -> cjson [website, member, score]
+-- KEYS[3]  the worker's pops hash: '<pop id>.<i>' -> the request (leases.lua)
 -- KEYS[4]  leases zset: worker id -> lease deadline
 -- KEYS[5]  depths zset: website -> queued requests (depth.lua)
 -- KEYS[6]  queued counter: total queued requests (depth.lua)
@@ -17,7 +17,7 @@
 -- @include leases.lua
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-for i = 3, #ARGV do redis.call('HDEL', KEYS[3], ARGV[i]) end
+for j = 3, #ARGV, 4000 do redis.call('HDEL', KEYS[3], unpack(ARGV, j, math.min(j + 3999, #ARGV))) end
 local delta = {}
 local requeued = requeue_all(KEYS[1], KEYS[2], ARGV[1], now, KEYS[3], delta)
 add_depths(KEYS[5], KEYS[6], delta, {})

@@ -4,7 +4,7 @@
 -- KEYS[1]  seen key (as push.lua's KEYS[1])
 -- ARGV[1]  the seen spec (seen_lib.lua; "" = exact set)
 -- ARGV[2]  operation: "check", "add", "forget" or "count"
--- ARGV[3..] fingerprints (hex)
+-- ARGV[3..] fingerprints (20 raw bytes; any other length: hex, as push.lua)
 -- return   check: {1 seen / 0 not, ...}; add: {1 new / 0 seen before, ...};
 --          forget: number forgotten; count: fingerprints stored
 -- @include seen_lib.lua

@@ -8,12 +8,25 @@
 --   spec "<exact|bloom>|cap|error|period|gens"  period > 0: gens generations of
 --        period seconds each (keys base:g<n>); a fingerprint is remembered for
 --        (gens - 1) * period to gens * period seconds after it was first stored
+-- seen_prefetch(s, fps)  exact sets: reads whether each of fps is seen in one
+--   SMISMEMBER per generation; seen_add and seen_mark then answer from it and
+--   write once, in seen_close (a push of N requests: 2 calls, not N)
 -- seen_add(s, fp)    -> 1 if fp was not seen (it is now), 0 if it was
 -- seen_mark(s, fp)   marks fp seen without testing it (dont_filter requests)
 -- seen_check(s, fp)  -> 1 if fp was seen, 0 if not
 -- seen_forget(s, fp) un-marks fp: the next push of it is stored again
 -- seen_count(s)      -> fingerprints stored (Bloom: counted at insertion)
--- seen_close(s)      writes back the Bloom counters; call once at the end
+-- seen_close(s)      writes back what was deferred (Bloom counters, the exact
+--                    set's additions); call once at the end
+--
+-- Fingerprints are 20 raw bytes (a SHA1, as Scrapy's fingerprinter gives them;
+-- any other length is kept as the caller sends it, hex: is_raw tells them). An exact set written
+-- before raw fingerprints holds 40 hex characters: the string base:fmt says
+-- "raw" (every member raw) or "hex:<until>" (old members may be there until
+-- that Redis time, 0 = for ever); while "hex", a fingerprint is looked up in
+-- both forms and forgotten in both, so a crawl upgraded in place re-crawls
+-- nothing. The Bloom filter's bits are the same from either form (the first
+-- 18 bytes are the hashes); its forgotten set keeps hex.
 --
 -- Bloom layout of one generation G: hash G:meta {f = filters, n = items in the
 -- newest filter, t = items in all}; filter i is made of segments G:<i>:<j>,
@@ -29,6 +42,20 @@
 -- base:forgotten until they are stored again.
 local SEGMENT_BITS = 262128 * 8
 local LN2 = math.log(2)
+local HEX20 = string.rep('%02x', 20)
+
+-- true for a raw 20-byte fingerprint; not for the text of another (the hex
+-- of a 10-byte one is 20 characters too, but all hex digits: a raw SHA1 is
+-- that with a probability of 16^-20)
+local function is_raw(fp)
+  return #fp == 20 and string.find(fp, '[^0-9a-f]') ~= nil
+end
+
+-- the hex form of a raw 20-byte fingerprint (any other: unchanged)
+local function hex_of(fp)
+  if not is_raw(fp) then return fp end
+  return string.format(HEX20, string.byte(fp, 1, 20))
+end
 
 local function bloom_params(s, i)
   local p = s.params[i]
@@ -44,7 +71,8 @@ local function bloom_params(s, i)
 end
 
 local function seen_open(base, spec, now)
-  local s = {base = base, bloom = false, gens = {base}, metas = {}, params = {}, expire_at = nil}
+  local s = {base = base, bloom = false, gens = {base}, metas = {}, params = {}, expire_at = nil, now = now,
+             known = nil, adds = {}}
   if spec == nil or spec == '' then return s end
   local mode, cap, err, period, ngen = string.match(spec, '^(%a+)|([^|]+)|([^|]+)|([^|]+)|([^|]+)$')
   s.bloom = mode == 'bloom'
@@ -72,7 +100,15 @@ local function meta(s, gen)
   return m
 end
 
+local function num48(fp, i)
+  local a, b, c, d, e, f = string.byte(fp, i, i + 5)
+  return ((((a * 256 + b) * 256 + c) * 256 + d) * 256 + e) * 256 + f
+end
+
 local function hashes(fp)
+  if is_raw(fp) then  -- the same three numbers as its hex form gives
+    return {num48(fp, 1), num48(fp, 7) * 2 + 1, num48(fp, 13)}
+  end
   local a, b, c = tonumber(string.sub(fp, 1, 12), 16), tonumber(string.sub(fp, 13, 24), 16),
     tonumber(string.sub(fp, 25, 36), 16)
   if not (a and b and c) or #fp < 36 then
@@ -156,7 +192,95 @@ end
 
 local function was_forgotten(s, fp)
   if s.has_forgotten == nil then s.has_forgotten = redis.call('EXISTS', s.forgotten) == 1 end
-  return s.has_forgotten and redis.call('SREM', s.forgotten, fp) == 1
+  return s.has_forgotten and redis.call('SREM', s.forgotten, hex_of(fp)) == 1
+end
+
+-- Exact sets: 'raw', or 'hex' while members written before raw fingerprints
+-- may be there (see the header); read once per script.
+local function exact_format(s)
+  if s.fmt == nil then
+    s.fmt_key = s.base .. ':fmt'
+    local v = redis.call('GET', s.fmt_key)
+    if v == 'raw' then
+      s.fmt = 'raw'
+    elseif v then
+      s.fmt_until = tonumber(string.sub(v, 5)) or 0
+      s.fmt = (s.fmt_until > 0 and s.now >= s.fmt_until) and 'raw' or 'hex'
+      s.fmt_dirty = s.fmt == 'raw'
+    else  -- not recorded yet: old members if a set exists already
+      s.fmt = 'raw'
+      for _, gen in ipairs(s.gens) do
+        if redis.call('EXISTS', gen) == 1 then s.fmt = 'hex' end
+      end
+      s.fmt_until = s.expire_at or 0
+      s.fmt_dirty = true
+    end
+  end
+  return s.fmt
+end
+
+-- the members that stand for fp in an exact set (its hex form too while 'hex')
+local function forms(s, fp)
+  if is_raw(fp) and exact_format(s) == 'hex' then return {fp, hex_of(fp)} end
+  return {fp}
+end
+
+local function any_member(key, members)
+  for _, m in ipairs(members) do
+    if redis.call('SISMEMBER', key, m) == 1 then return true end
+  end
+  return false
+end
+
+local function seen_prefetch(s, fps)
+  if s.bloom then return end
+  s.known = s.known or {}  -- fp -> 1: in the newest generation (or added here), 2: only in an older one
+  s.asked = s.asked or {}
+  local hex = exact_format(s) == 'hex'
+  local uniq, ask = {}, {}
+  for _, fp in ipairs(fps) do
+    if not s.asked[fp] then
+      s.asked[fp] = true
+      uniq[#uniq + 1] = fp
+      ask[#ask + 1] = fp
+      if hex and is_raw(fp) then ask[#ask + 1] = hex_of(fp) end
+    end
+  end
+  if #uniq == 0 then return end
+  for gi, gen in ipairs(s.gens) do
+    local found = {}
+    for i = 1, #ask, 4000 do
+      local part = redis.call('SMISMEMBER', gen, unpack(ask, i, math.min(i + 3999, #ask)))
+      for j = 1, #part do found[i + j - 1] = part[j] end
+    end
+    local i = 1
+    for _, fp in ipairs(uniq) do
+      local isin = found[i] == 1
+      i = i + 1
+      if hex and is_raw(fp) then
+        isin = isin or found[i] == 1
+        i = i + 1
+      end
+      if isin and s.known[fp] == nil then s.known[fp] = gi == 1 and 1 or 2 end
+    end
+  end
+end
+
+-- the deferred additions of an exact set, written now
+local function flush_adds(s)
+  for i = 1, #s.adds, 4000 do
+    redis.call('SADD', s.gens[1], unpack(s.adds, i, math.min(i + 3999, #s.adds)))
+  end
+  if #s.adds > 0 then
+    s.wrote = true
+    s.adds = {}
+  end
+end
+
+-- fp into the newest generation of an exact set, at seen_close (known: prefetched)
+local function exact_add(s, fp)
+  s.known[fp] = 1
+  s.adds[#s.adds + 1] = fp
 end
 
 local function seen_add(s, fp)
@@ -170,12 +294,10 @@ local function seen_add(s, fp)
     if bloom_seen(s, h, true) then return 0 end
     return bloom_set(s, h)
   end
-  for i = 2, #s.gens do
-    if redis.call('SISMEMBER', s.gens[i], fp) == 1 then return 0 end
-  end
-  local added = redis.call('SADD', s.gens[1], fp)
-  if added == 1 and s.expire_at then redis.call('EXPIREAT', s.gens[1], s.expire_at) end
-  return added
+  if not (s.asked and s.asked[fp]) then seen_prefetch(s, {fp}) end
+  if s.known[fp] then return 0 end
+  exact_add(s, fp)
+  return 1
 end
 
 local function seen_mark(s, fp)
@@ -184,30 +306,35 @@ local function seen_mark(s, fp)
     bloom_room(s)
     was_forgotten(s, fp)
     bloom_set(s, h)
-  elseif redis.call('SADD', s.gens[1], fp) == 1 and s.expire_at then
-    redis.call('EXPIREAT', s.gens[1], s.expire_at)
+    return
   end
+  if not (s.asked and s.asked[fp]) then seen_prefetch(s, {fp}) end
+  if s.known[fp] ~= 1 then exact_add(s, fp) end
 end
 
 local function seen_check(s, fp)
   if s.bloom then
-    if redis.call('SISMEMBER', s.forgotten, fp) == 1 then return 0 end
+    if redis.call('SISMEMBER', s.forgotten, hex_of(fp)) == 1 then return 0 end
     local h = hashes(fp)
     return bloom_seen(s, h, false) and 1 or 0
   end
+  local members = forms(s, fp)
   for _, gen in ipairs(s.gens) do
-    if redis.call('SISMEMBER', gen, fp) == 1 then return 1 end
+    if any_member(gen, members) then return 1 end
   end
   return 0
 end
 
 local function seen_forget(s, fp)
   if s.bloom then
-    redis.call('SADD', s.forgotten, fp)
+    redis.call('SADD', s.forgotten, hex_of(fp))
     s.has_forgotten = true
     return
   end
-  for _, gen in ipairs(s.gens) do redis.call('SREM', gen, fp) end
+  flush_adds(s)
+  local members = forms(s, fp)
+  for _, gen in ipairs(s.gens) do redis.call('SREM', gen, unpack(members)) end
+  if s.known then s.known[fp] = nil end
 end
 
 local function seen_count(s)
@@ -225,4 +352,13 @@ local function seen_close(s)
       if s.expire_at then redis.call('EXPIREAT', gen .. ':meta', s.expire_at) end
     end
   end
+  flush_adds(s)
+  local wrote = s.wrote
+  if wrote and s.expire_at then redis.call('EXPIREAT', s.gens[1], s.expire_at) end
+  if s.fmt_dirty and (wrote or s.fmt == 'hex') then
+    redis.call('SET', s.fmt_key, s.fmt == 'raw' and 'raw' or 'hex:' .. string.format('%d', s.fmt_until))
+    s.fmt_dirty = false
+    wrote = true
+  end
+  if s.fmt_key and s.expire_at and wrote then redis.call('EXPIREAT', s.fmt_key, s.expire_at) end
 end

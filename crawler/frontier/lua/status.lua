@@ -24,7 +24,7 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 if ARGV[2] == '1' then redis.call('ZADD', KEYS[2], now, ARGV[1]) end
-for i = 6, #ARGV do redis.call('HDEL', KEYS[4], ARGV[i]) end
+for j = 6, #ARGV, 4000 do redis.call('HDEL', KEYS[4], unpack(ARGV, j, math.min(j + 3999, #ARGV))) end
 renew(KEYS[5], KEYS[4], ARGV[1], now, tonumber(ARGV[3]))
 local delta = {}
 local reclaimed = reclaim(KEYS[5], KEYS[1], KEYS[3], ARGV[4], ARGV[5], now, 10, delta)

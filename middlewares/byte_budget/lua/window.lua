@@ -33,9 +33,14 @@ local function put(field, value)
   state[field] = value
   changed[field] = true
 end
--- Keys live for two windows plus an expiry past the last activity: every
--- call renews the log, the reservations in flight and the state (an entry
--- must not vanish while `used` counts it), and the index when it wrote to it.
+-- Keys live for two windows plus an expiry past the last write: every call
+-- that writes renews the log, the reservations in flight and the state (an
+-- entry must not vanish while `used` counts it), and the index when it wrote
+-- to it. A call that writes nothing (a denial that changed nothing: the
+-- website is denied again until its not-before) renews nothing: no entry
+-- written earlier outlives the TTL its write set (an entry leaves the window
+-- at most expiry + window after it was written), and a denial is then a
+-- read-only script (nothing to replicate).
 local function finish(expiry)
   local args = {}
   for f in pairs(changed) do
@@ -44,6 +49,8 @@ local function finish(expiry)
   end
   if #args > 0 then
     redis.call('HSET', KEYS[3], unpack(args))
+  elseif not (written[1] or written[2] or written[4]) then
+    return
   end
   local ttl = math.ceil((2 * window + expiry) * 1000)
   for i = 1, 3 do
