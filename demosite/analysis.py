@@ -142,6 +142,34 @@ def max_bytes_in_any_window(records: Iterable[Record], host: str, window_s: floa
     return best
 
 
+def crawl_span(records: Iterable[Record], host: str) -> tuple[float, float] | None:
+    """From the first request of ``host`` to its last byte (a timeline's last sample or ``t_end``), or None."""
+    recs = host_records(records, host)
+    if not recs:
+        return None
+    ends = [t for r in recs for (_, (t, _)) in _segments(r)]
+    return float(recs[0]["t"]), max([float(recs[0]["t"]), *ends])
+
+
+def budget_use(records: Iterable[Record], host: str, budget: float, window_s: float) -> float:
+    """How much of a byte budget of ``budget`` bytes per ``window_s`` a crawl of ``host`` used.
+
+    Its mean rate over the budget's: all its bytes over ``budget`` times the
+    windows it lasted (:func:`crawl_span`). It counts every byte and does not
+    depend on where fixed windows fall: two crawls of the same bytes that
+    take the same time score the same. A crawl that keeps every sliding window
+    at ``budget`` scores 1.0 when paced evenly, and up to (k + 1) / k when it
+    sends ``budget`` in bursts at the start of k + 1 windows (a short crawl:
+    k windows long). 0.0 for a crawl of no duration.
+    """
+    if window_s <= 0 or budget <= 0:
+        raise ValueError(f"budget and window_s must be > 0, not {budget} and {window_s}")
+    span = crawl_span(records, host)
+    if span is None or span[1] <= span[0]:
+        return 0.0
+    return total_bytes(records, host) * window_s / (budget * (span[1] - span[0]))
+
+
 def request_times(records: Iterable[Record], host: str) -> list[float]:
     """Sorted request times ``t`` of ``host``."""
     return [float(r["t"]) for r in host_records(records, host)]

@@ -398,3 +398,21 @@ def test_listen_refuses_the_admin_address_and_unknown_ones(site: DemoSite, call:
         urllib.request.urlopen(f"{site.server.url}/_demo/{call}", timeout=10)
     assert info.value.code == 400
     info.value.close()
+
+
+def test_budget_use_is_the_crawls_rate_wherever_the_windows_fall() -> None:
+    # Two crawls of 3,000 bytes over the same 9 s (b = 1,000 per 4 s): one
+    # sends most of its bytes early, the other late. Fixed windows from the
+    # first request without the last partial one ([8, 9) left out) scored
+    # them 1.25 and 0.67; both used the budget at 3000 / (1000 * 9 / 4).
+    early = [rec(0.0, 1500, "/a"), rec(4.0, 1000, "/b"), rec(9.0, 500, "/c")]
+    late = [rec(0.0, 500, "/a"), rec(7.5, 2500, "/b", t_end=9.0, timeline=[[7.5, 0], [9.0, 2500]])]
+    for records in (early, late):
+        assert analysis.crawl_span(records, H) == (0.0, 9.0)
+        assert analysis.budget_use(records, H, 1000, 4.0) == pytest.approx(3000 / 2250)
+    grid = [sum(analysis.bytes_per_window(r, H, 4.0)[:-1]) / 2000 for r in (early, late)]
+    assert grid == pytest.approx([1.25, (500 + 2500 / 3) / 2000])
+    assert analysis.crawl_span(early, "other.test") is None
+    assert analysis.budget_use([rec(1.0, 10)], H, 1000, 4.0) == 0.0  # no duration
+    with pytest.raises(ValueError, match="must be > 0"):
+        analysis.budget_use(early, H, 0, 4.0)
