@@ -218,7 +218,7 @@ class PolitenessConfig:
             crawl_delay_max=float_setting(settings, "POLITENESS_CRAWL_DELAY_MAX_SECONDS", 60, minimum=0),
             rate_default=parse_rate("POLITENESS_RATE_DEFAULT", settings.get("POLITENESS_RATE_DEFAULT")),
             rate_per_website=per_website,
-            gate_margin=float_setting(settings, "POLITENESS_GATE_MARGIN_SECONDS", 0.05, minimum=0),
+            gate_margin=float_setting(settings, "POLITENESS_GATE_MARGIN_SECONDS", 0.1, minimum=0),
             gate_park_max=park_max,
             probe_wait=min(park_max, _PROBE_WAIT, backoff_base / 2, cool / 2),
             adaptive=AdaptiveConfig.from_settings(settings),
