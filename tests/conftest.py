@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import pytest_asyncio
 
 from demosite.sites import SiteConfig
 from devtools.services import (
@@ -36,10 +37,11 @@ from devtools.services import (
     start_redis_cluster,
     start_secantus,
 )
+from tests.frontier_helpers import Schedulers
 from tests.redis_clients import flush
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator
 
 # Small versions of the demo sites, so an end-to-end crawl takes seconds.
 TEST_SITES: tuple[SiteConfig, ...] = (
@@ -83,6 +85,14 @@ def redis_url(redis_server: Server | RedisCluster) -> str:
     """A Redis with no keys: a single server, or with ``--redis-cluster`` a 3-master cluster's URL."""
     flush(redis_server.url)
     return redis_server.url
+
+
+@pytest_asyncio.fixture
+async def schedulers(redis_url: str) -> AsyncIterator[Schedulers]:
+    """Real frontier schedulers opened on ``redis_url`` (tests/frontier_helpers.py), all closed after the test."""
+    opened = Schedulers(redis_url)
+    yield opened
+    await opened.close_all()
 
 
 @pytest.fixture(scope="session")

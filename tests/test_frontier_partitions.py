@@ -53,13 +53,6 @@ def one_per_partition() -> list[str]:
 
 
 @pytest_asyncio.fixture
-async def schedulers(redis_url: str) -> AsyncIterator[Schedulers]:
-    opened = Schedulers(redis_url)
-    yield opened
-    await opened.close_all()
-
-
-@pytest_asyncio.fixture
 async def client(redis_url: str) -> AsyncIterator[Redis]:
     c = async_redis(redis_url)
     yield c

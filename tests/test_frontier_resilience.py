@@ -9,7 +9,6 @@ import signal
 from typing import TYPE_CHECKING
 
 import pytest
-import pytest_asyncio
 import redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -24,7 +23,7 @@ from devtools.services import start_redis
 from tests.frontier_helpers import Schedulers, drain
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import Iterator
     from pathlib import Path
 
     from crawler.frontier.scheduler import FrontierScheduler
@@ -42,13 +41,6 @@ def private_redis(tmp_path: Path) -> Iterator[Server]:
     yield server
     os.kill(server.proc.pid, signal.SIGCONT)
     server.stop()
-
-
-@pytest_asyncio.fixture
-async def schedulers(redis_url: str) -> AsyncIterator[Schedulers]:
-    opened = Schedulers(redis_url)
-    yield opened
-    await opened.close_all()
 
 
 def failed_calls(s: FrontierScheduler) -> int:

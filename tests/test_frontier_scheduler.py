@@ -32,13 +32,6 @@ def req(host: str, path: str, **kwargs: object) -> Request:
 
 
 @pytest_asyncio.fixture
-async def schedulers(redis_url: str) -> AsyncIterator[Schedulers]:
-    opened = Schedulers(redis_url)
-    yield opened
-    await opened.close_all()
-
-
-@pytest_asyncio.fixture
 async def store(redis_url: str) -> AsyncIterator[FrontierStore]:
     client = async_redis(redis_url)
     yield FrontierStore(client, "{store_test}")
