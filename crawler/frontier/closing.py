@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
+from crawler.stopping import stop_task
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
 
@@ -26,10 +28,9 @@ RETRY_PAUSE = 0.5
 
 
 async def stop_tasks(heartbeat: asyncio.Task[Any] | None, refill: Refill, others: Iterable[asyncio.Task[Any]]) -> None:
-    """The heartbeat is cancelled; the pop under way and the other tasks (seed reading) are waited for."""
-    if heartbeat is not None:
-        heartbeat.cancel()
-        await asyncio.gather(heartbeat, return_exceptions=True)
+    """The heartbeat is cancelled (for sure: crawler.stopping); the pop under way and the other tasks
+    (seed reading) are waited for."""
+    await stop_task(heartbeat)
     await refill.stop()
     others = list(others)
     if others:

@@ -38,7 +38,6 @@ the local budget while Redis is down), :mod:`~middlewares.byte_budget.wire`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +48,7 @@ from scrapy.exceptions import NotConfigured, StopDownload
 from scrapy.utils.asyncio import is_asyncio_available
 from scrapy.utils.httpobj import urlparse_cached
 
+from crawler.stopping import stop_task
 from crawler.website import website_key
 from middlewares.byte_budget.budgets import Budgets
 from middlewares.byte_budget.config import ByteBudgetConfig
@@ -133,10 +133,7 @@ class ByteBudgetMiddleware:
             self.crawler.signals.disconnect(handler, signal=signal, weak=False)
         # Lease renewals in flight install their lease before it is closed below.
         await self._leases.drain()
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
+        await stop_task(self._refresher)
         # Downloads cut short by the shutdown count what they received.
         for request, grant in list(self._grants.items()):
             del self._grants[request]

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
+from crawler.stopping import stop_task
 from middlewares.politeness.config import Rate, parse_rate
 from middlewares.politeness.signals import OK, RATE
 from middlewares.politeness.store import Event, events_channel
@@ -209,9 +210,7 @@ class ViewSync:
         config = self._view.config
         _, pending = await asyncio.wait(self._tasks, timeout=config.refresh + config.redis.longest_call)
         for task in pending:  # a Redis call that did not answer in time
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=1.0)
+            await stop_task(task)
 
     async def refresh(self) -> None:
         try:
