@@ -143,6 +143,19 @@ async def test_depth_index_follows_every_script_that_moves_requests(redis_url: s
 
 
 @pytest.mark.asyncio
+async def test_a_pop_without_the_depth_index_strands_nothing(store: FrontierStore) -> None:
+    """pop.lua trusts the index's new value when it says the queue holds more, and asks the queue
+    (EXISTS) when it does not: a frontier whose index is missing (written before it) loses no website."""
+    await store.push([PushEntry("s0.test", f"0-{i}", MODE_DEDUPE, 0, 0, b"{}") for i in range(5)], "w1")
+    await store.redis.delete(store.depths_key, store.queued_key)
+    receipts = PopReceipts()
+    first = await store.pop(2, "w1", receipts)  # all it asked: the index says -2, the queue holds 3
+    assert len(first.items) == 2 and first.sites_with_work == 1
+    rest = await store.pop(10, "w1", receipts)
+    assert len(rest.items) == 3 and rest.sites_with_work == 0
+
+
+@pytest.mark.asyncio
 async def test_parked_websites_say_why(redis_url: str) -> None:
     """Each politeness reason and the byte budget, from the components' own scripts, as status shows them."""
     client = AsyncRedis.from_url(redis_url)

@@ -8,15 +8,17 @@
 --          table `delta` (website -> change of its queue's size), adds the
 --          change to its entry in the zset `depths` (website -> queued
 --          requests), or removes the entry when `empty[website]` (its queue
---          is now empty); adds the sum of the changes to the string `queued`.
+--          is now empty); adds the sum of the changes, plus `counted` (changes
+--          the caller already made to `depths` itself; nil: 0), to the
+--          string `queued`.
 --          One call per website touched and one for the total: the scripts
 --          already know both numbers, so the index costs no extra reads.
 --          (Reading the entries with one ZMSCORE and writing them with one
 --          ZADD costs as much: Redis formats each score read with '%.17g'.)
 --          Numbers go to Redis as '%d' strings: a Lua number is formatted
 --          with '%.17g', a measurable share of a script's time.
-local function add_depths(depths, queued, delta, empty)
-  local total = 0
+local function add_depths(depths, queued, delta, empty, counted)
+  local total = counted or 0
   for site, n in pairs(delta) do
     total = total + n
     if empty[site] then

@@ -68,19 +68,24 @@ for i = 1, tonumber(ARGV[base]) do
   local id = ARGV[base + 2 * i - 1]
   if recorded(id, tonumber(ARGV[base + 2 * i])) > 0 then found[#found + 1] = id end
 end
-local delta, empty = {}, {}
+local delta = {}
 local reclaimed = reclaim(KEYS[5], KEYS[1], KEYS[2], ARGV[1], ARGV[6], now, 10, delta)
 local again = pop_id ~= '' and recorded(pop_id, n) > 0
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local sites = again and {} or redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, n)
 local popped = 0
+local counted = 0  -- queue size changes already in the depth index (add_depths adds them to the total)
 if #sites > 0 then
   local share = math.floor(n / #sites)
   local extra = n % #sites
   local record = {}
   -- A queue that gave fewer than asked is empty; one that gave all is asked
-  -- (EXISTS). The websites served are moved to the back of the line with one
-  -- ZADD XX, the emptied ones removed with one ZREM.
+  -- (EXISTS) only when the depth index, updated here with ZINCRBY, does not
+  -- already say it holds more: one call per website served, not two. An
+  -- index that says more than the queue holds heals at the next pop (fewer
+  -- than asked: empty). The websites served are moved to the back of the
+  -- line with one ZADD XX; the emptied ones leave the line and the index
+  -- with one ZREM each.
   local busy, gone = {}, {}
   for i, site in ipairs(sites) do
     local want = share + (i <= extra and 1 or 0)
@@ -95,17 +100,29 @@ if #sites > 0 then
       record[#record + 1] = lease_record(site, got[j], got[j + 1])
     end
     local k = #got / 2
-    delta[site] = (delta[site] or 0) - k
-    if k == want and redis.call('EXISTS', ARGV[1] .. site) == 1 then
+    local change = (delta[site] or 0) - k  -- with what reclaim() put back in this queue
+    delta[site] = nil
+    counted = counted + change
+    local more = false
+    if k == want then
+      if change ~= 0 and tonumber(redis.call('ZINCRBY', KEYS[6], string.format('%d', change), site)) > 0 then
+        more = true
+      else
+        more = redis.call('EXISTS', ARGV[1] .. site) == 1
+      end
+    end
+    if more then
       busy[#busy + 1] = now_s
       busy[#busy + 1] = site
     else
       gone[#gone + 1] = site
-      empty[site] = true
     end
   end
   for j = 1, #busy, 4000 do redis.call('ZADD', KEYS[1], 'XX', unpack(busy, j, math.min(j + 3999, #busy))) end
-  for j = 1, #gone, 4000 do redis.call('ZREM', KEYS[1], unpack(gone, j, math.min(j + 3999, #gone))) end
+  for j = 1, #gone, 4000 do
+    redis.call('ZREM', KEYS[1], unpack(gone, j, math.min(j + 3999, #gone)))
+    redis.call('ZREM', KEYS[6], unpack(gone, j, math.min(j + 3999, #gone)))
+  end
   if popped > 0 then
     redis.call('ZADD', KEYS[3], now_s, ARGV[3])
     if pop_id ~= '' then
@@ -113,7 +130,7 @@ if #sites > 0 then
     end
   end
 end
-add_depths(KEYS[6], KEYS[7], delta, empty)
+add_depths(KEYS[6], KEYS[7], delta, {}, counted)
 renew(KEYS[5], KEYS[4], ARGV[3], now, lease, popped > 0 and pop_id ~= '')
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local result = {string.format('%.6f', now), redis.call('ZCARD', KEYS[1]),
