@@ -32,15 +32,9 @@ Last line: ``{"politeness_non_binding_ratio": .., ...}``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import signal
-import subprocess
-import time
 from typing import Any
 
-from bench.harness import BenchServers, Paired, RunResult, bench_site, emit, median, seed, stack_cmd
-from devtools.services import ROOT
+from bench.harness import BenchServers, Paired, RunResult, bench_site, emit, median, side_by_side
 
 
 def _settings(label: str, rate: str, aa: bool) -> dict[str, Any]:
@@ -52,48 +46,6 @@ def _settings(label: str, rate: str, aa: bool) -> dict[str, Any]:
     else:
         settings["POLITENESS_ENABLED"] = "False"
     return settings
-
-
-def side_by_side(arms: list[tuple[str, BenchServers, dict[str, Any]]], timeout: float = 600) -> list[RunResult]:
-    """Start one crawl per arm at once; each measured from its own server's log, CPU from ``wait4``."""
-    started = []
-    for label, servers, settings in arms:
-        servers.flush_redis()
-        seed(servers)
-        stats_path = servers.workdir / f"{label}-{time.monotonic_ns()}.json"
-        cmd = [*stack_cmd("shop_a", settings), "-s", f"STATS_FILE_PATH={stats_path}",
-               "-s", f"LOG_FILE={stats_path.with_suffix('.log')}"]
-        started.append((label, servers, stats_path, servers.mark(), cmd))
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=servers.env(), stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for _, servers, _, _, cmd in started]
-    usage: dict[int, tuple[int, float]] = {}
-    deadline = time.monotonic() + timeout
-    while len(usage) < len(procs):
-        for proc in procs:
-            if proc.pid in usage:
-                continue
-            pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                usage[pid] = (os.waitstatus_to_exitcode(status), rusage.ru_utime + rusage.ru_stime)
-                proc.returncode = usage[pid][0]  # reaped here: Popen must not wait for it again
-        if time.monotonic() > deadline:
-            for proc in procs:
-                if proc.pid not in usage:
-                    proc.send_signal(signal.SIGKILL)
-            raise RuntimeError("a side-by-side crawl did not finish in time")
-        time.sleep(0.05)
-    results = []
-    for proc, (label, servers, stats_path, mark, _) in zip(procs, started, strict=True):
-        code, cpu = usage[proc.pid]
-        records = servers.log(mark)
-        if code != 0 or not records:
-            tail = stats_path.with_suffix(".log").read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"{label} failed (exit {code}):\n{tail}")
-        stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
-        stats["_cpu"] = cpu
-        results.append(RunResult(label, len(records), records[-1]["t"] - records[0]["t"], stats, code))
-    return results
 
 
 def main(argv: list[str]) -> int:
