@@ -219,6 +219,23 @@ def test_bytes_that_arrived_early_count_from_then(r: redis.Redis) -> None:
     assert not b.reserve(1)["granted"]
 
 
+def test_arrival_marks_date_the_first_bytes_of_a_download_of_known_size(r: redis.Redis) -> None:
+    """A download that reserved its whole size up front: its marks ("~<bytes>@<time>") date its first bytes."""
+    b = Budget(r, budget=10_000, window=0.5)
+    g = b.reserve(4500)
+    first = server_time(r)
+    second = first + 0.1
+    wait_until_server_time(r, second + 0.2)
+    end = b.settle([g["member"], f"~1000@{first!r}", f"~2000@{second!r}", f"~9000@{second!r}"], 4500)
+    log = [(m.decode().split(":")[1], score) for m, score in r.zrange(b.keys[0], 0, -1, withscores=True)]
+    # A mark larger than what is left is not taken: those bytes count from the settle.
+    assert log == [("1000", pytest.approx(first)), ("2000", pytest.approx(second)), ("1500", pytest.approx(end))]
+    assert b.used() == 4500
+    wait_until_server_time(r, second + 0.5)
+    assert b.reserve(8500)["granted"]  # the marked 3000 bytes have left the window, the last 1500 not
+    assert not b.reserve(1)["granted"]
+
+
 def test_token_needs_the_budget_not_overdrawn(r: redis.Redis) -> None:
     b = Budget(r, budget=1000, window=60)
     g = b.reserve(1000)

@@ -263,6 +263,54 @@ def test_a_page_above_its_grant_draws_the_rest_and_is_not_stopped(redis_url: str
         assert float(r.hget(keys[2], "used")) == out["full"]
 
 
+@pytest.mark.parametrize("length", [50000, "UNKNOWN"], ids=["content-length", "chunked"])
+def test_a_long_download_counts_its_bytes_from_when_they_arrived(redis_url: str, length: int | str) -> None:
+    """A download settled on its own: the worker marks its bytes as they arrive (every DRAW_BYTES), and each
+    marked part is settled at a Redis time no earlier than its arrival, not at the download's end. (With
+    Content-Length it drew all it needs with its headers; chunked, it drew as it went.)"""
+    out: dict[str, Any] = {}
+
+    async def body(mw: ByteBudgetMiddleware) -> None:
+        request = Request("http://shop-a.test/big", meta={"byte_budget_size": 4000})
+        assert await mw.process_request(request) is None
+        headers = Headers({"Content-Type": "text/html"})
+        if isinstance(length, int):
+            headers["Content-Length"] = str(length)
+        mw.headers_received(headers=headers, body_length=length, request=request, spider=None)
+        await mw.metered(request)
+        out["start"] = server_time(redis_url)
+        for _ in range(5):
+            mw.bytes_received(data=b"y" * 10000, request=request, spider=None)
+            await mw.metered(request)
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # the response reaches the middleware later
+        full = response(request, b"y" * 50000)
+        assert await mw.process_response(request, full) is full
+        out["settled"] = server_time(redis_url)
+        out["full"] = wire_size(full)
+
+    stats = run(redis_url, {"BYTE_BUDGET_DEFAULT": 1_000_000, "BYTE_BUDGET_DEFAULT_ESTIMATE": 4000,
+                            "BYTE_BUDGET_DRAW_BYTES": 10_000}, body)
+    assert "byte_budget/stopped" not in stats
+    assert stats["byte_budget/arrival_marks"] == 5
+    with sync_redis(redis_url) as r:
+        keys = website_keys("t", "shop-a.test")
+        parts = [(int(m.decode().split(":")[1]), t) for m, t in r.zrange(keys[0], 0, -1, withscores=True)]
+        settled = float(r.hget(keys[2], "used"))
+    full = stats["byte_budget/bytes_settled"]
+    assert sum(n for n, _ in parts) == settled == full  # every byte counted once
+    if isinstance(length, int):
+        assert full == out["full"]
+    marked = [(n, t) for n, t in parts if n >= 10000]
+    assert len(marked) == 5  # a part per 10,000 bytes marked; chunked: its framing is counted at the end
+    # Never dated before its bytes arrived (the bound's safety) ...
+    assert min(t for _, t in marked) > out["start"]
+    # ... nor at the end: the last part arrived 1 s before the settle. Its date errs late by at most
+    # the clock margin (0.02 s) plus one Redis call's latency (the bound taken around a call): 0.5 s
+    # leaves room for a busy machine.
+    assert max(t for _, t in marked) < out["settled"] - 0.5
+
+
 async def _hold_the_overdraft(mw: ByteBudgetMiddleware, others: list[Request]) -> Request:
     """Grant ``others``, then a chunked download draws past b = 20000: it holds the overdraft token."""
     for request in others:

@@ -14,6 +14,7 @@ import collections
 import contextlib
 import itertools
 import logging
+import math
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -111,6 +112,10 @@ class Grant:
     drawn_at: list[float] = field(default_factory=list)  # Redis time of each draw
     drawing: asyncio.Task[None] | None = None  # the draw in flight (one at a time)
     denied: bool = False  # a draw was denied: stop unless the rest is already on the wire
+    # A download settled on its own (not a lease's): (bytes received, monotonic time) every
+    # BYTE_BUDGET_DRAW_BYTES, so its first bytes count from when they arrived (wire.arrived_members).
+    marks: list[tuple[int, float]] = field(default_factory=list)
+    next_mark: float = math.inf  # bytes received at which the next mark is taken (inf: none)
 
 
 class Leases:

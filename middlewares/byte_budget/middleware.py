@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
@@ -239,13 +240,21 @@ class ByteBudgetMiddleware:
         grant.chunked = not isinstance(body_length, int)  # Twisted's UNKNOWN_LENGTH is a str
         if isinstance(body_length, int) and body_length >= 0:
             grant.expected = grant.head + body_length
+        if grant.lease is None:
+            # Settled on its own: its bytes are marked as they arrive (see bytes_received).
+            grant.next_mark = grant.head + self.config.draw_bytes
         self._meter(grant)
 
     def bytes_received(self, data: bytes, request: Request, **kwargs: Any) -> None:
         grant = self._grants.get(request)
         if grant is not None:
             grant.body += len(data)
-            if grant.head + grant.body > grant.reserved - self._ahead(grant) or grant.denied:
+            received = grant.head + grant.body
+            if received >= grant.next_mark:
+                # Its bytes count from when they arrived, not from its end (wire.arrived_members).
+                grant.marks.append((received, time.monotonic()))
+                grant.next_mark = received + self.config.draw_bytes
+            if received > grant.reserved - self._ahead(grant) or grant.denied:
                 self._meter(grant)
 
     def _ahead(self, grant: Grant) -> int:
@@ -385,5 +394,8 @@ class ByteBudgetMiddleware:
             await self._leases.release(grant.lease, min(size, grant.base), learn)
             return await self._store.settle(grant.website, arrived_members(grant, reservation=False),
                                             max(size - grant.base, 0), [-1], grant.holder)
-        return await self._store.settle(grant.website, arrived_members(grant, reservation=True), size, [learn],
-                                        grant.holder)
+        if grant.marks:
+            self._count("byte_budget/arrival_marks", len(grant.marks))
+        return await self._store.settle(grant.website,
+                                        arrived_members(grant, reservation=True, redis_time=self._store.redis_time_by),
+                                        size, [learn], grant.holder)

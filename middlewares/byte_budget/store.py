@@ -48,6 +48,11 @@ def website_keys(prefix: str, website: str) -> list[str]:
 
 
 _INCLUDE = "-- @include "
+# An arrival time read off the monotonic clock (redis_time_by) is moved this much later, for the two
+# clocks' drift since the last reading (NTP slews a clock by at most 0.05%: 5 ms in 10 s).
+_CLOCK_MARGIN = 0.02
+# A reading of the Redis clock older than this is replaced by the next one, even if less tight.
+_CLOCK_FRESH = 10.0
 
 
 def script_source(name: str) -> str:
@@ -151,6 +156,9 @@ class BudgetStore:
         self._redis_down_since: float | None = None
         self._backoff = config.retry
         self._local: dict[str, _LocalBudget] = {}
+        # An upper bound on (Redis server time - time.monotonic()), and when it was read.
+        self._clock_ahead: float | None = None
+        self._clock_read = 0.0
 
     def open(self) -> None:
         self.redis = self.config.redis.async_client()
@@ -167,12 +175,14 @@ class BudgetStore:
         """The answer of ``lua/reserve.lua`` (raises ``RedisError``)."""
         c = self.config
         assert self._reserve is not None
+        sent = time.monotonic()
         result: list[Any] = await self._reserve(
             keys=website_keys(c.prefix, website),
             args=[budget, c.window, known, c.default_estimate, c.reservation_expiry, c.retry,
                   c.lease_downloads + c.lease_downloads // 4, holder, 1 if overdraft else 0, c.stop_slack],
         )
         self._answered()
+        self._read_clock(sent, float(result[2]))
         if int(result[0]) == 1:
             return Reserved(result[1].decode(), float(result[2]), int(result[3]), int(result[4]),
                             bool(int(result[5])))
@@ -183,12 +193,28 @@ class BudgetStore:
         """More bytes for a download past its grant (``lua/draw.lua``); None: denied. Raises ``RedisError``."""
         c = self.config
         assert self._draw is not None
+        sent = time.monotonic()
         result: list[Any] = await self._draw(keys=website_keys(c.prefix, website),
                                              args=[budget, c.window, amount, c.reservation_expiry, holder, covered])
         self._answered()
+        self._read_clock(sent, float(result[2]))
         if int(result[0]) == 1:
             return Drawn(result[1].decode(), amount, bool(int(result[3])), float(result[2]))
         return None
+
+    def _read_clock(self, sent: float, redis_now: float) -> None:
+        """A script that read the Redis clock at ``redis_now`` ran after its call was sent (monotonic ``sent``):
+        Redis time is at most ``redis_now - sent`` ahead of the monotonic clock. The tightest recent bound is kept."""
+        ahead = redis_now - sent
+        if self._clock_ahead is None or ahead < self._clock_ahead or sent - self._clock_read > _CLOCK_FRESH:
+            self._clock_ahead, self._clock_read = ahead, sent
+
+    def redis_time_by(self, instant: float) -> float | None:
+        """A Redis server time no earlier than the monotonic ``instant`` (None before Redis has answered):
+        what happened by ``instant`` had happened by then on the Redis clock."""
+        if self._clock_ahead is None:
+            return None
+        return instant + self._clock_ahead + _CLOCK_MARGIN
 
     def _answered(self) -> None:
         if self._redis_down_since is not None:
@@ -230,9 +256,11 @@ class BudgetStore:
     async def _settle_in_redis(self, e: Settle) -> float:
         c = self.config
         assert self._settle is not None
+        sent = time.monotonic()
         result = await self._settle(keys=website_keys(c.prefix, e.website),
                                     args=[",".join(e.members), e.size, c.window, c.reservation_expiry, e.holder,
                                           c.estimate_quantile, *e.learn])
+        self._read_clock(sent, float(result[0]))
         return float(result[0])
 
     async def flush_unsettled(self) -> None:

@@ -15,7 +15,9 @@
 -- a draw (draw.lua) that was checked against used <= b; let g be the last such
 -- check. Every download with bytes in the window ended at e >= s > g - W, so
 -- at g it was still counted (settled at its true size, or in flight at what it
--- had reserved and drawn). Hence the window holds at most b bytes, plus the
+-- had reserved and drawn; a part settled with an earlier date by settle.lua is
+-- dated no earlier than its bytes arrived, >= s, so it was counted too). Hence
+-- the window holds at most b bytes, plus the
 -- bytes of the one download that holds the overdraft token (granted only while
 -- used <= b, held until one window after that download ended): b + one response.
 --

@@ -18,7 +18,10 @@
 -- KEYS[3]  <prefix>:bb:{<website>}:state     hash (see reserve.lua)
 -- KEYS[4]  <prefix>:bb:{<website>}:cum       sorted set (see reserve.lua, log.lua)
 -- ARGV[1]  members returned by reserve.lua / draw.lua, comma-separated ("" = none);
---          "<member>@<time>": its bytes had all arrived by that Redis time
+--          "<member>@<time>": its bytes had all arrived by that Redis time;
+--          "~<bytes>@<time>" (not a member): the next <bytes> of the download,
+--          in order, had all arrived by that Redis time (arrival marks of a
+--          download that reserved its whole size before its bytes came)
 -- ARGV[2]  bytes to count now (integer >= 0)
 -- ARGV[3]  window length in seconds
 -- ARGV[4]  reservation expiry in seconds (for the key TTL)
@@ -54,19 +57,23 @@ for item in string.gmatch(ARGV[1], '[^,]+') do
   if not member then
     member = item
   end
-  local reserved = tonumber(string.match(member, ':(%d+)$'))
-  covered = covered + reserved
-  -- Still in flight, or moved to the log when it expired: either way it is
-  -- still counted in `used` and is replaced by the true size. Already gone
-  -- from the window: nothing to take back.
-  if redis.call('ZREM', KEYS[2], member) == 1 then
-    used = used - reserved
-  elseif redis.call('ZREM', KEYS[1], member) == 1 then
-    used = used - reserved
-    log_remove({member})
-  end
-  if at then
-    ended[#ended + 1] = {tonumber(at), reserved}
+  if string.byte(member, 1) == 126 then  -- '~<bytes>': an arrival mark, nothing reserved
+    ended[#ended + 1] = {tonumber(at), tonumber(string.sub(member, 2))}
+  else
+    local reserved = tonumber(string.match(member, ':(%d+)$'))
+    covered = covered + reserved
+    -- Still in flight, or moved to the log when it expired: either way it is
+    -- still counted in `used` and is replaced by the true size. Already gone
+    -- from the window: nothing to take back.
+    if redis.call('ZREM', KEYS[2], member) == 1 then
+      used = used - reserved
+    elseif redis.call('ZREM', KEYS[1], member) == 1 then
+      used = used - reserved
+      log_remove({member})
+    end
+    if at then
+      ended[#ended + 1] = {tonumber(at), reserved}
+    end
   end
 end
 -- Bytes count for one window after they arrived: those of a member that
