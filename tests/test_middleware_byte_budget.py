@@ -283,7 +283,7 @@ def test_a_long_download_counts_its_bytes_from_when_they_arrived(redis_url: str,
             mw.bytes_received(data=b"y" * 10000, request=request, spider=None)
             await mw.metered(request)
             await asyncio.sleep(0.05)
-        await asyncio.sleep(1.0)  # the response reaches the middleware later
+        await asyncio.sleep(2.0)  # the response reaches the middleware later
         full = response(request, b"y" * 50000)
         assert await mw.process_response(request, full) is full
         out["settled"] = server_time(redis_url)
@@ -305,9 +305,9 @@ def test_a_long_download_counts_its_bytes_from_when_they_arrived(redis_url: str,
     assert len(marked) == 5  # a part per 10,000 bytes marked; chunked: its framing is counted at the end
     # Never dated before its bytes arrived (the bound's safety) ...
     assert min(t for _, t in marked) > out["start"]
-    # ... nor at the end: the last part arrived 1 s before the settle. Its date errs late by at most
-    # the clock margin (0.02 s) plus one Redis call's latency (the bound taken around a call): 0.5 s
-    # leaves room for a busy machine.
+    # ... nor at the end: the last part arrived 2 s before the settle. Its date errs late by at most
+    # the clock margin (0.02 s) plus one Redis call's latency (the bound taken around a call): 1.5 s
+    # of room for a busy machine.
     assert max(t for _, t in marked) < out["settled"] - 0.5
 
 
@@ -461,15 +461,18 @@ def test_robots_txt_waits_in_place(redis_url: str) -> None:
         a = Request("http://shop-a.test/1")
         assert await mw.process_request(a) is None
         await mw.process_response(a, response(a, b"x" * 2000))
+        with sync_redis(redis_url) as r:  # when the first page was settled (Redis time)
+            settled = max(t for _, t in r.zrange(website_keys("t", "shop-a.test")[0], 0, -1, withscores=True))
         robots = Request("http://shop-a.test/robots.txt", meta={"dont_obey_robotstxt": True})
-        start = server_time(redis_url)
         out.append(await mw.process_request(robots))
-        out.append(server_time(redis_url) - start)
+        out.append(server_time(redis_url) - settled)
 
     stats = run(redis_url, {"BYTE_BUDGET_DEFAULT": 2500, "BYTE_BUDGET_WINDOW_SECONDS": 0.5,
                             "BYTE_BUDGET_DEFAULT_ESTIMATE": 400}, body)
     assert out[0] is None
-    assert out[1] > 0.3  # it waited for the first page to leave the window
+    # Granted only once the first page had left the window (one window after its settle; the time
+    # from settle to this request's first try, however long on a busy machine, does not matter).
+    assert out[1] >= 0.5
     assert stats["byte_budget/granted"] == 2
     assert "byte_budget/denied" not in stats
 

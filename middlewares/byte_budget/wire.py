@@ -43,7 +43,7 @@ def arrived_members(grant: Grant, reservation: bool,
         for received, instant in grant.marks:
             at = redis_time(instant)
             if at is None:
-                break
+                break  # no Redis time known yet: the members' own dates, as below
             marks.append(f"~{received - before}@{at!r}")
             before = received
         else:
