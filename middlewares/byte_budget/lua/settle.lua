@@ -20,8 +20,9 @@
 -- ARGV[1]  members returned by reserve.lua / draw.lua, comma-separated ("" = none);
 --          "<member>@<time>": its bytes had all arrived by that Redis time;
 --          "~<bytes>@<time>" (not a member): the next <bytes> of the download,
---          in order, had all arrived by that Redis time (arrival marks of a
---          download that reserved its whole size before its bytes came)
+--          in order, had all arrived by that Redis time (the worker's arrival
+--          marks of a download settled on its own; its members then come
+--          without times); a mark without a time dates nothing
 -- ARGV[2]  bytes to count now (integer >= 0)
 -- ARGV[3]  window length in seconds
 -- ARGV[4]  reservation expiry in seconds (for the key TTL)
@@ -58,7 +59,10 @@ for item in string.gmatch(ARGV[1], '[^,]+') do
     member = item
   end
   if string.byte(member, 1) == 126 then  -- '~<bytes>': an arrival mark, nothing reserved
-    ended[#ended + 1] = {tonumber(at), tonumber(string.sub(member, 2))}
+    local marked = tonumber(string.sub(member, 2))
+    if at and tonumber(at) and marked then
+      ended[#ended + 1] = {tonumber(at), marked}
+    end
   else
     local reserved = tonumber(string.match(member, ':(%d+)$'))
     covered = covered + reserved
