@@ -73,6 +73,7 @@ from bench.harness import (
     median,
     seed,
     side_by_side,
+    stack_arm,
     stack_cmd,
     table,
 )
@@ -176,7 +177,7 @@ def _non_binding_section(args: argparse.Namespace) -> dict[str, Any]:
                     settings["BYTE_BUDGET_DEFAULT"] = str(10**12)
                 else:
                     settings["BYTE_BUDGET_ENABLED"] = "False"
-                arms.append((label, arm_servers, settings))
+                arms.append(stack_arm(label, arm_servers, settings))
             for result in side_by_side(arms):
                 free[result.label].append(result)
                 print(f"  pair {i + 1}/{args.nb_repeats} non-binding {result.label:7s} {result.pages} pages in "

@@ -42,10 +42,12 @@ class RunResult:
     seconds: float
     stats: dict[str, Any] = field(default_factory=dict)
     returncode: int = 0
+    measured: tuple[int, float] | None = None  # (pages, seconds) the speed is taken from, if not the whole run
 
     @property
     def pages_per_s(self) -> float:
-        return self.pages / self.seconds if self.seconds > 0 else 0.0
+        pages, seconds = self.measured or (self.pages, self.seconds)
+        return pages / seconds if seconds > 0 else 0.0
 
 
 @dataclass
@@ -155,19 +157,26 @@ def seed(servers: BenchServers, spider: str = "shop_a") -> None:
         r.lpush(f"{spider}:start_urls", json.dumps({"url": servers.start_url}))
 
 
-def side_by_side(arms: list[tuple[str, BenchServers, dict[str, Any]]], timeout: float = 600) -> list[RunResult]:
-    """Start one crawl per arm at once; each measured from its own server's log, CPU from ``wait4``."""
-    started = []
-    for label, servers, settings in arms:
-        servers.flush_redis()
-        seed(servers)
-        stats_path = servers.workdir / f"{label}-{time.monotonic_ns()}.json"
-        cmd = [*stack_cmd("shop_a", settings), "-s", f"STATS_FILE_PATH={stats_path}",
-               "-s", f"LOG_FILE={stats_path.with_suffix('.log')}"]
-        started.append((label, servers, stats_path, servers.mark(), cmd))
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=servers.env(), stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for _, servers, _, _, cmd in started]
+@dataclass
+class Arm:
+    """One crawl of a side-by-side run: its own servers, command and environment; ``seed_key`` gets the
+    start URL first (None: the command has its own)."""
+
+    label: str
+    servers: BenchServers
+    cmd: list[str]
+    env: dict[str, str]
+    seed_key: str | None = "shop_a:start_urls"
+
+
+def stack_arm(label: str, servers: BenchServers, settings: dict[str, Any]) -> Arm:
+    """``scrapy crawl shop_a`` of this project with ``settings``, against ``servers``."""
+    return Arm(label, servers, stack_cmd("shop_a", settings), servers.env())
+
+
+def _wait_all(procs: list[subprocess.Popen[bytes]], timeout: float,
+              stop_at_first: bool) -> dict[int, tuple[int, float]]:
+    """Each process's exit code and user + system CPU seconds, by pid (SIGKILL all past ``timeout``)."""
     usage: dict[int, tuple[int, float]] = {}
     deadline = time.monotonic() + timeout
     while len(usage) < len(procs):
@@ -178,22 +187,58 @@ def side_by_side(arms: list[tuple[str, BenchServers, dict[str, Any]]], timeout: 
             if pid:
                 usage[pid] = (os.waitstatus_to_exitcode(status), rusage.ru_utime + rusage.ru_stime)
                 proc.returncode = usage[pid][0]  # reaped here: Popen must not wait for it again
+                if stop_at_first:
+                    for other in procs:
+                        if other.pid not in usage:
+                            other.send_signal(signal.SIGTERM)
         if time.monotonic() > deadline:
             for proc in procs:
                 if proc.pid not in usage:
                     proc.send_signal(signal.SIGKILL)
             raise RuntimeError("a side-by-side crawl did not finish in time")
         time.sleep(0.05)
+    return usage
+
+
+def side_by_side(arms: list[Arm], timeout: float = 600, overlap: bool = False,
+                 stop_at_first: bool = False) -> list[RunResult]:
+    """Start one crawl per arm at once; each measured from its own server's log, CPU from ``wait4``.
+
+    ``overlap``: each arm's pages/s counts only the pages its server logged while every arm was crawling
+    (from the last first request to the first last request), so an arm that finishes first does not leave
+    the other a quieter machine for its tail. Pages and CPU per page still cover the whole crawl.
+    ``stop_at_first``: when one arm's crawl ends, the others get SIGTERM (a graceful stop) rather than
+    finishing alone; for a pair whose arms differ much in speed, with ``overlap``."""
+    started = []
+    for arm in arms:
+        arm.servers.flush_redis()
+        if arm.seed_key is not None:
+            seed(arm.servers, arm.seed_key.removesuffix(":start_urls"))
+        stats_path = arm.servers.workdir / f"{arm.label}-{time.monotonic_ns()}.json"
+        cmd = [*arm.cmd, "-s", f"STATS_FILE_PATH={stats_path}", "-s", f"LOG_FILE={stats_path.with_suffix('.log')}"]
+        started.append((arm, stats_path, arm.servers.mark(), cmd))
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=arm.env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for arm, _, _, cmd in started]
+    usage = _wait_all(procs, timeout, stop_at_first)
     results = []
-    for proc, (label, servers, stats_path, mark, _) in zip(procs, started, strict=True):
+    logs = []
+    for proc, (arm, stats_path, mark, _) in zip(procs, started, strict=True):
         code, cpu = usage[proc.pid]
-        records = servers.log(mark)
+        records = arm.servers.log(mark)
         if code != 0 or not records:
             tail = stats_path.with_suffix(".log").read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"{label} failed (exit {code}):\n{tail}")
+            raise RuntimeError(f"{arm.label} failed (exit {code}):\n{tail}")
         stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
         stats["_cpu"] = cpu
-        results.append(RunResult(label, len(records), records[-1]["t"] - records[0]["t"], stats, code))
+        logs.append([float(r["t"]) for r in records])
+        results.append(RunResult(arm.label, len(records), logs[-1][-1] - logs[-1][0], stats, code))
+    if overlap:
+        t0, t1 = max(ts[0] for ts in logs), min(ts[-1] for ts in logs)
+        if t1 <= t0:
+            raise RuntimeError("side-by-side crawls did not overlap")
+        for result, ts in zip(results, logs, strict=True):
+            result.measured = (sum(1 for t in ts if t0 <= t <= t1), t1 - t0)
     return results
 
 

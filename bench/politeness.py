@@ -34,7 +34,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from bench.harness import BenchServers, Paired, RunResult, bench_site, emit, median, side_by_side
+from bench.harness import BenchServers, Paired, RunResult, bench_site, emit, median, side_by_side, stack_arm
 
 
 def _settings(label: str, rate: str, aa: bool) -> dict[str, Any]:
@@ -61,7 +61,7 @@ def main(argv: list[str]) -> int:
     with BenchServers(site) as one, BenchServers(site) as two:
         for i in range(args.repeats):
             servers = (one, two) if i % 2 == 0 else (two, one)
-            arms = [(label, s, _settings(label, args.rate, args.aa))
+            arms = [stack_arm(label, s, _settings(label, args.rate, args.aa))
                     for label, s in zip(("without", "with"), servers, strict=True)]
             for result in side_by_side(arms):
                 runs[result.label].append(result)
