@@ -8,6 +8,7 @@ every contender alike.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -200,15 +201,27 @@ def _wait_all(procs: list[subprocess.Popen[bytes]], timeout: float,
     return usage
 
 
+def pin(pid: int, cores: set[int]) -> None:
+    """Run every thread of process ``pid`` on ``cores`` only."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task.name), cores)
+
+
 def side_by_side(arms: list[Arm], timeout: float = 600, overlap: bool = False,
-                 stop_at_first: bool = False) -> list[RunResult]:
+                 stop_at_first: bool = False, one_core_each: bool = False) -> list[RunResult]:
     """Start one crawl per arm at once; each measured from its own server's log, CPU from ``wait4``.
 
     ``overlap``: each arm's pages/s counts only the pages its server logged while every arm was crawling
     (from the last first request to the first last request), so an arm that finishes first does not leave
     the other a quieter machine for its tail. Pages and CPU per page still cover the whole crawl.
     ``stop_at_first``: when one arm's crawl ends, the others get SIGTERM (a graceful stop) rather than
-    finishing alone; for a pair whose arms differ much in speed, with ``overlap``."""
+    finishing alone; for a pair whose arms differ much in speed, with ``overlap``.
+    ``one_core_each``: arm i's worker and servers run on CPU core i only (as many arms as cores), so an arm
+    that waits (on Redis, say) leaves its core idle rather than lending it to the other arm."""
+    cores = sorted(os.sched_getaffinity(0))
+    if one_core_each and len(arms) > len(cores):
+        raise ValueError(f"{len(arms)} arms, {len(cores)} cores: one core each is not possible")
     started = []
     for arm in arms:
         arm.servers.flush_redis()
@@ -220,6 +233,11 @@ def side_by_side(arms: list[Arm], timeout: float = 600, overlap: bool = False,
     procs = [subprocess.Popen(cmd, cwd=ROOT, env=arm.env, stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for arm, _, _, cmd in started]
+    if one_core_each:  # pinned within milliseconds of the start, long before the first request
+        for arm, proc, core in zip(arms, procs, cores, strict=False):
+            servers = [s for s in (arm.servers.redis, arm.servers.mongo, arm.servers.demo) if s is not None]
+            for pid in [proc.pid, *(server.proc.pid for server in servers)]:
+                pin(pid, {core})
     usage = _wait_all(procs, timeout, stop_at_first)
     results = []
     logs = []
