@@ -7,11 +7,13 @@ pages its server logged while both arms were crawling, over that time
 (:func:`bench.harness.side_by_side` with ``overlap``): both arms meet the
 same machine load, which run one after the other they do not (single
 sequential pairs here ranged 0.84-1.23, and one worker alone read 201-312
-pages/s in four identical runs). Where one arm waits on Redis round trips
-(scrapy-redis's synchronous calls; the delaying proxy), each arm (worker,
-Redis, demo server) runs on a CPU core of its own, swapped every pair
-(``one_core_each``): sharing both cores, the waiting arm lends its CPU to
-the other (ours through the 2 ms proxy read 0.76 of ours direct beside it). Same spider logic for every
+pages/s in four identical runs). Each arm (worker, Redis, demo server) runs
+on a CPU core of its own, and the arms trade cores every 0.5 s
+(``one_core_each``): sharing both cores, an arm that waits on Redis lent its
+CPU to the other (ours through the 2 ms proxy read 0.76 of ours direct
+beside it), and the two virtual CPUs' speeds differ from moment to moment
+(ours beside ours, sharing both cores, read 0.68-1.25 per pair; trading
+cores, 0.98-1.05). ``--aa`` adds that control pair (``aa_ours_vs_ours``). Same spider logic for every
 contender (``parse`` and ``parse_product`` of ``crawler.spiders.shop_a``);
 what every contender shares: ``CONCURRENT_REQUESTS=32``,
 ``CONCURRENT_REQUESTS_PER_DOMAIN=16``, ``CONCURRENT_ITEMS=8``, ``LOG_LEVEL``
@@ -145,15 +147,13 @@ def _arm(servers: BenchServers, kind: str, label: str, redis_url: str) -> Arm:
 
 
 # (key, with, without): each pair crawls side by side; "_latency" goes through a proxy adding delay.
-# Pairs where one arm waits on Redis round trips (scrapy-redis's synchronous calls, the delaying proxy) run
-# on one core each: sharing both cores, the waiting arm would lend its CPU to the other arm.
-_ONE_CORE_EACH = {"ours_vs_scrapy_redis", "ours_kept_at_2ms", "scrapy_redis_kept_at_2ms"}
 _PAIRS = [
     ("ours_vs_vanilla", "ours", "vanilla"),
     ("ours_vs_scrapy_redis", "ours", "scrapy_redis"),
     ("leases_vs_no_leases", "ours", "ours_no_leases"),
     ("ours_gc_off_vs_vanilla", "ours_gc_off", "vanilla"),
 ]
+_AA_PAIR = ("aa_ours_vs_ours", "ours", "ours_again")  # --aa: the same contender in both arms
 _LATENCY_PAIRS = [
     ("ours_kept_at_2ms", "ours_latency", "ours"),
     ("scrapy_redis_kept_at_2ms", "scrapy_redis_latency", "scrapy_redis"),
@@ -187,13 +187,12 @@ def _pair(key: str, names: tuple[str, str], servers: tuple[BenchServers, BenchSe
     arms = []
     for name, s in zip(names, servers, strict=True):
         slow[id(s)].reset()
-        arms.append(_arm(s, name.removesuffix("_latency"), name,
+        arms.append(_arm(s, name.removesuffix("_latency").removesuffix("_again"), name,
                          slow[id(s)].url if name.endswith("_latency") else _url(s)))
         with _redis(_url(s)) as r:
             r.config_resetstat()
     # scrapy-redis with latency is ~5x slower than without: that pair ends when its first arm ends.
-    results = side_by_side(arms, overlap=True, stop_at_first=key.endswith("_kept_at_2ms"),
-                           one_core_each=key in _ONE_CORE_EACH)
+    results = side_by_side(arms, overlap=True, stop_at_first=key.endswith("_kept_at_2ms"), one_core_each=True)
     for arm, result in zip(arms, results, strict=True):
         if arm.seed_key is not None:
             result.stats["_commands"], result.stats["_evals"] = _commands(_url(arm.servers))
@@ -204,15 +203,16 @@ def _pair(key: str, names: tuple[str, str], servers: tuple[BenchServers, BenchSe
 
 def _side_by_side_pairs(site: SiteConfig, args: argparse.Namespace) -> dict[str, dict[str, list[RunResult]]]:
     """Every pair's runs, side by side: {key: {"with": [...], "without": [...]}}."""
+    pairs = [*_PAIRS, _AA_PAIR] if args.aa else _PAIRS
     runs: dict[str, dict[str, list[RunResult]]] = {key: {"with": [], "without": []}
-                                                   for key, _, _ in _PAIRS + _LATENCY_PAIRS}
+                                                   for key, _, _ in pairs + _LATENCY_PAIRS}
     delay = args.latency_ms / 1000
     with BenchServers(site) as one, BenchServers(site) as two, \
             RedisProxy(_port(one), delay) as slow_one, RedisProxy(_port(two), delay) as slow_two:
         slow = {id(one): slow_one, id(two): slow_two}
         turn = 0
         for i in range(max(args.repeats, args.latency_repeats)):
-            todo = ([p for p in _PAIRS if i < args.repeats]
+            todo = ([p for p in pairs if i < args.repeats]
                     + [p for p in _LATENCY_PAIRS if i < args.latency_repeats])
             print(f"repeat {i + 1}: pairs side by side; _latency adds {args.latency_ms:g} ms each way", flush=True)
             k = i % len(todo)
@@ -233,6 +233,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="side-by-side runs of each pair (default 5)")
     parser.add_argument("--latency-repeats", type=int, default=3, help="runs of each pair with added latency")
     parser.add_argument("--latency-ms", type=float, default=2.0, help="added each way in the latency runs")
+    parser.add_argument("--aa", action="store_true",
+                        help="also an A/A control pair, ours beside ours (key aa_ours_vs_ours): the method's noise")
     args = parser.parse_args(argv)
     assert ScrapyRedisShopSpider.name  # the module is importable before we spend minutes
 
@@ -251,7 +253,9 @@ def main(argv: list[str]) -> int:
         return median([r.stats.get(key, 0) / r.pages for r in by_name.get(name, [])])
 
     rows = []
-    for key, with_, without in _PAIRS + _LATENCY_PAIRS:
+    for key, with_, without in [*_PAIRS, _AA_PAIR, *_LATENCY_PAIRS]:
+        if key not in paired:
+            continue
         p = paired[key]
         rows.append([key, f"{with_} / {without}", " ".join(f"{r:.3f}" for r in p.pairs), f"{p.ratio:.3f}",
                      f"{p.of_medians:.3f}", f"{1000 * p.cpu['with']:.2f} / {1000 * p.cpu['without']:.2f}"])

@@ -9,7 +9,9 @@ every contender alike.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import math
 import os
 import resource
 import shutil
@@ -22,12 +24,16 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from demosite.sites import SiteConfig
 from devtools.services import DEFAULT_STATE, ROOT, Server, start_demosite, start_redis, start_secantus
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 SCRAPY = str(Path(sys.executable).parent / "scrapy")
+_CORE_SWAP_SECONDS = 0.5
 
 
 def bench_site(items: int, page_bytes: int = 2000) -> SiteConfig:
@@ -175,12 +181,15 @@ def stack_arm(label: str, servers: BenchServers, settings: dict[str, Any]) -> Ar
     return Arm(label, servers, stack_cmd("shop_a", settings), servers.env())
 
 
-def _wait_all(procs: list[subprocess.Popen[bytes]], timeout: float,
-              stop_at_first: bool) -> dict[int, tuple[int, float]]:
-    """Each process's exit code and user + system CPU seconds, by pid (SIGKILL all past ``timeout``)."""
+def _wait_all(procs: list[subprocess.Popen[bytes]], timeout: float, stop_at_first: bool,
+              tick: Callable[[], None] | None = None) -> dict[int, tuple[int, float]]:
+    """Each process's exit code and user + system CPU seconds, by pid (SIGKILL all past ``timeout``);
+    ``tick`` is called every 50 ms meanwhile."""
     usage: dict[int, tuple[int, float]] = {}
     deadline = time.monotonic() + timeout
     while len(usage) < len(procs):
+        if tick is not None:
+            tick()
         for proc in procs:
             if proc.pid in usage:
                 continue
@@ -203,9 +212,10 @@ def _wait_all(procs: list[subprocess.Popen[bytes]], timeout: float,
 
 def pin(pid: int, cores: set[int]) -> None:
     """Run every thread of process ``pid`` on ``cores`` only."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(ProcessLookupError):
-            os.sched_setaffinity(int(task.name), cores)
+    with contextlib.suppress(FileNotFoundError):  # the process has ended
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(int(task.name), cores)
 
 
 def side_by_side(arms: list[Arm], timeout: float = 600, overlap: bool = False,
@@ -217,8 +227,10 @@ def side_by_side(arms: list[Arm], timeout: float = 600, overlap: bool = False,
     the other a quieter machine for its tail. Pages and CPU per page still cover the whole crawl.
     ``stop_at_first``: when one arm's crawl ends, the others get SIGTERM (a graceful stop) rather than
     finishing alone; for a pair whose arms differ much in speed, with ``overlap``.
-    ``one_core_each``: arm i's worker and servers run on CPU core i only (as many arms as cores), so an arm
-    that waits (on Redis, say) leaves its core idle rather than lending it to the other arm."""
+    ``one_core_each``: each arm's worker and servers run on one CPU core only, a core per arm (as many arms
+    as cores), so an arm that waits (on Redis, say) leaves its core idle rather than lending it to the other
+    arm; the arms trade cores every ``_CORE_SWAP_SECONDS``, as the cores' speeds differ (they are virtual
+    CPUs here: the same worker read 3.9 and 4.3 ms of CPU per page side by side with itself)."""
     cores = sorted(os.sched_getaffinity(0))
     if one_core_each and len(arms) > len(cores):
         raise ValueError(f"{len(arms)} arms, {len(cores)} cores: one core each is not possible")
@@ -233,12 +245,25 @@ def side_by_side(arms: list[Arm], timeout: float = 600, overlap: bool = False,
     procs = [subprocess.Popen(cmd, cwd=ROOT, env=arm.env, stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for arm, _, _, cmd in started]
-    if one_core_each:  # pinned within milliseconds of the start, long before the first request
-        for arm, proc, core in zip(arms, procs, cores, strict=False):
-            servers = [s for s in (arm.servers.redis, arm.servers.mongo, arm.servers.demo) if s is not None]
-            for pid in [proc.pid, *(server.proc.pid for server in servers)]:
-                pin(pid, {core})
-    usage = _wait_all(procs, timeout, stop_at_first)
+    # Pinned within milliseconds of the start, long before the first request; the servers are set either
+    # way, as an earlier run may have pinned them.
+    groups = [[proc.pid, *(s.proc.pid for s in (arm.servers.redis, arm.servers.mongo, arm.servers.demo)
+                           if s is not None)] for arm, proc in zip(arms, procs, strict=True)]
+    swaps = itertools.count()
+    next_swap = time.monotonic()
+
+    def place() -> None:
+        nonlocal next_swap
+        if time.monotonic() < next_swap:
+            return
+        shift = next(swaps)
+        for i, pids in enumerate(groups):
+            for pid in pids:
+                pin(pid, {cores[(i + shift) % len(cores)]} if one_core_each else set(cores))
+        next_swap = time.monotonic() + (_CORE_SWAP_SECONDS if one_core_each else math.inf)
+
+    place()
+    usage = _wait_all(procs, timeout, stop_at_first, place)
     results = []
     logs = []
     for proc, (arm, stats_path, mark, _) in zip(procs, started, strict=True):
