@@ -164,7 +164,8 @@ def _non_binding_section(args: argparse.Namespace) -> dict[str, Any]:
     """Pairs of one-worker crawls, with a budget that never binds and without the middleware, run side by side
     (at the same time, each with its own Redis and demo server; the servers swap arms every pair), so both
     arms of a pair meet the same machine load (bench.politeness explains why: run one after the other, single
-    pairs ranged 0.71-1.26 here)."""
+    pairs ranged 0.71-1.26 here); each arm on a core of its own, trading cores every 0.5 s, and its speed
+    counted while both crawled (bench.frontier explains why)."""
     site = bench_site(args.items)
     free: dict[str, list[RunResult]] = {"without": [], "with": []}
     with BenchServers(site) as one, BenchServers(site) as two:
@@ -178,7 +179,7 @@ def _non_binding_section(args: argparse.Namespace) -> dict[str, Any]:
                 else:
                     settings["BYTE_BUDGET_ENABLED"] = "False"
                 arms.append(stack_arm(label, arm_servers, settings))
-            for result in side_by_side(arms):
+            for result in side_by_side(arms, overlap=True, one_core_each=True):
                 free[result.label].append(result)
                 print(f"  pair {i + 1}/{args.nb_repeats} non-binding {result.label:7s} {result.pages} pages in "
                       f"{result.seconds:.2f}s = {result.pages_per_s:.0f} pages/s", flush=True)

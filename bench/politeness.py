@@ -17,7 +17,10 @@ ABBA pairs), the two crawls met different loads on a shared machine, and the
 run's position mattered more than politeness (pairs of 0.79 to 1.38 with
 politeness on and nothing configured; "with" came out 1.18 to 1.28 faster,
 which no code path explains). Run at once, both meet the same load at the
-same moment; the servers swap arms every repeat. ``--aa`` runs both arms
+same moment; the servers swap arms every repeat. Each arm (worker, Redis,
+demo server) runs on a CPU core of its own, the arms trading cores every
+0.5 s, and its speed is counted while both crawled (``bench.frontier``
+explains why: the two virtual CPUs' speeds differ). ``--aa`` runs both arms
 without politeness (an A/A control: its ratio shows what is left of the
 benchmark's own bias and noise).
 
@@ -63,7 +66,7 @@ def main(argv: list[str]) -> int:
             servers = (one, two) if i % 2 == 0 else (two, one)
             arms = [stack_arm(label, s, _settings(label, args.rate, args.aa))
                     for label, s in zip(("without", "with"), servers, strict=True)]
-            for result in side_by_side(arms):
+            for result in side_by_side(arms, overlap=True, one_core_each=True):
                 runs[result.label].append(result)
                 print(f"  run {i + 1}/{args.repeats} {result.label:7s} {result.pages} pages in "
                       f"{result.seconds:.2f}s = {result.pages_per_s:.0f} pages/s", flush=True)
