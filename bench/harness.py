@@ -247,8 +247,8 @@ def side_by_side(arms: list[Arm], timeout: float = 600, overlap: bool = False,
              for arm, _, _, cmd in started]
     # Pinned within milliseconds of the start, long before the first request; the servers are set either
     # way, as an earlier run may have pinned them.
-    groups = [[proc.pid, *(s.proc.pid for s in (arm.servers.redis, arm.servers.mongo, arm.servers.demo)
-                           if s is not None)] for arm, proc in zip(arms, procs, strict=True)]
+    groups = [[proc, *(s.proc for s in (arm.servers.redis, arm.servers.mongo, arm.servers.demo) if s is not None)]
+              for arm, proc in zip(arms, procs, strict=True)]
     swaps = itertools.count()
     next_swap = time.monotonic()
 
@@ -257,9 +257,10 @@ def side_by_side(arms: list[Arm], timeout: float = 600, overlap: bool = False,
         if time.monotonic() < next_swap:
             return
         shift = next(swaps)
-        for i, pids in enumerate(groups):
-            for pid in pids:
-                pin(pid, {cores[(i + shift) % len(cores)]} if one_core_each else set(cores))
+        for i, group in enumerate(groups):
+            for proc in group:
+                if proc.returncode is None:  # not reaped: its pid is still its own
+                    pin(proc.pid, {cores[(i + shift) % len(cores)]} if one_core_each else set(cores))
         next_swap = time.monotonic() + (_CORE_SWAP_SECONDS if one_core_each else math.inf)
 
     place()
