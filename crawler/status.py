@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -52,6 +53,8 @@ from middlewares.byte_budget.store import website_keys as budget_keys
 from middlewares.politeness.store import active_websites, read_park_states
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     from redis.asyncio import Redis
     from scrapy.settings import Settings
 
@@ -360,16 +363,36 @@ def main(argv: list[str] | None = None) -> int:
     from scrapy.utils.project import get_project_settings
 
     settings = get_project_settings()
+    if args.watch:
+        return _watch(settings, args)
     try:
-        while True:
-            statuses = asyncio.run(_read_all(settings, args))
-            text = json.dumps({s.spider: asdict(s) for s in statuses}, indent=1) if args.json else render(statuses)
-            if args.watch:
-                sys.stdout.write("\x1b[H\x1b[2J" + text + "\n")  # home, clear: redraw in place like top
-                sys.stdout.flush()
-                time.sleep(args.watch)
-                continue
-            print(text)
-            return 0
+        statuses = asyncio.run(_read_all(settings, args))
     except KeyboardInterrupt:
         return 0
+    print(json.dumps({s.spider: asdict(s) for s in statuses}, indent=1) if args.json else render(statuses))
+    return 0
+
+
+def _watch(settings: Settings, args: argparse.Namespace) -> int:
+    """Redraw every ``args.watch`` seconds until SIGINT (Ctrl-C).
+
+    SIGINT only sets a flag, looked at between reads and while waiting: left to ``asyncio.run``, it cancels
+    the read, and a cancellation that arrives as redis-py's ``wait_for`` completes is lost on Python 3.11
+    (CPython gh-86296, crawler/stopping.py), so a Ctrl-C was now and then ignored. A read still under way
+    ends within the Redis socket timeout."""
+    interrupted = False
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        nonlocal interrupted
+        interrupted = True
+
+    signal.signal(signal.SIGINT, interrupt)  # asyncio.run leaves a handler that is not Python's default alone
+    while not interrupted:
+        statuses = asyncio.run(_read_all(settings, args))
+        text = json.dumps({s.spider: asdict(s) for s in statuses}, indent=1) if args.json else render(statuses)
+        sys.stdout.write("\x1b[H\x1b[2J" + text + "\n")  # home, clear: redraw in place like top
+        sys.stdout.flush()
+        until = time.monotonic() + args.watch
+        while not interrupted and (left := until - time.monotonic()) > 0:
+            time.sleep(min(left, 0.1))
+    return 0
