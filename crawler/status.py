@@ -4,8 +4,10 @@ Per spider (every spider of the project when none is named):
 
 * workers: the worker ids the frontier has seen most recently, and how long
   ago each was last busy;
-* queued: the deepest ``--top`` websites and the total, from the frontier's
-  depth index (``<p>:depths``, ``<p>:queued``: kept by its Lua scripts);
+* queued: the deepest ``--top`` websites and the total: the frontier's depth
+  index (``<p>:depths``, kept by its Lua scripts, a few seconds behind) says
+  which websites, and each one's depth is read from its queue; the total
+  (``<p>:queued``) is exact;
 * parked: websites no worker may serve before a time (a frontier not-before
   mark), until when, and why: ``byte_budget`` (the website's window is spent),
   ``retry_after``, ``backoff``, ``breaker_open``, ``breaker_half_open``,
@@ -53,6 +55,7 @@ from middlewares.byte_budget.store import website_keys as budget_keys
 from middlewares.politeness.store import active_websites, read_park_states
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import FrameType
 
     from redis.asyncio import Redis
@@ -81,7 +84,7 @@ class SpiderStatus:
     seeds_rejected: int = 0
     undecodable: int = 0
     seen: int = 0
-    index_missing: int = 0  # websites with queued requests the depth index lacks (see `crawler reindex`)
+    index_missing: int = 0  # websites with queued requests while the depth index is missing (`crawler reindex`)
     leases: list[dict[str, Any]] = field(default_factory=list)  # {"worker", "held", "deadline_in"}
     lease_workers: int = 0  # workers holding leases
     failed: int = 0  # requests in the failed list
@@ -169,9 +172,8 @@ async def _read_partition(redis: Redis, spider: str, keys: StatusKeys, top: int,
         pipe.zrange(f("leases"), 0, top - 1, withscores=True)  # soonest deadline first
         pipe.zcard(f("leases"))
         pipe.llen(f("failed"))
-        pipe.zrange(f("depths"), 0, top - 1, desc=True, withscores=True)
-        pipe.zcard(f("depths"))
-        pipe.get(f("queued"))
+        pipe.zrange(f("depths"), 0, top - 1, desc=True)  # the order; each depth is read from its queue below
+        pipe.exists(f("depths"))
         pipe.zcard(f("sites"))
         pipe.zrange(f("workers"), 0, top - 1, desc=True, withscores=True)
         pipe.zcard(f("workers"))
@@ -180,40 +182,31 @@ async def _read_partition(redis: Redis, spider: str, keys: StatusKeys, top: int,
         pipe.llen(keys.seeds + ":dead")
         pipe.llen(f("dead"))
         pipe.hgetall(overrides_key(keys.budget_prefix))
-        (leases, lease_workers, failed, deepest, websites, queued, sites, workers, workers_total, seen, seeds,
+        (leases, lease_workers, failed, deepest, indexed, sites, workers, workers_total, seen, seeds,
          rejected, dead, overrides) = await pipe.execute()
     now = secs + micros / 1e6
     if keys.seen_spec:  # generations or a Bloom filter: lua/seen.lua counts them (one call)
         seen = await FrontierStore(redis, keys.prefix, keys.seen_spec).seen_count()
-    status = SpiderStatus(spider, now, workers_total=int(workers_total), websites_queued=int(websites),
-                          queued_total=int(queued or 0), seen=int(seen), seeds_waiting=int(seeds),
-                          seeds_rejected=int(rejected), undecodable=int(dead),
-                          index_missing=max(int(sites) - int(websites), 0))
+    status = SpiderStatus(spider, now, workers_total=int(workers_total), websites_queued=int(sites),
+                          seen=int(seen), seeds_waiting=int(seeds), seeds_rejected=int(rejected),
+                          undecodable=int(dead), index_missing=0 if indexed else int(sites))
     status.workers = [{"id": w.decode(), "last_busy_ago": round(now - t, 1)} for w, t in workers]
     status.lease_workers, status.failed = int(lease_workers), int(failed)
     leases = [(w.decode(), float(t)) for w, t in leases]
-    deepest = [(w.decode(), int(d)) for w, d in deepest]
+    names = [w.decode() for w in deepest]
     recent, status.politeness_total = await active_websites(redis, keys.politeness_prefix, top)
-    async with redis.pipeline(transaction=False) as pipe:
-        if deepest:
-            pipe.zmscore(f("sites"), [w for w, _ in deepest])
-        for worker, _ in leases:
-            pipe.hlen(f(f"pops:{worker}"))
-        pipe.zrange(f("not_before"), f"({now!r}", "+inf", byscore=True, offset=0, num=top, withscores=True)
-        pipe.zcount(f("not_before"), f"({now!r}", "+inf")
-        *ready, marks, parked_total = await pipe.execute()
-    held = ready[len(ready) - len(leases):]
-    ready = ready[:len(ready) - len(leases)]
-    status.leases = [{"worker": w, "held": int(h), "deadline_in": round(t - now, 1)}
+    depths, queued, ready_at, held, marks, parked_total = await _queues_now(redis, f, names, leases, now, top)
+    status.queued_total = queued
+    status.leases = [{"worker": w, "held": h, "deadline_in": round(t - now, 1)}
                      for (w, t), h in zip(leases, held, strict=True)]
-    ready_at = ready[0] if deepest else []
+    rows = sorted(zip(names, depths, ready_at, strict=True), key=lambda row: -row[1])
     status.top = [{"website": w, "queued": d, "ready_in": round(max(0.0, (r or now) - now), 1)}
-                  for (w, d), r in zip(deepest, ready_at, strict=True)]
+                  for w, d, r in rows if d]
     status.parked_total = int(parked_total)
     parked = [(w.decode(), float(t)) for w, t in marks]
     budgets = _Budgets({k.decode(): _budget(v) for k, v in overrides.items()},
                        {str(k).lower(): _budget(v) for k, v in per_website.items()}, _budget(default_budget))
-    shown = {w for w, _ in deepest} | {w for w, _ in parked}
+    shown = set(names) | {w for w, _ in parked}
     budgeted = sorted(set(budgets.overrides) | set(budgets.per_website)
                       | ({w for w in shown if budgets.default is not None}))
     states = await read_park_states(redis, keys.politeness_prefix, sorted({w for w, _ in parked} | set(recent)),
@@ -224,6 +217,31 @@ async def _read_partition(redis: Redis, spider: str, keys: StatusKeys, top: int,
     status.parked = [_parked_row(w, t, now, states[w], spent[w], budgets.of(w)[0]) for w, t in parked]
     status.politeness = [_politeness_row(states[w], now) for w in recent]
     return status
+
+
+async def _queues_now(redis: Redis, f: Callable[[str], str], names: list[str], leases: list[tuple[str, float]],
+                      now: float, top: int) -> tuple[list[int], int, list[Any], list[int], list[Any], int]:
+    """In one transaction (one moment): the depth of each website in ``names``, read from its queue, the
+    total queued, when each may next be served, the requests each lease holder holds, and the ``top``
+    not-before marks still ahead with their count."""
+    async with redis.pipeline(transaction=True) as pipe:
+        for website in names:
+            pipe.zcard(f(f"q:{website}"))
+        pipe.get(f("queued"))
+        if names:
+            pipe.zmscore(f("sites"), names)
+        else:
+            pipe.zcard(f("sites"))  # in its place (ZMSCORE needs a member)
+        for worker, _ in leases:
+            pipe.hlen(f(f"pops:{worker}"))
+        pipe.zrange(f("not_before"), f"({now!r}", "+inf", byscore=True, offset=0, num=top, withscores=True)
+        pipe.zcount(f("not_before"), f"({now!r}", "+inf")
+        replies = await pipe.execute()
+    k = len(names)
+    depths, queued, ready = replies[:k], replies[k], replies[k + 1]
+    held, marks, parked_total = replies[k + 2:-2], replies[-2], replies[-1]
+    return ([int(d) for d in depths], int(queued or 0), ready if names else [], [int(h) for h in held], marks,
+            int(parked_total))
 
 
 async def _budget_use(redis: Redis, keys: StatusKeys, websites: list[str]) -> dict[str, tuple[int, float]]:

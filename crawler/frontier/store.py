@@ -17,10 +17,12 @@ key                        type    content
                                    length: ``<seq:016x>:<hex>:<json>``, still
                                    read; seq keeps FIFO order within a priority)
 ``<p>:depths``             zset    website -> requests queued: the depth index,
-                                   kept by every script that moves requests
-                                   (``lua/depth.lua``), so a status reads the
-                                   deepest websites without a call per website
-``<p>:queued``             string  total requests queued (``lua/depth.lua``)
+                                   which orders the websites a status shows
+                                   (``lua/depth.lua``: it lags the queues by
+                                   what workers popped since their last push
+                                   or heartbeat)
+``<p>:queued``             string  total requests queued, exact
+                                   (``lua/depth.lua``)
 ``<p>:not_before``         zset    website -> time before which it must not be
                                    served (kept while the website's queue is
                                    empty, expired entries pruned on pop)
@@ -182,6 +184,9 @@ class FrontierStore:
         self.failed_key = f"{prefix}:failed"
         self.queue_prefix = f"{prefix}:q:"
         self.calls = 0  # Redis round trips made through this store
+        # website -> requests popped and not yet sent for the depth index (lua/depth.lua): they ride on
+        # the next push, heartbeat or release, and net out against the links that push stores
+        self._popped: dict[str, int] = {}
         self._push = redis.register_script(_script("push.lua"))
         self._pop = redis.register_script(_script("pop.lua"))
         self._not_before = redis.register_script(_script("not_before.lua"))
@@ -196,19 +201,33 @@ class FrontierStore:
     def pops_key(self, worker: str) -> str:
         return f"{self.prefix}:pops:{worker}"
 
+    def _take_popped(self) -> list[Any]:
+        """The popped counts for the depth index, as the scripts read them (P, then P pairs), now
+        forgotten here: a call that fails may have run, and sending them again would count them twice
+        (an entry left too high is reset when its queue empties)."""
+        popped, self._popped = self._popped, {}
+        return [len(popped), *(x for site_k in popped.items() for x in site_k)]
+
     async def push(self, entries: list[PushEntry], worker: str) -> tuple[list[bool], int]:
         """Store ``entries`` atomically; returns (stored flag per entry, websites with work)."""
-        qkeys: dict[str, int] = {}
+        runs: dict[str, list[int]] = {}  # the entries by website (in order within each): one run each
+        for i, e in enumerate(entries):
+            runs.setdefault(e.website, []).append(i)
+        order = [i for run in runs.values() for i in run]
         args: list[Any] = [worker, len(entries)]
-        for e in entries:
-            idx = qkeys.setdefault(e.website, 8 + len(qkeys))
-            args += [idx, e.website, fingerprint_arg(e.fingerprint), e.mode, e.score, e.not_before, e.payload]
+        for i in order:
+            e = entries[i]
+            args += [e.website, fingerprint_arg(e.fingerprint), e.mode, e.score, e.not_before or 0, e.payload]
         args.append(self.seen_spec)
+        args += self._take_popped()
         keys = [self.seen_key, self.sites_key, self.not_before_key, self.seq_key, self.workers_key,
-                self.depths_key, self.queued_key, *(self.queue_key(w) for w in qkeys)]
+                self.depths_key, self.queued_key, *(self.queue_key(w) for w in runs)]
         self.calls += 1
         out = await self._push(keys=keys, args=args)
-        return [bool(x) for x in out[:-1]], int(out[-1])
+        stored = [False] * len(entries)
+        for i, flag in zip(order, out, strict=False):
+            stored[i] = bool(flag)
+        return stored, int(out[-1])
 
     async def seen(self, op: str, fingerprints: list[str]) -> list[int]:
         """``op`` ("check", "add" or "forget") for each fingerprint, as a push would (``lua/seen.lua``).
@@ -246,7 +265,13 @@ class FrontierStore:
                 receipts.failed(pop_id, n)
             raise
         nxt = float(out[2])
-        items = [(out[i].decode("utf-8"), out[i + 1].decode("ascii"), out[i + 2]) for i in range(5, len(out), 3)]
+        end = len(out) - int(out[5])
+        items = [(out[i].decode("utf-8"), out[i + 1].decode("ascii"), out[i + 2]) for i in range(6, end, 3)]
+        popped = self._popped
+        for website, _, _ in items:
+            popped[website] = popped.get(website, 0) + 1
+        for website in out[end:]:  # emptied: their index entries are gone, with what this worker popped
+            popped.pop(website.decode("utf-8"), None)
         result = PopResult(float(out[0]), int(out[1]), None if nxt < 0 else nxt, items,
                            out[3].decode().split(",") if out[3] else [], int(out[4]))
         if receipts is not None:
@@ -258,7 +283,7 @@ class FrontierStore:
         self.calls += 1
         out = await self._release(keys=[self.sites_key, self.not_before_key, self.pops_key(worker), self.leases_key,
                                         self.depths_key, self.queued_key],
-                                  args=[self.queue_prefix, worker, *acks])
+                                  args=[self.queue_prefix, worker, *self._take_popped(), *acks])
         if receipts is not None:
             receipts.forget(self.receipt_tag)
         return int(out)
@@ -290,7 +315,8 @@ class FrontierStore:
         self.calls += 1 + bool(seeds_key)
         out = await self._status(keys=[self.sites_key, self.workers_key, self.not_before_key, self.pops_key(worker),
                                        self.leases_key, self.depths_key, self.queued_key],
-                                 args=[worker, int(busy), lease, self.queue_prefix, self.pops_key(""), *(acks or [])])
+                                 args=[worker, int(busy), lease, self.queue_prefix, self.pops_key(""),
+                                       *self._take_popped(), *(acks or [])])
         seeds = int(await self.redis.llen(seeds_key)) if seeds_key else 0
         last = float(out[3])
         return Status(float(out[0]), int(out[1]), int(out[2]), None if last < 0 else last, seeds,
@@ -327,29 +353,39 @@ class FrontierStore:
             await self.redis.rpush(key, *payloads)
 
     async def queues(self) -> list[WebsiteQueue]:
-        """Every website with queued requests or a not-before mark (for people: not for the hot path)."""
+        """Every website with queued requests or a not-before mark, its depth read from its queue
+        (one ``ZCARD`` per website: for people, not for the hot path)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zrange(self.sites_key, 0, -1, withscores=True)
-            pipe.zrange(self.depths_key, 0, -1, withscores=True)
             pipe.zrange(self.not_before_key, 0, -1, withscores=True)
-            sites, raw_depths, raw_marks = await pipe.execute()
-        depths: dict[bytes, float] = dict(raw_depths)
+            sites, raw_marks = await pipe.execute()
+        depths: list[int] = []
+        for i in range(0, len(sites), 1000):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for site, _ in sites[i:i + 1000]:
+                    pipe.zcard(self.queue_key(site.decode()))
+                depths += await pipe.execute()
         marks: dict[bytes, float] = dict(raw_marks)
-        out = [WebsiteQueue(s.decode(), int(depths.get(s, 0)), float(score), marks.pop(s, None))
-               for s, score in sites]
+        out = [WebsiteQueue(s.decode(), int(d), float(score), marks.pop(s, None))
+               for (s, score), d in zip(sites, depths, strict=True)]
         out += [WebsiteQueue(s.decode(), 0, float(t), float(t)) for s, t in marks.items()]
         return out
 
     async def deepest(self, n: int) -> tuple[list[tuple[str, int]], int, int]:
-        """The ``n`` deepest websites (website, requests queued), how many websites have requests, and
-        the total queued: one round trip, whatever the size of the queues (the depth index)."""
-        self.calls += 1
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrange(self.depths_key, 0, n - 1, desc=True, withscores=True)
-            pipe.zcard(self.depths_key)
+        """The ``n`` deepest websites by the depth index (website, requests queued, read from its queue),
+        how many websites have requests, and the total queued: two round trips and ``n + 3`` commands,
+        whatever the size of the queues."""
+        self.calls += 2
+        ordered: Any = await self.redis.zrange(self.depths_key, 0, n - 1, desc=True)
+        names = [w.decode() for w in ordered]
+        async with self.redis.pipeline(transaction=True) as pipe:  # depths and total of one moment
+            for website in names:
+                pipe.zcard(self.queue_key(website))
+            pipe.zcard(self.sites_key)
             pipe.get(self.queued_key)
-            top, websites, total = await pipe.execute()
-        return [(w.decode(), int(d)) for w, d in top], int(websites), int(total or 0)
+            *depths, websites, total = await pipe.execute()
+        rows = sorted(((w, int(d)) for w, d in zip(names, depths, strict=True) if d), key=lambda r: -r[1])
+        return rows, int(websites), int(total or 0)
 
     async def queued(self) -> int:
         """Total requests queued (the depth index's total: one O(1) call)."""

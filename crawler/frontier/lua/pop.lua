@@ -16,7 +16,9 @@
 -- KEYS[3]  workers zset: worker id -> last time it was busy
 -- KEYS[4]  this worker's pops hash: '<pop id>.<i>' -> the request (leases.lua)
 -- KEYS[5]  leases zset: worker id -> lease deadline
--- KEYS[6]  depths zset: website -> queued requests (depth.lua)
+-- KEYS[6]  depths zset: website -> queued requests (depth.lua: a pop
+--          removes the entries of the queues it empties and leaves the rest
+--          to the worker, which sends what it popped with a later call)
 -- KEYS[7]  queued counter: total queued requests (depth.lua)
 -- ARGV[1]  queue key prefix: the queue of website W is ARGV[1] .. W. These
 --          keys (and other workers' pops hashes, ARGV[6] .. worker) are not
@@ -31,8 +33,9 @@
 -- ARGV[7 + A + 1]  L, then L pairs (pop id, N asked) whose reply never arrived
 -- return   {now, websites with work, earliest time a website becomes ready
 --           (or -1), pop ids of the L found (comma-separated), requests
---           reclaimed from expired leases, website, field, member, ...};
---           times are strings
+--           reclaimed from expired leases, G, then website, field, member
+--           per request, then the G websites whose queue this pop found
+--           empty}; times are strings
 -- @include depth.lua
 -- @include leases.lua
 local t = redis.call('TIME')
@@ -41,7 +44,7 @@ local n = tonumber(ARGV[2])
 local pop_id = ARGV[4]
 local lease = tonumber(ARGV[5])
 local now_s = string.format('%.17g', now)  -- formatted once, not once per website
-local out = {}
+local out = {0, 0, 0, 0, 0, 0}  -- the reply: its first six values are set at the end
 local function recorded(id, max)
   if redis.call('HEXISTS', KEYS[4], id .. '.1') == 0 then return 0 end
   local fields = {}
@@ -74,49 +77,49 @@ local again = pop_id ~= '' and recorded(pop_id, n) > 0
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local sites = again and {} or redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, n)
 local popped = 0
-local counted = 0  -- queue size changes already in the depth index (add_depths adds them to the total)
+local gone = {}
 if #sites > 0 then
   local share = math.floor(n / #sites)
   local extra = n % #sites
+  local wants = {string.format('%d', share), string.format('%d', share + 1)}  -- a Lua number would be formatted per call
   local record = {}
-  -- A queue that gave fewer than asked is empty; one that gave all is asked
-  -- (EXISTS) only when the depth index, updated here with ZINCRBY, does not
-  -- already say it holds more: one call per website served, not two. An
-  -- index that says more than the queue holds heals at the next pop (fewer
-  -- than asked: empty). The websites served are moved to the back of the
-  -- line with one ZADD XX; the emptied ones leave the line and the index
-  -- with one ZREM each.
-  local busy, gone = {}, {}
+  -- A queue that gave fewer than asked is empty. Whether those that gave all
+  -- they were asked still hold more is one EXISTS for all of them (it counts
+  -- the keys that exist), then one per queue only when some are empty. The
+  -- websites served go to the back of the line with one ZADD XX; the emptied
+  -- ones leave the line and the depth index with one ZREM each.
+  local busy, full = {}, {}
+  local no, nr, nf = #out, 0, 0  -- lengths of out, record and full ('#t' is a search each time)
   for i, site in ipairs(sites) do
     local want = share + (i <= extra and 1 or 0)
-    local got = redis.call('ZPOPMIN', ARGV[1] .. site, want)
+    local key = ARGV[1] .. site
+    local got = redis.call('ZPOPMIN', key, wants[want - share + 1])
     for j = 1, #got, 2 do
       popped = popped + 1
-      local field = pop_id .. string.format('.%d', popped)  -- '%d': a number's own tostring is far slower
-      out[#out + 1] = site
-      out[#out + 1] = field
-      out[#out + 1] = got[j]
-      record[#record + 1] = field
-      record[#record + 1] = lease_record(site, got[j], got[j + 1])
+      local field, member = pop_id .. '.' .. decimal(popped), got[j]
+      out[no + 1], out[no + 2], out[no + 3] = site, field, member
+      record[nr + 1], record[nr + 2] = field, lease_record(site, member, got[j + 1])
+      no, nr = no + 3, nr + 2
     end
-    local k = #got / 2
-    local change = (delta[site] or 0) - k  -- with what reclaim() put back in this queue
-    delta[site] = nil
-    counted = counted + change
-    local more = false
-    if k == want then
-      if change ~= 0 and tonumber(redis.call('ZINCRBY', KEYS[6], string.format('%d', change), site)) > 0 then
-        more = true
-      else
-        more = redis.call('EXISTS', ARGV[1] .. site) == 1
-      end
-    end
-    if more then
-      busy[#busy + 1] = now_s
-      busy[#busy + 1] = site
+    if #got == 2 * want then
+      nf = nf + 1
+      full[nf] = key
+      busy[2 * nf - 1], busy[2 * nf] = now_s, site
     else
       gone[#gone + 1] = site
     end
+  end
+  if #full > 0 and redis.call('EXISTS', unpack(full)) < #full then
+    local still = {}
+    for j = 2, #busy, 2 do
+      if redis.call('EXISTS', full[j / 2]) == 1 then
+        still[#still + 1] = now_s
+        still[#still + 1] = busy[j]
+      else
+        gone[#gone + 1] = busy[j]
+      end
+    end
+    busy = still
   end
   for j = 1, #busy, 4000 do redis.call('ZADD', KEYS[1], 'XX', unpack(busy, j, math.min(j + 3999, #busy))) end
   for j = 1, #gone, 4000 do
@@ -130,10 +133,11 @@ if #sites > 0 then
     end
   end
 end
-add_depths(KEYS[6], KEYS[7], delta, {}, counted)
+add_depths(KEYS[6], KEYS[7], delta, -popped)
 renew(KEYS[5], KEYS[4], ARGV[3], now, lease, popped > 0 and pop_id ~= '')
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-local result = {string.format('%.6f', now), redis.call('ZCARD', KEYS[1]),
-                nxt[2] and string.format('%.6f', tonumber(nxt[2])) or '-1', table.concat(found, ','), reclaimed}
-for _, v in ipairs(out) do result[#result + 1] = v end
-return result
+out[1], out[2] = string.format('%.6f', now), redis.call('ZCARD', KEYS[1])
+out[3] = nxt[2] and string.format('%.6f', tonumber(nxt[2])) or '-1'
+out[4], out[5], out[6] = table.concat(found, ','), reclaimed, #gone
+for _, v in ipairs(gone) do out[#out + 1] = v end
+return out

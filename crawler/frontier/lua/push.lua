@@ -9,16 +9,19 @@
 -- KEYS[5]  workers zset: worker id -> last time it was busy
 -- KEYS[6]  depths zset: website -> queued requests (depth.lua)
 -- KEYS[7]  queued counter: total queued requests (depth.lua)
--- KEYS[8..] one queue zset per website, referenced by index below
+-- KEYS[8..] one queue zset per run of requests of one website below, in
+--          order (the caller groups the requests by website: one run each)
 -- ARGV[1]  worker id
--- ARGV[2]  number of requests N, then N groups of 7 values:
---          queue KEYS index, website, fingerprint (20 raw bytes; any other
---          length: as the caller gives it, hex),
+-- ARGV[2]  number of requests N, then N groups of 6 values:
+--          website, fingerprint (20 raw bytes; any other length: as the
+--          caller gives it, hex),
 --          mode (0 = dedupe, 1 = dont_filter: store and mark seen,
 --                2 = requeue: store, leave the seen set alone),
---          queue score (-priority), not-before time (0 = none),
+--          queue score (-priority), not-before time ('0' = none),
 --          and the encoded request
--- ARGV[3 + 7N]  the seen spec (seen_lib.lua; absent or "" = exact set)
+-- ARGV[3 + 6N]  the seen spec (seen_lib.lua; "" = exact set)
+-- ARGV[4 + 6N]  P, then P pairs (website, k): k requests the worker popped
+--          since it last sent them, for the depth index (depth.lua)
 -- return   {stored flags (1 stored, 0 duplicate) ..., sites with work}
 --
 -- A queue member is '<seq:016x>#' .. fingerprint .. request for a 20-byte
@@ -37,20 +40,45 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local n = tonumber(ARGV[2])
-local seen = seen_open(KEYS[1], ARGV[3 + n * 7], now)
+local seen = seen_open(KEYS[1], ARGV[3 + n * 6], now)
 local seq = redis.call('INCRBY', KEYS[4], n) - n
 local fps = {}
 for i = 0, n - 1 do
-  if ARGV[6 + i * 7] ~= '2' then fps[#fps + 1] = ARGV[5 + i * 7] end
+  if ARGV[5 + i * 6] ~= '2' then fps[#fps + 1] = ARGV[4 + i * 6] end
 end
 seen_prefetch(seen, fps)
 local out = {}
-local adds, qorder, qsite = {}, {}, {}  -- queue KEYS index -> {score, member, ...}; the indexes in order; websites
-local events = {}  -- per request stored: website, not-before time
+-- The requests come in runs of one website (the caller groups them): each
+-- run's stored requests go to its queue in one ZADD, from one table reused
+-- by every run.
+local run, nrun, key, run_site = {}, 0, 7, nil
+local delta, names = {}, {}  -- website -> requests added; the websites with a request stored, by run
+local events, ne = {}, 0  -- per request stored: website, not-before time
+local function flush_run()
+  if nrun == 0 then return end
+  local added = 0
+  for j = 1, nrun, 4000 do
+    added = added + redis.call('ZADD', KEYS[key], unpack(run, j, math.min(j + 3999, nrun)))
+  end
+  delta[run_site] = (delta[run_site] or 0) + added
+  names[#names + 1] = run_site
+  nrun = 0
+end
+-- '<seq:016x>' without string.format (a sprintf per request): the first 12
+-- digits change once in 65,536 requests, the last 4 come from this table
+local HEX = {[0] = '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', 'a', 'b', 'c', 'd', 'e', 'f'}
+local high, high_hex = -1, ''
+local timed = false  -- a request with a not-before time
 for i = 0, n - 1 do
-  local base = 3 + i * 7
-  local fp = ARGV[base + 2]
-  local mode = ARGV[base + 3]
+  local base = 3 + i * 6
+  local site = ARGV[base]
+  if site ~= run_site then
+    flush_run()
+    key = key + 1
+    run_site = site
+  end
+  local fp = ARGV[base + 1]
+  local mode = ARGV[base + 2]
   local stored = 1
   if mode == '0' then
     stored = seen_add(seen, fp)
@@ -58,51 +86,41 @@ for i = 0, n - 1 do
     seen_mark(seen, fp)
   end
   if stored == 1 then
-    local q = ARGV[base]
-    local a = adds[q]
-    if a == nil then
-      a = {}
-      adds[q] = a
-      qorder[#qorder + 1] = q
-      qsite[q] = ARGV[base + 1]
+    local v = seq + i
+    if v - v % 65536 ~= high then
+      high = v - v % 65536
+      high_hex = string.format('%012x', high / 65536)
     end
-    a[#a + 1] = ARGV[base + 4]
+    local d4 = v % 16
+    v = (v - d4) / 16
+    local d3 = v % 16
+    v = (v - d3) / 16
+    local d2 = v % 16
+    local d1 = ((v - d2) / 16) % 16
     -- 20 raw bytes: '<seq>#<fp>' .. payload; any other fingerprint: '<seq>:<fp>:' .. payload
+    local member
     if is_raw(fp) then
-      a[#a + 1] = string.format('%016x', seq + i) .. '#' .. fp .. ARGV[base + 6]
+      member = high_hex .. HEX[d1] .. HEX[d2] .. HEX[d3] .. HEX[d4] .. '#' .. fp .. ARGV[base + 5]
     else
-      a[#a + 1] = string.format('%016x', seq + i) .. ':' .. fp .. ':' .. ARGV[base + 6]
+      member = high_hex .. HEX[d1] .. HEX[d2] .. HEX[d3] .. HEX[d4] .. ':' .. fp .. ':' .. ARGV[base + 5]
     end
-    events[#events + 1] = ARGV[base + 1]
-    events[#events + 1] = tonumber(ARGV[base + 5])
+    run[nrun + 1], run[nrun + 2] = ARGV[base + 3], member
+    nrun = nrun + 2
+    local nb = ARGV[base + 4]
+    nb = nb == '0' and 0 or tonumber(nb)  -- tonumber costs a strtod
+    if nb > 0 then timed = true end
+    events[ne + 1], events[ne + 2] = site, nb
+    ne = ne + 2
   end
-  out[#out + 1] = stored
+  out[i + 1] = stored
 end
+flush_run()
 seen_close(seen)
-local delta = {}
-for _, q in ipairs(qorder) do
-  local a = adds[q]
-  local added = 0
-  for j = 1, #a, 4000 do
-    added = added + redis.call('ZADD', KEYS[tonumber(q)], unpack(a, j, math.min(j + 3999, #a)))
-  end
-  delta[qsite[q]] = (delta[qsite[q]] or 0) + added
-end
 local now_s = string.format('%.17g', now)  -- formatted once (Redis formats a Lua number per use)
-local timed = false  -- a request with a not-before time
-for j = 2, #events, 2 do
-  if events[j] > 0 then timed = true end
-end
 if #events > 0 and not timed then
   -- each website into the sites zset (NX) at max(now, its not-before): no
   -- not-before changes here, so one ZADD NX does what one per request did
-  local names, idx = {}, {}
-  for j = 1, #events, 2 do
-    if idx[events[j]] == nil then
-      names[#names + 1] = events[j]
-      idx[events[j]] = true
-    end
-  end
+  -- (a website in two runs is named twice: NX keeps the first)
   for j = 1, #names, 2000 do
     local hi = math.min(j + 1999, #names)
     local nb = redis.call('ZMSCORE', KEYS[3], unpack(names, j, hi))
@@ -118,7 +136,8 @@ elseif #events > 0 then
   -- the sites and not-before scores of the websites touched, then each request's
   -- ZADD not_before GT / sites GT (with a not-before) or sites NX at max(now,
   -- not-before) (without), in order, as the loop above would have made them
-  local names, idx = {}, {}
+  local idx = {}
+  names = {}
   for j = 1, #events, 2 do
     local site = events[j]
     if idx[site] == nil then
@@ -167,7 +186,7 @@ elseif #events > 0 then
   for j = 1, #sargs, 4000 do redis.call('ZADD', KEYS[2], unpack(sargs, j, math.min(j + 3999, #sargs))) end
   for j = 1, #nargs, 4000 do redis.call('ZADD', KEYS[3], unpack(nargs, j, math.min(j + 3999, #nargs))) end
 end
-add_depths(KEYS[6], KEYS[7], delta, {})
+add_depths(KEYS[6], KEYS[7], delta, 0, (read_pending(4 + n * 6)))
 redis.call('ZADD', KEYS[5], now_s, ARGV[1])
 out[#out + 1] = redis.call('ZCARD', KEYS[2])
 return out

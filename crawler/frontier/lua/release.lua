@@ -11,15 +11,18 @@
 -- KEYS[6]  queued counter: total queued requests (depth.lua)
 -- ARGV[1]  queue key prefix (as in pop.lua)
 -- ARGV[2]  worker id
--- ARGV[3..] fields acknowledged (handled: not requeued)
+-- ARGV[3]  P, then P pairs (website, k): k requests the worker popped
+--          since it last sent them, for the depth index (depth.lua)
+-- ARGV[4 + 2P..] fields acknowledged (handled: not requeued)
 -- return   how many requests went back to their queues
 -- @include depth.lua
 -- @include leases.lua
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-for j = 3, #ARGV, 4000 do redis.call('HDEL', KEYS[3], unpack(ARGV, j, math.min(j + 3999, #ARGV))) end
+local pending, acked = read_pending(3)
+for j = acked, #ARGV, 4000 do redis.call('HDEL', KEYS[3], unpack(ARGV, j, math.min(j + 3999, #ARGV))) end
 local delta = {}
 local requeued = requeue_all(KEYS[1], KEYS[2], ARGV[1], now, KEYS[3], delta)
-add_depths(KEYS[5], KEYS[6], delta, {})
+add_depths(KEYS[5], KEYS[6], delta, 0, pending)
 redis.call('ZREM', KEYS[4], ARGV[2])
 return requeued

@@ -15,7 +15,9 @@
 -- ARGV[3]  lease seconds (0: leases off)
 -- ARGV[4]  queue key prefix (as in pop.lua)
 -- ARGV[5]  pops hash key prefix (as in pop.lua)
--- ARGV[6..] fields of the worker's pops hash acknowledged
+-- ARGV[6]  P, then P pairs (website, k): k requests the worker popped
+--          since it last sent them, for the depth index (depth.lua)
+-- ARGV[7 + 2P..] fields of the worker's pops hash acknowledged
 -- return   {now, websites with work, websites ready now,
 --           last time any worker was busy (or -1), workers holding leases,
 --           requests reclaimed}; times are strings
@@ -24,11 +26,12 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 if ARGV[2] == '1' then redis.call('ZADD', KEYS[2], now, ARGV[1]) end
-for j = 6, #ARGV, 4000 do redis.call('HDEL', KEYS[4], unpack(ARGV, j, math.min(j + 3999, #ARGV))) end
+local pending, acked = read_pending(6)
+for j = acked, #ARGV, 4000 do redis.call('HDEL', KEYS[4], unpack(ARGV, j, math.min(j + 3999, #ARGV))) end
 renew(KEYS[5], KEYS[4], ARGV[1], now, tonumber(ARGV[3]))
 local delta = {}
 local reclaimed = reclaim(KEYS[5], KEYS[1], KEYS[3], ARGV[4], ARGV[5], now, 10, delta)
-add_depths(KEYS[6], KEYS[7], delta, {})
+add_depths(KEYS[6], KEYS[7], delta, 0, pending)
 -- forget workers not seen for a day
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 86400)
 local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
