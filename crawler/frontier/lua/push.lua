@@ -42,9 +42,12 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local n = tonumber(ARGV[2])
 local seen = seen_open(KEYS[1], ARGV[3 + n * 6], now)
 local seq = redis.call('INCRBY', KEYS[4], n) - n
-local fps = {}
+local fps, nfps = {}, 0
 for i = 0, n - 1 do
-  if ARGV[5 + i * 6] ~= '2' then fps[#fps + 1] = ARGV[4 + i * 6] end
+  if ARGV[5 + i * 6] ~= '2' then
+    nfps = nfps + 1
+    fps[nfps] = ARGV[4 + i * 6]
+  end
 end
 seen_prefetch(seen, fps)
 local out = {}
@@ -52,7 +55,7 @@ local out = {}
 -- run's stored requests go to its queue in one ZADD, from one table reused
 -- by every run.
 local run, nrun, key, run_site = {}, 0, 7, nil
-local delta, names = {}, {}  -- website -> requests added; the websites with a request stored, by run
+local delta, names, nnames = {}, {}, 0  -- website -> requests added; the websites with a request stored, by run
 local events, ne = {}, 0  -- per request stored: website, not-before time
 local function flush_run()
   if nrun == 0 then return end
@@ -61,7 +64,8 @@ local function flush_run()
     added = added + redis.call('ZADD', KEYS[key], unpack(run, j, math.min(j + 3999, nrun)))
   end
   delta[run_site] = (delta[run_site] or 0) + added
-  names[#names + 1] = run_site
+  nnames = nnames + 1
+  names[nnames] = run_site
   nrun = 0
 end
 -- '<seq:016x>' without string.format (a sprintf per request): the first 12
@@ -121,14 +125,13 @@ if #events > 0 and not timed then
   -- each website into the sites zset (NX) at max(now, its not-before): no
   -- not-before changes here, so one ZADD NX does what one per request did
   -- (a website in two runs is named twice: NX keeps the first)
-  for j = 1, #names, 2000 do
-    local hi = math.min(j + 1999, #names)
+  for j = 1, nnames, 2000 do
+    local hi = math.min(j + 1999, nnames)
     local nb = redis.call('ZMSCORE', KEYS[3], unpack(names, j, hi))
     local args = {}
     for k = j, hi do
       local v = nb[k - j + 1]
-      args[#args + 1] = (v and tonumber(v) > now) and v or now_s
-      args[#args + 1] = names[k]
+      args[2 * (k - j) + 1], args[2 * (k - j) + 2] = (v and tonumber(v) > now) and v or now_s, names[k]
     end
     redis.call('ZADD', KEYS[2], 'NX', unpack(args))
   end

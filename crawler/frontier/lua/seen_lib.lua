@@ -72,7 +72,7 @@ end
 
 local function seen_open(base, spec, now)
   local s = {base = base, bloom = false, gens = {base}, metas = {}, params = {}, expire_at = nil, now = now,
-             known = nil, adds = {}}
+             known = nil, adds = {}, nadds = 0}
   if spec == nil or spec == '' then return s end
   local mode, cap, err, period, ngen = string.match(spec, '^(%a+)|([^|]+)|([^|]+)|([^|]+)|([^|]+)$')
   s.bloom = mode == 'bloom'
@@ -234,53 +234,72 @@ end
 
 local function seen_prefetch(s, fps)
   if s.bloom then return end
-  s.known = s.known or {}  -- fp -> 1: in the newest generation (or added here), 2: only in an older one
-  s.asked = s.asked or {}
+  local known, asked = s.known or {}, s.asked or {}  -- known: fp -> 1: in the newest generation (or added
+  s.known, s.asked = known, asked                    -- here), 2: only in an older one
   local hex = exact_format(s) == 'hex'
-  local uniq, ask = {}, {}
-  for _, fp in ipairs(fps) do
-    if not s.asked[fp] then
-      s.asked[fp] = true
-      uniq[#uniq + 1] = fp
-      ask[#ask + 1] = fp
-      if hex and is_raw(fp) then ask[#ask + 1] = hex_of(fp) end
+  local uniq, nu = {}, 0  -- counted here: '#t' is a search each time
+  for i = 1, #fps do
+    local fp = fps[i]
+    if not asked[fp] then
+      asked[fp] = true
+      nu = nu + 1
+      uniq[nu] = fp
     end
   end
-  if #uniq == 0 then return end
-  for gi, gen in ipairs(s.gens) do
-    local found = {}
-    for i = 1, #ask, 4000 do
-      local part = redis.call('SMISMEMBER', gen, unpack(ask, i, math.min(i + 3999, #ask)))
-      for j = 1, #part do found[i + j - 1] = part[j] end
+  if nu == 0 then return end
+  local ask, na = uniq, nu  -- while 'hex', each raw fingerprint is asked in both forms
+  if hex then
+    ask, na = {}, 0
+    for i = 1, nu do
+      na = na + 1
+      ask[na] = uniq[i]
+      if is_raw(uniq[i]) then
+        na = na + 1
+        ask[na] = hex_of(uniq[i])
+      end
     end
+  end
+  for gi, gen in ipairs(s.gens) do
+    local found = nil  -- one SMISMEMBER reply is used as it is; more are joined
+    for i = 1, na, 4000 do
+      local part = redis.call('SMISMEMBER', gen, unpack(ask, i, math.min(i + 3999, na)))
+      if found == nil then
+        found = part
+      else
+        for j = 1, #part do found[i + j - 1] = part[j] end
+      end
+    end
+    local level = gi == 1 and 1 or 2
     local i = 1
-    for _, fp in ipairs(uniq) do
+    for u = 1, nu do
+      local fp = uniq[u]
       local isin = found[i] == 1
       i = i + 1
       if hex and is_raw(fp) then
         isin = isin or found[i] == 1
         i = i + 1
       end
-      if isin and s.known[fp] == nil then s.known[fp] = gi == 1 and 1 or 2 end
+      if isin and known[fp] == nil then known[fp] = level end
     end
   end
 end
 
 -- the deferred additions of an exact set, written now
 local function flush_adds(s)
-  for i = 1, #s.adds, 4000 do
-    redis.call('SADD', s.gens[1], unpack(s.adds, i, math.min(i + 3999, #s.adds)))
+  for i = 1, s.nadds, 4000 do
+    redis.call('SADD', s.gens[1], unpack(s.adds, i, math.min(i + 3999, s.nadds)))
   end
-  if #s.adds > 0 then
+  if s.nadds > 0 then
     s.wrote = true
-    s.adds = {}
+    s.adds, s.nadds = {}, 0
   end
 end
 
 -- fp into the newest generation of an exact set, at seen_close (known: prefetched)
 local function exact_add(s, fp)
   s.known[fp] = 1
-  s.adds[#s.adds + 1] = fp
+  s.nadds = s.nadds + 1
+  s.adds[s.nadds] = fp
 end
 
 local function seen_add(s, fp)
