@@ -38,10 +38,12 @@ from devtools.services import (
     start_secantus,
 )
 from tests.frontier_helpers import Schedulers
-from tests.redis_clients import flush
+from tests.redis_clients import flush, sync_redis
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
+
+    import redis
 
 # Small versions of the demo sites, so an end-to-end crawl takes seconds.
 TEST_SITES: tuple[SiteConfig, ...] = (
@@ -85,6 +87,14 @@ def redis_url(redis_server: Server | RedisCluster) -> str:
     """A Redis with no keys: a single server, or with ``--redis-cluster`` a 3-master cluster's URL."""
     flush(redis_server.url)
     return redis_server.url
+
+
+@pytest.fixture
+def sync_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A blocking client of ``redis_url`` (tests/redis_clients.py), closed after the test."""
+    client = sync_redis(redis_url)
+    yield client
+    client.close()
 
 
 @pytest_asyncio.fixture
