@@ -364,6 +364,10 @@ async def _read_all(settings: Settings, args: argparse.Namespace) -> list[Spider
         await redis.aclose()
 
 
+def _text(statuses: list[SpiderStatus], as_json: bool) -> str:
+    return json.dumps({s.spider: asdict(s) for s in statuses}, indent=1) if as_json else render(statuses)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m crawler status", description=__doc__.splitlines()[0])
     parser.add_argument("--redis-url", help="overrides the REDIS_URL setting")
@@ -387,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         statuses = asyncio.run(_read_all(settings, args))
     except KeyboardInterrupt:
         return 0
-    print(json.dumps({s.spider: asdict(s) for s in statuses}, indent=1) if args.json else render(statuses))
+    print(_text(statuses, args.json))
     return 0
 
 
@@ -407,7 +411,7 @@ def _watch(settings: Settings, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, interrupt)  # asyncio.run leaves a handler that is not Python's default alone
     while not interrupted:
         statuses = asyncio.run(_read_all(settings, args))
-        text = json.dumps({s.spider: asdict(s) for s in statuses}, indent=1) if args.json else render(statuses)
+        text = _text(statuses, args.json)
         sys.stdout.write("\x1b[H\x1b[2J" + text + "\n")  # home, clear: redraw in place like top
         sys.stdout.flush()
         until = time.monotonic() + args.watch
