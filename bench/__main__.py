@@ -21,6 +21,7 @@ BENCHMARKS = {
     "budget": "bench.budget",
     "politeness": "bench.politeness",
     "scale": "bench.scale",
+    "instructions": "bench.instructions",
 }
 
 

@@ -94,21 +94,19 @@ async def load(store: FrontierStore, websites: int, queued: int) -> None:
         await store.push(batch, "loader")
 
 
-async def steady_state(redis: Redis, store: FrontierStore, requests: int) -> tuple[float, float]:
-    """Redis CPU µs per crawled request (its share of a pop of 32, acknowledged by the next, and the push of
-    one new request in batches of 200), and per duplicate link pushed (batches of 200)."""
+async def crawl(store: FrontierStore, requests: int) -> list[str]:
+    """``requests`` crawled requests as a worker's frontier sees them: pops of 32 leased (each acknowledged by
+    the next), and for each request popped one new request of its website pushed in batches of 200; returns
+    the popped requests' fingerprints."""
     receipts = PopReceipts()
     acks: list[str] = []  # lease fields of the last pop: the next pop acknowledges them
     fresh: list[PushEntry] = []
     known: list[str] = []
-    n = 0
     next_id = 10_000_000
-    before = await cpu(redis)
-    while n < requests:
+    while len(known) < requests:
         result = await store.pop(POP_BATCH, "bench", receipts, lease=600.0, acks=acks)
         if not result.items:
             break
-        n += len(result.items)
         acks = [lease_field for _, lease_field, _ in result.items]
         for website, _, member in result.items:
             known.append(split_member(member)[0])
@@ -117,6 +115,17 @@ async def steady_state(redis: Redis, store: FrontierStore, requests: int) -> tup
         if len(fresh) >= PUSH_BATCH:
             await store.push(fresh, "bench")
             fresh = []
+    if fresh:
+        await store.push(fresh, "bench")
+    return known
+
+
+async def steady_state(redis: Redis, store: FrontierStore, requests: int) -> tuple[float, float]:
+    """Redis CPU µs per crawled request (its share of a pop of 32, acknowledged by the next, and the push of
+    one new request in batches of 200), and per duplicate link pushed (batches of 200)."""
+    before = await cpu(redis)
+    known = await crawl(store, requests)
+    n = len(known)
     per_request = (await cpu(redis) - before) * 1e6 / max(n, 1)
     dupes = [PushEntry("shop-0.test", fp, MODE_DEDUPE, 0.0, 0.0, b"{}") for fp in known]
     before = await cpu(redis)
