@@ -181,6 +181,13 @@ def stack_arm(label: str, servers: BenchServers, settings: dict[str, Any]) -> Ar
     return Arm(label, servers, stack_cmd("shop_a", settings), servers.env())
 
 
+def _signal(pid: int, sig: signal.Signals) -> None:
+    """``sig`` to a child not reaped yet (a zombie at worst). Not ``Popen.send_signal``: it polls first, and
+    a poll that reaps the child leaves ``os.wait4`` below without its CPU time (ChildProcessError)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
 def _wait_all(procs: list[subprocess.Popen[bytes]], timeout: float, stop_at_first: bool,
               tick: Callable[[], None] | None = None) -> dict[int, tuple[int, float]]:
     """Each process's exit code and user + system CPU seconds, by pid (SIGKILL all past ``timeout``);
@@ -200,11 +207,11 @@ def _wait_all(procs: list[subprocess.Popen[bytes]], timeout: float, stop_at_firs
                 if stop_at_first:
                     for other in procs:
                         if other.pid not in usage:
-                            other.send_signal(signal.SIGTERM)
+                            _signal(other.pid, signal.SIGTERM)
         if time.monotonic() > deadline:
             for proc in procs:
                 if proc.pid not in usage:
-                    proc.send_signal(signal.SIGKILL)
+                    _signal(proc.pid, signal.SIGKILL)
             raise RuntimeError("a side-by-side crawl did not finish in time")
         time.sleep(0.05)
     return usage
