@@ -3,6 +3,7 @@ next push, heartbeat or release; the total stays exact; an emptied queue resets 
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import pytest
@@ -114,3 +115,20 @@ async def test_a_stale_count_cannot_take_an_entry_below_what_a_push_adds(client:
     assert len((await w2.pop(10, "w2", PopReceipts())).items) == 3  # the rest: a's entry is reset
     await w1.push(entries("a.test", "5", "6"), "w1")  # w1 still counts its one pop of a
     assert await index(w1) == {"a.test": 2} and await w1.queued() == 2
+
+
+@pytest.mark.asyncio
+async def test_requests_reclaimed_and_popped_again_leave_no_entry(client: AsyncRedis) -> None:
+    """A dead worker's leased requests go back to their queue and the same pop empties it again: the
+    total counts both moves, and the index has no entry for the empty queue."""
+    w1, w2 = FrontierStore(client, PREFIX), FrontierStore(client, PREFIX)
+    await w1.push(entries("a.test", "1", "2"), "w1")
+    assert len((await w1.pop(10, "w1", PopReceipts(), lease=0.2)).items) == 2  # w1 then dies
+    receipts = PopReceipts()
+    for _ in range(200):  # until w1's lease has expired (Redis clock): w2's pop reclaims and serves them
+        again = await w2.pop(10, "w2", receipts, lease=600.0)
+        if again.items:
+            break
+        await asyncio.sleep(0.05)
+    assert len(again.items) == 2 and again.reclaimed == 2
+    assert await index(w2) == {} and await w2.queued() == 0

@@ -109,7 +109,9 @@ if #sites > 0 then
       gone[#gone + 1] = site
     end
   end
-  if #full > 0 and redis.call('EXISTS', unpack(full)) < #full then
+  local exist = 0
+  for j = 1, nf, 4000 do exist = exist + redis.call('EXISTS', unpack(full, j, math.min(j + 3999, nf))) end
+  if exist < nf then
     local still = {}
     for j = 2, #busy, 2 do
       if redis.call('EXISTS', full[j / 2]) == 1 then
@@ -133,7 +135,14 @@ if #sites > 0 then
     end
   end
 end
-add_depths(KEYS[6], KEYS[7], delta, -popped)
+-- What reclaim() put back in a queue this pop then emptied counts in the
+-- total only: the queue's index entry is gone (its depth is 0).
+local counted = -popped
+for _, site in ipairs(gone) do
+  counted = counted + (delta[site] or 0)
+  delta[site] = nil
+end
+add_depths(KEYS[6], KEYS[7], delta, counted)
 renew(KEYS[5], KEYS[4], ARGV[3], now, lease, popped > 0 and pop_id ~= '')
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 out[1], out[2] = string.format('%.6f', now), redis.call('ZCARD', KEYS[1])
