@@ -228,20 +228,18 @@ async def _queues_now(redis: Redis, f: Callable[[str], str], names: list[str], l
         for website in names:
             pipe.zcard(f(f"q:{website}"))
         pipe.get(f("queued"))
-        if names:
+        if names:  # ZMSCORE needs a member
             pipe.zmscore(f("sites"), names)
-        else:
-            pipe.zcard(f("sites"))  # in its place (ZMSCORE needs a member)
         for worker, _ in leases:
             pipe.hlen(f(f"pops:{worker}"))
         pipe.zrange(f("not_before"), f"({now!r}", "+inf", byscore=True, offset=0, num=top, withscores=True)
         pipe.zcount(f("not_before"), f"({now!r}", "+inf")
         replies = await pipe.execute()
     k = len(names)
-    depths, queued, ready = replies[:k], replies[k], replies[k + 1]
-    held, marks, parked_total = replies[k + 2:-2], replies[-2], replies[-1]
-    return ([int(d) for d in depths], int(queued or 0), ready if names else [], [int(h) for h in held], marks,
-            int(parked_total))
+    depths, queued = replies[:k], replies[k]
+    ready = replies[k + 1] if names else []
+    held, marks, parked_total = replies[k + 1 + bool(names):-2], replies[-2], replies[-1]
+    return [int(d) for d in depths], int(queued or 0), ready, [int(h) for h in held], marks, int(parked_total)
 
 
 async def _budget_use(redis: Redis, keys: StatusKeys, websites: list[str]) -> dict[str, tuple[int, float]]:

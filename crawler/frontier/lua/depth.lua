@@ -23,9 +23,11 @@
 --            (pending[website] = -k)
 --          add_depths(depths, queued, delta, counted, pending): adds to
 --            the index each website's change, delta[website] (this script's
---            own, exact) plus pending[website] (optional); removes an entry
---            that reaches 0 or less; adds the sum of delta, plus `counted`
---            (other changes of this script: nil for 0), to the total.
+--            own, exact: requests it added) plus pending[website] (optional);
+--            an entry that pending takes to 0 or less, or below delta, is
+--            set to delta (removed at 0); adds the sum of delta, plus
+--            `counted` (other changes of this script: nil for 0), to the
+--            total.
 --          Numbers go to Redis as '%d' strings: a Lua number is formatted
 --          with '%.14g', a measurable share of a script's time.
 local function read_pending(at)

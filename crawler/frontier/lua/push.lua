@@ -91,9 +91,10 @@ for i = 0, n - 1 do
   end
   if stored == 1 then
     local v = seq + i
-    if v - v % 65536 ~= high then
-      high = v - v % 65536
-      high_hex = string.format('%012x', high / 65536)
+    local top = v - v % 65536
+    if top ~= high then
+      high = top
+      high_hex = string.format('%012x', top / 65536)
     end
     local d4 = v % 16
     v = (v - d4) / 16
@@ -121,7 +122,7 @@ end
 flush_run()
 seen_close(seen)
 local now_s = string.format('%.17g', now)  -- formatted once (Redis formats a Lua number per use)
-if #events > 0 and not timed then
+if ne > 0 and not timed then
   -- each website into the sites zset (NX) at max(now, its not-before): no
   -- not-before changes here, so one ZADD NX does what one per request did
   -- (a website in two runs is named twice: NX keeps the first)
@@ -135,13 +136,12 @@ if #events > 0 and not timed then
     end
     redis.call('ZADD', KEYS[2], 'NX', unpack(args))
   end
-elseif #events > 0 then
+elseif ne > 0 then
   -- the sites and not-before scores of the websites touched, then each request's
   -- ZADD not_before GT / sites GT (with a not-before) or sites NX at max(now,
   -- not-before) (without), in order, as the loop above would have made them
-  local idx = {}
-  names = {}
-  for j = 1, #events, 2 do
+  local names, idx = {}, {}
+  for j = 1, ne, 2 do
     local site = events[j]
     if idx[site] == nil then
       names[#names + 1] = site
